@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""evaluate.py: COCO box AP of YOLO-format predictions, and the paper's Table 1 from many runs.
+
+  score  In:  --gt DIR (images/ + labels/, YOLO txt) and --pred DIR (one YOLO txt per image with
+              a 6th column, the confidence; a missing file means no detections on that image).
+         Out: AP@0.5:0.95, AP50, AP75, AP small/medium/large and AR@max_dets, printed and as JSON
+              (--out); --export_coco DIR writes gt.json and predictions.json.
+              AP is pycocotools' COCOeval, the scorer MinneApple's official evaluation uses.
+  table  In:  --results CSV, one row per trained detector: dataset, model, seed, ap, ap50, ap75.
+         Out: table1.csv, table1.md, table1.png in --out_dir: mean and sample std over seeds, the
+              gap of every dataset to --baseline, and the paper's Table 1 beside ours.
+"""
+import argparse
+import contextlib
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+METRICS = ("ap", "ap50", "ap75")
+METRIC_TITLES = {"ap": "AP@0.5:0.95", "ap50": "AP@0.5", "ap75": "AP@0.75"}
+# The paper's Table 1 (MinneApple test set, 5 seeds): (dataset, model) -> mean, std of AP, AP50, AP75.
+PAPER_TABLE1 = {
+    ("baseline", "yolov8x"): (0.45, 0.005, 0.79, 0.005, 0.47, 0.011),
+    ("genfusion", "yolov8x"): (0.33, 0.050, 0.66, 0.060, 0.29, 0.070),
+    ("baseline", "yolov8l"): (0.45, 0.008, 0.78, 0.009, 0.47, 0.008),
+    ("genfusion", "yolov8l"): (0.35, 0.019, 0.70, 0.011, 0.32, 0.031),
+    ("baseline", "yolov8m"): (0.44, 0.008, 0.77, 0.009, 0.46, 0.010),
+    ("genfusion", "yolov8m"): (0.33, 0.008, 0.66, 0.016, 0.30, 0.013),
+    ("baseline", "yolov8s"): (0.43, 0.009, 0.75, 0.005, 0.44, 0.009),
+    ("genfusion", "yolov8s"): (0.32, 0.024, 0.66, 0.024, 0.28, 0.036),
+    ("baseline", "yolov8n"): (0.40, 0.005, 0.73, 0.004, 0.39, 0.005),
+    ("genfusion", "yolov8n"): (0.31, 0.012, 0.66, 0.015, 0.27, 0.012),
+    ("baseline", "yolov5x"): (0.45, 0.010, 0.77, 0.013, 0.47, 0.013),
+    ("genfusion", "yolov5x"): (0.35, 0.011, 0.69, 0.011, 0.31, 0.023),
+    ("baseline", "yolov5l"): (0.44, 0.008, 0.77, 0.010, 0.46, 0.011),
+    ("genfusion", "yolov5l"): (0.33, 0.028, 0.67, 0.031, 0.30, 0.038),
+    ("baseline", "yolov5m"): (0.43, 0.007, 0.76, 0.005, 0.44, 0.009),
+    ("genfusion", "yolov5m"): (0.33, 0.016, 0.67, 0.016, 0.29, 0.022),
+    ("baseline", "yolov5s"): (0.42, 0.009, 0.75, 0.009, 0.43, 0.010),
+    ("genfusion", "yolov5s"): (0.32, 0.016, 0.66, 0.023, 0.28, 0.031),
+    ("baseline", "yolov5n"): (0.39, 0.004, 0.73, 0.005, 0.39, 0.009),
+    ("genfusion", "yolov5n"): (0.27, 0.028, 0.61, 0.043, 0.20, 0.037),
+}
+
+
+class EvaluationInputError(Exception):
+    """Input that cannot be scored; the message names the file (and line) at fault."""
+
+
+# ---------------------------------------------------------------------------------------------
+# score
+# ---------------------------------------------------------------------------------------------
+def read_yolo_rows(path, with_confidence):
+    """YOLO txt -> list of (class, cx, cy, w, h[, conf]); any malformed line raises naming file:line."""
+    columns = 6 if with_confidence else 5
+    expected = "class cx cy w h" + (" conf" if with_confidence else "")
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise EvaluationInputError(f"{path}:{number}: expected '{expected}' numbers, got {line!r}")
+        if len(values) != columns:
+            raise EvaluationInputError(f"{path}:{number}: expected {columns} columns ({expected}), "
+                                       f"got {len(values)}: {line!r}")
+        if values[0] < 0 or values[0] != int(values[0]):
+            raise EvaluationInputError(f"{path}:{number}: class must be a whole number >= 0, got {fields[0]}")
+        if not all(0.0 <= v <= 1.0 for v in values[1:]):
+            raise EvaluationInputError(f"{path}:{number}: values out of range: cx cy w h"
+                                       f"{' conf' if with_confidence else ''} must lie in 0..1, got {line!r}")
+        rows.append(values)
+    return rows
+
+
+def to_coco_bbox(row, width, height):
+    """YOLO (class, cx, cy, w, h, ...) normalised -> COCO [x, y, w, h] in pixels."""
+    _, cx, cy, w, h = row[:5]
+    return [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+
+
+def coco_from_yolo(gt_dir, pred_dir):
+    """Ground truth and predictions as COCO dicts: (gt {images, annotations, categories}, detections).
+
+    Image ids follow the sorted file names from 1; annotation ids start at 1 (COCOeval takes id 0
+    for 'unmatched', so a ground-truth box with id 0 could never count as found)."""
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    images_dir, labels_dir = gt_dir / "images", gt_dir / "labels"
+    for folder in (images_dir, labels_dir, pred_dir):
+        if not folder.is_dir():
+            raise EvaluationInputError(f"{folder}: no such folder (--gt needs images/ and labels/, "
+                                       f"--pred one YOLO txt per image)")
+    image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not image_paths:
+        raise EvaluationInputError(f"{images_dir}: no images")
+    stems = {}
+    for path in image_paths:
+        if path.stem in stems:
+            raise EvaluationInputError(f"{path}: two images share the stem {path.stem!r}")
+        stems[path.stem] = path
+    unlabelled = [p.name for p in image_paths if not (labels_dir / f"{p.stem}.txt").exists()]
+    if unlabelled:
+        raise EvaluationInputError(
+            f"{labels_dir}: {len(unlabelled)} images have no label file, so they cannot be scored "
+            f"(unlabelled test photos? give prepare_data.py the test masks or --test_annotations): "
+            f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
+    orphans = sorted(p.name for p in pred_dir.glob("*.txt") if p.stem not in stems)
+    if orphans:
+        raise EvaluationInputError(f"{pred_dir}: prediction files for images that are not in "
+                                   f"{images_dir}: {', '.join(orphans[:10])}")
+
+    images, annotations, detections, classes = [], [], [], set()
+    for image_id, (stem, path) in enumerate(sorted(stems.items()), start=1):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except OSError as error:
+            raise EvaluationInputError(f"{path}: unreadable image ({error})")
+        images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
+        for row in read_yolo_rows(labels_dir / f"{stem}.txt", with_confidence=False):
+            box = to_coco_bbox(row, width, height)
+            classes.add(int(row[0]))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": int(row[0]) + 1, "bbox": box,
+                                "area": box[2] * box[3], "iscrowd": 0})
+        pred_file = pred_dir / f"{stem}.txt"
+        if pred_file.exists():
+            for row in read_yolo_rows(pred_file, with_confidence=True):
+                classes.add(int(row[0]))
+                detections.append({"image_id": image_id, "category_id": int(row[0]) + 1,
+                                   "bbox": to_coco_bbox(row, width, height), "score": row[5]})
+    if not annotations:
+        raise EvaluationInputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
+    categories = [{"id": c + 1, "name": "apple" if c == 0 else f"class{c}"} for c in sorted(classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}, detections
+
+
+def _quiet_coco(dataset):
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def cocoeval_metrics(gt, detections, max_dets=100):
+    """COCOeval (bbox) on COCO dicts -> (metrics and counts, COCOeval's printed summary).
+
+    The detections are given ids and areas the way COCO.loadRes does; no detections at all is a
+    valid input (AP 0). Metrics COCOeval leaves undefined (-1: no ground truth of that size) are None."""
+    results = [{**det, "id": i, "area": det["bbox"][2] * det["bbox"][3], "iscrowd": 0}
+               for i, det in enumerate(detections, start=1)]
+    coco_gt = _quiet_coco(gt)
+    coco_dt = _quiet_coco({"images": gt["images"], "categories": gt["categories"], "annotations": results})
+    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    # COCOeval sorts maxDets and reports AP at the last one: keep max_dets last and the list sorted.
+    evaluator.params.maxDets = [1, min(10, max_dets), max_dets]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    names = ["ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"]
+    metrics = {name: float(value) if value >= 0 else None
+               for name, value in zip(names, evaluator.stats[:6])}
+    ar = evaluator.stats[8]
+    metrics[f"ar{max_dets}"] = float(ar) if ar >= 0 else None
+    metrics.update(images=len(gt["images"]), gt_boxes=len(gt["annotations"]),
+                   predictions=len(detections), max_dets=max_dets)
+    summary = printed.getvalue()
+    return metrics, summary[summary.find(" Average Precision"):]
+
+
+def score(gt_dir, pred_dir, max_dets=100):
+    """COCO box metrics of the predictions in pred_dir against the YOLO dataset in gt_dir."""
+    gt, detections = coco_from_yolo(gt_dir, pred_dir)
+    return cocoeval_metrics(gt, detections, max_dets)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# table
+# ---------------------------------------------------------------------------------------------
+def paper_model_name(model):
+    """Our model name -> the paper's: 'yolov5xu.pt' -> 'yolov5x' (YOLOv5u stands in for YOLOv5)."""
+    name = Path(model).stem if model.endswith((".pt", ".yaml")) else model
+    if name.startswith("yolov5") and name.endswith("u"):
+        name = name[:-1]
+    return name
+
+
+def read_results(path):
+    """Results CSV -> list of dicts with dataset, model, seed and float ap, ap50, ap75."""
+    required = ("dataset", "model", "seed", *METRICS)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = {name.strip().lower(): name for name in reader.fieldnames or []}
+            missing = [name for name in required if name not in header]
+            if missing:
+                raise EvaluationInputError(f"{path}: missing columns {', '.join(missing)} "
+                                           f"(needs {', '.join(required)})")
+            rows = []
+            for number, raw in enumerate(reader, start=2):
+                row = {name: (raw[header[name]] or "").strip() for name in required}
+                try:
+                    for metric in METRICS:
+                        row[metric] = float(row[metric])
+                except ValueError:
+                    raise EvaluationInputError(f"{path}:{number}: {', '.join(METRICS)} must be numbers")
+                rows.append(row)
+    except OSError as error:
+        raise EvaluationInputError(f"{path}: cannot read ({error})")
+    if not rows:
+        raise EvaluationInputError(f"{path}: no result rows")
+    return rows
+
+
+def summarise(rows, baseline="baseline"):
+    """One entry per (dataset, model) in order of first appearance: n, mean and sample std (ddof=1,
+    0 for a single seed) of each metric, the gap to the baseline's mean for the same model
+    (ours minus baseline, negative = worse), and the paper's values where it has that pair."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["model"]), []).append(row)
+    means = {key: {m: float(np.mean([r[m] for r in group])) for m in METRICS}
+             for key, group in groups.items()}
+    table = []
+    for (dataset, model), group in groups.items():
+        entry = {"dataset": dataset, "model": model, "seeds": len(group)}
+        for metric in METRICS:
+            values = [r[metric] for r in group]
+            entry[f"{metric}_mean"] = means[(dataset, model)][metric]
+            entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            base = means.get((baseline, model))
+            entry[f"{metric}_gap"] = (entry[f"{metric}_mean"] - base[metric]
+                                      if base is not None and dataset != baseline else None)
+        paper = PAPER_TABLE1.get((dataset.lower(), paper_model_name(model)))
+        for i, metric in enumerate(METRICS):
+            entry[f"paper_{metric}_mean"] = paper[2 * i] if paper else None
+            entry[f"paper_{metric}_std"] = paper[2 * i + 1] if paper else None
+        table.append(entry)
+    return table
+
+
+def _cell(mean, std, gap=None):
+    text = f"{mean:.3f} ± {std:.3f}"
+    return text + (f" **{gap:+.3f}**" if gap is not None else "")
+
+
+def table_markdown(table, baseline):
+    lines = [f"| Dataset | Model | Seeds | {' | '.join(METRIC_TITLES.values())} | "
+             f"{' | '.join('Paper ' + t for t in METRIC_TITLES.values())} |",
+             "|" + "---|" * (3 + 2 * len(METRICS))]
+    for e in table:
+        ours = [_cell(e[f"{m}_mean"], e[f"{m}_std"], e[f"{m}_gap"]) for m in METRICS]
+        paper = [f"{e[f'paper_{m}_mean']:.2f} ± {e[f'paper_{m}_std']:.3f}"
+                 if e[f"paper_{m}_mean"] is not None else "–" for m in METRICS]
+        lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {' | '.join(ours)} | {' | '.join(paper)} |")
+    lines.append("")
+    lines.append(f"Mean ± sample std over seeds; in bold the gap to `{baseline}` for the same model "
+                 f"(ours minus {baseline}). Paper: Table 1 of Voetman et al., MinneApple test set; our "
+                 f"yolov5*u models stand for the paper's anchor-based YOLOv5.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_table(table, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(e["model"] for e in table))
+    datasets = list(dict.fromkeys(e["dataset"] for e in table))
+    lookup = {(e["dataset"], e["model"]): e for e in table}
+    width = 0.8 / len(datasets)
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
+    for axis, metric in zip(axes[0], METRICS):
+        x = np.arange(len(models))
+        for k, dataset in enumerate(datasets):
+            entries = [lookup.get((dataset, m)) for m in models]
+            offset = x + (k - (len(datasets) - 1) / 2) * width
+            axis.bar(offset, [e[f"{metric}_mean"] if e else 0 for e in entries], width,
+                     yerr=[e[f"{metric}_std"] if e else 0 for e in entries], capsize=3, label=dataset)
+            paper = [(o, e[f"paper_{metric}_mean"]) for o, e in zip(offset, entries)
+                     if e and e[f"paper_{metric}_mean"] is not None]
+            if paper:
+                axis.scatter(*zip(*paper), marker="_", s=300, color="black", zorder=3,
+                             label="paper" if k == 0 else None)
+        axis.set_xticks(x, models, rotation=45, ha="right")
+        axis.set_title(METRIC_TITLES[metric])
+        axis.set_ylim(0, 1)
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_table(results_csv, out_dir, baseline="baseline"):
+    """results CSV -> out_dir/table1.csv, table1.md, table1.png; returns the table."""
+    table = summarise(read_results(results_csv), baseline)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "table1.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    tmp.replace(out_dir / "table1.csv")
+    tmp = out_dir / "table1.md.tmp"
+    tmp.write_text(table_markdown(table, baseline))
+    tmp.replace(out_dir / "table1.md")
+    tmp = out_dir / "table1.tmp.png"
+    plot_table(table, tmp)
+    tmp.replace(out_dir / "table1.png")
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    score_parser = commands.add_parser("score", help="COCO AP of YOLO predictions on a labelled split",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    score_parser.add_argument("--gt", required=True, help="folder with images/ and labels/ (YOLO txt)")
+    score_parser.add_argument("--pred", required=True,
+                              help="folder with one 'class cx cy w h conf' txt per image")
+    score_parser.add_argument("--out", help="write the metrics to this JSON file")
+    score_parser.add_argument("--max_dets", type=int, default=100,
+                              help="detections per image that count (COCO's default, as MinneApple's scorer)")
+    score_parser.add_argument("--export_coco", help="write gt.json and predictions.json (COCO) here")
+    table_parser = commands.add_parser("table", help="Table 1 from one row per trained detector",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    table_parser.add_argument("--results", required=True,
+                              help="CSV with columns dataset, model, seed, ap, ap50, ap75")
+    table_parser.add_argument("--out_dir", required=True, help="where table1.csv/.md/.png go")
+    table_parser.add_argument("--baseline", default="baseline", help="dataset the gaps are measured to")
+    args = parser.parse_args(argv)
+    if args.command == "score" and args.max_dets < 1:
+        parser.error("--max_dets must be at least 1")
+
+    try:
+        if args.command == "score":
+            gt, detections = coco_from_yolo(args.gt, args.pred)
+            metrics, printed = cocoeval_metrics(gt, detections, args.max_dets)
+            print(printed, end="")
+            print(json.dumps(metrics, indent=2))
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out + ".tmp").write_text(json.dumps(metrics, indent=2) + "\n")
+                Path(args.out + ".tmp").replace(args.out)
+            if args.export_coco:
+                folder = Path(args.export_coco)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "gt.json").write_text(json.dumps(gt))
+                (folder / "predictions.json").write_text(json.dumps(detections))
+        else:
+            table = write_table(args.results, args.out_dir, args.baseline)
+            print(table_markdown(table, args.baseline), end="")
+            print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
+    except EvaluationInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

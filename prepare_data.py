@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""prepare_data.py: raw orchard photos -> YOLO datasets + the DreamBooth instance photos.
+
+In (one of):
+  --source minneapple --input DIR   MinneApple's detection/ folder: train/images/*.png (720x1280),
+                                    train/masks/*.png (one instance-id mask per photo, 0 =
+                                    background), test/images/*.png and, if you have them,
+                                    test/masks/*.png or --test_annotations COCO.json
+  --source yolo --input DIR         images/ + labels/ (all train), or {train,val,test}/{images,labels}
+  --source synthetic --num_images N procedural MinneApple-layout photos (no download), written to
+                                    OUT/synthetic_source/ and then prepared like MinneApple
+
+Out (the folder contract, see README.md):
+  OUT/real/{train,val,test}/{images,labels}/  centre crop -> resize; YOLO txt, class 0 = apple
+  OUT/real.yaml                               ultralytics data YAML with an absolute path
+  OUT/instances/{green,red}/                  train photos picked for diversity, for DreamBooth
+  OUT/manifest.csv                            one row per photo
+  OUT/stats.json                              counts, colours, dropped boxes, skipped files, config
+
+Boxes from masks follow MinneApple's own loader: x1 = smallest, x2 = largest pixel x of the id
+(so a 3-px-wide apple is 2 px wide), boxes with zero width or height are dropped. The whole output
+is built in OUT/.prepare_tmp and moved into place at the end; a re-run with the same arguments and
+the same input files does nothing.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+COLOURS = ("green", "red")
+SPLITS = ("train", "val", "test")
+# Hue ranges in degrees, read on chromatic pixels only (saturation and value above the floors).
+RED_HUES = ((0.0, 20.0), (330.0, 360.0))
+GREEN_HUES = ((40.0, 170.0),)
+MIN_SATURATION, MIN_VALUE = 0.25, 0.15
+# Boxes only give a rectangle: the inscribed ellipse shrunk to this fraction holds mostly apple.
+BOX_CORE_FRACTION = 0.8
+# MinneApple's 331 of 1001 photos are test; the synthetic source keeps that share.
+SYNTHETIC_TEST_SHARE = 331 / 1001
+SYNTHETIC_SIZE = (720, 1280)  # width, height, as MinneApple
+
+
+class BadInputError(Exception):
+    """Input that cannot be prepared; the message names the file and what was expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes
+# ---------------------------------------------------------------------------------------------
+def boxes_from_mask(mask):
+    """Instance-id mask (H, W) -> (boxes float (N, 4) x1 y1 x2 y2 sorted by id, ids, degenerate).
+
+    Every non-zero id is one apple, however many pieces its pixels form; ids need not be
+    consecutive. x2/y2 are the largest pixel x/y (MinneApple's convention). Boxes with zero width
+    or height are dropped as MinneApple's loader does; their number is returned."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64), 0
+    ids = mask[ys, xs]
+    order = np.argsort(ids, kind="stable")
+    ids, xs, ys = ids[order], xs[order], ys[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    boxes = np.stack([np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts),
+                      np.maximum.reduceat(xs, starts), np.maximum.reduceat(ys, starts)], axis=1)
+    boxes = boxes.astype(np.float64)
+    usable = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[usable], ids[starts][usable].astype(np.int64), int((~usable).sum())
+
+
+def centre_crop_window(width, height, crop_size):
+    """Left and top of a centred crop_size x crop_size window."""
+    if crop_size > min(width, height):
+        raise ValueError(f"crop size {crop_size} is larger than the {width}x{height} image")
+    return (width - crop_size) // 2, (height - crop_size) // 2
+
+
+def crop_resize_boxes(boxes, left, top, crop_size, resolution, min_visible):
+    """Boxes in source pixels -> (boxes in output pixels, number dropped).
+
+    Each box is shifted into the crop, clipped to it, and kept when the clipped area is at least
+    min_visible of its full area; kept boxes are scaled by resolution / crop_size."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    shifted = boxes - [left, top, left, top]
+    clipped = np.clip(shifted, 0, crop_size)
+    full_area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    visible_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (full_area > 0) & (visible_area >= min_visible * full_area) & (visible_area > 0)
+    return clipped[keep] * (resolution / crop_size), int((~keep).sum())
+
+
+def yolo_label_text(boxes, width, height):
+    """Boxes x1 y1 x2 y2 in pixels -> YOLO label text (class 0, normalised centre and size)."""
+    lines = []
+    for x1, y1, x2, y2 in boxes:
+        lines.append(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n")
+    return "".join(lines)
+
+
+def read_yolo_boxes(path, width, height):
+    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a malformed line raises naming file:line."""
+    boxes = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise BadInputError(f"{path}:{number}: expected 'class cx cy w h' numbers, got {line!r}")
+        if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):
+            raise BadInputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h "
+                                f"normalised to 0..1, got {line!r}")
+        _, cx, cy, w, h = values
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
+                      (cx + w / 2) * width, (cy + h / 2) * height])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def boxes_core_mask(shape, boxes):
+    """Boolean (H, W) mask of the central ellipse of every box: the pixels most likely apple."""
+    mask = np.zeros(shape, dtype=bool)
+    for x1, y1, x2, y2 in boxes:
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        rx = max((x2 - x1) / 2 * BOX_CORE_FRACTION, 0.5)
+        ry = max((y2 - y1) / 2 * BOX_CORE_FRACTION, 0.5)
+        r0, r1 = max(int(cy - ry), 0), min(int(np.ceil(cy + ry)) + 1, shape[0])
+        c0, c1 = max(int(cx - rx), 0), min(int(np.ceil(cx + rx)) + 1, shape[1])
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        mask[r0:r1, c0:c1] |= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour and diversity
+# ---------------------------------------------------------------------------------------------
+def _in_ranges(hue, ranges):
+    return np.logical_or.reduce([(hue >= lo) & (hue < hi) for lo, hi in ranges])
+
+
+def red_fraction(image, apple_pixels):
+    """Share of red among the red or green chromatic apple pixels (0..1; NaN with none)."""
+    pixels = np.asarray(image)[apple_pixels].reshape(1, -1, 3)
+    if pixels.shape[1] == 0:
+        return float("nan")
+    hsv = np.asarray(Image.fromarray(pixels).convert("HSV")).reshape(-1, 3).astype(np.float64)
+    hue, saturation, value = hsv[:, 0] * 360 / 256, hsv[:, 1] / 255, hsv[:, 2] / 255
+    chromatic = (saturation > MIN_SATURATION) & (value > MIN_VALUE)
+    red = np.count_nonzero(chromatic & _in_ranges(hue, RED_HUES))
+    green = np.count_nonzero(chromatic & _in_ranges(hue, GREEN_HUES))
+    return red / (red + green) if red + green else float("nan")
+
+
+def colour_label(fraction, red_threshold):
+    """'red', 'green', or 'none' when the photo has no coloured apple pixels."""
+    if np.isnan(fraction):
+        return "none"
+    return "red" if fraction >= red_threshold else "green"
+
+
+def diversity_embedding(image):
+    """Small appearance vector of an RGB image: an 8x8 thumbnail plus 8-bin hue/sat/value histograms."""
+    thumbnail = np.asarray(image.resize((8, 8), Image.BOX), dtype=np.float64).ravel() / 255
+    hsv = np.asarray(image.resize((64, 64), Image.BOX).convert("HSV")).reshape(-1, 3)
+    histograms = [np.bincount(hsv[:, c] // 32, minlength=8) / len(hsv) for c in range(3)]
+    return np.concatenate([thumbnail, *histograms])
+
+
+def farthest_point_sampling(features, count, seed):
+    """Indices of `count` rows spread out in feature space (standardised Euclidean distance).
+
+    The first pick is drawn with the seed; each next pick is the row farthest from all picks."""
+    features = np.asarray(features, dtype=np.float64)
+    count = min(count, len(features))
+    if count == 0:
+        return []
+    scaled = (features - features.mean(0)) / (features.std(0) + 1e-9)
+    picks = [int(np.random.default_rng(seed).integers(len(scaled)))]
+    nearest = np.linalg.norm(scaled - scaled[picks[0]], axis=1)
+    while len(picks) < count:
+        nxt = int(np.argmax(nearest))
+        picks.append(nxt)
+        nearest = np.minimum(nearest, np.linalg.norm(scaled - scaled[nxt], axis=1))
+    return picks
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+def sequence_of(stem):
+    """The video sequence of a photo: its name without the trailing frame number
+    ('20150919_174151_image12' -> '20150919_174151', 'DSC_1342_17kv39r15k_1' -> 'DSC_1342_17kv39r15k')."""
+    return re.sub(r"[_-]?(image|frame|img)?\d+$", "", stem, flags=re.IGNORECASE) or stem
+
+
+def choose_val(stems, num_val, seed, split_by):
+    """The stems that go to val. 'random': num_val photos; 'sequence': whole sequences, shuffled,
+    until at least num_val photos (so val can be a little larger)."""
+    stems = sorted(stems)
+    if num_val >= len(stems):
+        raise BadInputError(f"--num_val {num_val} leaves no training photos: only {len(stems)} "
+                            f"train photos were found")
+    rng = np.random.default_rng(seed)
+    if split_by == "random":
+        return {stems[i] for i in rng.permutation(len(stems))[:num_val]}
+    groups = {}
+    for stem in stems:
+        groups.setdefault(sequence_of(stem), []).append(stem)
+    val = set()
+    for key in [sorted(groups)[i] for i in rng.permutation(len(groups))]:
+        if len(val) >= num_val:
+            break
+        val.update(groups[key])
+    if len(val) == len(stems):
+        raise BadInputError(f"--split_by sequence: the {len(groups)} sequences cannot be split "
+                            f"into train and val with --num_val {num_val}")
+    return val
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic source
+# ---------------------------------------------------------------------------------------------
+def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_SIZE[1]):
+    """A procedural tree photo -> (RGB uint8 image, uint8 instance-id mask).
+
+    Like MinneApple masks: apples touch, overlap (later ones occlude earlier ones), are cut by the
+    image border, are split into two pieces by a branch, and ids have gaps."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    sky = np.array([150, 185, 225], np.float32) * (1 - 0.3 * yy[..., None] / height)
+    image = sky + rng.normal(0, 4, (height, width, 1)).astype(np.float32)
+    ground = yy > height * rng.uniform(0.8, 0.9)
+    image[ground] = np.array([95, 80, 55], np.float32) + rng.normal(0, 12, (ground.sum(), 1))
+    image[(np.abs(xx - width / 2) < width * 0.05) & (yy > height * 0.55)] = (80, 60, 40)
+    canopy = (((xx - width / 2) / (width * 0.62)) ** 2 + ((yy - height * 0.45) / (height * 0.42)) ** 2) < 1
+    leaf_noise = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1))
+    leaf_shade = np.kron(leaf_noise, np.ones((8, 8)))[:height, :width, None]
+    leaves = np.array([50, 105, 35], np.float32) + leaf_shade * np.array([12, 22, 8])
+    image = np.where(canopy[..., None], leaves, image)
+
+    base = np.array([175, 28, 32] if colour == "red" else [150, 192, 70], np.float32)
+    count = int(rng.integers(18, 36))
+    ids = np.sort(rng.choice(np.arange(1, 250), size=count, replace=False))
+    mask = np.zeros((height, width), np.uint8)
+    centres = []
+    for k, apple_id in enumerate(ids):
+        radius = rng.uniform(14, 30)
+        if k % 6 == 1 and centres:  # touching the previous apple
+            angle = rng.uniform(0, 2 * np.pi)
+            px, py, pr = centres[-1]
+            cx, cy = px + (pr + radius) * np.cos(angle), py + (pr + radius) * np.sin(angle)
+        elif k % 9 == 2:  # cut by the left or right image border
+            cx, cy = rng.choice([rng.uniform(-radius / 2, 0), width + rng.uniform(0, radius / 2)]), rng.uniform(0.15, 0.8) * height
+        else:
+            cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.15, 0.85) * height
+        centres.append((cx, cy, radius))
+        window = (slice(max(int(cy - radius), 0), max(int(cy + radius) + 2, 0)),
+                  slice(max(int(cx - radius), 0), max(int(cx + radius) + 2, 0)))
+        wy, wx = yy[window], xx[window]
+        disc = np.hypot(wx - cx, wy - cy) < radius
+        shade = np.clip(1.15 - 0.45 * np.hypot(wx - cx + radius / 3, wy - cy + radius / 3) / radius, 0.55, 1.2)
+        patch = image[window]
+        patch[disc] = (base * shade[..., None])[disc] + rng.normal(0, 5, (disc.sum(), 3))
+        mask[window][disc] = apple_id
+    for cx, cy, radius in centres[::7]:  # a branch across every 7th apple splits it in two
+        window = (slice(max(int(cy - radius), 0), max(int(cy + radius) + 2, 0)),
+                  slice(max(int(cx - 1.6 * radius), 0), max(int(cx + 1.6 * radius) + 2, 0)))
+        branch = np.abs(yy[window] - cy - (xx[window] - cx) * 0.3) < 2.5
+        image[window][branch] = (70, 50, 35)
+        mask[window][branch] = 0
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def write_synthetic_source(folder, num_images, seed):
+    """MinneApple-layout folder {train,test}/{images,masks}/*.png; one photo in three is green."""
+    rng = np.random.default_rng(seed)
+    num_test = max(1, round(num_images * SYNTHETIC_TEST_SHARE)) if num_images > 1 else 0
+    for index in tqdm(range(num_images), desc="synthetic photos", unit="photo"):
+        split = "test" if index >= num_images - num_test else "train"
+        colour = "green" if index % 3 == 0 else "red"
+        image, mask = draw_synthetic_photo(rng, colour)
+        stem = f"synthetic_{colour}_{index:04d}"
+        for kind, array in (("images", image), ("masks", mask)):
+            out = Path(folder, split, kind)
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(out / f"{stem}.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting the photos of a source
+# ---------------------------------------------------------------------------------------------
+def list_images(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def coco_boxes_by_stem(path):
+    """COCO JSON -> {image file stem: boxes x1 y1 x2 y2}."""
+    try:
+        data = json.loads(Path(path).read_text())
+        names = {img["id"]: Path(img["file_name"]).stem for img in data["images"]}
+        boxes = {name: [] for name in names.values()}
+        for ann in data.get("annotations", []):
+            x, y, w, h = ann["bbox"]
+            boxes[names[ann["image_id"]]].append([x, y, x + w, y + h])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BadInputError(f"{path}: expected a COCO JSON with 'images' (id, file_name) and "
+                            f"'annotations' (image_id, bbox): {error}")
+    return {name: np.array(b, dtype=np.float64).reshape(-1, 4) for name, b in boxes.items()}
+
+
+def collect_minneapple(root, test_annotations=None):
+    """Jobs for MinneApple's detection/ layout. A job: split, stem, image, and its labels as
+    ('mask', path), ('yolo', path), ('boxes', array), or None (an unlabelled test photo)."""
+    root = Path(root)
+    train_images = root / "train" / "images"
+    if not train_images.is_dir():
+        raise BadInputError(f"{root}: wrong layout: expected {train_images}/ with the photos "
+                            f"(point --input at MinneApple's detection/ folder)")
+    if not (root / "train" / "masks").is_dir():
+        raise BadInputError(f"{root}: wrong layout: expected {root / 'train' / 'masks'}/ with one "
+                            f"instance-id mask PNG per photo")
+    coco = coco_boxes_by_stem(test_annotations) if test_annotations else {}
+    jobs = []
+    for split in ("train", "test"):
+        folder = root / split / "images"
+        if not folder.is_dir():
+            continue
+        masks = root / split / "masks"
+        for image in list_images(folder):
+            mask = masks / f"{image.stem}.png"
+            if split == "train" or masks.is_dir():
+                labels = ("mask", mask)
+            elif image.stem in coco:
+                labels = ("boxes", coco[image.stem])
+            else:
+                labels = None
+            jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
+    if not any(job["split"] == "train" for job in jobs):
+        raise BadInputError(f"{train_images}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return jobs
+
+
+def collect_yolo(root):
+    """Jobs for images/ + labels/ (all train) or {train,val,test}/{images,labels}. A missing label
+    file is an error in train and val, and an unlabelled photo in test."""
+    root = Path(root)
+    if (root / "images").is_dir():
+        layout = {"train": root}
+    else:
+        layout = {split: root / split for split in SPLITS if (root / split / "images").is_dir()}
+    if "train" not in layout:
+        raise BadInputError(f"{root}: wrong layout: expected images/ + labels/, or "
+                            f"train/images/ + train/labels/ (and optionally val/ and test/)")
+    jobs = []
+    for split, folder in layout.items():
+        for image in list_images(folder / "images"):
+            label = folder / "labels" / f"{image.stem}.txt"
+            labels = ("yolo", label) if split != "test" or label.exists() else None
+            jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
+    if not any(job["split"] == "train" for job in jobs):
+        raise BadInputError(f"{layout['train'] / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return jobs
+
+
+def check_unique_stems(jobs):
+    seen = {}
+    for job in jobs:
+        if job["stem"] in seen:
+            raise BadInputError(f"{job['image']}: another photo has the same name stem "
+                                f"({seen[job['stem']]}); output files are named by stem")
+        seen[job["stem"]] = job["image"]
+
+
+def input_fingerprint(jobs, extra_files):
+    """Hash of every input file's path, size and modification time."""
+    digest = hashlib.sha256()
+    paths = [job["image"] for job in jobs] + [str(job["labels"][1]) for job in jobs
+                                             if job["labels"] and job["labels"][0] != "boxes"]
+    for path in sorted(paths) + [str(p) for p in extra_files]:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# One photo
+# ---------------------------------------------------------------------------------------------
+def open_image(path):
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadInputError(f"{path}: unreadable image file ({error})")
+
+
+def load_source_boxes(job, image):
+    """-> (boxes in source pixels, pixels to read the colour from, boxes dropped as degenerate)."""
+    kind, value = job["labels"]
+    width, height = image.size
+    if kind == "mask":
+        if not Path(value).exists():
+            raise BadInputError(f"{job['image']}: no mask: expected {value}")
+        mask_image = open_image(value)
+        if mask_image.mode not in ("L", "P", "I", "I;16", "1"):
+            raise BadInputError(f"{value}: expected a single-channel instance-id mask, got mode "
+                                f"{mask_image.mode}")
+        if mask_image.size != image.size:
+            raise BadInputError(f"{value}: mask is {mask_image.size[0]}x{mask_image.size[1]} but "
+                                f"its image {job['image']} is {width}x{height}")
+        mask = np.asarray(mask_image)
+        boxes, _, degenerate = boxes_from_mask(mask)
+        return boxes, mask > 0, degenerate
+    if kind == "yolo":
+        if not Path(value).exists():
+            raise BadInputError(f"{job['image']}: no label file: expected {value} (an empty file "
+                                f"means no apples)")
+        boxes = read_yolo_boxes(value, width, height)
+    else:
+        boxes = value
+    return boxes, boxes_core_mask((height, width), boxes), 0
+
+
+def process_photo(job, config, out_root):
+    """Crop, resize, write one photo and its labels under out_root/real/<split>/ -> manifest row."""
+    image = open_image(job["image"]).convert("RGB")
+    width, height = image.size
+    crop = config["crop_size"] or min(width, height)
+    try:
+        left, top = centre_crop_window(width, height, crop)
+    except ValueError as error:
+        raise BadInputError(f"{job['image']}: {error}")
+    row = {"split": job["split"], "source_file": job["image"], "colour": "none", "red_fraction": "",
+           "labelled": "yes" if job["labels"] else "no", "boxes_kept": 0, "boxes_dropped": 0}
+    if job["labels"]:
+        boxes, apple_pixels, degenerate = load_source_boxes(job, image)
+        kept, cropped_out = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
+                                              config["min_visible"])
+        fraction = red_fraction(image, apple_pixels)
+        row.update(colour=colour_label(fraction, config["red_threshold"]),
+                   red_fraction="" if np.isnan(fraction) else round(fraction, 4),
+                   boxes_kept=len(kept), boxes_dropped=cropped_out + degenerate)
+    resized = image.crop((left, top, left + crop, top + crop)).resize(
+        (config["resolution"], config["resolution"]), Image.BICUBIC)
+    split_dir = Path(out_root, "real", job["split"])
+    image_name = f"{job['stem']}.{config['image_format']}"
+    resized.save(split_dir / "images" / image_name, **({"quality": 95} if config["image_format"] == "jpg" else {}))
+    if job["labels"]:
+        (split_dir / "labels" / f"{job['stem']}.txt").write_text(
+            yolo_label_text(kept, config["resolution"], config["resolution"]))
+    row["file"] = f"real/{job['split']}/images/{image_name}"
+    row["embedding"] = diversity_embedding(resized)
+    return row
+
+
+def _process_or_report(args):
+    job, config, out_root = args
+    try:
+        return process_photo(job, config, out_root), None
+    except BadInputError as error:
+        return None, str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole dataset
+# ---------------------------------------------------------------------------------------------
+MANIFEST_FIELDS = ["split", "file", "source_file", "colour", "red_fraction", "labelled",
+                   "boxes_kept", "boxes_dropped", "instance"]
+
+
+def prepare(jobs, config, out_dir, workers=1):
+    """Build the whole output in out_dir/.prepare_tmp, then move it into place. -> stats dict."""
+    out_dir = Path(out_dir).resolve()
+    tmp = out_dir / ".prepare_tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            (tmp / "real" / split / kind).mkdir(parents=True)
+    work = [(job, config, str(tmp)) for job in jobs]
+    rows, skipped = [], []
+    with multiprocessing.Pool(workers) if workers > 1 else _Inline() as pool:
+        results = pool.imap(_process_or_report, work, chunksize=4)
+        for row, error in tqdm(results, total=len(work), desc="preparing photos", unit="photo"):
+            if error is None:
+                rows.append(row)
+            elif config["skip_bad"]:
+                skipped.append(error)
+            else:
+                raise BadInputError(error + "\n(--skip_bad skips such photos and lists them)")
+    if not rows:
+        raise BadInputError("every photo was skipped as bad input: " + "; ".join(skipped[:3]))
+
+    for colour in COLOURS:
+        (tmp / "instances" / colour).mkdir(parents=True)
+    warnings, instances = [], {}
+    for colour in COLOURS:
+        candidates = [r for r in rows if r["split"] == "train" and r["colour"] == colour]
+        picks = farthest_point_sampling([r["embedding"] for r in candidates],
+                                        config["num_instances"], config["seed"])
+        if len(picks) < config["num_instances"]:
+            warnings.append(f"only {len(picks)} {colour} train photos for the {config['num_instances']} "
+                            f"{colour} instance photos asked for")
+        instances[colour] = []
+        for index in picks:
+            row = candidates[index]
+            row["instance"] = colour
+            shutil.copyfile(tmp / row["file"], tmp / "instances" / colour / Path(row["file"]).name)
+            instances[colour].append(Path(row["file"]).name)
+
+    unlabelled = [r["file"] for r in rows if r["labelled"] == "no"]
+    if unlabelled:
+        warnings.append(f"{len(unlabelled)} test photos have no labels (no test/masks/, not in "
+                        f"--test_annotations): they are written without label files, and "
+                        f"evaluate.py refuses them")
+    rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["file"]))
+    with open(tmp / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "instance": row.get("instance", "")})
+    data_yaml = {"path": str(out_dir / "real"), "train": "train/images", "val": "val/images",
+                 "test": "test/images", "names": {0: "apple"}}
+    (tmp / "real.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+
+    stats = {"config": config, "photos": {}, "boxes_kept": {}, "boxes_dropped": {},
+             "colours": {}, "unlabelled_test_photos": len(unlabelled), "instances": instances,
+             "skipped": skipped, "warnings": warnings}
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        stats["photos"][split] = len(split_rows)
+        stats["boxes_kept"][split] = sum(r["boxes_kept"] for r in split_rows)
+        stats["boxes_dropped"][split] = sum(r["boxes_dropped"] for r in split_rows)
+        stats["colours"][split] = {c: sum(r["colour"] == c for r in split_rows) for c in (*COLOURS, "none")}
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+
+    # stats.json marks a finished output: remove it first, move it in last.
+    (out_dir / "stats.json").unlink(missing_ok=True)
+    for entry in ["real", "instances", "manifest.csv", "real.yaml", "stats.json"]:
+        target = out_dir / entry
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp / entry, target)
+    shutil.rmtree(tmp)
+    return stats
+
+
+class _Inline:
+    """Stand-in for a one-worker pool: runs in this process (simpler tracebacks, no forking)."""
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, function, items, chunksize=1):
+        return map(function, items)
+
+
+def up_to_date(out_dir, config):
+    """True when out_dir holds a finished output made with this exact config."""
+    try:
+        stats = json.loads((Path(out_dir) / "stats.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stats.get("config") == config and all(
+        (Path(out_dir) / entry).exists() for entry in ("real", "instances", "manifest.csv", "real.yaml"))
+
+
+def summary(stats):
+    lines = ["photos: " + ", ".join(f"{s} {stats['photos'][s]}" for s in SPLITS)]
+    for split in SPLITS:
+        colours = stats["colours"][split]
+        lines.append(f"  {split}: {stats['boxes_kept'][split]} boxes kept, "
+                     f"{stats['boxes_dropped'][split]} dropped; green {colours['green']}, "
+                     f"red {colours['red']}, no apples {colours['none']}")
+    lines.append("instances: " + ", ".join(f"{c} {len(v)}" for c, v in stats["instances"].items()))
+    lines += [f"warning: {w}" for w in stats["warnings"]]
+    lines += [f"skipped: {s}" for s in stats["skipped"]]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Turn raw orchard photos into YOLO datasets plus DreamBooth instance photos.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--source", choices=["minneapple", "yolo", "synthetic"], required=True,
+                        help="minneapple: detection/ folder with instance masks; yolo: images + "
+                             "YOLO labels; synthetic: procedural photos, no download")
+    parser.add_argument("--input", help="the source folder (not for --source synthetic)")
+    parser.add_argument("--output_dir", required=True, help="where real/, instances/ and the rest go")
+    parser.add_argument("--test_annotations", help="COCO JSON with the MinneApple test boxes "
+                        "(when test/masks/ is absent)")
+    parser.add_argument("--num_images", type=int, default=48,
+                        help="synthetic photos in all (a third become test, as MinneApple's 331/1001)")
+    parser.add_argument("--crop_size", type=int, default=None,
+                        help="side of the centre crop in source pixels (default: the photo's "
+                             "shorter side, 720 for MinneApple)")
+    parser.add_argument("--resolution", type=int, default=768, help="side of the output images")
+    parser.add_argument("--min_visible", type=float, default=0.5,
+                        help="drop a box that keeps less than this share of its area in the crop")
+    parser.add_argument("--num_val", type=int, default=None,
+                        help="train photos moved to val (default: 20%%, 134 of MinneApple's 670); "
+                             "ignored when the source has its own val split")
+    parser.add_argument("--split_by", choices=["random", "sequence"], default="random",
+                        help="sequence keeps the frames of one video sequence in one split")
+    parser.add_argument("--num_instances", type=int, default=10,
+                        help="instance photos picked per colour for DreamBooth")
+    parser.add_argument("--red_threshold", type=float, default=0.4,
+                        help="a photo is red when at least this share of its red-or-green apple "
+                             "pixels is red")
+    parser.add_argument("--image_format", choices=["png", "jpg"], default="png",
+                        help="format of the written images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, instance pick "
+                        "and synthetic photos")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes that prepare photos in parallel")
+    parser.add_argument("--skip_bad", action="store_true",
+                        help="skip unreadable or inconsistent photos and list them, instead of stopping")
+    args = parser.parse_args(argv)
+    if args.source != "synthetic" and not args.input:
+        parser.error(f"--source {args.source} needs --input DIR")
+    if args.source == "synthetic" and args.num_images < 2:
+        parser.error("--num_images must be at least 2 (train and test)")
+    if args.test_annotations and args.source != "minneapple":
+        parser.error("--test_annotations is for --source minneapple")
+    if not 0 <= args.min_visible <= 1:
+        parser.error("--min_visible must be between 0 and 1")
+    if args.resolution < 8 or (args.crop_size is not None and args.crop_size < 1):
+        parser.error("--resolution must be at least 8 and --crop_size positive")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out_dir = Path(args.output_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".prepare_tmp"
+    try:
+        if args.source == "synthetic":
+            source_dir = out_dir / "synthetic_source" / "detection"
+            marker = {"num_images": args.num_images, "seed": args.seed}
+            marker_file = out_dir / "synthetic_source" / "made_with.json"
+            if not (marker_file.exists() and json.loads(marker_file.read_text()) == marker):
+                staging = out_dir / ".synthetic_tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                write_synthetic_source(staging / "detection", args.num_images, args.seed)
+                (staging / "made_with.json").write_text(json.dumps(marker))
+                shutil.rmtree(out_dir / "synthetic_source", ignore_errors=True)
+                os.replace(staging, out_dir / "synthetic_source")
+            jobs = collect_minneapple(source_dir)
+        elif args.source == "minneapple":
+            jobs = collect_minneapple(args.input, args.test_annotations)
+        else:
+            jobs = collect_yolo(args.input)
+        check_unique_stems(jobs)
+
+        train_stems = [job["stem"] for job in jobs if job["split"] == "train"]
+        if not any(job["split"] == "val" for job in jobs):
+            num_val = args.num_val if args.num_val is not None else round(0.2 * len(train_stems))
+            val = choose_val(train_stems, num_val, args.seed, args.split_by)
+            for job in jobs:
+                if job["split"] == "train" and job["stem"] in val:
+                    job["split"] = "val"
+        if not any(job["split"] == "test" for job in jobs):
+            print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
+                  file=sys.stderr)
+
+        extra_files = [args.test_annotations] if args.test_annotations else []
+        config = {key: value for key, value in vars(args).items() if key not in ("workers",)}
+        config.update(input=str(Path(args.input).resolve()) if args.input else None,
+                      output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs, extra_files))
+        if up_to_date(out_dir, config):
+            print(f"{out_dir} is up to date (same arguments, same input files): nothing to do")
+            return 0
+        stats = prepare(jobs, config, out_dir, args.workers)
+    except BadInputError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary(stats))
+    print(f"wrote {out_dir}/real/, real.yaml, instances/, manifest.csv, stats.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+import contextlib
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import evaluate as ev
+
+
+def write_split(root, images):
+    """images: {stem: (width, height, [gt boxes x1 y1 x2 y2] or None for no label file)}."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for stem, (width, height, boxes) in images.items():
+        Image.new("RGB", (width, height)).save(root / "images" / f"{stem}.png")
+        if boxes is not None:
+            (root / "labels" / f"{stem}.txt").write_text(yolo_lines(boxes, width, height))
+    return root
+
+
+def yolo_lines(boxes, width, height, scores=None):
+    lines = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        line = f"0 {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} {(x2 - x1) / width} {(y2 - y1) / height}"
+        lines.append(line + (f" {scores[i]}" if scores is not None else "") + "\n")
+    return "".join(lines)
+
+
+def write_predictions(root, predictions, sizes):
+    """predictions: {stem: [(x1, y1, x2, y2, score), ...]}."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, rows in predictions.items():
+        width, height = sizes[stem]
+        (root / f"{stem}.txt").write_text(
+            yolo_lines([r[:4] for r in rows], width, height, scores=[r[4] for r in rows]))
+    return root
+
+
+GT = [[10, 10, 50, 50], [100, 100, 200, 200], [150, 10, 190, 40]]
+
+
+def test_perfect_predictions_score_one(tmp_path):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT), "b": (300, 300, [[0, 0, 30, 30]])})
+    pred = write_predictions(tmp_path / "pred", {"a": [(*b, 0.9) for b in GT], "b": [(0, 0, 30, 30, 0.5)]},
+                             {"a": (300, 300), "b": (300, 300)})
+    metrics = ev.score(gt, pred)
+    assert metrics["ap"] == pytest.approx(1.0) and metrics["ap50"] == pytest.approx(1.0)
+    assert metrics["ap75"] == pytest.approx(1.0) and metrics["ar100"] == pytest.approx(1.0)
+    assert metrics["gt_boxes"] == 4 and metrics["predictions"] == 4
+
+
+def test_hand_computed_case(tmp_path):
+    # 3 ground-truth boxes. Ranked: exact hit (0.9), a false positive (0.8), a hit on the second box
+    # at IoU 0.72 (0.7); the third is missed. For IoU thresholds 0.50..0.70 recall/precision run
+    # (1/3, 1), (1/3, 1/2), (2/3, 2/3): COCO's 101-point interpolation gives 34 points at 1 and
+    # 33 at 2/3, AP = 56/101. For 0.75..0.95 only the first hit counts: AP = 34/101.
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    pred = write_predictions(tmp_path / "pred", {"a": [(10, 10, 50, 50, 0.9), (250, 250, 290, 290, 0.8),
+                                                       (100, 100, 200, 172, 0.7)]}, {"a": (300, 300)})
+    metrics = ev.score(gt, pred)
+    assert metrics["ap50"] == pytest.approx(56 / 101)
+    assert metrics["ap75"] == pytest.approx(34 / 101)
+    assert metrics["ap"] == pytest.approx((5 * 56 / 101 + 5 * 34 / 101) / 10)
+
+
+def test_false_positive_on_an_image_without_ground_truth_counts(tmp_path):
+    # Empty image b holds the top-scored false positive: precision (0, 1/2) at recall (0, 1) -> 0.5.
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT[:1]), "b": (300, 300, [])})
+    pred = write_predictions(tmp_path / "pred", {"a": [(10, 10, 50, 50, 0.5)], "b": [(0, 0, 40, 40, 0.9)]},
+                             {"a": (300, 300), "b": (300, 300)})
+    assert ev.score(gt, pred)["ap"] == pytest.approx(0.5)
+
+
+def test_max_dets_caps_detections_per_image(tmp_path):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    pred = write_predictions(tmp_path / "pred", {"a": [(*b, s) for b, s in zip(GT, (0.9, 0.8, 0.7))]},
+                             {"a": (300, 300)})
+    assert ev.score(gt, pred, max_dets=2)["ap50"] == pytest.approx(67 / 101)  # recall stops at 2/3
+
+
+def test_no_predictions_score_zero(tmp_path):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    (tmp_path / "pred").mkdir()
+    metrics = ev.score(gt, tmp_path / "pred")
+    assert metrics["ap"] == 0.0 and metrics["ap50"] == 0.0 and metrics["predictions"] == 0
+
+
+def test_score_equals_a_direct_cocoeval_run(orchard_real, tmp_path):
+    split = orchard_real / "test"
+    rng = np.random.default_rng(0)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for label in sorted((split / "labels").glob("*.txt")):
+        rows = np.loadtxt(label, ndmin=2)
+        rows = rows[rng.random(len(rows)) > 0.2]                            # miss some apples
+        rows[:, 1:3] += rng.normal(0, 0.01, (len(rows), 2))                # shift boxes
+        extra = np.c_[np.zeros(2), rng.uniform(0.1, 0.9, (2, 2)), np.full((2, 2), 0.05)]
+        rows = np.clip(np.r_[rows, extra], 0, 1)                           # and false positives
+        scores = rng.uniform(0.01, 1, len(rows))
+        (pred / label.name).write_text("".join(f"0 {r[1]} {r[2]} {r[3]} {r[4]} {s}\n" for r, s in zip(rows, scores)))
+    assert ev.main(["score", "--gt", str(split), "--pred", str(pred), "--out", str(tmp_path / "m.json"),
+                    "--export_coco", str(tmp_path / "coco")]) == 0
+    ours = json.loads((tmp_path / "m.json").read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(tmp_path / "coco" / "gt.json"))
+        coco_dt = coco_gt.loadRes(str(tmp_path / "coco" / "predictions.json"))
+        direct = COCOeval(coco_gt, coco_dt, "bbox")
+        direct.evaluate()
+        direct.accumulate()
+        direct.summarize()
+    assert [ours["ap"], ours["ap50"], ours["ap75"]] == pytest.approx(direct.stats[:3].tolist())
+    assert 0.1 < ours["ap"] < 0.9
+    assert min(a["id"] for a in coco_gt.dataset["annotations"]) == 1
+    assert ours["images"] == 32
+
+
+def test_bad_inputs_are_named(tmp_path, capsys):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT), "b": (300, 300, None)})
+    pred = write_predictions(tmp_path / "pred", {"a": [(10, 10, 50, 50, 0.9)]}, {"a": (300, 300)})
+    assert ev.main(["score", "--gt", str(gt), "--pred", str(pred)]) == 2
+    assert "b.png" in capsys.readouterr().err                      # unlabelled image refused by name
+    (gt / "labels" / "b.txt").write_text("")
+    (pred / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1 0.9\n")
+    with pytest.raises(ev.EvaluationInputError, match="ghost.txt"):
+        ev.score(gt, pred)
+    (pred / "ghost.txt").unlink()
+    (pred / "a.txt").write_text("0 0.5 0.5 0.1 0.1 0.9\n0 0.5 1.2 0.1 0.1 0.9\n")
+    with pytest.raises(ev.EvaluationInputError, match=r"a.txt:2: values out of range"):
+        ev.score(gt, pred)
+    (pred / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(ev.EvaluationInputError, match=r"a.txt:1: expected 6 columns"):
+        ev.score(gt, pred)
+
+
+# ---- table ----------------------------------------------------------------------------------------
+def write_results(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "model", "seed", "ap", "ap50", "ap75"])
+        writer.writerows(rows)
+    return path
+
+
+def test_table_means_stds_gaps_and_files(tmp_path):
+    results = write_results(tmp_path / "runs.csv", [
+        ("baseline", "yolov8n", 0, 0.40, 0.70, 0.40), ("baseline", "yolov8n", 1, 0.42, 0.74, 0.44),
+        ("genfusion", "yolov8n", 0, 0.30, 0.60, 0.25), ("genfusion", "yolov8n", 1, 0.34, 0.64, 0.29),
+        ("genfusion", "yolov5nu", 0, 0.20, 0.50, 0.10)])
+    table = ev.write_table(results, tmp_path / "out")
+    by_key = {(e["dataset"], e["model"]): e for e in table}
+    base, ours = by_key[("baseline", "yolov8n")], by_key[("genfusion", "yolov8n")]
+    assert base["ap_mean"] == pytest.approx(0.41) and base["ap_std"] == pytest.approx(0.02 / np.sqrt(2))
+    assert ours["ap_gap"] == pytest.approx(0.32 - 0.41) and base["ap_gap"] is None
+    assert ours["ap75_gap"] == pytest.approx(0.27 - 0.42)
+    assert ours["paper_ap_mean"] == 0.31 and ours["paper_ap75_std"] == 0.012
+    lonely = by_key[("genfusion", "yolov5nu")]
+    assert lonely["seeds"] == 1 and lonely["ap_std"] == 0.0 and lonely["ap_gap"] is None
+    assert lonely["paper_ap_mean"] == 0.27                       # yolov5nu stands for the paper's yolov5n
+    markdown = (tmp_path / "out" / "table1.md").read_text()
+    assert "| genfusion | yolov8n | 2 | 0.320 ± 0.028 **-0.090** |" in markdown
+    with open(tmp_path / "out" / "table1.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    assert Image.open(tmp_path / "out" / "table1.png").size[0] > 500
+
+
+def test_table_rejects_a_csv_without_the_columns(tmp_path):
+    (tmp_path / "bad.csv").write_text("dataset,model,ap\nbaseline,yolov8n,0.4\n")
+    with pytest.raises(ev.EvaluationInputError, match="missing columns seed, ap50, ap75"):
+        ev.read_results(tmp_path / "bad.csv")
+
+
+def test_paper_numbers_match_the_paper(paper_table1):
+    with open(paper_table1, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(ev.PAPER_TABLE1) == 20
+    for row in rows:
+        expected = tuple(float(row[k]) for k in ("ap", "ap_std", "ap50", "ap50_std", "ap75", "ap75_std"))
+        assert ev.PAPER_TABLE1[(row["dataset"], row["model"])] == expected

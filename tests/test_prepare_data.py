@@ -1,0 +1,368 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import prepare_data as pd
+from conftest import REPO
+
+
+def read_manifest(out):
+    with open(out / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def label_rows(path):
+    return [list(map(float, line.split())) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_minneapple(root, photos, test_masks=True):
+    """photos: {(split, stem): (mask array, image array or None)} -> a detection/ folder."""
+    for (split, stem), (mask, image) in photos.items():
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        if image is None:
+            image = np.full(mask.shape + (3,), 90, np.uint8)
+            image[mask > 0] = (180, 30, 30)
+        Image.fromarray(image).save(root / split / "images" / f"{stem}.png")
+        if split == "train" or test_masks:
+            (root / split / "masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(root / split / "masks" / f"{stem}.png")
+    return root
+
+
+def simple_mask(height=60, width=40):
+    mask = np.zeros((height, width), np.uint8)
+    mask[20:30, 10:20] = 5
+    return mask
+
+
+# ---- boxes, crop, resize -------------------------------------------------------------------------
+def test_boxes_from_hand_made_mask():
+    mask = np.zeros((10, 12), np.uint8)
+    mask[1:4, 2:6] = 3              # rows 1-3, cols 2-5
+    mask[5:7, 0:2] = 7              # id 7 in two pieces: still one apple
+    mask[8, 9:11] = 7
+    mask[1:4, 6:8] = 9              # touches id 3
+    mask[9, 4] = 12                 # one pixel: zero-size box, dropped as MinneApple does
+    boxes, ids, degenerate = pd.boxes_from_mask(mask)
+    assert ids.tolist() == [3, 7, 9]
+    assert boxes.tolist() == [[2, 1, 5, 3], [0, 5, 10, 8], [6, 1, 7, 3]]
+    assert degenerate == 1
+
+
+def test_boxes_from_empty_mask():
+    boxes, ids, degenerate = pd.boxes_from_mask(np.zeros((5, 5), np.uint8))
+    assert boxes.shape == (0, 4) and len(ids) == 0 and degenerate == 0
+
+
+def test_crop_resize_arithmetic_near_the_crop_edge():
+    left, top = pd.centre_crop_window(720, 1280, 720)
+    assert (left, top) == (0, 280)
+    boxes = [[100, 260, 140, 300],    # 20 of 40 rows inside: exactly half visible, kept
+             [200, 990, 240, 1010],   # bottom edge: 10 of 20 rows inside, kept
+             [300, 250, 340, 290],    # 10 of 40 rows inside: dropped
+             [0, 0, 10, 10]]          # outside the crop: dropped
+    kept, dropped = pd.crop_resize_boxes(boxes, left, top, 720, 768, min_visible=0.5)
+    scale = 768 / 720
+    np.testing.assert_allclose(kept, np.array([[100, 0, 140, 20], [200, 710, 240, 720]]) * scale)
+    assert dropped == 2
+    kept, dropped = pd.crop_resize_boxes(boxes, left, top, 720, 768, min_visible=0.6)
+    assert len(kept) == 0 and dropped == 4
+
+
+def label_rows_from_text(text):
+    return [list(map(float, line.split())) for line in text.splitlines()]
+
+
+def test_yolo_label_text_normalises_centre_and_size():
+    rows = label_rows_from_text(pd.yolo_label_text(np.array([[10, 20, 30, 60]]), 100, 200))
+    assert rows == [[0, 0.2, 0.2, 0.2, 0.2]]
+
+
+def test_min_visible_drop_is_counted(tmp_path):
+    mask = np.zeros((60, 40), np.uint8)    # crop 40x40 at top 10
+    mask[20:30, 10:20] = 1                 # inside
+    mask[3:13, 25:35] = 4                  # rows 3..12 -> 10..12 inside: 2 of 9 rows, dropped
+    mask[45:55, 5:15] = 6                  # rows 45..54 -> 45..50 inside: 5 of 9 rows, kept
+    src = make_minneapple(tmp_path / "detection", {("train", f"p{i}"): (mask, None) for i in range(5)})
+    out = tmp_path / "out"
+    assert pd.main(["--source", "minneapple", "--input", str(src), "--output_dir", str(out),
+                    "--resolution", "80", "--num_val", "1", "--num_instances", "1", "--workers", "1"]) == 0
+    rows = read_manifest(out)
+    assert [(r["boxes_kept"], r["boxes_dropped"]) for r in rows] == [("2", "1")] * 5
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["boxes_dropped"] == {"train": 4, "val": 1, "test": 0}
+    label = next((out / "real" / "train" / "labels").glob("*.txt"))
+    cx, cy, w, h = label_rows(label)[0][1:]
+    assert (cx, cy, w, h) == pytest.approx([0.3625, 0.3625, 0.225, 0.225])  # (10, 10, 19, 19) in the crop, /40
+
+
+# ---- colour, diversity, splits --------------------------------------------------------------------
+def test_red_fraction_of_plain_colours():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, :2] = (200, 20, 20)
+    image[:, 2:] = (60, 180, 40)
+    everything = np.ones((4, 4), bool)
+    assert pd.red_fraction(image, everything) == pytest.approx(0.5)
+    assert pd.colour_label(pd.red_fraction(image, everything), 0.4) == "red"
+    assert pd.colour_label(pd.red_fraction(image, np.zeros((4, 4), bool)), 0.4) == "none"
+
+
+def test_farthest_point_sampling_spreads_and_is_deterministic():
+    points = np.array([[0.0], [0.1], [0.2], [5.0], [10.0], [9.9]])
+    picks = pd.farthest_point_sampling(points, 3, seed=0)
+    assert picks == pd.farthest_point_sampling(points, 3, seed=0)
+    assert sorted(points[picks, 0].tolist())[0] < 0.3 and sorted(points[picks, 0].tolist())[-1] > 9.8
+    assert any(abs(points[p, 0] - 5.0) < 1e-9 for p in picks)
+    assert len(pd.farthest_point_sampling(points, 10, seed=0)) == 6
+
+
+def test_sequence_split_keeps_sequences_whole():
+    stems = [f"2015_seq{s}_image{f}" for s in "ABCDE" for f in range(1, 5)]
+    assert pd.sequence_of("20150919_174151_image12") == "20150919_174151"
+    val = pd.choose_val(stems, 6, seed=3, split_by="sequence")
+    sequences = {pd.sequence_of(s) for s in val}
+    assert len(val) == 8 and all(f"{seq}_image{f}" in val for seq in sequences for f in range(1, 5))
+    random_val = pd.choose_val(stems, 6, seed=3, split_by="random")
+    assert len(random_val) == 6 and random_val == pd.choose_val(stems, 6, seed=3, split_by="random")
+    with pytest.raises(pd.BadInputError, match="no training photos"):
+        pd.choose_val(stems, 20, seed=0, split_by="random")
+
+
+# ---- synthetic source, end to end ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "out"
+    assert pd.main(["--source", "synthetic", "--num_images", "12", "--output_dir", str(out),
+                    "--resolution", "96", "--num_instances", "2", "--workers", "2"]) == 0
+    return out
+
+
+def test_synthetic_source_is_like_minneapple_masks(synthetic_out):
+    masks = sorted((synthetic_out / "synthetic_source" / "detection").glob("*/masks/*.png"))
+    assert len(masks) == 12
+    arrays = [np.asarray(Image.open(m)) for m in masks]
+    assert all(a.shape == (1280, 720) for a in arrays)
+    ids = [np.unique(a)[1:] for a in arrays]
+    assert all(i.max() > len(i) for i in ids), "ids have gaps"
+    assert any((a[:, 0] > 0).any() or (a[:, -1] > 0).any() for a in arrays), "apples cut by the border"
+    touching = [((a[:, 1:] != a[:, :-1]) & (a[:, 1:] > 0) & (a[:, :-1] > 0)).any() for a in arrays]
+    assert any(touching), "apples that touch"
+
+
+def test_synthetic_end_to_end_contract(synthetic_out):
+    out = synthetic_out
+    rows = read_manifest(out)
+    assert len(rows) == 12
+    stats = json.loads((out / "stats.json").read_text())
+    assert sum(stats["photos"].values()) == 12 and stats["photos"]["test"] == 4
+    for split in pd.SPLITS:
+        images = sorted(p.stem for p in (out / "real" / split / "images").iterdir())
+        labels = sorted(p.stem for p in (out / "real" / split / "labels").iterdir())
+        assert images == labels and len(images) == stats["photos"][split]
+        assert all(Image.open(p).size == (96, 96) for p in (out / "real" / split / "images").iterdir())
+    for row in rows:
+        label = out / row["file"].replace("/images/", "/labels/").replace(".png", ".txt")
+        assert len(label_rows(label)) == int(row["boxes_kept"]) > 0
+        assert row["colour"] == ("green" if "_green_" in row["file"] else "red")
+    data = yaml.safe_load((out / "real.yaml").read_text())
+    assert data["path"] == str(out / "real") and data["names"] == {0: "apple"}
+    assert all((out / "real" / data[s]).is_dir() for s in ("train", "val", "test"))
+    train_files = {r["file"].split("/")[-1] for r in rows if r["split"] == "train"}
+    for colour in pd.COLOURS:
+        picked = sorted(p.name for p in (out / "instances" / colour).iterdir())
+        assert len(picked) == 2 and set(picked) <= train_files and all(f"_{colour}_" in p for p in picked)
+
+
+def test_rerun_is_a_no_op_and_changed_arguments_rebuild(tmp_path, capsys):
+    args = ["--source", "synthetic", "--num_images", "6", "--output_dir", str(tmp_path),
+            "--resolution", "64", "--num_instances", "1", "--workers", "1"]
+    assert pd.main(args) == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert pd.main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert pd.main(args + ["--num_val", "2"]) == 0
+    assert len(list((tmp_path / "real" / "val" / "images").iterdir())) == 2
+    assert len(list((tmp_path / "real" / "train" / "images").iterdir())) == 2
+    assert not (tmp_path / ".prepare_tmp").exists()
+
+
+# ---- orchard-real: the yolo source on real photos ------------------------------------------------
+@pytest.fixture(scope="module")
+def orchard_out(tmp_path_factory):
+    from conftest import shared_path
+    source = shared_path("data/orchard-real")
+    out = tmp_path_factory.mktemp("orchard") / "out"
+    assert pd.main(["--source", "yolo", "--input", str(source), "--output_dir", str(out),
+                    "--resolution", "128", "--workers", "2"]) == 0
+    return source, out
+
+
+def test_orchard_real_keeps_splits_and_every_box(orchard_out):
+    source, out = orchard_out
+    with open(source / "manifest.csv", newline="") as handle:
+        truth = {r["file"].rsplit(".", 1)[0]: r for r in csv.DictReader(handle)}
+    rows = read_manifest(out)
+    assert len(rows) == 96
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["photos"] == {"train": 48, "val": 16, "test": 32}
+    for row in rows:
+        stem = row["file"].split("/")[-1].rsplit(".", 1)[0]
+        assert row["split"] == truth[stem]["split"]
+        assert int(row["boxes_kept"]) + int(row["boxes_dropped"]) == int(truth[stem]["n_boxes"])
+    assert sum(stats["boxes_dropped"].values()) == 0  # 640x640 photos: the crop is the whole photo
+
+
+def test_orchard_real_colour_agrees_with_the_source(orchard_out):
+    source, out = orchard_out
+    with open(source / "manifest.csv", newline="") as handle:
+        truth = {r["file"].rsplit(".", 1)[0]: r["color"] for r in csv.DictReader(handle)}
+    rows = read_manifest(out)
+    agree = [r["colour"] == truth[r["file"].split("/")[-1].rsplit(".", 1)[0]] for r in rows]
+    assert np.mean(agree) >= 0.8, f"colour agreement {np.mean(agree):.2f}"
+
+
+def test_orchard_real_instances_are_diverse_and_deterministic(orchard_out, tmp_path):
+    source, out = orchard_out
+    rows = [r for r in read_manifest(out) if r["split"] == "train"]
+    for colour in pd.COLOURS:
+        picked = sorted(p.name for p in (out / "instances" / colour).iterdir())
+        expected = sorted(r["file"].split("/")[-1] for r in rows if r["instance"] == colour)
+        assert picked == expected and len(picked) == 10
+    again = tmp_path / "again"
+    assert pd.main(["--source", "yolo", "--input", str(source), "--output_dir", str(again),
+                    "--resolution", "128", "--workers", "1"]) == 0
+    for colour in pd.COLOURS:
+        assert sorted(p.name for p in (again / "instances" / colour).iterdir()) == \
+            sorted(p.name for p in (out / "instances" / colour).iterdir())
+
+    features = np.array([pd.diversity_embedding(Image.open(out / r["file"]).convert("RGB")) for r in rows])
+    scaled = (features - features.mean(0)) / (features.std(0) + 1e-9)
+
+    def min_pairwise(indices):
+        sub = scaled[indices]
+        d = np.linalg.norm(sub[:, None] - sub[None], axis=-1)
+        return d[np.triu_indices(len(indices), 1)].min()
+
+    picked = pd.farthest_point_sampling(features, 10, seed=0)
+    rng = np.random.default_rng(0)
+    random_spreads = [min_pairwise(rng.choice(len(rows), 10, replace=False)) for _ in range(50)]
+    assert min_pairwise(picked) > np.percentile(random_spreads, 90)
+
+
+# ---- unlabelled and COCO-labelled test photos ----------------------------------------------------
+def test_unlabelled_test_photos_are_written_without_labels(tmp_path):
+    photos = {("train", f"t{i}"): (simple_mask(), None) for i in range(3)}
+    photos[("test", "q0")] = (simple_mask(), None)
+    src = make_minneapple(tmp_path / "detection", photos, test_masks=False)
+    out = tmp_path / "out"
+    assert pd.main(["--source", "minneapple", "--input", str(src), "--output_dir", str(out),
+                    "--resolution", "40", "--num_val", "1", "--workers", "1"]) == 0
+    assert (out / "real" / "test" / "images" / "q0.png").exists()
+    assert not (out / "real" / "test" / "labels" / "q0.txt").exists()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["unlabelled_test_photos"] == 1 and any("no labels" in w for w in stats["warnings"])
+    assert [r["labelled"] for r in read_manifest(out) if r["split"] == "test"] == ["no"]
+
+
+def test_test_annotations_from_coco_json(tmp_path):
+    photos = {("train", f"t{i}"): (simple_mask(), None) for i in range(3)}
+    photos[("test", "q0")] = (simple_mask(), None)
+    src = make_minneapple(tmp_path / "detection", photos, test_masks=False)
+    coco = {"images": [{"id": 7, "file_name": "q0.png", "width": 40, "height": 60}],
+            "annotations": [{"id": 1, "image_id": 7, "bbox": [10, 20, 10, 10], "category_id": 1}],
+            "categories": [{"id": 1, "name": "apple"}]}
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    assert pd.main(["--source", "minneapple", "--input", str(src), "--test_annotations",
+                    str(tmp_path / "test.json"), "--output_dir", str(out), "--resolution", "40",
+                    "--num_val", "1", "--workers", "1"]) == 0
+    rows = label_rows(out / "real" / "test" / "labels" / "q0.txt")
+    assert rows == [pytest.approx([0, 0.375, 0.375, 0.25, 0.25])]  # (10, 10, 20, 20) in the crop at top 10
+
+
+# ---- bad input -------------------------------------------------------------------------------------
+def run_bad(tmp_path, capsys, src, *extra, source="minneapple"):
+    code = pd.main(["--source", source, "--input", str(src), "--output_dir", str(tmp_path / "out"),
+                    "--resolution", "40", "--num_val", "1", "--workers", "1", *extra])
+    return code, capsys.readouterr().err
+
+
+def three_good(root):
+    return make_minneapple(root, {("train", f"good{i}"): (simple_mask(), None) for i in range(3)})
+
+
+def test_missing_mask_is_named_and_skip_bad_lists_it(tmp_path, capsys):
+    src = three_good(tmp_path / "detection")
+    Image.fromarray(np.zeros((60, 40, 3), np.uint8)).save(src / "train" / "images" / "lonely.png")
+    code, err = run_bad(tmp_path, capsys, src)
+    assert code == 2 and "lonely.png" in err and "masks/lonely.png" in err
+    assert not (tmp_path / "out" / ".prepare_tmp").exists()
+    code, err = run_bad(tmp_path, capsys, src, "--skip_bad")
+    assert code == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert len(stats["skipped"]) == 1 and "lonely.png" in stats["skipped"][0]
+    assert len(read_manifest(tmp_path / "out")) == 3
+
+
+def test_mask_of_another_size_is_named(tmp_path, capsys):
+    src = three_good(tmp_path / "detection")
+    Image.fromarray(np.zeros((50, 40), np.uint8)).save(src / "train" / "masks" / "good1.png")
+    code, err = run_bad(tmp_path, capsys, src)
+    assert code == 2 and "masks/good1.png" in err and "40x50" in err and "40x60" in err
+
+
+def test_colour_mask_is_refused(tmp_path, capsys):
+    src = three_good(tmp_path / "detection")
+    Image.fromarray(np.zeros((60, 40, 3), np.uint8)).save(src / "train" / "masks" / "good2.png")
+    code, err = run_bad(tmp_path, capsys, src)
+    assert code == 2 and "good2.png" in err and "single-channel" in err
+
+
+def test_unreadable_image_is_named(tmp_path, capsys):
+    src = three_good(tmp_path / "detection")
+    (src / "train" / "images" / "good0.png").write_bytes(b"not a png at all")
+    code, err = run_bad(tmp_path, capsys, src)
+    assert code == 2 and "good0.png" in err and "unreadable" in err
+
+
+def test_empty_folder_and_wrong_layout(tmp_path, capsys):
+    (tmp_path / "detection" / "train" / "images").mkdir(parents=True)
+    (tmp_path / "detection" / "train" / "masks").mkdir()
+    code, err = run_bad(tmp_path, capsys, tmp_path / "detection")
+    assert code == 2 and "train/images" in err and "no images" in err
+    (tmp_path / "flat").mkdir()
+    code, err = run_bad(tmp_path, capsys, tmp_path / "flat")
+    assert code == 2 and "wrong layout" in err and "detection/" in err
+    code, err = run_bad(tmp_path, capsys, tmp_path / "flat", source="yolo")
+    assert code == 2 and "wrong layout" in err and "labels/" in err
+
+
+def test_bad_yolo_label_line_and_missing_label_file(tmp_path, capsys):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
+        (root / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "p1.txt").write_text("0 0.5 0.5 0.2 0.2\n0 1.5 0.5 0.2 0.2\n")
+    code, err = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 2 and "p1.txt:2" in err
+    (root / "labels" / "p1.txt").unlink()
+    code, err = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 2 and "p1.jpg" in err and "no label file" in err
+
+
+def test_command_line_error_is_a_message_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "--source", "minneapple",
+                             "--input", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "wrong layout" in result.stderr
