@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,7 +64,11 @@ def read_yolo_rows(path, with_confidence):
     columns = 6 if with_confidence else 5
     expected = "class cx cy w h" + (" conf" if with_confidence else "")
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationInputError(f"{path}: unreadable text file ({error})")
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -74,8 +79,8 @@ def read_yolo_rows(path, with_confidence):
         if len(values) != columns:
             raise EvaluationInputError(f"{path}:{number}: expected {columns} columns ({expected}), "
                                        f"got {len(values)}: {line!r}")
-        if values[0] < 0 or values[0] != int(values[0]):
-            raise EvaluationInputError(f"{path}:{number}: class must be a whole number >= 0, got {fields[0]}")
+        if values[0] != 0:
+            raise EvaluationInputError(f"{path}:{number}: class {fields[0]}: one class is scored, 0 = apple")
         if not all(0.0 <= v <= 1.0 for v in values[1:]):
             raise EvaluationInputError(f"{path}:{number}: values out of range: cx cy w h"
                                        f"{' conf' if with_confidence else ''} must lie in 0..1, got {line!r}")
@@ -85,6 +90,7 @@ def read_yolo_rows(path, with_confidence):
 
 def to_coco_bbox(row, width, height):
     """YOLO (class, cx, cy, w, h, ...) normalised -> COCO [x, y, w, h] in pixels."""
+    # (YOLO boxes are continuous: x = (cx - w/2) * width, no half-pixel shift.)
     _, cx, cy, w, h = row[:5]
     return [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
 
@@ -93,7 +99,8 @@ def coco_from_yolo(gt_dir, pred_dir):
     """Ground truth and predictions as COCO dicts: (gt {images, annotations, categories}, detections).
 
     Image ids follow the sorted file names from 1; annotation ids start at 1 (COCOeval takes id 0
-    for 'unmatched', so a ground-truth box with id 0 could never count as found)."""
+    for 'unmatched', so a ground-truth box with id 0 could never count as found). One category,
+    apple (YOLO class 0): any other class is an error, not a silently ignored prediction."""
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     images_dir, labels_dir = gt_dir / "images", gt_dir / "labels"
     for folder in (images_dir, labels_dir, pred_dir):
@@ -119,7 +126,7 @@ def coco_from_yolo(gt_dir, pred_dir):
         raise EvaluationInputError(f"{pred_dir}: prediction files for images that are not in "
                                    f"{images_dir}: {', '.join(orphans[:10])}")
 
-    images, annotations, detections, classes = [], [], [], set()
+    images, annotations, detections = [], [], []
     for image_id, (stem, path) in enumerate(sorted(stems.items()), start=1):
         try:
             with Image.open(path) as image:
@@ -129,20 +136,16 @@ def coco_from_yolo(gt_dir, pred_dir):
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
         for row in read_yolo_rows(labels_dir / f"{stem}.txt", with_confidence=False):
             box = to_coco_bbox(row, width, height)
-            classes.add(int(row[0]))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(row[0]) + 1, "bbox": box,
-                                "area": box[2] * box[3], "iscrowd": 0})
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
         pred_file = pred_dir / f"{stem}.txt"
         if pred_file.exists():
             for row in read_yolo_rows(pred_file, with_confidence=True):
-                classes.add(int(row[0]))
-                detections.append({"image_id": image_id, "category_id": int(row[0]) + 1,
+                detections.append({"image_id": image_id, "category_id": 1,
                                    "bbox": to_coco_bbox(row, width, height), "score": row[5]})
     if not annotations:
         raise EvaluationInputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
-    categories = [{"id": c + 1, "name": "apple" if c == 0 else f"class{c}"} for c in sorted(classes)]
-    return {"images": images, "annotations": annotations, "categories": categories}, detections
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}, detections
 
 
 def _quiet_coco(dataset):
@@ -181,10 +184,27 @@ def cocoeval_metrics(gt, detections, max_dets=100):
     return metrics, summary[summary.find(" Average Precision"):]
 
 
-def score(gt_dir, pred_dir, max_dets=100):
-    """COCO box metrics of the predictions in pred_dir against the YOLO dataset in gt_dir."""
+def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False):
+    """COCO box metrics of the predictions in pred_dir against the YOLO dataset in gt_dir.
+    export_coco: a folder for gt.json and predictions.json; echo: print COCOeval's summary."""
     gt, detections = coco_from_yolo(gt_dir, pred_dir)
-    return cocoeval_metrics(gt, detections, max_dets)[0]
+    metrics, printed = cocoeval_metrics(gt, detections, max_dets)
+    if echo:
+        print(printed, end="")
+    if export_coco:
+        folder = Path(export_coco)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "gt.json", json.dumps(gt))
+        write_atomic(folder / "predictions.json", json.dumps(detections))
+    return metrics
+
+
+def write_atomic(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +212,8 @@ def score(gt_dir, pred_dir, max_dets=100):
 # ---------------------------------------------------------------------------------------------
 def paper_model_name(model):
     """Our model name -> the paper's: 'yolov5xu.pt' -> 'yolov5x' (YOLOv5u stands in for YOLOv5)."""
-    name = Path(model).stem if model.endswith((".pt", ".yaml")) else model
+    name = model.lower()
+    name = Path(name).stem if name.endswith((".pt", ".yaml")) else name
     if name.startswith("yolov5") and name.endswith("u"):
         name = name[:-1]
     return name
@@ -202,23 +223,34 @@ def read_results(path):
     """Results CSV -> list of dicts with dataset, model, seed and float ap, ap50, ap75."""
     required = ("dataset", "model", "seed", *METRICS)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = {name.strip().lower(): name for name in reader.fieldnames or []}
             missing = [name for name in required if name not in header]
             if missing:
                 raise EvaluationInputError(f"{path}: missing columns {', '.join(missing)} "
                                            f"(needs {', '.join(required)})")
-            rows = []
+            rows, seen = [], set()
             for number, raw in enumerate(reader, start=2):
                 row = {name: (raw[header[name]] or "").strip() for name in required}
-                try:
-                    for metric in METRICS:
+                for name in required:
+                    if not row[name]:
+                        raise EvaluationInputError(f"{path}:{number}: the {name} column is empty")
+                for metric in METRICS:
+                    try:
                         row[metric] = float(row[metric])
-                except ValueError:
-                    raise EvaluationInputError(f"{path}:{number}: {', '.join(METRICS)} must be numbers")
+                    except ValueError:
+                        row[metric] = math.nan
+                    if not 0 <= row[metric] <= 1:
+                        raise EvaluationInputError(f"{path}:{number}: {metric} must be a number in 0..1, "
+                                                   f"got {raw[header[metric]]!r}")
+                key = (row["dataset"], row["model"], row["seed"])
+                if key in seen:
+                    raise EvaluationInputError(f"{path}:{number}: a second row for dataset {key[0]}, "
+                                               f"model {key[1]}, seed {key[2]}")
+                seen.add(key)
                 rows.append(row)
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise EvaluationInputError(f"{path}: cannot read ({error})")
     if not rows:
         raise EvaluationInputError(f"{path}: no result rows")
@@ -293,8 +325,8 @@ def plot_table(table, path):
             paper = [(o, e[f"paper_{metric}_mean"]) for o, e in zip(offset, entries)
                      if e and e[f"paper_{metric}_mean"] is not None]
             if paper:
-                axis.scatter(*zip(*paper), marker="_", s=300, color="black", zorder=3,
-                             label="paper" if k == 0 else None)
+                axis.scatter(*zip(*paper), marker="D", s=30, facecolors="none", edgecolors="black",
+                             zorder=3, label="paper" if k == 0 else None)
         axis.set_xticks(x, models, rotation=45, ha="right")
         axis.set_title(METRIC_TITLES[metric])
         axis.set_ylim(0, 1)
@@ -306,19 +338,20 @@ def plot_table(table, path):
 
 def write_table(results_csv, out_dir, baseline="baseline"):
     """results CSV -> out_dir/table1.csv, table1.md, table1.png; returns the table."""
-    table = summarise(read_results(results_csv), baseline)
+    rows = read_results(results_csv)
+    if not any(r["dataset"] == baseline for r in rows):
+        datasets = sorted({r["dataset"] for r in rows})
+        raise EvaluationInputError(f"{results_csv}: no rows of the baseline dataset {baseline!r} "
+                                   f"(datasets: {', '.join(datasets)}); choose one with --baseline")
+    table = summarise(rows, baseline)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "table1.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    tmp.replace(out_dir / "table1.csv")
-    tmp = out_dir / "table1.md.tmp"
-    tmp.write_text(table_markdown(table, baseline))
-    tmp.replace(out_dir / "table1.md")
-    tmp = out_dir / "table1.tmp.png"
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_atomic(out_dir / "table1.csv", text.getvalue())
+    write_atomic(out_dir / "table1.md", table_markdown(table, baseline))
+    tmp = out_dir / ".table1.tmp.png"
     plot_table(table, tmp)
     tmp.replace(out_dir / "table1.png")
     return table
@@ -349,19 +382,10 @@ def main(argv=None):
 
     try:
         if args.command == "score":
-            gt, detections = coco_from_yolo(args.gt, args.pred)
-            metrics, printed = cocoeval_metrics(gt, detections, args.max_dets)
-            print(printed, end="")
+            metrics = score(args.gt, args.pred, args.max_dets, args.export_coco, echo=True)
             print(json.dumps(metrics, indent=2))
             if args.out:
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out + ".tmp").write_text(json.dumps(metrics, indent=2) + "\n")
-                Path(args.out + ".tmp").replace(args.out)
-            if args.export_coco:
-                folder = Path(args.export_coco)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "gt.json").write_text(json.dumps(gt))
-                (folder / "predictions.json").write_text(json.dumps(detections))
+                write_atomic(args.out, json.dumps(metrics, indent=2) + "\n")
         else:
             table = write_table(args.results, args.out_dir, args.baseline)
             print(table_markdown(table, args.baseline), end="")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -60,14 +60,14 @@ class BadInputError(Exception):
 # Boxes
 # ---------------------------------------------------------------------------------------------
 def boxes_from_mask(mask):
-    """Instance-id mask (H, W) -> (boxes float (N, 4) x1 y1 x2 y2 sorted by id, ids, degenerate).
+    """Instance-id mask (H, W) -> (boxes float (N, 4) x1 y1 x2 y2 in order of id, degenerate).
 
     Every non-zero id is one apple, however many pieces its pixels form; ids need not be
     consecutive. x2/y2 are the largest pixel x/y (MinneApple's convention). Boxes with zero width
     or height are dropped as MinneApple's loader does; their number is returned."""
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
-        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64), 0
+        return np.zeros((0, 4)), 0
     ids = mask[ys, xs]
     order = np.argsort(ids, kind="stable")
     ids, xs, ys = ids[order], xs[order], ys[order]
@@ -76,7 +76,7 @@ def boxes_from_mask(mask):
                       np.maximum.reduceat(xs, starts), np.maximum.reduceat(ys, starts)], axis=1)
     boxes = boxes.astype(np.float64)
     usable = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes[usable], ids[starts][usable].astype(np.int64), int((~usable).sum())
+    return boxes[usable], int((~usable).sum())
 
 
 def centre_crop_window(width, height, crop_size):
@@ -86,14 +86,16 @@ def centre_crop_window(width, height, crop_size):
     return (width - crop_size) // 2, (height - crop_size) // 2
 
 
-def crop_resize_boxes(boxes, left, top, crop_size, resolution, min_visible):
+def crop_resize_boxes(boxes, left, top, crop_size, resolution, min_visible, pixel_boxes=False):
     """Boxes in source pixels -> (boxes in output pixels, number dropped).
 
     Each box is shifted into the crop, clipped to it, and kept when the clipped area is at least
-    min_visible of its full area; kept boxes are scaled by resolution / crop_size."""
+    min_visible of its full area; kept boxes are scaled by resolution / crop_size. pixel_boxes:
+    x2/y2 are the last pixel's index (boxes from masks), so the crop ends at crop_size - 1, as
+    for an apple whose last pixel is the crop's last; otherwise boxes are continuous."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     shifted = boxes - [left, top, left, top]
-    clipped = np.clip(shifted, 0, crop_size)
+    clipped = np.clip(shifted, 0, crop_size - 1 if pixel_boxes else crop_size)
     full_area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
     visible_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = (full_area > 0) & (visible_area >= min_visible * full_area) & (visible_area > 0)
@@ -109,10 +111,17 @@ def yolo_label_text(boxes, width, height):
     return "".join(lines)
 
 
+def read_text(path):
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(f"{path}: unreadable text file ({error})")
+
+
 def read_yolo_boxes(path, width, height):
     """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a malformed line raises naming file:line."""
     boxes = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -123,6 +132,9 @@ def read_yolo_boxes(path, width, height):
         if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):
             raise BadInputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h "
                                 f"normalised to 0..1, got {line!r}")
+        if values[0] != 0:
+            raise BadInputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, "
+                                f"0 = apple")
         _, cx, cy, w, h = values
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
                       (cx + w / 2) * width, (cy + h / 2) * height])
@@ -156,7 +168,7 @@ def red_fraction(image, apple_pixels):
     if pixels.shape[1] == 0:
         return float("nan")
     hsv = np.asarray(Image.fromarray(pixels).convert("HSV")).reshape(-1, 3).astype(np.float64)
-    hue, saturation, value = hsv[:, 0] * 360 / 256, hsv[:, 1] / 255, hsv[:, 2] / 255
+    hue, saturation, value = hsv[:, 0] * 360 / 255, hsv[:, 1] / 255, hsv[:, 2] / 255
     chromatic = (saturation > MIN_SATURATION) & (value > MIN_VALUE)
     red = np.count_nonzero(chromatic & _in_ranges(hue, RED_HUES))
     green = np.count_nonzero(chromatic & _in_ranges(hue, GREEN_HUES))
@@ -305,18 +317,20 @@ def list_images(folder):
 
 
 def coco_boxes_by_stem(path):
-    """COCO JSON -> {image file stem: boxes x1 y1 x2 y2}."""
+    """COCO JSON -> {image file stem: (boxes x1 y1 x2 y2, (width, height) or None)}."""
     try:
-        data = json.loads(Path(path).read_text())
-        names = {img["id"]: Path(img["file_name"]).stem for img in data["images"]}
-        boxes = {name: [] for name in names.values()}
+        data = json.loads(read_text(path))
+        images = {img["id"]: img for img in data["images"]}
+        boxes = {img_id: [] for img_id in images}
         for ann in data.get("annotations", []):
             x, y, w, h = ann["bbox"]
-            boxes[names[ann["image_id"]]].append([x, y, x + w, y + h])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+            boxes[ann["image_id"]].append([x, y, x + w, y + h])
+    except (ValueError, KeyError, TypeError) as error:
         raise BadInputError(f"{path}: expected a COCO JSON with 'images' (id, file_name) and "
-                            f"'annotations' (image_id, bbox): {error}")
-    return {name: np.array(b, dtype=np.float64).reshape(-1, 4) for name, b in boxes.items()}
+                            f"'annotations' (image_id, bbox): {error!r}")
+    return {Path(img["file_name"]).stem: (np.array(boxes[img_id], dtype=np.float64).reshape(-1, 4),
+                                          (img["width"], img["height"]) if "width" in img and "height" in img else None)
+            for img_id, img in images.items()}
 
 
 def collect_minneapple(root, test_annotations=None):
@@ -330,6 +344,9 @@ def collect_minneapple(root, test_annotations=None):
     if not (root / "train" / "masks").is_dir():
         raise BadInputError(f"{root}: wrong layout: expected {root / 'train' / 'masks'}/ with one "
                             f"instance-id mask PNG per photo")
+    if test_annotations and (root / "test" / "masks").is_dir():
+        raise BadInputError(f"{root / 'test' / 'masks'} and --test_annotations both label the test "
+                            f"photos: give one of them")
     coco = coco_boxes_by_stem(test_annotations) if test_annotations else {}
     jobs = []
     for split in ("train", "test"):
@@ -337,17 +354,20 @@ def collect_minneapple(root, test_annotations=None):
         if not folder.is_dir():
             continue
         masks = root / split / "masks"
+        mask_files = {p.stem: p for p in list_images(masks)} if masks.is_dir() else {}
         for image in list_images(folder):
-            mask = masks / f"{image.stem}.png"
             if split == "train" or masks.is_dir():
-                labels = ("mask", mask)
+                labels = ("mask", mask_files.get(image.stem, masks / f"{image.stem}.png"))
             elif image.stem in coco:
-                labels = ("boxes", coco[image.stem])
+                labels = ("boxes", *coco[image.stem])
             else:
                 labels = None
             jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
     if not any(job["split"] == "train" for job in jobs):
         raise BadInputError(f"{train_images}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    if coco and not any(job["labels"] and job["labels"][0] == "boxes" for job in jobs):
+        raise BadInputError(f"{test_annotations}: none of its {len(coco)} images is in "
+                            f"{root / 'test' / 'images'} (matched by file name stem)")
     return jobs
 
 
@@ -410,20 +430,20 @@ def open_image(path):
 
 def load_source_boxes(job, image):
     """-> (boxes in source pixels, pixels to read the colour from, boxes dropped as degenerate)."""
-    kind, value = job["labels"]
+    kind, value = job["labels"][:2]
     width, height = image.size
     if kind == "mask":
         if not Path(value).exists():
             raise BadInputError(f"{job['image']}: no mask: expected {value}")
         mask_image = open_image(value)
-        if mask_image.mode not in ("L", "P", "I", "I;16", "1"):
-            raise BadInputError(f"{value}: expected a single-channel instance-id mask, got mode "
-                                f"{mask_image.mode}")
+        if mask_image.mode not in ("L", "P", "I", "I;16"):
+            raise BadInputError(f"{value}: expected a single-channel instance-id mask (8 or 16 bit), "
+                                f"got mode {mask_image.mode}")
         if mask_image.size != image.size:
             raise BadInputError(f"{value}: mask is {mask_image.size[0]}x{mask_image.size[1]} but "
                                 f"its image {job['image']} is {width}x{height}")
         mask = np.asarray(mask_image)
-        boxes, _, degenerate = boxes_from_mask(mask)
+        boxes, degenerate = boxes_from_mask(mask)
         return boxes, mask > 0, degenerate
     if kind == "yolo":
         if not Path(value).exists():
@@ -431,13 +451,16 @@ def load_source_boxes(job, image):
                                 f"means no apples)")
         boxes = read_yolo_boxes(value, width, height)
     else:
-        boxes = value
+        boxes, coco_size = value, job["labels"][2]
+        if coco_size is not None and tuple(coco_size) != (width, height):
+            raise BadInputError(f"{job['image']}: the COCO annotations give {coco_size[0]}x{coco_size[1]} "
+                                f"but the photo is {width}x{height}")
     return boxes, boxes_core_mask((height, width), boxes), 0
 
 
-def process_photo(job, config, out_root):
-    """Crop, resize, write one photo and its labels under out_root/real/<split>/ -> manifest row."""
-    image = open_image(job["image"]).convert("RGB")
+def process_photo(job, config, pool):
+    """Crop, resize, write one photo and its labels to pool/{images,labels}/ -> manifest row."""
+    image = ImageOps.exif_transpose(open_image(job["image"])).convert("RGB")
     width, height = image.size
     crop = config["crop_size"] or min(width, height)
     try:
@@ -449,28 +472,26 @@ def process_photo(job, config, out_root):
     if job["labels"]:
         boxes, apple_pixels, degenerate = load_source_boxes(job, image)
         kept, cropped_out = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
-                                              config["min_visible"])
+                                              config["min_visible"], pixel_boxes=job["labels"][0] == "mask")
         fraction = red_fraction(image, apple_pixels)
         row.update(colour=colour_label(fraction, config["red_threshold"]),
                    red_fraction="" if np.isnan(fraction) else round(fraction, 4),
                    boxes_kept=len(kept), boxes_dropped=cropped_out + degenerate)
     resized = image.crop((left, top, left + crop, top + crop)).resize(
         (config["resolution"], config["resolution"]), Image.BICUBIC)
-    split_dir = Path(out_root, "real", job["split"])
     image_name = f"{job['stem']}.{config['image_format']}"
-    resized.save(split_dir / "images" / image_name, **({"quality": 95} if config["image_format"] == "jpg" else {}))
+    resized.save(Path(pool, "images", image_name), **({"quality": 95} if config["image_format"] == "jpg" else {}))
     if job["labels"]:
-        (split_dir / "labels" / f"{job['stem']}.txt").write_text(
+        Path(pool, "labels", f"{job['stem']}.txt").write_text(
             yolo_label_text(kept, config["resolution"], config["resolution"]))
-    row["file"] = f"real/{job['split']}/images/{image_name}"
-    row["embedding"] = diversity_embedding(resized)
+    row.update(stem=job["stem"], image_name=image_name, embedding=diversity_embedding(resized))
     return row
 
 
 def _process_or_report(args):
-    job, config, out_root = args
+    job, config, pool = args
     try:
-        return process_photo(job, config, out_root), None
+        return process_photo(job, config, pool), None
     except BadInputError as error:
         return None, str(error)
 
@@ -488,10 +509,10 @@ def prepare(jobs, config, out_dir, workers=1):
     tmp = out_dir / ".prepare_tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    for split in SPLITS:
-        for kind in ("images", "labels"):
-            (tmp / "real" / split / kind).mkdir(parents=True)
-    work = [(job, config, str(tmp)) for job in jobs]
+    pool_dir = tmp / "pool"
+    for kind in ("images", "labels"):
+        (pool_dir / kind).mkdir(parents=True)
+    work = [(job, config, str(pool_dir)) for job in jobs]
     rows, skipped = [], []
     with multiprocessing.Pool(workers) if workers > 1 else _Inline() as pool:
         results = pool.imap(_process_or_report, work, chunksize=4)
@@ -504,6 +525,27 @@ def prepare(jobs, config, out_dir, workers=1):
                 raise BadInputError(error + "\n(--skip_bad skips such photos and lists them)")
     if not rows:
         raise BadInputError("every photo was skipped as bad input: " + "; ".join(skipped[:3]))
+    if not any(r["split"] == "train" for r in rows):
+        raise BadInputError("no train photo could be prepared: " + "; ".join(skipped[:3]))
+
+    # Val is chosen among the photos that were prepared, so --skip_bad cannot shrink it.
+    if not any(r["split"] == "val" for r in rows):
+        train_stems = [r["stem"] for r in rows if r["split"] == "train"]
+        num_val = config["num_val"] if config["num_val"] is not None else round(0.2 * len(train_stems))
+        val = choose_val(train_stems, num_val, config["seed"], config["split_by"])
+        for row in rows:
+            if row["split"] == "train" and row["stem"] in val:
+                row["split"] = "val"
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            (tmp / "real" / split / kind).mkdir(parents=True)
+    for row in rows:
+        row["file"] = f"real/{row['split']}/images/{row['image_name']}"
+        os.replace(pool_dir / "images" / row["image_name"], tmp / row["file"])
+        if row["labelled"] == "yes":
+            os.replace(pool_dir / "labels" / f"{row['stem']}.txt",
+                       tmp / "real" / row["split"] / "labels" / f"{row['stem']}.txt")
+    shutil.rmtree(pool_dir)
 
     for colour in COLOURS:
         (tmp / "instances" / colour).mkdir(parents=True)
@@ -605,8 +647,9 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", required=True, help="where real/, instances/ and the rest go")
     parser.add_argument("--test_annotations", help="COCO JSON with the MinneApple test boxes "
                         "(when test/masks/ is absent)")
-    parser.add_argument("--num_images", type=int, default=48,
-                        help="synthetic photos in all (a third become test, as MinneApple's 331/1001)")
+    parser.add_argument("--num_images", type=int,
+                        help="synthetic photos in all, default 48 (a third become test, as "
+                             "MinneApple's 331/1001); only for --source synthetic")
     parser.add_argument("--crop_size", type=int, default=None,
                         help="side of the centre crop in source pixels (default: the photo's "
                              "shorter side, 720 for MinneApple)")
@@ -615,7 +658,7 @@ def parse_args(argv=None):
                         help="drop a box that keeps less than this share of its area in the crop")
     parser.add_argument("--num_val", type=int, default=None,
                         help="train photos moved to val (default: 20%%, 134 of MinneApple's 670); "
-                             "ignored when the source has its own val split")
+                             "a source with its own val/ keeps it")
     parser.add_argument("--split_by", choices=["random", "sequence"], default="random",
                         help="sequence keeps the frames of one video sequence in one split")
     parser.add_argument("--num_instances", type=int, default=10,
@@ -632,16 +675,27 @@ def parse_args(argv=None):
     parser.add_argument("--skip_bad", action="store_true",
                         help="skip unreadable or inconsistent photos and list them, instead of stopping")
     args = parser.parse_args(argv)
-    if args.source != "synthetic" and not args.input:
-        parser.error(f"--source {args.source} needs --input DIR")
-    if args.source == "synthetic" and args.num_images < 2:
-        parser.error("--num_images must be at least 2 (train and test)")
+    if args.source == "synthetic":
+        if args.input:
+            parser.error("--source synthetic makes its own photos: drop --input")
+        args.num_images = 48 if args.num_images is None else args.num_images
+        if args.num_images < 2:
+            parser.error("--num_images must be at least 2 (train and test)")
+    else:
+        if not args.input:
+            parser.error(f"--source {args.source} needs --input DIR")
+        if args.num_images is not None:
+            parser.error("--num_images is for --source synthetic")
     if args.test_annotations and args.source != "minneapple":
         parser.error("--test_annotations is for --source minneapple")
-    if not 0 <= args.min_visible <= 1:
-        parser.error("--min_visible must be between 0 and 1")
+    if not 0 <= args.min_visible <= 1 or not 0 <= args.red_threshold <= 1:
+        parser.error("--min_visible and --red_threshold must be between 0 and 1")
     if args.resolution < 8 or (args.crop_size is not None and args.crop_size < 1):
         parser.error("--resolution must be at least 8 and --crop_size positive")
+    if (args.num_val is not None and args.num_val < 1) or args.num_instances < 0 or args.workers < 1:
+        parser.error("--num_val and --workers must be at least 1, --num_instances at least 0")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} is a file, not a folder")
     return args
 
 
@@ -669,13 +723,13 @@ def main(argv=None):
             jobs = collect_yolo(args.input)
         check_unique_stems(jobs)
 
-        train_stems = [job["stem"] for job in jobs if job["split"] == "train"]
-        if not any(job["split"] == "val" for job in jobs):
-            num_val = args.num_val if args.num_val is not None else round(0.2 * len(train_stems))
-            val = choose_val(train_stems, num_val, args.seed, args.split_by)
-            for job in jobs:
-                if job["split"] == "train" and job["stem"] in val:
-                    job["split"] = "val"
+        if any(job["split"] == "val" for job in jobs):
+            if args.num_val is not None or args.split_by != "random":
+                print(f"warning: {args.input} has its own val split, which is kept: --num_val and "
+                      f"--split_by do not apply", file=sys.stderr)
+        else:
+            num_train = sum(job["split"] == "train" for job in jobs)
+            choose_val([str(k) for k in range(num_train)], args.num_val or 1, args.seed, "random")
         if not any(job["split"] == "test" for job in jobs):
             print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
                   file=sys.stderr)

@@ -181,3 +181,44 @@ def test_paper_numbers_match_the_paper(paper_table1):
     for row in rows:
         expected = tuple(float(row[k]) for k in ("ap", "ap_std", "ap50", "ap50_std", "ap75", "ap75_std"))
         assert ev.PAPER_TABLE1[(row["dataset"], row["model"])] == expected
+
+
+def test_other_classes_and_unreadable_files_are_errors(tmp_path):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "a.txt").write_text("0 0.5 0.5 0.1 0.1 0.9\n1 0.1 0.1 0.1 0.1 0.99\n")
+    with pytest.raises(ev.EvaluationInputError, match=r"a.txt:2: class 1"):
+        ev.score(gt, pred)
+    (pred / "a.txt").write_text("nan 0.5 0.5 0.1 0.1 0.9\n")
+    with pytest.raises(ev.EvaluationInputError, match=r"a.txt:1: class nan"):
+        ev.score(gt, pred)
+    (pred / "a.txt").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ev.EvaluationInputError, match="a.txt: unreadable"):
+        ev.score(gt, pred)
+
+
+def test_table_command_line_with_another_baseline(tmp_path, capsys):
+    results = tmp_path / "runs.csv"
+    results.write_text("\ufeffDataset,Model,Seed,AP,AP50,AP75\n"          # a BOM and capitals, as spreadsheets write
+                       "real,YOLOv8n,0,0.4,0.7,0.4\nreal,YOLOv8n,1,0.4,0.7,0.4\n"
+                       "genfusion,YOLOv8n,0,0.3,0.6,0.3\n")
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out")]) == 2
+    assert "no rows of the baseline dataset 'baseline'" in capsys.readouterr().err
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out"), "--baseline", "real"]) == 0
+    with open(tmp_path / "out" / "table1.csv", newline="") as handle:
+        rows = {r["dataset"]: r for r in csv.DictReader(handle)}
+    assert float(rows["genfusion"]["ap_gap"]) == pytest.approx(-0.1)
+    assert float(rows["genfusion"]["paper_ap_mean"]) == 0.31       # YOLOv8n is the paper's yolov8n
+
+
+def test_table_rejects_duplicates_blanks_and_bad_numbers(tmp_path):
+    header = "dataset,model,seed,ap,ap50,ap75\n"
+    cases = {"baseline,yolov8n,0,0.4,0.7,0.4\nbaseline,yolov8n,0,0.5,0.7,0.4\n": "a second row",
+             "baseline,,0,0.4,0.7,0.4\n": "model column is empty",
+             "baseline,yolov8n,0,nan,0.7,0.4\n": "ap must be a number",
+             "baseline,yolov8n,0,0.4,1.7,0.4\n": "ap50 must be a number"}
+    for body, message in cases.items():
+        (tmp_path / "r.csv").write_text(header + body)
+        with pytest.raises(ev.EvaluationInputError, match=message):
+            ev.read_results(tmp_path / "r.csv")

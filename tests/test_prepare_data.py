@@ -49,15 +49,14 @@ def test_boxes_from_hand_made_mask():
     mask[8, 9:11] = 7
     mask[1:4, 6:8] = 9              # touches id 3
     mask[9, 4] = 12                 # one pixel: zero-size box, dropped as MinneApple does
-    boxes, ids, degenerate = pd.boxes_from_mask(mask)
-    assert ids.tolist() == [3, 7, 9]
-    assert boxes.tolist() == [[2, 1, 5, 3], [0, 5, 10, 8], [6, 1, 7, 3]]
+    boxes, degenerate = pd.boxes_from_mask(mask)
+    assert boxes.tolist() == [[2, 1, 5, 3], [0, 5, 10, 8], [6, 1, 7, 3]]  # ids 3, 7, 9
     assert degenerate == 1
 
 
 def test_boxes_from_empty_mask():
-    boxes, ids, degenerate = pd.boxes_from_mask(np.zeros((5, 5), np.uint8))
-    assert boxes.shape == (0, 4) and len(ids) == 0 and degenerate == 0
+    boxes, degenerate = pd.boxes_from_mask(np.zeros((5, 5), np.uint8))
+    assert boxes.shape == (0, 4) and degenerate == 0
 
 
 def test_crop_resize_arithmetic_near_the_crop_edge():
@@ -75,6 +74,16 @@ def test_crop_resize_arithmetic_near_the_crop_edge():
     assert len(kept) == 0 and dropped == 4
 
 
+def test_mask_boxes_end_at_the_crops_last_pixel():
+    # x2/y2 of a mask box is its last pixel: an apple cut by the crop ends on pixel 719, like one
+    # that just fits, not on 720.
+    kept, _ = pd.crop_resize_boxes([[100, 900, 120, 1010], [200, 900, 220, 999]], 0, 280, 720, 720,
+                                   min_visible=0.5, pixel_boxes=True)
+    assert kept[:, 3].tolist() == [719, 719]
+    kept, _ = pd.crop_resize_boxes([[100, 900, 120, 1010]], 0, 280, 720, 720, min_visible=0.5)
+    assert kept[:, 3].tolist() == [720]
+
+
 def label_rows_from_text(text):
     return [list(map(float, line.split())) for line in text.splitlines()]
 
@@ -85,10 +94,10 @@ def test_yolo_label_text_normalises_centre_and_size():
 
 
 def test_min_visible_drop_is_counted(tmp_path):
-    mask = np.zeros((60, 40), np.uint8)    # crop 40x40 at top 10
+    mask = np.zeros((60, 40), np.uint16)   # a 16-bit mask; crop 40x40 at top 10
     mask[20:30, 10:20] = 1                 # inside
-    mask[3:13, 25:35] = 4                  # rows 3..12 -> 10..12 inside: 2 of 9 rows, dropped
-    mask[45:55, 5:15] = 6                  # rows 45..54 -> 45..50 inside: 5 of 9 rows, kept
+    mask[3:13, 25:35] = 4000               # rows 3..12 -> y -7..2, clipped 0..2: 2/9 visible, dropped
+    mask[42:52, 5:15] = 60000              # rows 42..51 -> y 32..41, clipped 32..39: 7/9, kept
     src = make_minneapple(tmp_path / "detection", {("train", f"p{i}"): (mask, None) for i in range(5)})
     out = tmp_path / "out"
     assert pd.main(["--source", "minneapple", "--input", str(src), "--output_dir", str(out),
@@ -113,10 +122,9 @@ def test_red_fraction_of_plain_colours():
     assert pd.colour_label(pd.red_fraction(image, np.zeros((4, 4), bool)), 0.4) == "none"
 
 
-def test_farthest_point_sampling_spreads_and_is_deterministic():
+def test_farthest_point_sampling_spreads():
     points = np.array([[0.0], [0.1], [0.2], [5.0], [10.0], [9.9]])
     picks = pd.farthest_point_sampling(points, 3, seed=0)
-    assert picks == pd.farthest_point_sampling(points, 3, seed=0)
     assert sorted(points[picks, 0].tolist())[0] < 0.3 and sorted(points[picks, 0].tolist())[-1] > 9.8
     assert any(abs(points[p, 0] - 5.0) < 1e-9 for p in picks)
     assert len(pd.farthest_point_sampling(points, 10, seed=0)) == 6
@@ -243,18 +251,20 @@ def test_orchard_real_instances_are_diverse_and_deterministic(orchard_out, tmp_p
         assert sorted(p.name for p in (again / "instances" / colour).iterdir()) == \
             sorted(p.name for p in (out / "instances" / colour).iterdir())
 
-    features = np.array([pd.diversity_embedding(Image.open(out / r["file"]).convert("RGB")) for r in rows])
-    scaled = (features - features.mean(0)) / (features.std(0) + 1e-9)
+    for colour in pd.COLOURS:  # the picks are more spread out than random photos of that colour
+        photos = [r for r in rows if r["colour"] == colour]
+        features = np.array([pd.diversity_embedding(Image.open(out / r["file"]).convert("RGB")) for r in photos])
+        scaled = (features - features.mean(0)) / (features.std(0) + 1e-9)
 
-    def min_pairwise(indices):
-        sub = scaled[indices]
-        d = np.linalg.norm(sub[:, None] - sub[None], axis=-1)
-        return d[np.triu_indices(len(indices), 1)].min()
+        def min_pairwise(indices):
+            sub = scaled[indices]
+            d = np.linalg.norm(sub[:, None] - sub[None], axis=-1)
+            return d[np.triu_indices(len(indices), 1)].min()
 
-    picked = pd.farthest_point_sampling(features, 10, seed=0)
-    rng = np.random.default_rng(0)
-    random_spreads = [min_pairwise(rng.choice(len(rows), 10, replace=False)) for _ in range(50)]
-    assert min_pairwise(picked) > np.percentile(random_spreads, 90)
+        picked = [i for i, r in enumerate(photos) if r["instance"] == colour]
+        rng = np.random.default_rng(0)
+        random_spreads = [min_pairwise(rng.choice(len(photos), len(picked), replace=False)) for _ in range(200)]
+        assert min_pairwise(picked) > np.percentile(random_spreads, 95), colour
 
 
 # ---- unlabelled and COCO-labelled test photos ----------------------------------------------------
@@ -366,3 +376,80 @@ def test_command_line_error_is_a_message_not_a_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "wrong layout" in result.stderr
+
+
+def test_unreadable_label_and_non_apple_class_are_named(tmp_path, capsys):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
+        (root / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "p2.txt").write_bytes(b"\xff\xfe0 0.5 0.5 0.1 0.1\n")
+    code, err = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 2 and "p2.txt" in err and "unreadable" in err
+    (root / "labels" / "p2.txt").write_text("3 0.5 0.5 0.2 0.2\n")
+    code, err = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 2 and "p2.txt:1" in err and "0 = apple" in err
+
+
+def test_flat_yolo_layout_becomes_train_and_val(tmp_path, capsys):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((60, 80, 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
+        (root / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.25 0.25\n0 0.02 0.5 0.04 0.1\n")
+    code, err = run_bad(tmp_path, capsys, root, "--num_val", "2", source="yolo")
+    assert code == 0 and "no test photos" in err
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["photos"] == {"train": 3, "val": 2, "test": 0}
+    # 80x60 -> centre crop 60x60 from x=10: the box at x 0..3.2 falls outside, the other is kept
+    assert stats["boxes_kept"] == {"train": 3, "val": 2, "test": 0} and stats["boxes_dropped"]["train"] == 3
+    rows = label_rows(next((tmp_path / "out" / "real" / "train" / "labels").glob("*.txt")))
+    assert rows == [pytest.approx([0, 0.5, 0.5, 20 / 60, 15 / 60])]
+
+
+def test_skip_bad_chooses_val_among_the_good_photos(tmp_path, capsys):
+    photos = {("train", f"good{i}"): (simple_mask(), None) for i in range(6)}
+    src = make_minneapple(tmp_path / "detection", photos)
+    Image.fromarray(np.zeros((50, 40), np.uint8)).save(src / "train" / "masks" / "good3.png")
+    code, _ = run_bad(tmp_path, capsys, src, "--skip_bad")     # --num_val 1
+    assert code == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["photos"] == {"train": 4, "val": 1, "test": 0}
+    assert len(stats["skipped"]) == 1 and "good3.png" in stats["skipped"][0]
+
+
+def test_one_bit_mask_is_refused(tmp_path, capsys):
+    src = three_good(tmp_path / "detection")
+    Image.fromarray(simple_mask() > 0).save(src / "train" / "masks" / "good1.png")
+    code, err = run_bad(tmp_path, capsys, src)
+    assert code == 2 and "good1.png" in err and "instance-id" in err
+
+
+def test_test_annotations_must_fit_the_test_photos(tmp_path, capsys):
+    photos = {("train", f"t{i}"): (simple_mask(), None) for i in range(3)}
+    photos[("test", "q0")] = (simple_mask(), None)
+    src = make_minneapple(tmp_path / "detection", photos, test_masks=False)
+    coco = {"images": [{"id": 1, "file_name": "other.png", "width": 40, "height": 60}], "annotations": []}
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    code, err = run_bad(tmp_path, capsys, src, "--test_annotations", str(tmp_path / "test.json"))
+    assert code == 2 and "none of its 1 images" in err
+    coco["images"][0].update(file_name="q0.png", width=41)
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    code, err = run_bad(tmp_path, capsys, src, "--test_annotations", str(tmp_path / "test.json"))
+    assert code == 2 and "q0.png" in err and "41x60" in err
+    (src / "test" / "masks").mkdir()
+    code, err = run_bad(tmp_path, capsys, src, "--test_annotations", str(tmp_path / "test.json"))
+    assert code == 2 and "give one of them" in err
+
+
+def test_flags_that_do_not_apply_are_refused(tmp_path):
+    for argv in (["--source", "synthetic", "--input", str(tmp_path)],
+                 ["--source", "minneapple", "--input", str(tmp_path), "--num_images", "5"],
+                 ["--source", "minneapple", "--input", str(tmp_path), "--num_val", "0"],
+                 ["--source", "yolo", "--input", str(tmp_path), "--test_annotations", "x.json"]):
+        with pytest.raises(SystemExit) as exit_info:
+            pd.parse_args([*argv, "--output_dir", str(tmp_path / "out")])
+        assert exit_info.value.code == 2

@@ -15,15 +15,18 @@ def test_demo_runs_every_stage_and_a_second_run_does_nothing(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "the plumbing, not the paper's result" in first.stdout
     for path in ("data/real.yaml", "data/manifest.csv", "data/stats.json", "data/real/test/labels",
-                 "data/instances/green", "data/instances/red", "run_all.log"):
+                 "data/instances/green", "data/instances/red", "run_all.log",
+                 "models/green/model_index.json", "models/red/loss.png"):
         assert (work / path).exists(), path
+    assert len(list((work / "class_images").glob("*.png"))) == 4  # one class folder for both colours
     assert json.loads((work / "results" / "self_check.json").read_text())["ap"] == 1.0
     log = (work / "run_all.log").read_text()
-    assert "== prepare: " in log and "== evaluate done in" in log
+    for stage in ("prepare", "dreambooth green", "dreambooth red", "evaluate"):
+        assert f"== {stage} done in" in log
 
     second = run_demo(work)
     assert second.returncode == 0
-    assert "up to date" in second.stdout
+    assert "up to date" in second.stdout and second.stdout.count("nothing to do") == 3
 
 
 def test_failing_stage_is_named(tmp_path):

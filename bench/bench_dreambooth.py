@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""bench_dreambooth.py: time train_dreambooth.py's real training loop on the SD 2.1 architecture.
+
+In:  nothing to download: the SD 2.1-768 architecture is built from configs with random weights
+     (UNet (320, 640, 1280, 1280), cross-attention 1024, heads (5, 10, 20, 20), linear projection,
+     upcast attention, sample size 96; CLIP text model 1024 wide, 23 layers, 16 heads; VAE
+     (128, 256, 512, 512)), and the class images are random pictures.
+Out: per preset: seconds per optimizer step (median after --warmup steps), peak GPU memory,
+     FLOPs per step (torch.utils.flop_counter on one step's model work) and % of the GPU's bf16
+     peak; printed as a Markdown table, and appended to --results when given (bench/RESULTS.md).
+     Without a GPU it runs the tiny model at 64 px instead: a test that the bench works, not a benchmark.
+
+Presets (each a set of train_dreambooth.py flags): paper (fp16, 8-bit AdamW, full UNet, VAE and
+text encoder run every step), cache (+ --cache_latents), checkpointing (+ --gradient_checkpointing),
+lora (LoRA rank 4 with cached latents).
+"""
+import argparse
+import csv
+import datetime
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_dreambooth as tdb  # noqa: E402  (the bench times the script itself)
+
+PRESETS = {
+    "paper": ["--no-cache_latents"],
+    "cache": ["--cache_latents"],
+    "checkpointing": ["--cache_latents", "--gradient_checkpointing"],
+    "lora": ["--cache_latents", "--lora_rank", "4"],
+}
+# Dense bf16 tensor-core peak, TFLOP/s, by a part of the device name.
+BF16_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A40": 150, "4090": 165, "A10": 125}
+
+
+def build_sd21_random_pipeline(seed=0):
+    """Stable Diffusion 2.1-768's architecture with random weights (v-prediction)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True, upcast_attention=True,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=4,
+                        sample_size=768, layers_per_block=2, down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4)
+    tokenizer = tdb.build_tiny_random_pipeline().tokenizer
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+        vocab_size=49408, projection_dim=512, hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def step_flops(pipeline, resolution, cached, lora):
+    """FLOPs of one training step's model work at batch 2 (instance + class): the UNet forward and
+    backward (with LoRA the frozen UNet computes activation gradients only), plus VAE encoding and
+    the text encoder when they run every step."""
+    from torch.utils.flop_counter import FlopCounterMode
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    unet = pipeline.unet.to(device).requires_grad_(not lora)
+    latents = torch.randn(2, 4, resolution // 8, resolution // 8, device=device, requires_grad=lora)
+    states = torch.randn(2, 77, pipeline.text_encoder.config.hidden_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = unet(latents, torch.tensor([10, 500], device=device), states).sample
+        out.float().pow(2).mean().backward()
+        if not cached:
+            with torch.no_grad():
+                pipeline.vae.to(device).encode(torch.randn(2, 3, resolution, resolution, device=device))
+                ids = torch.zeros(2, 77, dtype=torch.long, device=device)
+                pipeline.text_encoder.to(device)(ids)
+    unet.zero_grad(set_to_none=True)
+    pipeline.to("cpu")
+    return counter.get_total_flops()
+
+
+def peak_tflops(device_name, override):
+    if override:
+        return override
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def run_preset(name, extra, model, resolution, steps, warmup, work):
+    instance, classes = work / "instance", work / "class"
+    output = work / f"out_{name}"
+    tdb_args = ["--pretrained_model_name_or_path", model, "--instance_data_dir", str(instance),
+                "--class_data_dir", str(classes), "--output_dir", str(output), "--resolution", str(resolution),
+                "--num_class_images", str(len(list(classes.iterdir()))), "--max_train_steps", str(steps),
+                "--validation_steps", "0", "--checkpointing_steps", "0", *extra]
+    if tdb.main(tdb_args) != 0:
+        raise SystemExit(f"preset {name}: train_dreambooth.py failed")
+    with open(output / "training_log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    timed = rows[warmup:] or rows
+    return statistics.median(float(r["seconds"]) for r in timed), max(float(r["peak_memory_mb"]) for r in timed)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated, from: " + ", ".join(PRESETS))
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per preset")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
+    parser.add_argument("--peak_tflops", type=float, help="the GPU's dense bf16 peak (default: by device name)")
+    parser.add_argument("--results", help="append the rows to this Markdown file (bench/RESULTS.md)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model at 64 px (default without a GPU)")
+    args = parser.parse_args(argv)
+    presets = args.presets.split(",")
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        parser.error(f"unknown presets {unknown}; choose from {list(PRESETS)}")
+
+    tiny = args.tiny or not torch.cuda.is_available()
+    resolution = 64 if tiny else 768
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    if tiny:
+        print("tiny model at 64 px: this checks the bench, it measures nothing about SD 2.1")
+        tdb_model, pipeline = tdb.TINY_RANDOM, tdb.build_tiny_random_pipeline()
+    else:
+        pipeline = build_sd21_random_pipeline()
+        tdb_model = "sd21-random"
+        real_load = tdb.load_pipeline
+        tdb.load_pipeline = lambda name: build_sd21_random_pipeline() if name == tdb_model else real_load(name)
+
+    peak = peak_tflops(device_name, args.peak_tflops)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_dreambooth_") as tmp:
+        work = Path(tmp)
+        rng = np.random.default_rng(0)
+        for kind, count in (("instance", 10), ("class", 10)):
+            (work / kind).mkdir()
+            for k in range(count):
+                pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(work / kind / f"{kind}_{k}.png")
+        for name in presets:
+            seconds, memory_mb = run_preset(name, PRESETS[name], tdb_model, resolution, args.steps, args.warmup, work)
+            cached = "--cache_latents" in PRESETS[name]
+            flops = step_flops(pipeline, resolution, cached, lora=name == "lora")
+            share = f"{100 * flops / seconds / (peak * 1e12):.1f}" if peak else "n/a"
+            rows.append((name, seconds, memory_mb / 1024, flops / 1e12, share))
+
+    header = "| date | device | preset | s/step | peak GiB | TFLOP/step | % bf16 peak |\n|---|---|---|---|---|---|---|"
+    lines = [f"| {datetime.date.today()} | {device_name}{' (tiny, 64 px)' if tiny else ''} | {name} | {s:.3f} | "
+             f"{gib:.2f} | {tf:.3f} | {share} |" for name, s, gib, tf, share in rows]
+    print(header)
+    print("\n".join(lines))
+    if args.results:
+        path = Path(args.results)
+        text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+        path.write_text(text + f"\n### bench_dreambooth.py ({args.steps} steps, median after {args.warmup})\n\n"
+                        + header + "\n" + "\n".join(lines) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

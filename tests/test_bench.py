@@ -1,0 +1,20 @@
+"""The benchmarks run their tiny CPU mode as tests: the numbers mean nothing, the plumbing must work."""
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench_dreambooth  # noqa: E402
+
+
+def test_bench_dreambooth_tiny_mode_measures_every_preset(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    rows = bench_dreambooth.main(["--steps", "3", "--warmup", "1", "--results", str(results)])
+    by_name = {name: (seconds, gib, tflops) for name, seconds, gib, tflops, _ in rows}
+    assert list(by_name) == list(bench_dreambooth.PRESETS)
+    assert all(seconds > 0 and gib > 0 and tflops > 0 for seconds, gib, tflops in by_name.values())
+    # caching takes the VAE and text encoder out of every step; LoRA needs no weight gradients
+    assert by_name["cache"][2] < by_name["paper"][2]
+    assert by_name["lora"][2] < by_name["cache"][2]
+    text = results.read_text()
+    assert text.count("(tiny, 64 px)") == 4 and "| lora |" in text

@@ -1,0 +1,669 @@
+#!/usr/bin/env python3
+"""train_dreambooth.py: DreamBooth fine-tuning of Stable Diffusion on a few photos (paper 2.2.2, B.2).
+
+In:  --instance_data_dir   the instance photos (prepare_data.py's OUT/instances/red or /green)
+     --class_data_dir      class images for prior preservation; missing ones are drawn here by the
+                           frozen model from --class_prompt, and reused by later runs
+     --pretrained_model_name_or_path  a hub id, a local diffusers folder, a .safetensors/.ckpt file,
+                           or 'tiny-random' (a tiny untrained SD-2-style model for smoke runs)
+Out: --output_dir          a diffusers pipeline folder (safetensors) that
+                           StableDiffusionPipeline.from_pretrained loads, plus training_log.csv (one
+                           row per optimizer step), loss.png, validation/step_*.png grids,
+                           checkpoint-*/ (for --resume_from_checkpoint) and training_args.json.
+
+Loss (Eq. 9): instance and class examples go through the UNet in one batch, the loss is split
+after: mse(instance) + prior_loss_weight * mse(class). The target follows the scheduler's
+prediction_type: the noise (epsilon) or the velocity (v_prediction, SD 2.1-768).
+Defaults are the paper's: "a sks tree" / "a tree", 200 class images, 768 px, batch 1, lr 2e-6
+constant, AdamW (0.9, 0.999, 1e-2, 1e-8) in 8 bits, 6 epochs, fp16 on a GPU, grads set to None.
+Runs under `accelerate launch --num_processes N`.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+TINY_RANDOM = "tiny-random"
+LOG_FIELDS = ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "peak_memory_mb"]
+
+
+class InputError(Exception):
+    """Bad input or a failed run; the message says what and where."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+def clip_byte_vocab():
+    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges:
+    enough for a tokenizer that accepts any text, with no download."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tiny_random_pipeline(seed=0):
+    """A tiny SD-2-style StableDiffusionPipeline with random weights (UNet (32, 64), 2-layer CLIP
+    text model, byte-level CLIP tokenizer, v-prediction). It draws noise: for smoke runs only."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = clip_byte_vocab()
+    folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    shutil.rmtree(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def load_pipeline(name_or_path):
+    """A StableDiffusionPipeline (fp32) from 'tiny-random', a .safetensors/.ckpt file, a local
+    diffusers folder or a hub id; anything else raises InputError saying which it tried."""
+    from diffusers import StableDiffusionPipeline
+
+    if name_or_path == TINY_RANDOM:
+        print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
+        return build_tiny_random_pipeline()
+    path = Path(name_or_path)
+    kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        if path.is_file():
+            if path.suffix not in (".safetensors", ".ckpt"):
+                raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
+            return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+        if path.is_dir():
+            if not (path / "model_index.json").exists():
+                raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+            return StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
+            return StableDiffusionPipeline.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise InputError(f"could not load the model {name_or_path!r}: {error}\n(offline? use a local "
+                         f"diffusers folder or a .safetensors file; a single file also needs its "
+                         f"config from the hub or the hub cache)")
+    raise InputError(f"{name_or_path!r} is neither a folder, nor a .safetensors/.ckpt file, nor a "
+                     f"hub id (owner/name)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def list_images(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def instance_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: the instance folder does not exist")
+    images = list_images(folder)
+    if not images:
+        raise InputError(f"{folder}: no instance images ({', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def image_tensor(path, resolution):
+    """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: the shorter side is
+    resized to resolution, then a centre crop."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except OSError as error:
+        raise InputError(f"{path}: unreadable image ({error})")
+    scale = resolution / min(image.size)
+    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - resolution) // 2, (height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def batch_indices(step, examples_per_epoch, steps_per_epoch, batch_size, rank, world_size, seed):
+    """Example indices of one process at one optimizer step: a seeded permutation per epoch, each
+    process taking its own slots, so a resumed run sees the same examples as an unbroken one."""
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(examples_per_epoch)
+    start = (position * world_size + rank) * batch_size
+    return [int(order[(start + j) % examples_per_epoch]) for j in range(batch_size)]
+
+
+def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resolution, seed, accelerator):
+    """Fill class_dir up to `count` images drawn from `prompt` by the (frozen) pipeline. Image k has
+    its own seed (seed + k) and is written atomically as class_<k>.png; existing images count."""
+    class_dir = Path(class_dir)
+    class_dir.mkdir(parents=True, exist_ok=True)
+    existing = list_images(class_dir)
+    missing = count - len(existing)
+    if missing <= 0:
+        return
+    taken = {p.name for p in existing}
+    indices = [k for k in range(count + len(existing)) if f"class_{k:05d}.png" not in taken][:missing]
+    mine = indices[accelerator.process_index::accelerator.num_processes]
+    if accelerator.is_main_process:
+        print(f"class images: {len(existing)} in {class_dir}, drawing {missing} more from {prompt!r}")
+    pipeline.to(accelerator.device)
+    pipeline.set_progress_bar_config(disable=True)
+    for start in tqdm(range(0, len(mine), batch_size), desc="class images", unit="batch",
+                      disable=not accelerator.is_local_main_process):
+        chunk = mine[start:start + batch_size]
+        generators = [torch.Generator(accelerator.device).manual_seed(seed + k) for k in chunk]
+        with accelerator.autocast():
+            images = pipeline([prompt] * len(chunk), height=resolution, width=resolution,
+                              generator=generators).images
+        for k, image in zip(chunk, images):
+            tmp = class_dir / f".class_{k:05d}.png.tmp"
+            image.save(tmp, format="PNG")
+            os.replace(tmp, class_dir / f"class_{k:05d}.png")
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+def training_target(noise_scheduler, latents, noise, timesteps):
+    """What the UNet must predict: the noise (epsilon) or the velocity
+    v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * latents (v_prediction, SD 2.x-768)."""
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+
+
+def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight):
+    """Eq. 9 -> (loss, instance loss, prior loss or None). With prior preservation the batch holds
+    the instance examples first and the class examples second, in equal numbers."""
+    if not prior_preservation:
+        instance = F.mse_loss(model_pred.float(), target.float())
+        return instance, instance, None
+    pred_instance, pred_prior = model_pred.chunk(2)
+    target_instance, target_prior = target.chunk(2)
+    instance = F.mse_loss(pred_instance.float(), target_instance.float())
+    prior = F.mse_loss(pred_prior.float(), target_prior.float())
+    return instance + prior_loss_weight * prior, instance, prior
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs and outputs
+# ---------------------------------------------------------------------------------------------
+def read_log(path):
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def truncate_log(path, last_step):
+    """Keep the log rows up to last_step (a resumed run rewrites what came after its checkpoint)."""
+    rows = [r for r in read_log(path) if int(r["step"]) <= last_step]
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_loss(log_path, png_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(log_path)
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for field in ("loss", "instance_loss", "prior_loss"):
+        values = [float(r[field]) if r[field] else np.nan for r in rows]
+        if not np.all(np.isnan(values)):
+            axis.plot(steps, values, label=field, alpha=0.8)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("MSE")
+    axis.set_yscale("log")
+    axis.legend()
+    figure.tight_layout()
+    tmp = Path(str(png_path) + ".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, png_path)
+
+
+def image_grid(images):
+    columns = min(4, len(images))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+def checkpoint_step(path):
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def find_checkpoint(output_dir, which):
+    """'latest' -> the newest checkpoint-N folder in output_dir (None if there is none), else a path."""
+    if which != "latest":
+        if checkpoint_step(which) is None or not Path(which).is_dir():
+            raise InputError(f"{which}: not a checkpoint-N folder")
+        return Path(which)
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if checkpoint_step(p) is not None]
+    return max(found, key=checkpoint_step) if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by default).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--pretrained_model_name_or_path", default="stabilityai/stable-diffusion-2-1",
+                        help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random'")
+    parser.add_argument("--instance_data_dir", required=True, help="folder of instance photos")
+    parser.add_argument("--class_data_dir", help="folder of class images (made here when short); "
+                        "required with prior preservation")
+    parser.add_argument("--output_dir", required=True, help="the fine-tuned pipeline folder")
+    parser.add_argument("--instance_prompt", default="a sks tree")
+    parser.add_argument("--class_prompt", default="a tree")
+    parser.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
+                        help="prior preservation (on by default; the flag is diffusers' and kept so commands carry over)")
+    parser.add_argument("--no_prior_preservation", dest="prior_preservation", action="store_false",
+                        help="train on the instance photos alone")
+    parser.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
+    parser.add_argument("--num_class_images", type=int, default=200)
+    parser.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
+    parser.add_argument("--resolution", type=int, default=768)
+    parser.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
+                        "(as many class examples join them)")
+    parser.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
+                        "class) images at the batch size: 200 steps for the paper")
+    parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    parser.add_argument("--learning_rate", type=float, default=2e-6)
+    parser.add_argument("--lr_scheduler", default="constant",
+                        choices=["constant", "constant_with_warmup", "linear", "cosine"])
+    parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--use_8bit_adam", action=argparse.BooleanOptionalAction, default=True,
+                        help="bitsandbytes' 8-bit AdamW (the paper's memory saver)")
+    parser.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
+                        help="zero_grad(set_to_none=True), as the paper")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
+                        help="default: fp16 on a GPU (the paper), no on the CPU; weights are saved in it")
+    parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
+                        help="xformers attention when installed (else PyTorch's SDPA, the default anyway)")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
+                        help="encode images and prompts once and keep the VAE and text encoder off the "
+                             "GPU (default: on when the text encoder is frozen)")
+    parser.add_argument("--lora_rank", type=int, default=0, help="train LoRA of this rank on the UNet "
+                        "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
+    parser.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
+    parser.add_argument("--validation_prompt", help="default: the instance prompt")
+    parser.add_argument("--num_validation_images", type=int, default=4)
+    parser.add_argument("--validation_steps", type=int, default=200, help="a grid every N steps (0: none)")
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
+    parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.prior_preservation and not args.class_data_dir:
+        parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
+    if args.lora_rank and args.train_text_encoder:
+        parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
+    if args.resolution % 8:
+        parser.error("--resolution must be a multiple of 8")
+    if args.cache_latents is None:
+        args.cache_latents = not args.train_text_encoder
+    if args.cache_latents and args.train_text_encoder:
+        print("note: --train_text_encoder: prompts are encoded every step; only image latents are cached")
+    args.validation_prompt = args.validation_prompt or args.instance_prompt
+    return args
+
+
+def training_signature(args):
+    """The arguments that define the result (not how it is logged or resumed)."""
+    skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
+            "checkpoints_total_limit", "validation_prompt"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def place(module, device, dtype):
+    """Move a model, and cast it only when its dtype differs (diffusers warns on every cast)."""
+    module.to(device)
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def encode_prompt(tokenizer, text_encoder, prompt, device):
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def train(args):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers.optimization import get_scheduler
+
+    output_dir = Path(args.output_dir)
+    signature = training_signature(args)
+    done_file = output_dir / "training_args.json"
+    if done_file.exists() and json.loads(done_file.read_text()) == signature and (output_dir / "model_index.json").exists():
+        print(f"{output_dir} already holds this fine-tuned model (same arguments): nothing to do")
+        return 0
+    instance_paths = instance_images(args.instance_data_dir)
+    for path in instance_paths:  # fail on an unreadable photo before any heavy work
+        image_tensor(path, 8)
+
+    mixed_precision = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(mixed_precision=mixed_precision,
+                              project_config=ProjectConfiguration(project_dir=str(output_dir)))
+    set_seed(args.seed)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+    pipeline = load_pipeline(args.pretrained_model_name_or_path)
+    if args.prior_preservation:
+        ensure_class_images(pipeline, args.class_data_dir, args.class_prompt, args.num_class_images,
+                            args.sample_batch_size, args.resolution, args.seed, accelerator)
+        class_paths = list_images(args.class_data_dir)[:args.num_class_images]
+    else:
+        class_paths = []
+    tokenizer, text_encoder, vae, unet = pipeline.tokenizer, pipeline.text_encoder, pipeline.vae, pipeline.unet
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(args.train_text_encoder)
+    if args.lora_rank:
+        from peft import LoraConfig
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if args.enable_xformers_memory_efficient_attention:
+        from diffusers.utils.import_utils import is_xformers_available
+        if is_xformers_available():
+            unet.enable_xformers_memory_efficient_attention()
+        else:
+            print("xformers is not installed: using PyTorch's scaled-dot-product attention "
+                  "(memory-efficient as well)")
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if args.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    place(vae, device, weight_dtype)
+    unet.to(device)
+    place(text_encoder, device, torch.float32 if args.train_text_encoder else weight_dtype)
+
+    # Latents are cached as the VAE's mean and std, and sampled afresh every step.
+    def encode_images(paths):
+        means, stds = [], []
+        for start in range(0, len(paths), args.sample_batch_size):
+            pixels = torch.stack([image_tensor(p, args.resolution) for p in paths[start:start + args.sample_batch_size]])
+            with torch.no_grad():
+                dist = vae.encode(pixels.to(device, dtype=weight_dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        return torch.cat(means), torch.cat(stds)
+
+    cached_prompts = None
+    if args.cache_latents:
+        cached_instance = encode_images(instance_paths)
+        cached_class = encode_images(class_paths) if class_paths else None
+        vae.to("cpu")
+        if not args.train_text_encoder:
+            with torch.no_grad():
+                cached_prompts = [encode_prompt(tokenizer, text_encoder, p, device).to(weight_dtype)
+                                  for p in (args.instance_prompt, args.class_prompt)]
+            text_encoder.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    if args.train_text_encoder:
+        trainable += list(text_encoder.parameters())
+    if args.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise InputError("--use_8bit_adam needs bitsandbytes (pip install bitsandbytes), or give --no-use_8bit_adam")
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    optimizer = optimizer_class(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+
+    examples_per_epoch = max(len(instance_paths), len(class_paths)) if args.prior_preservation else len(instance_paths)
+    steps_per_epoch = math.ceil(examples_per_epoch / (args.train_batch_size * accelerator.num_processes))
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=max_train_steps)
+    if args.train_text_encoder:
+        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    else:
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "training_log.csv"
+    global_step = 0
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+        if checkpoint is None:
+            print(f"no checkpoint in {output_dir}: starting from step 0")
+        else:
+            accelerator.load_state(str(checkpoint))
+            global_step = checkpoint_step(checkpoint)
+            print(f"resumed from {checkpoint} at step {global_step}")
+    if accelerator.is_main_process:
+        truncate_log(log_path, global_step)
+
+    def latents_and_states(step):
+        indices = batch_indices(step, examples_per_epoch, steps_per_epoch, args.train_batch_size,
+                                accelerator.process_index, accelerator.num_processes, args.seed)
+        instance_idx = [i % len(instance_paths) for i in indices]
+        class_idx = [i % len(class_paths) for i in indices] if class_paths else []
+        if args.cache_latents:
+            mean, std = cached_instance[0][instance_idx], cached_instance[1][instance_idx]
+            if class_idx:
+                mean = torch.cat([mean, cached_class[0][class_idx]])
+                std = torch.cat([std, cached_class[1][class_idx]])
+            latents = mean + std * torch.randn_like(mean)
+        else:
+            paths = [instance_paths[i] for i in instance_idx] + [class_paths[i] for i in class_idx]
+            pixels = torch.stack([image_tensor(p, args.resolution) for p in paths]).to(device, dtype=weight_dtype)
+            with torch.no_grad():
+                latents = vae.encode(pixels).latent_dist.sample().float()
+        latents = latents * vae.config.scaling_factor
+        prompts = [args.instance_prompt] * len(instance_idx) + [args.class_prompt] * len(class_idx)
+        if cached_prompts is not None:
+            states = torch.cat([cached_prompts[0]] * len(instance_idx) + [cached_prompts[1]] * len(class_idx))
+        else:
+            with torch.set_grad_enabled(args.train_text_encoder):
+                states = encode_prompt(tokenizer, text_encoder, prompts, device)
+        return latents, states
+
+    print(f"training {max_train_steps} steps ({steps_per_epoch} per epoch) on {len(instance_paths)} instance and "
+          f"{len(class_paths)} class images, {mixed_precision} precision, "
+          f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
+          f"{'8-bit ' if args.use_8bit_adam else ''}AdamW, device {device}")
+    progress = tqdm(range(global_step, max_train_steps), initial=global_step, total=max_train_steps,
+                    desc="dreambooth", unit="step", disable=not accelerator.is_local_main_process)
+    unet.train()
+    if args.train_text_encoder:
+        text_encoder.train()
+    for step in range(global_step, max_train_steps):
+        started = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        latents, states = latents_and_states(step)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        with accelerator.autocast():
+            model_pred = unet(noisy, timesteps, states.to(weight_dtype)).sample
+        target = training_target(noise_scheduler, latents, noise, timesteps)
+        loss, instance_loss, prior_loss = dreambooth_loss(model_pred, target, args.prior_preservation,
+                                                          args.prior_loss_weight)
+        if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
+            last = find_checkpoint(output_dir, "latest")
+            raise InputError(f"the loss became {loss.item()} at step {step + 1}: stopped. The last good "
+                             f"checkpoint is {last or 'none (no checkpoint yet)'}; resume with "
+                             f"--resume_from_checkpoint latest and a lower --learning_rate, or "
+                             f"--mixed_precision bf16")
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=args.set_grads_to_none)
+        global_step = step + 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+
+        if accelerator.is_main_process:
+            row = {"step": global_step, "loss": f"{loss.item():.6g}", "instance_loss": f"{instance_loss.item():.6g}",
+                   "prior_loss": f"{prior_loss.item():.6g}" if prior_loss is not None else "",
+                   "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "seconds": f"{time.perf_counter() - started:.4f}",
+                   "peak_memory_mb": f"{peak_memory_mb(device):.1f}"}
+            with open(log_path, "a", newline="") as handle:
+                csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+            validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, global_step, output_dir)
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(unet)
+        text_encoder = accelerator.unwrap_model(text_encoder)
+        if args.lora_rank:
+            from peft.utils import get_peft_model_state_dict
+            StableDiffusionPipeline.save_lora_weights(output_dir, unet_lora_layers=get_peft_model_state_dict(unet))
+            unet.fuse_lora()
+            unet.unload_lora()
+        final = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                        scheduler=pipeline.scheduler, safety_checker=None, feature_extractor=None,
+                                        requires_safety_checker=False)
+        for module in (final.vae, final.text_encoder, final.unet):
+            place(module, "cpu", weight_dtype)
+        save_pipeline(final, output_dir)
+        plot_loss(log_path, output_dir / "loss.png")
+        tmp = done_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(signature, indent=2))
+        os.replace(tmp, done_file)
+        print(f"wrote the fine-tuned pipeline to {output_dir} (training_log.csv, loss.png)")
+    accelerator.end_training()
+    return 0
+
+
+def save_checkpoint(accelerator, output_dir, step, total_limit):
+    accelerator.wait_for_everyone()
+    path = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        old = sorted((p for p in output_dir.glob("checkpoint-*") if checkpoint_step(p) is not None), key=checkpoint_step)
+        for stale in old[:-total_limit] if total_limit > 0 else []:
+            shutil.rmtree(stale)
+
+
+def save_pipeline(pipeline, output_dir):
+    """save_pretrained into a temporary folder, then move the parts in; model_index.json goes last,
+    so a folder with it is always complete."""
+    tmp = output_dir / ".pipeline_tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(tmp, safe_serialization=True)
+    (output_dir / "model_index.json").unlink(missing_ok=True)
+    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
+        target = output_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    tmp.rmdir()
+
+
+def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, step, output_dir):
+    """A grid of --num_validation_images drawn from --validation_prompt with fixed seeds."""
+    from diffusers import StableDiffusionPipeline
+
+    text_device, vae_device = text_encoder.device, vae.device
+    text_encoder.to(device)
+    vae.to(device)
+    validation = StableDiffusionPipeline(
+        vae=vae, text_encoder=accelerator.unwrap_model(text_encoder), tokenizer=pipeline.tokenizer,
+        unet=accelerator.unwrap_model(unet), scheduler=pipeline.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    validation.set_progress_bar_config(disable=True)
+    generators = [torch.Generator(device).manual_seed(args.seed + k) for k in range(args.num_validation_images)]
+    with torch.no_grad(), accelerator.autocast():
+        images = validation([args.validation_prompt] * args.num_validation_images, height=args.resolution,
+                            width=args.resolution, num_inference_steps=25, generator=generators).images
+    folder = output_dir / "validation"
+    folder.mkdir(exist_ok=True)
+    image_grid(images).save(folder / f"step_{step:06d}.png")
+    text_encoder.to(text_device)
+    vae.to(vae_device)
+    unet.train()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
