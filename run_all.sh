@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Genfusion end to end. Stages so far: prepare (prepare_data.py), dreambooth green and red
-# (train_dreambooth.py, one shared class folder) and, in the demo, an evaluate plumbing check.
-# Later issues add generation, detectors and Table 1.
+# (train_dreambooth.py, one shared class folder), generate (generate.py, as many green and red
+# trees as the real train split has) and, in the demo, an evaluate plumbing check. Later issues
+# add the detectors and Table 1.
 #
 #   bash run_all.sh --demo [--work DIR]          synthetic photos, tiny random model, CPU, no download
 #   bash run_all.sh --minneapple DATA/detection --work DIR [--test_annotations FILE] [--model ID_OR_PATH]
@@ -56,16 +57,23 @@ if [ "$demo" = 1 ]; then
     --resolution 256 --num_instances 3 --output_dir "$work/data"
   dreambooth_flags=(--pretrained_model_name_or_path tiny-random --resolution 64 --num_class_images 4
                     --max_train_steps 10 --validation_steps 10)
+  generate_flags=(--height 64 --width 64 --num_inference_steps 10)
 else
   stage prepare "$python" "$root/prepare_data.py" --source minneapple --input "$minneapple" \
     "${test_annotations[@]}" --output_dir "$work/data"
   dreambooth_flags=(--pretrained_model_name_or_path "$model")
+  generate_flags=()
 fi
 for colour in green red; do
   stage "dreambooth $colour" "$python" "$root/train_dreambooth.py" "${dreambooth_flags[@]}" \
     --instance_data_dir "$work/data/instances/$colour" --class_data_dir "$work/class_images" \
     --output_dir "$work/models/$colour" --resume_from_checkpoint latest
 done
+
+# As many green and red trees as the real train split has (the paper: 54 and 482).
+read -r green red < <("$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' "$work/data/stats.json")
+stage generate "$python" "$root/generate.py" --model "$work/models/green:$green" --model "$work/models/red:$red" \
+  "${generate_flags[@]}" --output_dir "$work/generated"
 
 if [ "$demo" = 1 ]; then
   # Until detectors land (train_detectors.py), score the test labels against themselves: the
@@ -81,5 +89,6 @@ fi
 echo "Results:"
 echo "  data:        $work/data (real.yaml, manifest.csv, stats.json, instances/)"
 echo "  models:      $work/models/{green,red} (loss.png, training_log.csv, validation/)"
+echo "  generated:   $work/generated (images/, manifest.csv, contact_sheet.png)"
 [ "$demo" = 1 ] && echo "  self check:  $work/results/self_check.json"
 exit 0

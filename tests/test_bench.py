@@ -18,3 +18,13 @@ def test_bench_dreambooth_tiny_mode_measures_every_preset(tmp_path):
     assert by_name["lora"][2] < by_name["cache"][2]
     text = results.read_text()
     assert text.count("(tiny, 64 px)") == 4 and "| lora |" in text
+
+
+def test_bench_generate_tiny_mode_times_every_setting(tmp_path):
+    import bench_generate
+    results = tmp_path / "RESULTS.md"
+    rows, flops = bench_generate.main(["--images", "2", "--results", str(results)])
+    assert [name for name, _ in rows] == list(bench_generate.TINY_SETTINGS)
+    assert all(seconds > 0 for _, seconds in rows) and flops > 0
+    text = results.read_text()
+    assert "| one at a time |" in text and "1.00x" in text

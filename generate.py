@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""generate.py: draw the synthetic Genfusion dataset from fine-tuned Stable Diffusion models.
+
+In:  --model DIR:COUNT, repeated: a diffusers pipeline folder (what train_dreambooth.py writes) or
+     a hub id, and how many images to draw from it (the paper: green:54 and red:482).
+Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's name, index counts per model
+     OUT/manifest.csv                      file, model, prompt, negative_prompt, seed, steps,
+                                           guidance, scheduler, height, width, seconds
+     OUT/contact_sheet.png                 thumbnails of every image, to judge the set at a glance
+No labels: propose_boxes.py makes them.
+
+Image k (k counts over all models, in --model order) is drawn from its own generator seeded with
+seed + k, so it is the same image alone, in a batch, on any shard or after a crash. Each PNG
+carries its manifest row in a text chunk and is written atomically: a re-run skips the images on
+disk and rebuilds manifest.csv and the contact sheet from them. --shard i/n and
+`accelerate launch --num_processes N` split the images; the union of the parts is one run.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, PngImagePlugin
+from tqdm import tqdm
+
+SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+              "dpmpp": "DPMSolverMultistepScheduler"}
+RECORD_KEY = "genfusion"
+MANIFEST_FIELDS = ["file", "model", "prompt", "negative_prompt", "seed", "steps", "guidance",
+                   "scheduler", "height", "width", "seconds"]
+
+
+class InputError(Exception):
+    """Bad input, found before any image is drawn."""
+
+
+def parse_model_spec(spec):
+    """'DIR:COUNT' -> (DIR, COUNT)."""
+    location, sep, count = spec.rpartition(":")
+    if not sep or not location or not re.fullmatch(r"\d+", count) or int(count) < 1:
+        raise InputError(f"--model {spec!r}: expected DIR:COUNT with COUNT a positive whole number")
+    return location, int(count)
+
+
+def model_name(location):
+    return Path(location.rstrip("/")).name
+
+
+def check_model_location(location):
+    """A local folder must be a diffusers pipeline; anything else must look like a hub id."""
+    path = Path(location)
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"{location}: not a diffusers pipeline folder (no model_index.json); "
+                             f"give what train_dreambooth.py writes, or a hub id")
+    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", location):
+        raise InputError(f"{location}: no such folder, and not a hub id (owner/name)")
+
+
+def plan(models, prompt, variants):
+    """[(location, COUNT)] -> one job per image: global index k, model, file name, prompt."""
+    names = [model_name(location) for location, _ in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"two --model folders share a name ({', '.join(names)}): image files are "
+                         f"named after the folder, so give them distinct names")
+    jobs, k = [], 0
+    for (location, count), name in zip(models, names):
+        for index in range(count):
+            text = f"{prompt} {variants[k % len(variants)]}" if variants else prompt
+            jobs.append({"k": k, "model": location, "file": f"{name}_{index:05d}.png", "prompt": text})
+            k += 1
+    return jobs
+
+
+def expected_record(job, args):
+    """The settings an image on disk must have been drawn with to count as done."""
+    record = {"file": job["file"], "model": job["model"], "prompt": job["prompt"],
+              "negative_prompt": args.negative_prompt, "seed": args.seed + job["k"],
+              "steps": args.num_inference_steps, "guidance": args.guidance_scale,
+              "height": args.height, "width": args.width}
+    if args.scheduler:
+        record["scheduler"] = SCHEDULERS[args.scheduler]
+    return record
+
+
+def is_done(path, expected):
+    """True when path holds the image of these settings; a foreign or differently drawn image at
+    that name raises, rather than being mixed into the dataset or silently overwritten."""
+    if not path.exists():
+        return False
+    record = read_record(path)
+    different = {k: (record.get(k), v) for k, v in expected.items() if record and record.get(k) != v}
+    if record is None or different:
+        what = ", ".join(f"{k} {old!r} here, {new!r} asked" for k, (old, new) in different.items())
+        raise InputError(f"{path} was not drawn with these settings ({what or 'no generate.py record'}): "
+                         f"use another --output_dir, or delete the image")
+    return True
+
+
+def parse_shard(text):
+    match = re.fullmatch(r"(\d+)/(\d+)", text or "0/1")
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise InputError(f"--shard {text!r}: expected i/n with 0 <= i < n")
+    return int(match.group(1)), int(match.group(2))
+
+
+def my_part(jobs, shard, process_index, num_processes):
+    """The jobs of shard i/n, then of this process: every k goes to exactly one place."""
+    index, count = shard
+    mine = [job for job in jobs if job["k"] % count == index]
+    return mine[process_index::num_processes]
+
+
+def read_record(path):
+    """The manifest row stored in a generated PNG, or None for a missing or foreign file."""
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(RECORD_KEY) if hasattr(image, "text") else None
+    except OSError:
+        return None
+    return json.loads(text) if text else None
+
+
+def save_image(image, path, record):
+    info = PngImagePlugin.PngInfo()
+    info.add_text(RECORD_KEY, json.dumps(record))
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def load_pipeline(location, dtype, scheduler):
+    from diffusers import StableDiffusionPipeline
+    import diffusers
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(location, dtype=dtype, safety_checker=None,
+                                                           requires_safety_checker=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"could not load {location}: {error}")
+    if scheduler:
+        pipeline.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def draw(pipeline, jobs, args, device):
+    """Draw the images of one batch (one model) -> PIL images, in job order."""
+    generators = [torch.Generator(device).manual_seed(args.seed + job["k"]) for job in jobs]
+    return pipeline([job["prompt"] for job in jobs],
+                    negative_prompt=[args.negative_prompt] * len(jobs) if args.negative_prompt else None,
+                    height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
+                    guidance_scale=args.guidance_scale, generator=generators).images
+
+
+def contact_sheet(paths, thumb=128, columns=12):
+    rows = math.ceil(len(paths) / columns)
+    sheet = Image.new("RGB", (min(len(paths), columns) * thumb, rows * thumb), "white")
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((thumb, thumb))
+            sheet.paste(image, ((i % columns) * thumb, (i // columns) * thumb))
+    return sheet
+
+
+def write_summary(output_dir, jobs):
+    """manifest.csv and contact_sheet.png from the images on disk (in job order) -> rows written."""
+    images = output_dir / "images"
+    rows = [record for job in jobs if (record := read_record(images / job["file"])) is not None]
+    tmp = output_dir / ".manifest.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, output_dir / "manifest.csv")
+    if rows:
+        tmp = output_dir / ".contact_sheet.tmp.png"
+        contact_sheet([images / r["file"] for r in rows]).save(tmp)
+        os.replace(tmp, output_dir / "contact_sheet.png")
+    return rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Draw the synthetic dataset from fine-tuned Stable Diffusion models.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", action="append", required=True, metavar="DIR:COUNT",
+                        help="pipeline folder or hub id, and the images to draw from it; repeat it "
+                             "(the paper: green:54, red:482)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--prompt", default="a sks tree")
+    parser.add_argument("--negative_prompt", default="")
+    parser.add_argument("--prompt_variants", default="",
+                        help="';'-separated endings cycled over the images, e.g. 'in the snow;at dusk'")
+    parser.add_argument("--num_inference_steps", type=int, default=50)
+    parser.add_argument("--guidance_scale", type=float, default=7.5)
+    parser.add_argument("--height", type=int, default=768)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the model's own")
+    parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
+                        help="weights and activations: default fp16 on a GPU, no (fp32) on the CPU")
+    parser.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k")
+    parser.add_argument("--shard", default="0/1", help="i/n: draw only the images with k %% n == i")
+    args = parser.parse_args(argv)
+    if args.height % 8 or args.width % 8 or args.height < 8 or args.width < 8:
+        parser.error("--height and --width must be positive multiples of 8")
+    if args.batch_size < 1 or args.num_inference_steps < 1:
+        parser.error("--batch_size and --num_inference_steps must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return generate(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def generate(args):
+    from accelerate import PartialState
+
+    models = [parse_model_spec(spec) for spec in args.model]
+    for location, _ in models:
+        check_model_location(location)
+    models = [(str(Path(location).resolve()) if Path(location).exists() else location, count)
+              for location, count in models]
+    variants = [v.strip() for v in args.prompt_variants.split(";") if v.strip()]
+    jobs = plan(models, args.prompt, variants)
+    shard = parse_shard(args.shard)
+    state = PartialState()
+    output_dir = Path(args.output_dir)
+    images_dir = output_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+
+    todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
+            if not is_done(images_dir / job["file"], expected_record(job, args))]
+    device = state.device
+    precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    print(f"{len(jobs)} images in all; this part draws {len(todo)} "
+          f"(shard {shard[0]}/{shard[1]}, process {state.process_index}/{state.num_processes}, {device}, {precision})")
+    progress = tqdm(total=len(todo), desc="generating", unit="image", disable=not state.is_local_main_process)
+    for location in dict.fromkeys(job["model"] for job in todo):
+        pipeline = load_pipeline(location, dtype, args.scheduler).to(device)
+        scheduler_name = type(pipeline.scheduler).__name__
+        model_jobs = [job for job in todo if job["model"] == location]
+        for start in range(0, len(model_jobs), args.batch_size):
+            batch = model_jobs[start:start + args.batch_size]
+            started = time.perf_counter()
+            images = draw(pipeline, batch, args, device)
+            seconds = (time.perf_counter() - started) / len(batch)
+            for job, image in zip(batch, images):
+                record = {**expected_record(job, args), "scheduler": scheduler_name, "seconds": round(seconds, 3)}
+                save_image(image, images_dir / job["file"], record)
+            progress.update(len(batch))
+        del pipeline
+    progress.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        rows = write_summary(output_dir, jobs)
+        missing = len(jobs) - len(rows)
+        print(f"{len(rows)} of {len(jobs)} images in {images_dir}"
+              + (f"; {missing} belong to other shards and are still to come" if missing else "")
+              + f"; wrote manifest.csv and contact_sheet.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
