@@ -269,7 +269,7 @@ def generate(args):
         missing = len(jobs) - len(rows)
         print(f"{len(rows)} of {len(jobs)} images in {images_dir}"
               + (f"; {missing} belong to other shards and are still to come" if missing else "")
-              + f"; wrote manifest.csv and contact_sheet.png")
+              + "; wrote manifest.csv and contact_sheet.png")
     return 0
 
 

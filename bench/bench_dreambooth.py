@@ -89,6 +89,16 @@ def step_flops(pipeline, resolution, cached, lora):
     return counter.get_total_flops()
 
 
+def append_results(path, title, header, lines):
+    """Print a Markdown table and, with a path, append it under a ### title."""
+    print(header)
+    print("\n".join(lines))
+    if path:
+        path = Path(path)
+        text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+        path.write_text(text + f"\n### {title}\n\n" + header + "\n" + "\n".join(lines) + "\n")
+
+
 def peak_tflops(device_name, override):
     if override:
         return override
@@ -157,13 +167,8 @@ def main(argv=None):
     header = "| date | device | preset | s/step | peak GiB | TFLOP/step | % bf16 peak |\n|---|---|---|---|---|---|---|"
     lines = [f"| {datetime.date.today()} | {device_name}{' (tiny, 64 px)' if tiny else ''} | {name} | {s:.3f} | "
              f"{gib:.2f} | {tf:.3f} | {share} |" for name, s, gib, tf, share in rows]
-    print(header)
-    print("\n".join(lines))
-    if args.results:
-        path = Path(args.results)
-        text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        path.write_text(text + f"\n### bench_dreambooth.py ({args.steps} steps, median after {args.warmup})\n\n"
-                        + header + "\n" + "\n".join(lines) + "\n")
+    append_results(args.results, f"bench_dreambooth.py ({args.steps} steps, median after {args.warmup})",
+                   header, lines)
     return rows
 
 

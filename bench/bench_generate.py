@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate as gen  # noqa: E402  (the bench times the script itself)
 import train_dreambooth as tdb  # noqa: E402
-from bench_dreambooth import build_sd21_random_pipeline, peak_tflops  # noqa: E402
+from bench_dreambooth import append_results, build_sd21_random_pipeline, peak_tflops  # noqa: E402
 
 # name: (batch size, precision, channels_last, torch.compile)
 SETTINGS = {
@@ -123,13 +123,7 @@ def main(argv=None):
         share = f"{100 * flops / seconds / (peak * 1e12):.1f}" if peak else "n/a"
         lines.append(f"| {datetime.date.today()} | {device_name}{' (tiny, 64 px)' if tiny else ''} | {name} | "
                      f"{seconds:.3f} | {1 / seconds:.2f} | {speedup} | {flops / 1e12:.3f} | {share} |")
-    print(header)
-    print("\n".join(lines))
-    if args.results:
-        path = Path(args.results)
-        text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        path.write_text(text + f"\n### bench_generate.py ({resolution} px, {steps} steps, guidance 7.5)\n\n"
-                        + header + "\n" + "\n".join(lines) + "\n")
+    append_results(args.results, f"bench_generate.py ({resolution} px, {steps} steps, guidance 7.5)", header, lines)
     return rows, flops
 
 

@@ -35,6 +35,16 @@ def make_minneapple(root, photos, test_masks=True):
     return root
 
 
+def make_yolo(root, count, size=(50, 50), label="0 0.5 0.5 0.2 0.2\n"):
+    """A flat YOLO folder: images/p<i>.jpg (grey, width x height = size) with the same label text."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(count):
+        Image.fromarray(np.full((size[1], size[0], 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
+        (root / "labels" / f"p{i}.txt").write_text(label)
+    return root
+
+
 def simple_mask(height=60, width=40):
     mask = np.zeros((height, width), np.uint8)
     mask[20:30, 10:20] = 5
@@ -256,7 +266,7 @@ def test_orchard_real_instances_are_diverse_and_deterministic(orchard_out, tmp_p
         features = np.array([pd.diversity_embedding(Image.open(out / r["file"]).convert("RGB")) for r in photos])
         scaled = (features - features.mean(0)) / (features.std(0) + 1e-9)
 
-        def min_pairwise(indices):
+        def min_pairwise(indices, scaled=scaled):
             sub = scaled[indices]
             d = np.linalg.norm(sub[:, None] - sub[None], axis=-1)
             return d[np.triu_indices(len(indices), 1)].min()
@@ -356,12 +366,7 @@ def test_empty_folder_and_wrong_layout(tmp_path, capsys):
 
 
 def test_bad_yolo_label_line_and_missing_label_file(tmp_path, capsys):
-    root = tmp_path / "yolo"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
-        (root / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    root = make_yolo(tmp_path / "yolo", 3)
     (root / "labels" / "p1.txt").write_text("0 0.5 0.5 0.2 0.2\n0 1.5 0.5 0.2 0.2\n")
     code, err = run_bad(tmp_path, capsys, root, source="yolo")
     assert code == 2 and "p1.txt:2" in err
@@ -379,12 +384,7 @@ def test_command_line_error_is_a_message_not_a_traceback(tmp_path):
 
 
 def test_unreadable_label_and_non_apple_class_are_named(tmp_path, capsys):
-    root = tmp_path / "yolo"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((50, 50, 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
-        (root / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    root = make_yolo(tmp_path / "yolo", 3)
     (root / "labels" / "p2.txt").write_bytes(b"\xff\xfe0 0.5 0.5 0.1 0.1\n")
     code, err = run_bad(tmp_path, capsys, root, source="yolo")
     assert code == 2 and "p2.txt" in err and "unreadable" in err
@@ -394,12 +394,7 @@ def test_unreadable_label_and_non_apple_class_are_named(tmp_path, capsys):
 
 
 def test_flat_yolo_layout_becomes_train_and_val(tmp_path, capsys):
-    root = tmp_path / "yolo"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(5):
-        Image.fromarray(np.full((60, 80, 3), 100, np.uint8)).save(root / "images" / f"p{i}.jpg")
-        (root / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.25 0.25\n0 0.02 0.5 0.04 0.1\n")
+    root = make_yolo(tmp_path / "yolo", 5, size=(80, 60), label="0 0.5 0.5 0.25 0.25\n0 0.02 0.5 0.04 0.1\n")
     code, err = run_bad(tmp_path, capsys, root, "--num_val", "2", source="yolo")
     assert code == 0 and "no test photos" in err
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
