@@ -30,3 +30,26 @@ def orchard_real():
 @pytest.fixture
 def paper_table1():
     return shared_path("paper/table1.csv")
+
+
+@pytest.fixture(scope="session")
+def orchard_prepared(tmp_path_factory):
+    """orchard-real prepared at 128 px (prepare_data.py): OUT with real.yaml and real/{train,val,test}."""
+    import prepare_data
+    source = shared_path("data/orchard-real")
+    out = tmp_path_factory.mktemp("orchard_prepared")
+    assert prepare_data.main(["--source", "yolo", "--input", str(source), "--output_dir", str(out),
+                              "--resolution", "128", "--workers", "2"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(orchard_prepared, tmp_path_factory):
+    """yolov8n from scratch, 2 epochs at 128 px on orchard-real (train_detectors.py): its run folder."""
+    import train_detectors
+    project = tmp_path_factory.mktemp("detectors")
+    assert train_detectors.main(["--data", f"baseline={orchard_prepared / 'real.yaml'}", "--models", "yolov8n",
+                                 "--seeds", "0", "--epochs", "2", "--imgsz", "128", "--init", "scratch",
+                                 "--workers", "0", "--test_images", str(orchard_prepared / "real" / "test" / "images"),
+                                 "--project", str(project)]) == 0
+    return project / "baseline" / "yolov8n" / "seed0"

@@ -1,0 +1,112 @@
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+import yaml
+from pycocotools.coco import COCO
+
+import propose_boxes as pb
+import train_detectors as td
+
+
+def test_calibration_picks_the_f1_best_threshold():
+    truths = {"a": [(0, 0, 10, 10)], "b": [(0, 0, 10, 10), (20, 20, 30, 30)]}
+    predictions = {"a": [(0, 0, 10, 10, 0.9), (50, 50, 60, 60, 0.8)],
+                   "b": [(20, 20, 30, 30, 0.6), (80, 80, 90, 90, 0.3), (0, 1, 10, 10, 0.2)]}
+    # F1 by threshold: 0.9 -> 2/4, 0.8 -> 2/5, 0.6 -> 4/6, 0.3 -> 4/7, 0.2 -> 6/8
+    threshold, f1, table = pb.best_f1_threshold(predictions, truths)
+    assert threshold == 0.2 and f1 == pytest.approx(0.75)
+    assert [round(row[3], 4) for row in table] == [0.5, 0.4, round(4 / 6, 4), round(4 / 7, 4), 0.75]
+    truths["b"] = truths["b"][1:]          # without the low-confidence apple, 0.6 is best
+    assert pb.best_f1_threshold(predictions, truths)[0] == 0.6
+
+
+@pytest.fixture(scope="module")
+def proposals(tiny_detector, orchard_prepared, tmp_path_factory):
+    images = tmp_path_factory.mktemp("generated")
+    for path in sorted((orchard_prepared / "real" / "test" / "images").iterdir())[:6]:
+        shutil.copy(path, images / path.name)
+    out = tmp_path_factory.mktemp("proposals")
+    assert pb.main(["propose", "--weights", str(tiny_detector / "weights" / "best.pt"), "--images", str(images),
+                    "--output_dir", str(out), "--conf", "0.001", "--imgsz", "128"]) == 0
+    return images, out
+
+
+def labels_of(folder):
+    return {p.name: [[float(v) for v in line.split()] for line in p.read_text().splitlines()]
+            for p in sorted((folder / "labels").glob("*.txt"))}
+
+
+def assert_same_labels(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert len(a[name]) == len(b[name]), name
+        for row_a, row_b in zip(a[name], b[name]):
+            assert row_a == pytest.approx(row_b, abs=1e-6), name
+
+
+def test_propose_writes_every_format(proposals):
+    images, out = proposals
+    labels = labels_of(out)
+    assert len(labels) == 6 and sum(len(rows) for rows in labels.values()) > 0
+    rows = (out / "proposals.csv").read_text().splitlines()[1:]
+    assert len(rows) == sum(len(r) for r in labels.values())
+    tasks = json.loads((out / "label_studio_tasks.json").read_text())
+    assert len(tasks) == 6 and all(0 <= r["value"]["x"] <= 100 for t in tasks for r in t["predictions"][0]["result"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out / "coco_predictions.json"))
+    assert len(coco.getAnnIds()) == len(rows) and min(coco.getAnnIds()) == 1
+    assert json.loads((out / "proposals.json").read_text())["conf"] == 0.001
+    td.check_data_yaml(out / "data.yaml")
+    assert yaml.safe_load((out / "data.yaml").read_text())["path"] == str(out)
+
+
+def test_label_studio_round_trip_and_unreviewed_images(proposals, tmp_path, capsys):
+    images, out = proposals
+    tasks = json.loads((out / "label_studio_tasks.json").read_text())
+    for task in tasks[1:]:  # a reviewer accepts every proposal, except on the first image, left untouched
+        task["annotations"] = [{"result": task["predictions"][0]["result"]}]
+    tasks[2]["data"]["image"] = "/data/upload/3/1a2b3c4d-" + tasks[2]["data"]["image"].split("/")[-1]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    assert pb.main(["import", "--reviewed", str(tmp_path / "export.json"), "--images", str(images),
+                    "--output_dir", str(tmp_path / "out")]) == 0
+    first = sorted(labels_of(out))[0]
+    expected = {k: v for k, v in labels_of(out).items() if k != first}
+    assert_same_labels(labels_of(tmp_path / "out"), expected)
+    assert (tmp_path / "out" / "unreviewed.txt").read_text().split() == [first.replace(".txt", ".png")]
+    assert "1 images have no review" in capsys.readouterr().out
+
+
+def test_coco_and_yolo_round_trips(proposals, tmp_path):
+    images, out = proposals
+    for name, reviewed in (("coco", out / "coco_predictions.json"), ("yolo", out)):
+        assert pb.main(["import", "--reviewed", str(reviewed), "--images", str(images),
+                        "--output_dir", str(tmp_path / name)]) == 0
+        assert_same_labels(labels_of(tmp_path / name), labels_of(out))
+        assert (tmp_path / name / "unreviewed.txt").read_text() == ""
+        td.check_data_yaml(tmp_path / name / "data.yaml")
+
+
+def test_calibrated_threshold_is_the_best_on_real_val(tiny_detector, orchard_prepared, proposals, tmp_path):
+    images, _ = proposals
+    assert pb.main(["propose", "--weights", str(tiny_detector / "weights" / "best.pt"), "--images", str(images),
+                    "--output_dir", str(tmp_path), "--calibrate_data", str(orchard_prepared / "real.yaml"),
+                    "--imgsz", "128"]) == 0
+    meta = json.loads((tmp_path / "proposals.json").read_text())
+    best = max(meta["calibration"], key=lambda row: row["f1"])
+    assert meta["conf"] == best["threshold"] and "best F1" in meta["chosen_by"]
+    proposed = [float(line.split(",")[-1]) for line in (tmp_path / "proposals.csv").read_text().splitlines()[1:]]
+    assert all(conf >= round(meta["conf"], 5) - 1e-5 for conf in proposed)
+
+
+def test_a_review_of_other_images_is_refused(proposals, tmp_path, capsys):
+    images, _ = proposals
+    (tmp_path / "other.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png"}], "annotations": []}))
+    assert pb.main(["import", "--reviewed", str(tmp_path / "other.json"), "--images", str(images),
+                    "--output_dir", str(tmp_path / "out")]) == 2
+    assert "reviews none of the images" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert pb.main(["import", "--reviewed", str(tmp_path / "bad.json"), "--images", str(images),
+                    "--output_dir", str(tmp_path / "out")]) == 2

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""train_detectors.py: train the paper's YOLO matrix and predict on the real test photos.
+
+In:  --data NAME=YAML (repeatable: ultralytics data YAMLs, e.g. baseline=OUT/real.yaml and
+     genfusion=WORK/genfusion/data.yaml), --models, --seeds, --test_images DIR.
+Out: PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weights/best.pt, ...)
+     PROJECT/<dataset>/<model>/seed<k>/test_predictions/<stem>.txt
+                                                   'class cx cy w h conf' per detection, what
+                                                   `evaluate.py score --pred` reads
+     PROJECT/<dataset>/<model>/seed<k>/run.json    written last: the run is finished
+     PROJECT/runs.csv                              dataset, model, seed, epochs, seconds, status,
+                                                   val_map50_95 (ultralytics' own, best epoch)
+
+The paper's Table 2 are the defaults: SGD (set explicitly: ultralytics' 'auto' ignores lr0),
+lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU, NMS IoU 0.45, 768 px, and
+every augmentation off. Finished runs are skipped; an interrupted run resumes from its last.pt.
+Nothing reaches for the network: ultralytics' settings live in PROJECT/.ultralytics, its font is a
+local one, it installs nothing, and --init pretrained without local weights fails at once offline.
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+MODEL_NAME = re.compile(r"^(yolov8[nsmlx]|yolov5[nsmlx]u|yolo11[nsmlx])$")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Table 2 of the paper (Appendix B.1).
+PAPER_SETTINGS = {"optimizer": "SGD", "lr0": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "iou": 0.45}
+AUGMENTATIONS_OFF = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0,
+                     "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.0, "bgr": 0.0, "mosaic": 0.0,
+                     "mixup": 0.0, "cutmix": 0.0, "copy_paste": 0.0, "close_mosaic": 0, "multi_scale": 0.0,
+                     "erasing": 0.0, "auto_augment": None}
+PREDICT_SETTINGS = {"conf": 0.001, "iou": 0.45, "max_det": 300}
+RUN_FIELDS = ["dataset", "model", "seed", "epochs", "seconds", "status", "val_map50_95", "run_dir"]
+
+
+class InputError(Exception):
+    """Bad input; the message names the file or flag."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline-safe ultralytics
+# ---------------------------------------------------------------------------------------------
+def offline_safe_environment(project):
+    """Settings in PROJECT/.ultralytics, a local font as Arial, no auto-install, no events. Must
+    run before ultralytics is imported."""
+    config = Path(project).resolve() / ".ultralytics"
+    fonts = config / "Ultralytics"
+    fonts.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+    local_font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (fonts / name).exists():
+            shutil.copyfile(local_font, fonts / name)
+    os.environ.update(YOLO_CONFIG_DIR=str(config), YOLO_AUTOINSTALL="False", YOLO_OFFLINE="1")
+
+
+def online(timeout=3.0):
+    """Whether ultralytics' weight downloads are reachable."""
+    try:
+        socket.create_connection(("github.com", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def parse_data_specs(specs):
+    """['NAME=YAML', ...] -> {NAME: YAML}."""
+    data = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--data {spec!r}: expected NAME=YAML, e.g. baseline=OUT/real.yaml")
+        if name in data:
+            raise InputError(f"--data {name} is given twice")
+        data[name] = path
+    return data
+
+
+def list_images(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def check_data_yaml(path):
+    """An ultralytics data YAML whose train and val image folders exist and hold images."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"{path}: not a readable data YAML ({error})")
+    if not isinstance(data, dict) or "train" not in data or "val" not in data:
+        raise InputError(f"{path}: a data YAML needs 'train' and 'val' (and 'path', 'names')")
+    root = Path(data.get("path") or path.parent)
+    root = root if root.is_absolute() else (path.parent / root)
+    for split in ("train", "val"):
+        for entry in data[split] if isinstance(data[split], list) else [data[split]]:
+            folder = Path(entry) if Path(entry).is_absolute() else root / entry
+            if not folder.is_dir() or not list_images(folder):
+                raise InputError(f"{path}: the {split} folder {folder} is missing or holds no images")
+
+
+def parse_list(text, flag):
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputError(f"{flag} is empty")
+    return items
+
+
+def parse_shard(text):
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise InputError(f"--shard {text!r}: expected i/n with 0 <= i < n")
+    return int(match.group(1)), int(match.group(2))
+
+
+def model_source(model, init, weights_dir):
+    """What YOLO() loads: the model YAML (scratch) or COCO weights (pretrained)."""
+    if init == "scratch":
+        return f"{model}.yaml"
+    if weights_dir:
+        local = Path(weights_dir) / f"{model}.pt"
+        if local.exists():
+            return str(local)
+        raise InputError(f"--init pretrained: no {local} (put the ultralytics COCO weights there)")
+    if not online():
+        raise InputError(f"--init pretrained needs {model}.pt, and this machine is offline: give "
+                         f"--weights_dir DIR with local .pt files, or train with --init scratch")
+    return f"{model}.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers):
+    """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off."""
+    return {"data": str(Path(data_yaml).resolve()), "project": str(run_dir.parent.resolve()), "name": run_dir.name,
+            "exist_ok": True, "seed": seed, "deterministic": True, "epochs": epochs, "imgsz": imgsz,
+            "batch": batch, "device": device, "workers": workers, "amp": True, "verbose": False,
+            **PAPER_SETTINGS, **AUGMENTATIONS_OFF}
+
+
+def predict_to_folder(weights, images, out_dir, imgsz, device):
+    """One 'class cx cy w h conf' file per test image (empty when nothing is found), written to a
+    temporary folder that replaces out_dir at the end."""
+    from ultralytics import YOLO
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = YOLO(str(weights))
+    for result in model.predict(source=[str(p) for p in images], imgsz=imgsz, device=device, stream=True,
+                                verbose=False, **PREDICT_SETTINGS):
+        boxes = result.boxes
+        lines = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f} {s:.6f}\n"
+                 for c, (x, y, w, h), s in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), boxes.conf.tolist())]
+        (tmp / f"{Path(result.path).stem}.txt").write_text("".join(lines))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def best_val_map(run_dir):
+    """The best epoch's mAP50-95 on val, from ultralytics' results.csv."""
+    with open(Path(run_dir) / "results.csv", newline="") as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    return max(float(r["metrics/mAP50-95(B)"]) for r in rows) if rows else None
+
+
+def training_finished(last_pt):
+    """ultralytics marks a finished training by stripping the optimizer and setting epoch -1."""
+    import torch
+    checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
+    return checkpoint.get("epoch", -1) == -1
+
+
+def run_one(spec, device):
+    """Train (or resume) one (dataset, model, seed) and predict on the test images -> its row."""
+    from ultralytics import YOLO
+    run_dir = Path(spec["run_dir"])
+    done = run_dir / "run.json"
+    if done.exists():
+        return {**json.loads(done.read_text()), "status": "skipped (done)"}
+    started = time.time()
+    last = run_dir / "weights" / "last.pt"
+    if last.exists() and not training_finished(last):
+        print(f"resuming {run_dir} from {last}")
+        YOLO(str(last)).train(resume=True, device=device)
+    elif not last.exists():
+        arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
+                                    spec["batch"], device, spec["workers"])
+        YOLO(spec["source"]).train(**arguments)
+    predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
+                      run_dir / "test_predictions", spec["imgsz"], device)
+    row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
+           "seconds": round(time.time() - started, 1), "status": "done", "val_map50_95": best_val_map(run_dir),
+           "run_dir": str(run_dir)}
+    tmp = done.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, done)
+    return row
+
+
+_DEVICE = None
+
+
+def _init_worker(devices):
+    global _DEVICE
+    _DEVICE = devices.get()
+
+
+def _run_on_worker_device(spec):
+    return run_one(spec, _DEVICE)
+
+
+def write_runs_csv(project):
+    """runs.csv from every finished run's run.json (so shards and parallel runs never collide)."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(project).glob("*/*/seed*/run.json"))]
+    tmp = Path(project) / ".runs.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, RUN_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, Path(project) / "runs.csv")
+    return rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train YOLOv5u/YOLOv8 detectors (the paper's Table 2 settings) and "
+                                                 "predict on the real test photos.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", action="append", required=True, metavar="NAME=YAML",
+                        help="a dataset to train on, repeatable (baseline=OUT/real.yaml genfusion=...)")
+    parser.add_argument("--models", default="yolov8n,yolov8s,yolov8m,yolov8l,yolov8x,"
+                                            "yolov5nu,yolov5su,yolov5mu,yolov5lu,yolov5xu",
+                        help="comma-separated ultralytics names (yolov5*u is ultralytics' anchor-free YOLOv5u)")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--epochs", type=int, default=100, help="the paper does not state its epochs; 100 is "
+                        "ultralytics' default")
+    parser.add_argument("--imgsz", type=int, default=768)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
+                        help="COCO weights (ultralytics fetches them online, or --weights_dir) or the model YAML")
+    parser.add_argument("--weights_dir", help="folder with <model>.pt COCO weights for --init pretrained")
+    parser.add_argument("--test_images", required=True, help="the real test photos to predict on")
+    parser.add_argument("--project", required=True, help="where the runs go")
+    parser.add_argument("--devices", default="", help="e.g. 0,1,2,3: independent runs side by side, one per GPU "
+                        "(default: GPU 0 when there is one, else the CPU)")
+    parser.add_argument("--ddp", action="store_true", help="hand each run to ultralytics' DDP over --devices")
+    parser.add_argument("--shard", default="0/1", help="i/n: only the runs with index %% n == i (job arrays)")
+    parser.add_argument("--workers", type=int, default=8, help="dataloader workers per run")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or args.imgsz < 32:
+        parser.error("--epochs and --batch must be at least 1, --imgsz at least 32")
+    if args.ddp and len([d for d in args.devices.split(",") if d.strip()]) < 2:
+        parser.error("--ddp needs two or more --devices")
+    return args
+
+
+def plan(args):
+    """Every (dataset, model, seed) run of this shard, after checking every input."""
+    data = parse_data_specs(args.data)
+    for path in data.values():
+        check_data_yaml(path)
+    models = parse_list(args.models, "--models")
+    unknown = [m for m in models if not MODEL_NAME.match(m)]
+    if unknown:
+        raise InputError(f"unknown model names {', '.join(unknown)}: use yolov8n..x, yolov5nu..xu or yolo11n..x")
+    try:
+        seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
+    except ValueError:
+        raise InputError(f"--seeds {args.seeds!r}: expected whole numbers, e.g. 0,1,2,3,4")
+    if not Path(args.test_images).is_dir() or not list_images(args.test_images):
+        raise InputError(f"--test_images {args.test_images}: missing or holds no images")
+    shard = parse_shard(args.shard)
+    sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
+    runs = [{"dataset": name, "data_yaml": path, "model": model, "seed": seed, "source": sources[model],
+             "run_dir": str(Path(args.project).resolve() / name / model / f"seed{seed}"), "epochs": args.epochs,
+             "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "test_images": args.test_images}
+            for name, path in data.items() for model in models for seed in seeds]
+    return [run for index, run in enumerate(runs) if index % shard[1] == shard[0]]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        runs = plan(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    offline_safe_environment(args.project)
+    import torch
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] or (["0"] if torch.cuda.is_available() else ["cpu"])
+    print(f"{len(runs)} runs on {'DDP over ' if args.ddp else ''}{', '.join(devices)}")
+    if args.ddp or len(devices) == 1:
+        device = ",".join(devices) if args.ddp else devices[0]
+        for spec in runs:
+            row = run_one(spec, device)
+            print(f"{spec['dataset']} {spec['model']} seed {spec['seed']}: {row['status']}, "
+                  f"val mAP50-95 {row['val_map50_95']}")
+    else:
+        import multiprocessing
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        for device in devices:
+            queue.put(device)
+        with context.Pool(len(devices), initializer=_init_worker, initargs=(queue,)) as pool:
+            for row in pool.imap_unordered(_run_on_worker_device, runs):
+                print(f"{row['dataset']} {row['model']} seed {row['seed']}: {row['status']}")
+    rows = write_runs_csv(args.project)
+    print(f"{len(rows)} finished runs in {Path(args.project) / 'runs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
