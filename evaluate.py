@@ -6,6 +6,9 @@
          Out: AP@0.5:0.95, AP50, AP75, AP small/medium/large and AR@max_dets, printed and as JSON
               (--out); --export_coco DIR writes gt.json and predictions.json.
               AP is pycocotools' COCOeval, the scorer MinneApple's official evaluation uses.
+  collect In: --runs DIR (train_detectors.py's project: DIR/<dataset>/<model>/seed<k>/test_predictions/)
+              and --gt DIR (the real test split).
+         Out: --out CSV, one row per run: dataset, model, seed, ap, ap50, ap75 (what table reads).
   table  In:  --results CSV, one row per trained detector: dataset, model, seed, ap, ap50, ap75.
          Out: table1.csv, table1.md, table1.png in --out_dir: mean and sample std over seeds, the
               gap of every dataset to --baseline, and the paper's Table 1 beside ours.
@@ -207,6 +210,20 @@ def write_atomic(path, text):
     tmp.replace(path)
 
 
+def collect(runs_dir, gt_dir, max_dets=100):
+    """Score every DIR/<dataset>/<model>/seed<k>/test_predictions/ -> result rows."""
+    folders = sorted(Path(runs_dir).glob("*/*/seed*/test_predictions"))
+    if not folders:
+        raise EvaluationInputError(f"{runs_dir}: no <dataset>/<model>/seed<k>/test_predictions/ folders")
+    rows = []
+    for folder in folders:
+        metrics = score(gt_dir, folder, max_dets)
+        run = folder.parent
+        rows.append({"dataset": run.parent.parent.name, "model": run.parent.name, "seed": run.name[len("seed"):],
+                     **{m: metrics[m] for m in METRICS}})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # table
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +387,12 @@ def main(argv=None):
     score_parser.add_argument("--max_dets", type=int, default=100,
                               help="detections per image that count (COCO's default, as MinneApple's scorer)")
     score_parser.add_argument("--export_coco", help="write gt.json and predictions.json (COCO) here")
+    collect_parser = commands.add_parser("collect", help="score every run of train_detectors.py into a results CSV",
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    collect_parser.add_argument("--runs", required=True, help="train_detectors.py's --project folder")
+    collect_parser.add_argument("--gt", required=True, help="the labelled test split (images/ and labels/)")
+    collect_parser.add_argument("--out", required=True, help="the results CSV to write")
+    collect_parser.add_argument("--max_dets", type=int, default=100)
     table_parser = commands.add_parser("table", help="Table 1 from one row per trained detector",
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     table_parser.add_argument("--results", required=True,
@@ -377,7 +400,7 @@ def main(argv=None):
     table_parser.add_argument("--out_dir", required=True, help="where table1.csv/.md/.png go")
     table_parser.add_argument("--baseline", default="baseline", help="dataset the gaps are measured to")
     args = parser.parse_args(argv)
-    if args.command == "score" and args.max_dets < 1:
+    if args.command in ("score", "collect") and args.max_dets < 1:
         parser.error("--max_dets must be at least 1")
 
     try:
@@ -386,6 +409,14 @@ def main(argv=None):
             print(json.dumps(metrics, indent=2))
             if args.out:
                 write_atomic(args.out, json.dumps(metrics, indent=2) + "\n")
+        elif args.command == "collect":
+            rows = collect(args.runs, args.gt, args.max_dets)
+            text = io.StringIO()
+            writer = csv.DictWriter(text, ["dataset", "model", "seed", *METRICS], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            write_atomic(args.out, text.getvalue())
+            print(f"scored {len(rows)} runs -> {args.out}")
         else:
             table = write_table(args.results, args.out_dir, args.baseline)
             print(table_markdown(table, args.baseline), end="")

@@ -215,3 +215,15 @@ def test_table_rejects_duplicates_blanks_and_bad_numbers(tmp_path):
         (tmp_path / "r.csv").write_text(header + body)
         with pytest.raises(ev.EvaluationInputError, match=message):
             ev.read_results(tmp_path / "r.csv")
+
+
+def test_collect_scores_every_run(tmp_path):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    perfect = [(*b, 0.9) for b in GT]
+    for dataset, seed, predictions in (("baseline", 0, perfect), ("genfusion", 1, perfect[:1])):
+        write_predictions(tmp_path / "runs" / dataset / "yolov8n" / f"seed{seed}" / "test_predictions",
+                          {"a": predictions}, {"a": (300, 300)})
+    assert ev.main(["collect", "--runs", str(tmp_path / "runs"), "--gt", str(gt), "--out", str(tmp_path / "r.csv")]) == 0
+    rows = ev.read_results(tmp_path / "r.csv")
+    assert [(r["dataset"], r["model"], r["seed"]) for r in rows] == [("baseline", "yolov8n", "0"), ("genfusion", "yolov8n", "1")]
+    assert rows[0]["ap"] == pytest.approx(1.0) and rows[1]["ap50"] == pytest.approx(34 / 101)  # recall 1/3
