@@ -22,12 +22,12 @@ def shared_path(relative):
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def orchard_real():
     return shared_path("data/orchard-real")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def paper_table1():
     return shared_path("paper/table1.csv")
 

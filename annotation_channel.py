@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""annotation_channel.py: the paper's Appendix E, made measurable: labels drawn into the blue channel.
+
+  encode   --images DIR --labels DIR --mode dots|sized_dots|outlines --output_dir OUT
+           The blue channel is replaced by the annotations (255 on 0): 'dots' a filled square of
+           --dot_size px (5: the paper saw smaller dots vanish through the VAE) at each box centre;
+           'sized_dots' an axis-aligned ellipse with semi-axes w/4 and h/4 (at least --dot_size/2),
+           so the box size survives; 'outlines' the box outlines, --line_width px.
+  decode   --images DIR --mode ... --output_dir OUT
+           Threshold blue, find contours (OpenCV), take each contour's centroid from its moments:
+           OUT/labels/*.txt (YOLO) and OUT/decoded.csv (file, cx, cy, w, h, size_known, merged).
+           'dots' gives a centre only: a box of --box_size px, flagged size_known=no. 'sized_dots'
+           gives w = 8 sqrt(mu20/m00), h = 8 sqrt(mu02/m00) (an ellipse's second moments).
+           'outlines' gives each outer contour's bounding box. Overlaps: touching dots or
+           crossing outlines merge into one contour, decoded as one object at the group's centre
+           (or around the group) and flagged merged=yes (dots: area over 1.5 dots; outlines: the
+           contour is not a single rectangle ring).
+  strip    --images DIR --output_dir OUT       the RG0 images (blue set to 0), the channel ablation
+  leakage  --images DIR [--labels DIR] [--output_dir OUT]
+           The paper's Figure 21 as a number: how much brighter red and green are on each dot
+           (decoded from blue, or at the label centres) than in a 2-px ring around it, per image
+           and overall; OUT/leakage.csv and OUT/leakage.png (a histogram).
+  filter   --images DIR --output_dir OUT [--reference DIR]
+           The paper's recipe against off-domain generations: PCA to 50 dimensions, t-SNE to 2,
+           KMeans with 3 clusters, keep the largest cluster (it also drops in-domain images that
+           happen to form the smaller clusters). With --reference (e.g. the real instance photos)
+           the images near the references in PCA space are kept instead. OUT/kept/ and
+           OUT/rejected/ (links or copies; the input folder is untouched), OUT/filter.csv (file,
+           cluster, kept), OUT/filter.png (the t-SNE map by cluster, rejected images crossed).
+"""
+import argparse
+import csv
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+BLUE = 2  # channel index in RGB arrays
+SIZED_DOT_FRACTION = 0.25  # semi-axis / box side of a sized dot
+THUMBNAIL_WEIGHT = 0.05
+RING_WIDTH = 2
+
+
+class InputError(Exception):
+    """Bad input; the message names the file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+def list_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise InputError(f"{folder}: no images")
+    return images
+
+
+def read_rgb(path):
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except OSError as error:
+        raise InputError(f"{path}: unreadable image ({error})")
+
+
+def write_png(array, path):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def read_boxes(path, width, height):
+    """YOLO label file -> boxes x1 y1 x2 y2 in pixels (a missing file is an error)."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: no label file for this image")
+    boxes = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            _, cx, cy, w, h = (float(v) for v in fields[:5])
+        except ValueError:
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}")
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# encode / decode / strip
+# ---------------------------------------------------------------------------------------------
+def draw_annotations(shape, boxes, mode, dot_size=5, line_width=2):
+    """A uint8 (H, W) channel with the boxes drawn at 255 on 0."""
+    channel = np.zeros(shape[:2], np.uint8)
+    for x1, y1, x2, y2 in boxes:
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        if mode == "dots":
+            left, top = int(round(cx - dot_size / 2)), int(round(cy - dot_size / 2))
+            channel[max(top, 0):max(top + dot_size, 0), max(left, 0):max(left + dot_size, 0)] = 255
+        elif mode == "sized_dots":  # pixel i spans [i, i+1): its centre is i + 0.5
+            axes = (max(SIZED_DOT_FRACTION * (x2 - x1), dot_size / 2), max(SIZED_DOT_FRACTION * (y2 - y1), dot_size / 2))
+            cv2.ellipse(channel, (int(round((cx - 0.5) * 16)), int(round((cy - 0.5) * 16))),
+                        (int(round(axes[0] * 16)), int(round(axes[1] * 16))), 0, 0, 360, 255, -1, cv2.LINE_8, 4)
+        else:  # the outline lies inside the box, so the outer edge of the ring is the box
+            left, top = max(int(round(x1)), 0), max(int(round(y1)), 0)
+            right, bottom = int(round(x2)), int(round(y2))
+            channel[top:bottom, left:right] = 255
+            channel[top + line_width:bottom - line_width, left + line_width:right - line_width] = 0
+    return channel
+
+
+def encode(image, boxes, mode, dot_size=5, line_width=2):
+    """RGB image -> the same image with the blue channel replaced by the annotations."""
+    out = image.copy()
+    out[:, :, BLUE] = draw_annotations(image.shape, boxes, mode, dot_size, line_width)
+    return out
+
+
+def strip(image):
+    out = image.copy()
+    out[:, :, BLUE] = 0
+    return out
+
+
+def decode(image, mode, threshold=128, dot_size=5, box_size=20, line_width=2):
+    """RGB image with annotations in blue -> list of dicts cx, cy, w, h (pixels), size_known, merged."""
+    binary = (image[:, :, BLUE] >= threshold).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    found = []
+    for contour in contours:
+        if mode == "outlines":
+            x, y, w, h = cv2.boundingRect(contour)
+            ring = np.zeros_like(binary)
+            cv2.drawContours(ring, [contour], -1, 1, -1)
+            pixels = int((ring & binary).sum())
+            single = max(w * h - max(w - 2 * line_width, 0) * max(h - 2 * line_width, 0), 1)
+            found.append({"cx": x + w / 2, "cy": y + h / 2, "w": float(w), "h": float(h), "size_known": "yes",
+                          "merged": "yes" if abs(pixels - single) > 0.2 * single else "no"})
+            continue
+        mask = np.zeros_like(binary)
+        cv2.drawContours(mask, [contour], -1, 1, -1)
+        moments = cv2.moments(mask & binary, binaryImage=True)
+        if moments["m00"] == 0:
+            continue
+        cx, cy = moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]
+        if mode == "sized_dots":
+            # a filled ellipse with semi-axes a, b has mu20/m00 = a^2/4 and mu02/m00 = b^2/4
+            w = np.sqrt(4 * moments["mu20"] / moments["m00"]) / SIZED_DOT_FRACTION
+            h = np.sqrt(4 * moments["mu02"] / moments["m00"]) / SIZED_DOT_FRACTION
+            found.append({"cx": cx + 0.5, "cy": cy + 0.5, "w": w, "h": h, "size_known": "yes", "merged": "no"})
+        else:
+            found.append({"cx": cx + 0.5, "cy": cy + 0.5, "w": float(box_size), "h": float(box_size),
+                          "size_known": "no", "merged": "yes" if moments["m00"] > 1.5 * dot_size ** 2 else "no"})
+    return sorted(found, key=lambda d: (d["cy"], d["cx"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# leakage
+# ---------------------------------------------------------------------------------------------
+def leakage(image, centres, dot_size=5):
+    """Mean over dots of (red and green on the dot) minus (red and green in the ring around it),
+    in 0..255 units; None without dots. Freshly encoded images give about 0."""
+    height, width = image.shape[:2]
+    rg = image[:, :, :2].astype(np.float64).mean(axis=2)
+    half, values = dot_size / 2, []
+    reach = int(np.ceil(half + 1 + RING_WIDTH)) + 1
+    for cx, cy in centres:
+        top, left = max(int(cy) - reach, 0), max(int(cx) - reach, 0)
+        yy, xx = np.mgrid[top:min(int(cy) + reach, height), left:min(int(cx) + reach, width)]
+        dx, dy = np.abs(xx + 0.5 - cx), np.abs(yy + 0.5 - cy)
+        inside = (dx <= half) & (dy <= half)
+        ring = (np.maximum(dx, dy) > half + 1) & (np.maximum(dx, dy) <= half + 1 + RING_WIDTH)
+        window = rg[top:top + yy.shape[0], left:left + yy.shape[1]]
+        if inside.any() and ring.any():
+            values.append(window[inside].mean() - window[ring].mean())
+    return float(np.mean(values)) if values else None
+
+
+# ---------------------------------------------------------------------------------------------
+# filter
+# ---------------------------------------------------------------------------------------------
+def image_features(paths):
+    """What PCA sees of an image: the square root of its RGB colour histogram (8 bins a channel)
+    and, weighted down to 0.05, a 16x16 thumbnail. Raw pixels alone let t-SNE mix sky and noise
+    images in with orchard photos; the colour distribution keeps them apart."""
+    rows = []
+    for path in paths:
+        image = Image.fromarray(read_rgb(path))
+        bins = (np.asarray(image.resize((64, 64), Image.BILINEAR)) // 32).reshape(-1, 3).astype(np.int64)
+        histogram = np.bincount(bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2], minlength=512) / len(bins)
+        thumbnail = np.asarray(image.resize((16, 16), Image.BILINEAR), np.float64).ravel() / 255
+        rows.append(np.concatenate([np.sqrt(histogram), THUMBNAIL_WEIGHT * thumbnail]))
+    return np.stack(rows)
+
+
+def cluster_filter(features, reference_features=None, pca_dims=50, clusters=3, seed=0):
+    """The paper's recipe: PCA -> t-SNE(2) -> KMeans, keep the largest cluster.
+    -> (2-D map, cluster of every image, kept mask). With reference features an image is kept when
+    it sits near the references in PCA space instead: its nearest reference is no farther than the
+    farthest any reference is from its own nearest other reference."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    pca = PCA(n_components=min(pca_dims, n, features.shape[1]), random_state=seed).fit(features)
+    reduced = pca.transform(features)
+    embedded = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), random_state=seed, init="pca").fit_transform(reduced)
+    labels = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(embedded)
+    if reference_features is None:
+        return embedded, labels, labels == np.bincount(labels).argmax()
+    references = pca.transform(reference_features)
+    to_reference = np.linalg.norm(reduced[:, None] - references[None], axis=2).min(axis=1)
+    between = np.linalg.norm(references[:, None] - references[None], axis=2)
+    np.fill_diagonal(between, np.inf)
+    return embedded, labels, to_reference <= between.min(axis=1).max()
+
+
+def plot_filter(embedded, labels, kept, paths, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    figure, axis = plt.subplots(figsize=(8, 7))
+    for cluster in sorted(set(labels.tolist())):
+        members = np.where(labels == cluster)[0]
+        axis.scatter(embedded[members, 0], embedded[members, 1], s=30, zorder=3, label=f"cluster {cluster} ({len(members)})")
+        for index in members[:3]:  # a few thumbnails per cluster
+            with Image.open(paths[index]) as image:
+                thumb = np.asarray(image.convert("RGB").resize((40, 40)))
+            axis.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=1), embedded[index], xybox=(28, 28),
+                                           boxcoords="offset points", frameon=True, pad=0.1, zorder=1))
+    rejected = np.where(~kept)[0]
+    axis.scatter(embedded[rejected, 0], embedded[rejected, 1], marker="x", s=80, c="black", zorder=4, label="rejected")
+    axis.legend(fontsize=8)
+    axis.set_title("t-SNE of the images, coloured by KMeans cluster")
+    figure.tight_layout()
+    tmp = Path(path).with_name(".filter.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def link_or_copy(source, target):
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+def command_encode(args):
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = list_images(args.images)
+    for path in images:
+        image = read_rgb(path)
+        boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", image.shape[1], image.shape[0])
+        write_png(encode(image, boxes, args.mode, args.dot_size, args.line_width), out / f"{path.stem}.png")
+    print(f"encoded {len(images)} images ({args.mode}) -> {out}")
+
+
+def command_decode(args):
+    out = Path(args.output_dir)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in list_images(args.images):
+        image = read_rgb(path)
+        height, width = image.shape[:2]
+        found = decode(image, args.mode, args.threshold, args.dot_size, args.box_size, args.line_width)
+        text = "".join(f"0 {d['cx'] / width:.6f} {d['cy'] / height:.6f} {min(d['w'] / width, 1):.6f} "
+                       f"{min(d['h'] / height, 1):.6f}\n" for d in found)
+        tmp = out / "labels" / f".{path.stem}.txt.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / "labels" / f"{path.stem}.txt")
+        rows += [{"file": path.name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}} for d in found]
+    write_csv(out / "decoded.csv", ["file", "cx", "cy", "w", "h", "size_known", "merged"], rows)
+    merged = sum(r["merged"] == "yes" for r in rows)
+    print(f"decoded {len(rows)} objects ({merged} merged groups) -> {out / 'labels'}")
+
+
+def command_strip(args):
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = list_images(args.images)
+    for path in images:
+        write_png(strip(read_rgb(path)), out / f"{path.stem}.png")
+    print(f"stripped the blue channel of {len(images)} images -> {out}")
+
+
+def command_leakage(args):
+    rows = []
+    for path in list_images(args.images):
+        image = read_rgb(path)
+        height, width = image.shape[:2]
+        if args.labels:
+            boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", width, height)
+            centres = [((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in boxes]
+        else:
+            centres = [(d["cx"], d["cy"]) for d in decode(image, "dots", args.threshold, args.dot_size)]
+        value = leakage(image, centres, args.dot_size)
+        rows.append({"file": path.name, "dots": len(centres), "leakage": "" if value is None else round(value, 3)})
+    values = [r["leakage"] for r in rows if r["leakage"] != ""]
+    overall = float(np.mean(values)) if values else float("nan")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "leakage.csv", ["file", "dots", "leakage"], rows)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(values, bins=30)
+    axis.set_xlabel("red/green on the dots minus around them (0..255)")
+    axis.set_ylabel("images")
+    axis.set_title(f"annotation-channel leakage, mean {overall:.2f}")
+    figure.tight_layout()
+    figure.savefig(out / "leakage.png", dpi=100)
+    plt.close(figure)
+    print(f"leakage over {len(values)} images: mean {overall:.3f} (0..255 units) -> {out / 'leakage.csv'}")
+    return overall
+
+
+def command_filter(args):
+    images = list_images(args.images)
+    references = list_images(args.reference) if args.reference else []
+    if len(images) < 4 * args.clusters or (args.reference and len(references) < 2):
+        raise InputError(f"{args.images}: too few images ({len(images)}) to cluster into {args.clusters}, "
+                         f"or fewer than 2 reference photos")
+    embedded, labels, kept = cluster_filter(image_features(images), image_features(references) if references else None,
+                                            args.pca_dims, args.clusters, args.seed)
+    out = Path(args.output_dir)
+    for folder in ("kept", "rejected"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+        (out / folder).mkdir(parents=True)
+    rows = []
+    for path, cluster, keep in zip(images, labels, kept):
+        link_or_copy(path, out / ("kept" if keep else "rejected") / path.name)
+        rows.append({"file": path.name, "cluster": int(cluster), "kept": "yes" if keep else "no"})
+    write_csv(out / "filter.csv", ["file", "cluster", "kept"], rows)
+    plot_filter(embedded, labels, kept, images, out / "filter.png")
+    rejected = sum(r["kept"] == "no" for r in rows)
+    print(f"kept {len(rows) - rejected}, rejected {rejected} of {len(rows)} images "
+          f"({'near the reference photos' if references else 'the largest cluster'}) -> {out}")
+    return rows
+
+
+def write_csv(path, fields, rows):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Annotations in the blue channel (the paper's Appendix E).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    modes = ["dots", "sized_dots", "outlines"]
+
+    p = commands.add_parser("encode", help="draw YOLO boxes into the blue channel", formatter_class=formatter)
+    p.add_argument("--images", required=True)
+    p.add_argument("--labels", required=True, help="YOLO label folder, one <stem>.txt per image")
+    p.add_argument("--mode", choices=modes, default="dots")
+    p.add_argument("--output_dir", required=True)
+
+    d = commands.add_parser("decode", help="read boxes back from the blue channel", formatter_class=formatter)
+    d.add_argument("--images", required=True)
+    d.add_argument("--mode", choices=modes, default="dots")
+    d.add_argument("--output_dir", required=True)
+    d.add_argument("--box_size", type=float, default=20, help="'dots' only: side of the box put around a centre")
+
+    s = commands.add_parser("strip", help="set the blue channel to 0 (RG0)", formatter_class=formatter)
+    s.add_argument("--images", required=True)
+    s.add_argument("--output_dir", required=True)
+
+    lk = commands.add_parser("leakage", help="how much the dots show in red and green", formatter_class=formatter)
+    lk.add_argument("--images", required=True)
+    lk.add_argument("--labels", help="take the dot positions from these YOLO labels instead of the blue channel")
+    lk.add_argument("--output_dir", default=".", help="where leakage.csv and leakage.png go")
+
+    f = commands.add_parser("filter", help="PCA -> t-SNE -> KMeans: drop off-domain images", formatter_class=formatter)
+    f.add_argument("--images", required=True)
+    f.add_argument("--output_dir", required=True)
+    f.add_argument("--reference", help="photos of the domain (e.g. the instance photos): keep the images near them")
+    f.add_argument("--clusters", type=int, default=3)
+    f.add_argument("--pca_dims", type=int, default=50)
+    f.add_argument("--seed", type=int, default=0)
+
+    for sub in (p, d, lk):
+        sub.add_argument("--dot_size", type=int, default=5, help="side of a dot in px")
+    for sub in (p, d):
+        sub.add_argument("--line_width", type=int, default=2, help="'outlines': width of a box outline in px")
+    for sub in (d, lk):
+        sub.add_argument("--threshold", type=int, default=128, help="blue at or above this is annotation")
+    args = parser.parse_args(argv)
+    try:
+        {"encode": command_encode, "decode": command_decode, "strip": command_strip,
+         "leakage": command_leakage, "filter": command_filter}[args.command](args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

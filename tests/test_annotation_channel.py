@@ -1,0 +1,162 @@
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import annotation_channel as ac
+
+
+@pytest.fixture(scope="module")
+def orchard_train(orchard_real):
+    images = sorted((orchard_real / "train" / "images").glob("*.jpg"))
+    return [(path, orchard_real / "train" / "labels" / f"{path.stem}.txt") for path in images]
+
+
+def centres_of(boxes):
+    return np.array([((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in boxes]).reshape(-1, 2)
+
+
+def isolated(centres, gap):
+    """Which centres have no other centre within `gap` px on both axes (their dots cannot touch)."""
+    if len(centres) < 2:
+        return np.ones(len(centres), bool)
+    d = np.abs(centres[:, None] - centres[None]).max(axis=2)
+    np.fill_diagonal(d, np.inf)
+    return d.min(axis=1) > gap
+
+
+def recall_within(truth, found, tolerance):
+    if len(truth) == 0:
+        return np.zeros(0, bool)
+    if len(found) == 0:
+        return np.zeros(len(truth), bool)
+    return np.linalg.norm(truth[:, None] - found[None], axis=2).min(axis=1) <= tolerance
+
+
+def test_dots_round_trip_on_real_boxes(orchard_train):
+    hits, isolated_hits = [], []
+    for image_path, label_path in orchard_train:
+        image = ac.read_rgb(image_path)
+        boxes = ac.read_boxes(label_path, image.shape[1], image.shape[0])
+        decoded = ac.decode(ac.encode(image, boxes, "dots", dot_size=5), "dots", dot_size=5)
+        truth = centres_of(boxes)
+        found = np.array([(d["cx"], d["cy"]) for d in decoded]).reshape(-1, 2)
+        within = recall_within(truth, found, 1.0)
+        hits += within.tolist()
+        isolated_hits += within[isolated(truth, 5 + 1)].tolist()
+    assert all(isolated_hits) and len(isolated_hits) > 400      # every non-overlapping centre, within 1 px
+    assert np.mean(hits) >= 0.95
+
+
+def apart(boxes, margin):
+    """Which boxes neither overlap nor come within `margin` px of another box."""
+    grown = boxes + [-margin, -margin, margin, margin]
+    overlap = ((grown[:, None, 0] < boxes[None, :, 2]) & (boxes[None, :, 0] < grown[:, None, 2]) &
+               (grown[:, None, 1] < boxes[None, :, 3]) & (boxes[None, :, 1] < grown[:, None, 3]))
+    np.fill_diagonal(overlap, False)
+    return ~overlap.any(axis=1)
+
+
+def test_sized_dots_and_outlines_keep_the_box_size(orchard_train):
+    size_errors, outline_hits = [], []
+    for image_path, label_path in orchard_train[:12]:
+        image = ac.read_rgb(image_path)
+        boxes = ac.read_boxes(label_path, image.shape[1], image.shape[0])
+        truth, sizes = centres_of(boxes), np.c_[boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]
+        for d in ac.decode(ac.encode(image, boxes, "sized_dots"), "sized_dots"):
+            distance = np.linalg.norm(truth - [d["cx"], d["cy"]], axis=1)
+            if distance.min() <= 1:
+                size_errors.append(np.abs([d["w"], d["h"]] - sizes[distance.argmin()]) / sizes[distance.argmin()])
+        decoded = ac.decode(ac.encode(image, boxes, "outlines"), "outlines")
+        found = np.array([(d["cx"] - d["w"] / 2, d["cy"] - d["h"] / 2, d["cx"] + d["w"] / 2, d["cy"] + d["h"] / 2)
+                          for d in decoded]).reshape(-1, 4)
+        for box in boxes[apart(boxes, 2)]:
+            outline_hits.append(len(found) > 0 and np.abs(found - box).max(axis=1).min() <= 1.0)
+    assert len(size_errors) > 100 and np.median(np.concatenate(size_errors)) < 0.1
+    assert len(outline_hits) > 50 and np.mean(outline_hits) >= 0.95
+
+
+def test_five_pixel_dots_survive_blur_and_noise_one_pixel_dots_do_not(orchard_train):
+    rng = np.random.default_rng(0)
+    recalls = {}
+    for size in (5, 1):
+        hits = []
+        for image_path, label_path in orchard_train[:10]:
+            image = ac.read_rgb(image_path)
+            boxes = ac.read_boxes(label_path, image.shape[1], image.shape[0])
+            encoded = ac.encode(image, boxes, "dots", dot_size=size)
+            blue = cv2.GaussianBlur(encoded[:, :, 2].astype(np.float32), (0, 0), 1.0)  # stands in for the VAE
+            encoded[:, :, 2] = np.clip(blue + rng.normal(0, 8, blue.shape), 0, 255).astype(np.uint8)
+            truth = centres_of(boxes)
+            found = np.array([(d["cx"], d["cy"]) for d in ac.decode(encoded, "dots", dot_size=size)]).reshape(-1, 2)
+            hits += recall_within(truth[isolated(truth, 6)], found, 1.5).tolist()
+        recalls[size] = np.mean(hits)
+    assert recalls[5] >= 0.95 and recalls[1] <= 0.05
+
+
+def test_strip_zeroes_blue_only(orchard_train):
+    image = ac.read_rgb(orchard_train[0][0])
+    stripped = ac.strip(image)
+    assert (stripped[:, :, 2] == 0).all() and np.array_equal(stripped[:, :, :2], image[:, :, :2])
+    assert image[:, :, 2].any()
+
+
+def test_leakage_is_zero_when_fresh_and_grows_when_dots_leak(orchard_train, tmp_path):
+    fresh, leaked = tmp_path / "fresh", tmp_path / "leaked"
+    fresh.mkdir(), leaked.mkdir()
+    for image_path, label_path in orchard_train[:8]:
+        image = ac.read_rgb(image_path)
+        encoded = ac.encode(image, ac.read_boxes(label_path, image.shape[1], image.shape[0]), "dots")
+        Image.fromarray(encoded).save(fresh / f"{image_path.stem}.png")
+        dots = encoded[:, :, 2] == 255
+        encoded[dots, 0] = encoded[dots, 1] = 255                     # the dots show in red and green
+        Image.fromarray(encoded).save(leaked / f"{image_path.stem}.png")
+    assert ac.main(["leakage", "--images", str(fresh), "--output_dir", str(tmp_path / "a")]) == 0
+    with open(tmp_path / "a" / "leakage.csv", newline="") as handle:
+        fresh_values = [float(r["leakage"]) for r in csv.DictReader(handle)]
+    assert ac.main(["leakage", "--images", str(leaked), "--output_dir", str(tmp_path / "b")]) == 0
+    with open(tmp_path / "b" / "leakage.csv", newline="") as handle:
+        leaked_values = [float(r["leakage"]) for r in csv.DictReader(handle)]
+    assert abs(np.mean(fresh_values)) < 3 and min(leaked_values) > 50
+    assert (tmp_path / "b" / "leakage.png").exists()
+
+
+def plant_outliers(orchard_real, folder):
+    """30 real orchard photos and 6 off-domain images (plain sky, noise)."""
+    folder.mkdir()
+    photos = sorted((orchard_real / "train" / "images").glob("*.jpg"))[:30]
+    for path in photos:
+        Image.open(path).resize((256, 256)).save(folder / f"{path.stem}.png")
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 1, 256)[:, None, None]
+    for k in range(3):
+        sky = (np.array([120, 170, 230]) * (1 - 0.4 * gradient) + rng.normal(0, 2, (256, 256, 3))).clip(0, 255)
+        Image.fromarray(np.broadcast_to(sky, (256, 256, 3)).astype(np.uint8)).save(folder / f"zz_sky_{k}.png")
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(folder / f"zz_noise_{k}.png")
+    return photos
+
+
+def test_filter_rejects_planted_off_domain_images(orchard_real, tmp_path):
+    plant_outliers(orchard_real, tmp_path / "mixed")
+    assert ac.main(["filter", "--images", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "plain")]) == 0
+    with open(tmp_path / "plain" / "filter.csv", newline="") as handle:
+        rows = {r["file"]: r["kept"] for r in csv.DictReader(handle)}
+    assert all(rows[name] == "no" for name in rows if name.startswith("zz_"))
+    kept_plain = sum(v == "yes" for k, v in rows.items() if not k.startswith("zz_"))
+    assert sorted(p.name for p in (tmp_path / "plain" / "rejected").iterdir()) == sorted(k for k, v in rows.items() if v == "no")
+    assert (tmp_path / "plain" / "filter.png").exists() and len(list((tmp_path / "mixed").iterdir())) == 36
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for path in sorted((orchard_real / "val" / "images").glob("*.jpg"))[:10]:
+        Image.open(path).resize((256, 256)).save(reference / f"{path.stem}.png")
+    assert ac.main(["filter", "--images", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "ref"),
+                    "--reference", str(reference)]) == 0
+    with open(tmp_path / "ref" / "filter.csv", newline="") as handle:
+        rows = {r["file"]: r["kept"] for r in csv.DictReader(handle)}
+    kept_real = sum(v == "yes" for k, v in rows.items() if not k.startswith("zz_"))
+    print(f"real photos kept: largest cluster {kept_plain}/30, with --reference {kept_real}/30")
+    assert kept_real >= 25 and kept_real > kept_plain
+    assert all(rows[name] == "no" for name in rows if name.startswith("zz_"))
