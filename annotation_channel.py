@@ -67,8 +67,8 @@ def read_rgb(path):
     try:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))
-    except OSError as error:
-        raise InputError(f"{path}: unreadable image ({error})")
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{path}: unreadable image ({error!r})")
 
 
 def write_png(array, path):

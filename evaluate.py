@@ -134,8 +134,8 @@ def coco_from_yolo(gt_dir, pred_dir):
         try:
             with Image.open(path) as image:
                 width, height = image.size
-        except OSError as error:
-            raise EvaluationInputError(f"{path}: unreadable image ({error})")
+        except Exception as error:  # PIL and its plugins raise many kinds
+            raise EvaluationInputError(f"{path}: unreadable image ({error!r})")
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
         for row in read_yolo_rows(labels_dir / f"{stem}.txt", with_confidence=False):
             box = to_coco_bbox(row, width, height)

@@ -33,7 +33,7 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerD
               "dpmpp": "DPMSolverMultistepScheduler"}
 RECORD_KEY = "genfusion"
 MANIFEST_FIELDS = ["file", "model", "prompt", "negative_prompt", "seed", "steps", "guidance",
-                   "scheduler", "height", "width", "seconds"]
+                   "scheduler", "height", "width", "precision", "seconds"]
 
 
 class InputError(Exception):
@@ -52,8 +52,10 @@ def model_name(location):
     return Path(location.rstrip("/")).name
 
 
-def check_model_location(location):
-    """A local folder must be a diffusers pipeline; anything else must look like a hub id."""
+def model_scheduler(location):
+    """Check a model before any image is drawn -> the class name of its own scheduler. A local
+    folder must be a complete diffusers pipeline; anything else must be a reachable hub id."""
+    from diffusers import StableDiffusionPipeline
     path = Path(location)
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -61,6 +63,17 @@ def check_model_location(location):
                              f"give what train_dreambooth.py writes, or a hub id")
     elif not re.fullmatch(r"[\w.-]+/[\w.-]+", location):
         raise InputError(f"{location}: no such folder, and not a hub id (owner/name)")
+    try:
+        index = StableDiffusionPipeline.load_config(location)
+    except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, JSON errors
+        raise InputError(f"{location}: no readable model_index.json ({error}); offline, a hub id must be "
+                         f"in the hub cache")
+    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    missing = [name for name in needed if not isinstance(index.get(name), list) or index[name][0] is None
+               or (path.exists() and not (path / name).is_dir())]
+    if missing:
+        raise InputError(f"{location}: an incomplete pipeline, without {', '.join(missing)}")
+    return index["scheduler"][1]
 
 
 def plan(models, prompt, variants):
@@ -78,15 +91,12 @@ def plan(models, prompt, variants):
     return jobs
 
 
-def expected_record(job, args):
-    """The settings an image on disk must have been drawn with to count as done."""
-    record = {"file": job["file"], "model": job["model"], "prompt": job["prompt"],
-              "negative_prompt": args.negative_prompt, "seed": args.seed + job["k"],
-              "steps": args.num_inference_steps, "guidance": args.guidance_scale,
-              "height": args.height, "width": args.width}
-    if args.scheduler:
-        record["scheduler"] = SCHEDULERS[args.scheduler]
-    return record
+def expected_record(job, args, scheduler):
+    """The settings an image on disk must have been drawn with to count as done (the model counts
+    through the file name, so the work folder may move)."""
+    return {"file": job["file"], "prompt": job["prompt"], "negative_prompt": args.negative_prompt,
+            "seed": args.seed + job["k"], "steps": args.num_inference_steps, "guidance": args.guidance_scale,
+            "scheduler": scheduler, "height": args.height, "width": args.width}
 
 
 def is_done(path, expected):
@@ -121,10 +131,9 @@ def read_record(path):
     """The manifest row stored in a generated PNG, or None for a missing or foreign file."""
     try:
         with Image.open(path) as image:
-            text = image.text.get(RECORD_KEY) if hasattr(image, "text") else None
-    except OSError:
+            return json.loads(image.text[RECORD_KEY])
+    except Exception:  # unreadable, not a PNG, no record, a broken record: not one of ours
         return None
-    return json.loads(text) if text else None
 
 
 def save_image(image, path, record):
@@ -149,9 +158,10 @@ def load_pipeline(location, dtype, scheduler):
     return pipeline
 
 
-def draw(pipeline, jobs, args, device):
+def draw(pipeline, jobs, args):
     """Draw the images of one batch (one model) -> PIL images, in job order."""
-    generators = [torch.Generator(device).manual_seed(args.seed + job["k"]) for job in jobs]
+    # CPU generators: the starting noise of image k is the same on any device
+    generators = [torch.Generator().manual_seed(args.seed + job["k"]) for job in jobs]
     return pipeline([job["prompt"] for job in jobs],
                     negative_prompt=[args.negative_prompt] * len(jobs) if args.negative_prompt else None,
                     height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
@@ -173,14 +183,14 @@ def write_summary(output_dir, jobs):
     """manifest.csv and contact_sheet.png from the images on disk (in job order) -> rows written."""
     images = output_dir / "images"
     rows = [record for job in jobs if (record := read_record(images / job["file"])) is not None]
-    tmp = output_dir / ".manifest.csv.tmp"
+    tmp = output_dir / f".manifest.csv.{os.getpid()}.tmp"  # shards may finish at the same time
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, MANIFEST_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, output_dir / "manifest.csv")
     if rows:
-        tmp = output_dir / ".contact_sheet.tmp.png"
+        tmp = output_dir / f".contact_sheet.{os.getpid()}.tmp.png"
         contact_sheet([images / r["file"] for r in rows]).save(tmp)
         os.replace(tmp, output_dir / "contact_sheet.png")
     return rows
@@ -228,20 +238,22 @@ def generate(args):
     from accelerate import PartialState
 
     models = [parse_model_spec(spec) for spec in args.model]
-    for location, _ in models:
-        check_model_location(location)
     models = [(str(Path(location).resolve()) if Path(location).exists() else location, count)
               for location, count in models]
+    own = {location: model_scheduler(location) for location, _ in models}  # every model checked first
+    schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
     variants = [v.strip() for v in args.prompt_variants.split(";") if v.strip()]
     jobs = plan(models, args.prompt, variants)
     shard = parse_shard(args.shard)
     state = PartialState()
     output_dir = Path(args.output_dir)
     images_dir = output_dir / "images"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output_dir {output_dir} is a file, not a folder")
     images_dir.mkdir(parents=True, exist_ok=True)
 
     todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
-            if not is_done(images_dir / job["file"], expected_record(job, args))]
+            if not is_done(images_dir / job["file"], expected_record(job, args, schedulers[job["model"]]))]
     device = state.device
     precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
@@ -250,15 +262,15 @@ def generate(args):
     progress = tqdm(total=len(todo), desc="generating", unit="image", disable=not state.is_local_main_process)
     for location in dict.fromkeys(job["model"] for job in todo):
         pipeline = load_pipeline(location, dtype, args.scheduler).to(device)
-        scheduler_name = type(pipeline.scheduler).__name__
         model_jobs = [job for job in todo if job["model"] == location]
         for start in range(0, len(model_jobs), args.batch_size):
             batch = model_jobs[start:start + args.batch_size]
             started = time.perf_counter()
-            images = draw(pipeline, batch, args, device)
+            images = draw(pipeline, batch, args)
             seconds = (time.perf_counter() - started) / len(batch)
             for job, image in zip(batch, images):
-                record = {**expected_record(job, args), "scheduler": scheduler_name, "seconds": round(seconds, 3)}
+                record = {**expected_record(job, args, schedulers[location]), "model": location,
+                          "precision": precision, "seconds": round(seconds, 3)}
                 save_image(image, images_dir / job["file"], record)
             progress.update(len(batch))
         del pipeline

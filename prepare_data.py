@@ -424,8 +424,8 @@ def open_image(path):
         with Image.open(path) as image:
             image.load()
             return image
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(f"{path}: unreadable image file ({error})")
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise BadInputError(f"{path}: unreadable image file ({error!r})")
 
 
 def load_source_boxes(job, image):

@@ -169,8 +169,11 @@ def list_images(folder):
 
 
 def image_size(path):
-    with Image.open(path) as image:
-        return image.size
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{path}: unreadable image ({error!r})")
 
 
 def link_or_copy(source, target):

@@ -60,8 +60,7 @@ def clip_byte_vocab():
 def build_tiny_random_pipeline(seed=0):
     """A tiny SD-2-style StableDiffusionPipeline with random weights (UNet (32, 64), 2-layer CLIP
     text model, byte-level CLIP tokenizer, v-prediction). It draws noise: for smoke runs only."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     vocab = clip_byte_vocab()
     folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
@@ -69,7 +68,15 @@ def build_tiny_random_pipeline(seed=0):
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
     shutil.rmtree(folder)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # fixed weights for a seed, whatever the caller's random state
+        torch.manual_seed(seed)
+        return _tiny_random_components(vocab, tokenizer)
+
+
+def _tiny_random_components(vocab, tokenizer):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -142,8 +149,8 @@ def image_tensor(path, resolution):
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-    except OSError as error:
-        raise InputError(f"{path}: unreadable image ({error})")
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{path}: unreadable image ({error!r})")
     scale = resolution / min(image.size)
     width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC)
@@ -167,6 +174,7 @@ def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resoluti
     its own seed (seed + k) and is written atomically as class_<k>.png; existing images count."""
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()  # every process lists the same folder
     existing = list_images(class_dir)
     missing = count - len(existing)
     if missing <= 0:
@@ -181,7 +189,7 @@ def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resoluti
     for start in tqdm(range(0, len(mine), batch_size), desc="class images", unit="batch",
                       disable=not accelerator.is_local_main_process):
         chunk = mine[start:start + batch_size]
-        generators = [torch.Generator(accelerator.device).manual_seed(seed + k) for k in chunk]
+        generators = [torch.Generator().manual_seed(seed + k) for k in chunk]  # CPU: the same on any device
         with accelerator.autocast():
             images = pipeline([prompt] * len(chunk), height=resolution, width=resolution,
                               generator=generators).images
@@ -190,6 +198,8 @@ def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resoluti
             image.save(tmp, format="PNG")
             os.replace(tmp, class_dir / f"class_{k:05d}.png")
     accelerator.wait_for_everyone()
+    if len(list_images(class_dir)) < count:
+        raise InputError(f"{class_dir}: {len(list_images(class_dir))} class images after drawing, {count} needed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +214,15 @@ def training_target(noise_scheduler, latents, noise, timesteps):
     if prediction_type == "v_prediction":
         return noise_scheduler.get_velocity(latents, noise, timesteps)
     raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+
+
+def diffusion_loss(unet, noise_scheduler, latents, states, noise, timesteps, prior_preservation, prior_loss_weight):
+    """One step's Eq. 9 from clean latents: noise them at the timesteps, let the UNet predict,
+    compare with the scheduler's target -> (loss, instance loss, prior loss or None)."""
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    model_pred = unet(noisy, timesteps, states).sample
+    target = training_target(noise_scheduler, latents, noise, timesteps)
+    return dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight)
 
 
 def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight):
@@ -353,8 +372,17 @@ def parse_args(argv=None):
         parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
     if args.lora_rank and args.train_text_encoder:
         parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
-    if args.resolution % 8:
-        parser.error("--resolution must be a multiple of 8")
+    if args.resolution % 8 or args.resolution < 8:
+        parser.error("--resolution must be a positive multiple of 8")
+    if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images) < 1:
+        parser.error("--train_batch_size, --sample_batch_size, --num_train_epochs and --num_validation_images "
+                     "must be at least 1")
+    if args.lora_rank < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
+        parser.error("--lora_rank must be 0 or more, --max_train_steps at least 1")
+    if args.prior_preservation and args.num_class_images < 1:
+        parser.error("prior preservation needs --num_class_images of at least 1")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        parser.error("--mixed_precision fp16 needs a CUDA GPU (on the CPU use no or bf16)")
     if args.cache_latents is None:
         args.cache_latents = not args.train_text_encoder
     if args.cache_latents and args.train_text_encoder:
@@ -363,11 +391,14 @@ def parse_args(argv=None):
     return args
 
 
-def training_signature(args):
-    """The arguments that define the result (not how it is logged or resumed)."""
+def training_signature(args, instance_paths):
+    """What defines the result: the arguments (not how the run is logged, checkpointed, resumed or
+    how long it runs) and the instance photos (name, size, modification time)."""
     skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
-            "checkpoints_total_limit", "validation_prompt"}
-    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+            "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs"}
+    signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    signature["instance_photos"] = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in instance_paths]
+    return signature
 
 
 def peak_memory_mb(device):
@@ -406,23 +437,24 @@ def train(args):
     from diffusers.optimization import get_scheduler
 
     output_dir = Path(args.output_dir)
-    signature = training_signature(args)
+    instance_paths = instance_images(args.instance_data_dir)
+    signature = training_signature(args, instance_paths)
+    finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs}
     done_file = output_dir / "training_args.json"
-    if done_file.exists() and json.loads(done_file.read_text()) == signature and (output_dir / "model_index.json").exists():
+    if done_file.exists() and json.loads(done_file.read_text()) == finished and (output_dir / "model_index.json").exists():
         print(f"{output_dir} already holds this fine-tuned model (same arguments): nothing to do")
         return 0
-    instance_paths = instance_images(args.instance_data_dir)
     for path in instance_paths:  # fail on an unreadable photo before any heavy work
         image_tensor(path, 8)
 
     mixed_precision = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(mixed_precision=mixed_precision,
                               project_config=ProjectConfiguration(project_dir=str(output_dir)))
-    set_seed(args.seed)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
     pipeline = load_pipeline(args.pretrained_model_name_or_path)
+    set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
     if args.prior_preservation:
         ensure_class_images(pipeline, args.class_data_dir, args.class_prompt, args.num_class_images,
                             args.sample_batch_size, args.resolution, args.seed, accelerator)
@@ -437,13 +469,17 @@ def train(args):
     if args.lora_rank:
         from peft import LoraConfig
         unet.requires_grad_(False)
+        place(unet, device, weight_dtype)  # the frozen base in half precision; only LoRA trains in fp32
         unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        for parameter in unet.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
     if args.enable_xformers_memory_efficient_attention:
         from diffusers.utils.import_utils import is_xformers_available
         if is_xformers_available():
             unet.enable_xformers_memory_efficient_attention()
-        else:
+        elif accelerator.is_main_process:
             print("xformers is not installed: using PyTorch's scaled-dot-product attention "
                   "(memory-efficient as well)")
     if args.gradient_checkpointing:
@@ -495,8 +531,10 @@ def train(args):
     examples_per_epoch = max(len(instance_paths), len(class_paths)) if args.prior_preservation else len(instance_paths)
     steps_per_epoch = math.ceil(examples_per_epoch / (args.train_batch_size * accelerator.num_processes))
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=max_train_steps)
+    # accelerate steps a prepared scheduler once per process at every optimizer step
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_train_steps * accelerator.num_processes)
     if args.train_text_encoder:
         unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
     else:
@@ -504,15 +542,30 @@ def train(args):
 
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / "training_log.csv"
+
+    def log(message):
+        if accelerator.is_main_process:
+            print(message)
+
     global_step = 0
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        if checkpoint is None:
-            print(f"no checkpoint in {output_dir}: starting from step 0")
-        else:
-            accelerator.load_state(str(checkpoint))
-            global_step = checkpoint_step(checkpoint)
-            print(f"resumed from {checkpoint} at step {global_step}")
+    checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    if checkpoint is not None:
+        saved = checkpoint / "training_signature.json"
+        if not saved.exists() or json.loads(saved.read_text()) != json.loads(json.dumps(signature)):
+            raise InputError(f"{checkpoint} was made with other arguments or instance photos; a resume must "
+                             f"repeat them (only the number of steps may change). Start a new --output_dir "
+                             f"to train with new settings")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        log(f"resumed from {checkpoint} at step {global_step}")
+    else:
+        if args.resume_from_checkpoint:
+            log(f"no checkpoint in {output_dir}: starting from step 0")
+        stale = [p for p in output_dir.glob("checkpoint-*") if p.is_dir()]
+        if stale and accelerator.is_main_process:
+            log(f"a fresh start: removing {len(stale)} old checkpoints in {output_dir}")
+            for path in stale:
+                shutil.rmtree(path)
     if accelerator.is_main_process:
         truncate_log(log_path, global_step)
 
@@ -541,7 +594,7 @@ def train(args):
                 states = encode_prompt(tokenizer, text_encoder, prompts, device)
         return latents, states
 
-    print(f"training {max_train_steps} steps ({steps_per_epoch} per epoch) on {len(instance_paths)} instance and "
+    log(f"training {max_train_steps} steps ({steps_per_epoch} per epoch) on {len(instance_paths)} instance and "
           f"{len(class_paths)} class images, {mixed_precision} precision, "
           f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
           f"{'8-bit ' if args.use_8bit_adam else ''}AdamW, device {device}")
@@ -557,37 +610,35 @@ def train(args):
         latents, states = latents_and_states(step)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         with accelerator.autocast():
-            model_pred = unet(noisy, timesteps, states.to(weight_dtype)).sample
-        target = training_target(noise_scheduler, latents, noise, timesteps)
-        loss, instance_loss, prior_loss = dreambooth_loss(model_pred, target, args.prior_preservation,
-                                                          args.prior_loss_weight)
+            loss, instance_loss, prior_loss = diffusion_loss(unet, noise_scheduler, latents, states.to(weight_dtype),
+                                                             noise, timesteps, args.prior_preservation,
+                                                             args.prior_loss_weight)
         if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
-            last = find_checkpoint(output_dir, "latest")
-            raise InputError(f"the loss became {loss.item()} at step {step + 1}: stopped. The last good "
-                             f"checkpoint is {last or 'none (no checkpoint yet)'}; resume with "
-                             f"--resume_from_checkpoint latest and a lower --learning_rate, or "
-                             f"--mixed_precision bf16")
+            stop_diverged(f"the loss became {loss.item()}", step, output_dir)
         accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+        if accelerator.sync_gradients:
+            norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
+            # (fp16's gradient scaler skips steps with infinite gradients by itself)
+            if mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(norm)):
+                stop_diverged("the gradients became infinite or NaN", step, output_dir)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=args.set_grads_to_none)
         global_step = step + 1
+        losses = [accelerator.reduce(value.detach(), "mean").item() if value is not None else None
+                  for value in (loss, instance_loss, prior_loss)]
         progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-
+        progress.set_postfix(loss=f"{losses[0]:.4f}")
         if accelerator.is_main_process:
-            row = {"step": global_step, "loss": f"{loss.item():.6g}", "instance_loss": f"{instance_loss.item():.6g}",
-                   "prior_loss": f"{prior_loss.item():.6g}" if prior_loss is not None else "",
+            row = {"step": global_step, "loss": f"{losses[0]:.6g}", "instance_loss": f"{losses[1]:.6g}",
+                   "prior_loss": f"{losses[2]:.6g}" if losses[2] is not None else "",
                    "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "seconds": f"{time.perf_counter() - started:.4f}",
                    "peak_memory_mb": f"{peak_memory_mb(device):.1f}"}
             with open(log_path, "a", newline="") as handle:
                 csv.DictWriter(handle, LOG_FIELDS).writerow(row)
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
             validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, global_step, output_dir)
     progress.close()
@@ -598,7 +649,10 @@ def train(args):
         text_encoder = accelerator.unwrap_model(text_encoder)
         if args.lora_rank:
             from peft.utils import get_peft_model_state_dict
-            StableDiffusionPipeline.save_lora_weights(output_dir, unet_lora_layers=get_peft_model_state_dict(unet))
+            lora_tmp = output_dir / ".lora_tmp"
+            StableDiffusionPipeline.save_lora_weights(lora_tmp, unet_lora_layers=get_peft_model_state_dict(unet))
+            os.replace(lora_tmp / "pytorch_lora_weights.safetensors", output_dir / "pytorch_lora_weights.safetensors")
+            shutil.rmtree(lora_tmp)
             unet.fuse_lora()
             unet.unload_lora()
         final = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -609,18 +663,35 @@ def train(args):
         save_pipeline(final, output_dir)
         plot_loss(log_path, output_dir / "loss.png")
         tmp = done_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(signature, indent=2))
+        tmp.write_text(json.dumps(finished, indent=2))
         os.replace(tmp, done_file)
         print(f"wrote the fine-tuned pipeline to {output_dir} (training_log.csv, loss.png)")
     accelerator.end_training()
     return 0
 
 
-def save_checkpoint(accelerator, output_dir, step, total_limit):
+def stop_diverged(what, step, output_dir):
+    last = find_checkpoint(output_dir, "latest")
+    raise InputError(f"{what} at step {step + 1}: stopped before the optimizer step. The last good checkpoint is "
+                     f"{last or 'none (no checkpoint yet)'}. Resuming repeats the same batches and noise; to "
+                     f"get past this, start a new --output_dir with a lower --learning_rate or "
+                     f"--mixed_precision bf16")
+
+
+def save_checkpoint(accelerator, output_dir, step, total_limit, signature):
+    """accelerate's state (models, optimizer, scheduler, random states) and the run's signature,
+    written to checkpoint-N.tmp and renamed, so a kill mid-save leaves no checkpoint-N."""
     accelerator.wait_for_everyone()
     path = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
+    tmp = output_dir / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "training_signature.json").write_text(json.dumps(signature, indent=2))
+        os.replace(tmp, path)
         old = sorted((p for p in output_dir.glob("checkpoint-*") if checkpoint_step(p) is not None), key=checkpoint_step)
         for stale in old[:-total_limit] if total_limit > 0 else []:
             shutil.rmtree(stale)
@@ -659,7 +730,8 @@ def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weigh
                             width=args.resolution, num_inference_steps=25, generator=generators).images
     folder = output_dir / "validation"
     folder.mkdir(exist_ok=True)
-    image_grid(images).save(folder / f"step_{step:06d}.png")
+    image_grid(images).save(folder / f".step_{step:06d}.tmp.png")
+    os.replace(folder / f".step_{step:06d}.tmp.png", folder / f"step_{step:06d}.png")
     text_encoder.to(text_device)
     vae.to(vae_device)
     unet.train()

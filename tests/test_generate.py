@@ -48,7 +48,8 @@ def test_counts_names_and_manifest(reference, models):
     assert [r["file"] for r in rows] == sorted(pixels(reference))
     assert [int(r["seed"]) for r in rows] == [7, 8, 9, 10, 11]
     assert {r["model"] for r in rows} == {str(models / "green"), str(models / "red")}
-    assert all(r["prompt"] == "a sks tree" and r["steps"] == "4" and r["scheduler"] == "DDIMScheduler" for r in rows)
+    assert all(r["prompt"] == "a sks tree" and r["steps"] == "4" and r["scheduler"] == "DDIMScheduler"
+               and r["precision"] == "no" for r in rows)
     assert Image.open(reference / "contact_sheet.png").size == (5 * 128, 128)
 
 
@@ -104,17 +105,39 @@ def test_other_settings_in_the_same_folder_are_refused(reference, models, capsys
     assert "steps 4 here, 5 asked" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, field, recorded", [
+    ("--scheduler", "euler", "scheduler", "EulerDiscreteScheduler"),
+    ("--guidance_scale", "2.0", "guidance", "2.0"),
+    ("--negative_prompt", "blurry", "negative_prompt", "blurry"),
+])
+def test_drawing_settings_change_the_images_and_are_recorded(reference, models, tmp_path, flag, value, field, recorded):
+    assert run(models, tmp_path, flag, value, green=1, red=1) == 0
+    ours, theirs = pixels(tmp_path), pixels(reference)
+    assert np.abs(ours["green_00000.png"] - theirs["green_00000.png"]).max() > 2
+    assert manifest(tmp_path)[0][field] == recorded
+
+
+def test_processes_split_a_shard_without_overlap():
+    jobs = [{"k": k} for k in range(10)]
+    parts = [gen.my_part(jobs, (1, 2), rank, 3) for rank in range(3)]
+    assert sorted(job["k"] for part in parts for job in part) == [1, 3, 5, 7, 9]
+    assert all(len(part) >= 1 for part in parts)
+
+
 def test_bad_input_is_refused_before_any_work(models, tmp_path, capsys):
     (tmp_path / "not_a_model").mkdir()
     cases = {(f"{tmp_path / 'not_a_model'}:3",): "no model_index.json",
              (f"{models / 'green'}:0",): "positive whole number",
              (f"{models / 'green'}:x",): "positive whole number",
              (f"{models / 'green'}",): "DIR:COUNT",
-             (f"{models / 'green'}:1", f"{tmp_path / 'green'}:1"): "no such folder"}
+             (f"{models / 'green'}:1", f"{tmp_path / 'green'}:1"): "no such folder",
+             (f"{models / 'green'}:1", f"{tmp_path / 'broken'}:1"): "without unet"}
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text((models / "green" / "model_index.json").read_text())
     for specs, message in cases.items():
         argv = [arg for spec in specs for arg in ("--model", spec)]
         assert gen.main([*argv, "--output_dir", str(tmp_path / "out"), *FAST]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gen.main(["--model", f"{models / 'green'}:1", "--output_dir", str(tmp_path / "out"), "--height", "100"])
-    assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
+    assert not (tmp_path / "out" / "images").exists()
