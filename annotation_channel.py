@@ -8,7 +8,9 @@
            so the box size survives; 'outlines' the box outlines, --line_width px.
   decode   --images DIR --mode ... --output_dir OUT
            Threshold blue, find contours (OpenCV), take each contour's centroid from its moments:
-           OUT/labels/*.txt (YOLO) and OUT/decoded.csv (file, cx, cy, w, h, size_known, merged).
+           OUT/labels/*.txt (YOLO), OUT/images/ (the RG0 images: blue zeroed, so a detector never
+           sees the annotations), OUT/data.yaml (a training set of both) and OUT/decoded.csv
+           (file, cx, cy, w, h, size_known, merged).
            'dots' gives a centre only: a box of --box_size px, flagged size_known=no. 'sized_dots'
            gives w = 8 sqrt(mu20/m00), h = 8 sqrt(mu02/m00) (an ellipse's second moments).
            'outlines' gives each outer contour's bounding box. Overlaps: touching dots or
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -275,11 +278,13 @@ def command_encode(args):
 def command_decode(args):
     out = Path(args.output_dir)
     (out / "labels").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
     rows = []
     for path in list_images(args.images):
         image = read_rgb(path)
         height, width = image.shape[:2]
         found = decode(image, args.mode, args.threshold, args.dot_size, args.box_size, args.line_width)
+        write_png(strip(image), out / "images" / f"{path.stem}.png")
         text = "".join(f"0 {d['cx'] / width:.6f} {d['cy'] / height:.6f} {min(d['w'] / width, 1):.6f} "
                        f"{min(d['h'] / height, 1):.6f}\n" for d in found)
         tmp = out / "labels" / f".{path.stem}.txt.tmp"
@@ -287,8 +292,13 @@ def command_decode(args):
         os.replace(tmp, out / "labels" / f"{path.stem}.txt")
         rows += [{"file": path.name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}} for d in found]
     write_csv(out / "decoded.csv", ["file", "cx", "cy", "w", "h", "size_known", "merged"], rows)
+    data = {"path": str(out.resolve()), "train": "images", "val": "images", "names": {0: "apple"}}
+    tmp = out / ".data.yaml.tmp"
+    tmp.write_text("# RG0 images (the annotation channel zeroed) with the labels decoded from it\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, out / "data.yaml")
     merged = sum(r["merged"] == "yes" for r in rows)
-    print(f"decoded {len(rows)} objects ({merged} merged groups) -> {out / 'labels'}")
+    print(f"decoded {len(rows)} objects ({merged} merged groups) -> {out}: labels/, images/ (RG0), data.yaml")
 
 
 def command_strip(args):

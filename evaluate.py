@@ -306,7 +306,7 @@ def _cell(mean, std, gap=None):
     return text + (f" **{gap:+.3f}**" if gap is not None else "")
 
 
-def table_markdown(table, baseline):
+def table_markdown(table, baseline, notes=()):
     lines = [f"| Dataset | Model | Seeds | {' | '.join(METRIC_TITLES.values())} | "
              f"{' | '.join('Paper ' + t for t in METRIC_TITLES.values())} |",
              "|" + "---|" * (3 + 2 * len(METRICS))]
@@ -319,6 +319,7 @@ def table_markdown(table, baseline):
     lines.append(f"Mean ± sample std over seeds; in bold the gap to `{baseline}` for the same model "
                  f"(ours minus {baseline}). Paper: Table 1 of Voetman et al., MinneApple test set; our "
                  f"yolov5*u models stand for the paper's anchor-based YOLOv5.")
+    lines += ["", *notes] if notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -353,7 +354,7 @@ def plot_table(table, path):
     plt.close(figure)
 
 
-def write_table(results_csv, out_dir, baseline="baseline"):
+def write_table(results_csv, out_dir, baseline="baseline", notes=()):
     """results CSV -> out_dir/table1.csv, table1.md, table1.png; returns the table."""
     rows = read_results(results_csv)
     if not any(r["dataset"] == baseline for r in rows):
@@ -367,7 +368,7 @@ def write_table(results_csv, out_dir, baseline="baseline"):
     writer.writeheader()
     writer.writerows(table)
     write_atomic(out_dir / "table1.csv", text.getvalue())
-    write_atomic(out_dir / "table1.md", table_markdown(table, baseline))
+    write_atomic(out_dir / "table1.md", table_markdown(table, baseline, notes))
     tmp = out_dir / ".table1.tmp.png"
     plot_table(table, tmp)
     tmp.replace(out_dir / "table1.png")
@@ -399,6 +400,8 @@ def main(argv=None):
                               help="CSV with columns dataset, model, seed, ap, ap50, ap75")
     table_parser.add_argument("--out_dir", required=True, help="where table1.csv/.md/.png go")
     table_parser.add_argument("--baseline", default="baseline", help="dataset the gaps are measured to")
+    table_parser.add_argument("--note", action="append", default=[], help="a line added under table1.md, repeatable "
+                              "(e.g. how the generated images were labelled)")
     args = parser.parse_args(argv)
     if args.command in ("score", "collect") and args.max_dets < 1:
         parser.error("--max_dets must be at least 1")
@@ -418,8 +421,8 @@ def main(argv=None):
             write_atomic(args.out, text.getvalue())
             print(f"scored {len(rows)} runs -> {args.out}")
         else:
-            table = write_table(args.results, args.out_dir, args.baseline)
-            print(table_markdown(table, args.baseline), end="")
+            table = write_table(args.results, args.out_dir, args.baseline, args.note)
+            print(table_markdown(table, args.baseline, args.note), end="")
             print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)

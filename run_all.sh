@@ -2,45 +2,63 @@
 # Genfusion end to end, the paper's experiment (Figure 6):
 #   prepare -> dreambooth green and red (one shared class folder) -> generate (as many green and red
 #   trees as the real train split has) -> baseline detectors on real data -> proposals on the
-#   generated images -> (a person's review) -> detectors on the generated data -> Table 1.
+#   generated images -> (a person's review) -> detectors on the generated data -> evaluate -> Table 1.
 #
 #   bash run_all.sh --demo [--work DIR]        synthetic photos, tiny random diffusion model, yolov8n
-#                                              from scratch, CPU, no download; shows the plumbing only
+#                                              from scratch, CPU, no download: shows the plumbing only
 #   bash run_all.sh --minneapple DATA/detection --work DIR [options]
 #
 # Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1)
 #          --reviewed_labels FILE_OR_DIR (a person's review; without it the proposals are used as they are)
 #          --models LIST  --seeds LIST  --epochs N  --quick (2 models x 2 seeds)
 #          --init pretrained|scratch  --weights_dir DIR  (detector start, see train_detectors.py)
+#          --annotation_channel (also the paper's Appendix E branch: encode -> DreamBooth on RG+annotation
+#                                images -> generate -> decode -> an RG0 detector)
+#          --from STAGE (run STAGE and every stage after it again; --list_stages names them)
 #
-# Makes .venv and installs requirements.txt the first time. Each stage skips work already done, so
-# a killed run continues where it stopped; every stage's command and time go to WORK/run_all.log;
+# Makes .venv and installs requirements.txt the first time. A finished stage is skipped (its
+# command is recorded in WORK/.stages/); deleting a stage's output, or a stage it depends on running
+# again, redoes it; a killed stage continues where it stopped. Every stage's command and time go to WORK/run_all.log;
 # the run stops at the first failing stage and names it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; usage 2; }; }
 demo=0; minneapple=""; work=""; model="stabilityai/stable-diffusion-2-1"; test_annotations=(); reviewed=""
-models=""; seeds=""; epochs=""; init=""; weights_dir=()
+models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) demo=1; shift ;;
     --quick) models="yolov8n,yolov5nu"; seeds="0,1"; shift ;;
+    --annotation_channel) annotation_channel=1; shift ;;
+    --list_stages) list_stages=1; shift ;;
     --minneapple) need_value "$@"; minneapple="$2"; shift 2 ;;
     --work) need_value "$@"; work="$2"; shift 2 ;;
     --model) need_value "$@"; model="$2"; shift 2 ;;
     --test_annotations) need_value "$@"; test_annotations=(--test_annotations "$2"); shift 2 ;;
-    --reviewed_labels) need_value "$@"; reviewed="$2"; shift 2 ;;
+    --reviewed_labels) need_value "$@"; reviewed="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
     --models) need_value "$@"; models="$2"; shift 2 ;;
     --seeds) need_value "$@"; seeds="$2"; shift 2 ;;
     --epochs) need_value "$@"; epochs="$2"; shift 2 ;;
     --init) need_value "$@"; init="$2"; shift 2 ;;
     --weights_dir) need_value "$@"; weights_dir=(--weights_dir "$2"); shift 2 ;;
+    --from) need_value "$@"; from="$2"; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "run_all.sh: unknown argument $1" >&2; usage 2 ;;
   esac
 done
+
+stages=(prepare dreambooth_green dreambooth_red generate detectors_baseline propose)
+[ -n "$reviewed" ] && stages+=(import)
+stages+=(detectors_genfusion)
+[ "$annotation_channel" = 1 ] && stages+=(ac_encode_green ac_dreambooth_green ac_encode_red ac_dreambooth_red
+                                          ac_generate ac_decode ac_test_rg0 ac_detectors)
+stages+=(evaluate table)
+if [ "$list_stages" = 1 ]; then printf '%s\n' "${stages[@]}"; exit 0; fi
+if [ -n "$from" ] && ! printf '%s\n' "${stages[@]}" | grep -qx -- "$from"; then
+  echo "run_all.sh: --from $from: not a stage of this run; the stages are: ${stages[*]}" >&2; exit 2
+fi
 if [ "$demo" = 1 ] && [ -n "$minneapple" ]; then
   echo "run_all.sh: give --demo or --minneapple, not both" >&2; usage 2
 elif [ "$demo" = 1 ]; then
@@ -48,21 +66,40 @@ elif [ "$demo" = 1 ]; then
 elif [ -z "$minneapple" ] || [ -z "$work" ]; then
   echo "run_all.sh: give --demo, or --minneapple DIR and --work DIR" >&2; usage 2
 fi
-mkdir -p "$work"
+mkdir -p "$work/.stages"
 work="$(cd "$work" && pwd)"
 log="$work/run_all.log"
 
 bash "$root/setup_env.sh"
 python="$root/.venv/bin/python"
 
-stage() {  # stage NAME COMMAND...: run, log the command and its time, stop the run on failure
-  local name="$1"; shift
-  echo "== $name: $*" | tee -a "$log"
+declare -A ran=()  # the stages that ran in this invocation
+forced=0            # set at --from: that stage and every later one run again
+stage() {  # stage NAME "DEPENDENCIES" OUTPUT COMMAND...
+  # Skipped when it finished before with the same command, its output is there and none of the
+  # stages it depends on ran now. Otherwise its old finished output (if any) is removed, and it runs;
+  # a stage killed before it finished keeps its partial output, so the tools resume it.
+  local name="$1" deps="$2" output="$3"; shift 3
+  local marker="$work/.stages/$name" command="$*" dep stale=0
+  [ "$name" = "$from" ] && forced=1
+  for dep in $deps; do [ -n "${ran[$dep]:-}" ] && stale=1; done
+  if [ "$forced" = 0 ] && [ "$stale" = 0 ] && [ -e "$output" ] && [ "$(cat "$marker" 2>/dev/null)" = "$command" ]; then
+    echo "== $name: done (skipped)" | tee -a "$log"
+    return 0
+  fi
+  if [ -e "$marker" ] && [ -e "$output" ]; then
+    echo "== $name: redoing, removing its old output $output" | tee -a "$log"
+    rm -rf "$output"
+  fi
+  rm -f "$marker"
+  echo "== $name: $command" | tee -a "$log"
   local start=$SECONDS
   if ! "$@" 2>&1 | tee -a "$log"; then
     echo "run_all.sh: stage '$name' failed (see $log)" | tee -a "$log" >&2
     exit 1
   fi
+  echo "$command" > "$marker"
+  ran[$name]=1
   echo "== $name done in $((SECONDS - start)) s" | tee -a "$log"
 }
 
@@ -72,6 +109,7 @@ if [ "$demo" = 1 ]; then
   prepare=(--source synthetic --num_images 24 --resolution 256 --num_instances 3)
   dreambooth=(--pretrained_model_name_or_path tiny-random --resolution 64 --num_class_images 4
               --max_train_steps 10 --validation_steps 10)
+  ac_epochs=(--max_train_steps 10)
   generate=(--height 64 --width 64 --num_inference_steps 10)
   detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-3}" --imgsz 128
              --init "${init:-scratch}" --workers 0)
@@ -79,6 +117,7 @@ if [ "$demo" = 1 ]; then
 else
   prepare=(--source minneapple --input "$minneapple" "${test_annotations[@]}")
   dreambooth=(--pretrained_model_name_or_path "$model")
+  ac_epochs=(--num_train_epochs 12)  # the paper: at least 12 epochs with an annotation channel (B.2.3)
   generate=()
   detectors=(--init "${init:-pretrained}" "${weights_dir[@]}")
   [ -n "$models" ] && detectors+=(--models "$models")
@@ -87,39 +126,64 @@ else
   propose=(--calibrate_data "$work/data/real.yaml")
 fi
 test_images="$work/data/real/test/images"
+train_colours() { "$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' "$work/data/stats.json"; }
 
-stage prepare "$python" "$root/prepare_data.py" "${prepare[@]}" --output_dir "$work/data"
+stage prepare "" "$work/data" "$python" "$root/prepare_data.py" "${prepare[@]}" --output_dir "$work/data"
 for colour in green red; do
-  stage "dreambooth $colour" "$python" "$root/train_dreambooth.py" "${dreambooth[@]}" \
-    --instance_data_dir "$work/data/instances/$colour" --class_data_dir "$work/class_images" \
+  stage "dreambooth_$colour" prepare "$work/models/$colour" "$python" "$root/train_dreambooth.py" \
+    "${dreambooth[@]}" --instance_data_dir "$work/data/instances/$colour" --class_data_dir "$work/class_images" \
     --output_dir "$work/models/$colour" --resume_from_checkpoint latest
 done
-read -r green red < <("$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' "$work/data/stats.json")
-stage generate "$python" "$root/generate.py" --model "$work/models/green:$green" --model "$work/models/red:$red" \
-  "${generate[@]}" --output_dir "$work/generated"
-stage "detectors baseline" "$python" "$root/train_detectors.py" --data "baseline=$work/data/real.yaml" \
-  "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
+read -r green red < <(train_colours)
+stage generate "prepare dreambooth_green dreambooth_red" "$work/generated" "$python" "$root/generate.py" \
+  --model "$work/models/green:$green" --model "$work/models/red:$red" "${generate[@]}" --output_dir "$work/generated"
+stage detectors_baseline prepare "$work/detectors/baseline" "$python" "$root/train_detectors.py" \
+  --data "baseline=$work/data/real.yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
-# The proposals come from the first baseline run (first model, first seed).
-proposer=$(ls -d "$work"/detectors/baseline/*/seed*/weights/best.pt | head -n 1)
-stage propose "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$work/generated/images" \
-  "${propose[@]}" --output_dir "$work/proposals"
+# The proposals come from the first baseline run: the first model (train_detectors.py's list starts
+# with yolov8n) and the first seed.
+proposer="$work/detectors/baseline/$(echo "${models:-yolov8n}" | cut -d, -f1)/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
+stage propose "generate detectors_baseline" "$work/proposals" "$python" "$root/propose_boxes.py" propose \
+  --weights "$proposer" --images "$work/generated/images" "${propose[@]}" --output_dir "$work/proposals"
 if [ -n "$reviewed" ]; then
-  stage import "$python" "$root/propose_boxes.py" import --reviewed "$reviewed" --images "$work/generated/images" \
-    --output_dir "$work/genfusion"
+  stage import generate "$work/genfusion" "$python" "$root/propose_boxes.py" import --reviewed "$reviewed" \
+    --images "$work/generated/images" --output_dir "$work/genfusion"
   genfusion_yaml="$work/genfusion/data.yaml"; labels_note="reviewed by a person ($reviewed)"
 else
   genfusion_yaml="$work/proposals/data.yaml"; labels_note="the baseline's proposals as they are, NOT reviewed"
   echo "note: no --reviewed_labels: the generated images are labelled with $labels_note" | tee -a "$log"
 fi
-stage "detectors genfusion" "$python" "$root/train_detectors.py" --data "genfusion=$genfusion_yaml" \
-  "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
+stage detectors_genfusion "propose import" "$work/detectors/genfusion" "$python" "$root/train_detectors.py" \
+  --data "genfusion=$genfusion_yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
-stage evaluate "$python" "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" \
-  --out "$work/results/results.csv"
-stage table "$python" "$root/evaluate.py" table --results "$work/results/results.csv" --out_dir "$work/results"
-printf '\nGenerated labels: %s.\n' "$labels_note" >> "$work/results/table1.md"
-[ "$demo" = 1 ] && printf 'Demo run: synthetic photos and a tiny random model; these numbers show the plumbing, not the paper.\n' >> "$work/results/table1.md"
+if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the blue channel
+  ac="$work/annotation_channel"
+  for colour in green red; do
+    stage "ac_encode_$colour" prepare "$ac/instances/$colour" "$python" "$root/annotation_channel.py" encode \
+      --images "$work/data/instances/$colour" --labels "$work/data/real/train/labels" --mode dots \
+      --output_dir "$ac/instances/$colour"
+    stage "ac_dreambooth_$colour" "ac_encode_$colour" "$ac/models/$colour" "$python" "$root/train_dreambooth.py" \
+      "${dreambooth[@]}" "${ac_epochs[@]}" --instance_data_dir "$ac/instances/$colour" \
+      --class_data_dir "$work/class_images" --output_dir "$ac/models/$colour" --resume_from_checkpoint latest
+  done
+  stage ac_generate "ac_dreambooth_green ac_dreambooth_red" "$ac/generated" "$python" "$root/generate.py" \
+    --model "$ac/models/green:$green" --model "$ac/models/red:$red" "${generate[@]}" --output_dir "$ac/generated"
+  stage ac_decode ac_generate "$ac/decoded" "$python" "$root/annotation_channel.py" decode \
+    --images "$ac/generated/images" --mode dots --output_dir "$ac/decoded"
+  stage ac_test_rg0 prepare "$ac/test_rg0" "$python" "$root/annotation_channel.py" strip --images "$test_images" \
+    --output_dir "$ac/test_rg0"
+  stage ac_detectors "ac_decode ac_test_rg0" "$work/detectors/annotation_rg0" "$python" "$root/train_detectors.py" \
+    --data "annotation_rg0=$ac/decoded/data.yaml" "${detectors[@]}" --test_images "$ac/test_rg0" \
+    --project "$work/detectors"
+fi
+
+notes=(--note "Generated labels: $labels_note.")
+[ "$annotation_channel" = 1 ] && notes+=(--note "annotation_rg0: DreamBooth on images with the labels as blue dots; detectors on the RG0 images with the decoded labels, tested on the RG0 test photos (Appendix E).")
+[ "$demo" = 1 ] && notes+=(--note "Demo run: synthetic photos and a tiny random model; these numbers show the plumbing, not the paper.")
+stage evaluate "detectors_baseline detectors_genfusion ac_detectors" "$work/results/results.csv" "$python" \
+  "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" --out "$work/results/results.csv"
+stage table evaluate "$work/results/table1.md" "$python" "$root/evaluate.py" table \
+  --results "$work/results/results.csv" --out_dir "$work/results" "${notes[@]}"
 
 cat "$work/results/table1.md"
 echo "Results:"

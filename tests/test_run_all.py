@@ -1,45 +1,71 @@
 import csv
 import json
+import re
 import subprocess
+import time
+
+import pytest
 
 from conftest import REPO
 
 
-def run_demo(work):
-    return subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--work", str(work)],
-                          capture_output=True, text=True, timeout=900)
+def run_demo(work, *extra):
+    started = time.time()
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--annotation_channel", "--work", str(work),
+                             *extra], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, time.time() - started
 
 
-def test_demo_runs_the_whole_chain_and_a_second_run_does_nothing(tmp_path):
-    work = tmp_path / "work"
-    first = run_demo(work)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for path in ("data/real.yaml", "data/manifest.csv", "data/stats.json", "data/instances/green",
-                 "models/green/model_index.json", "models/red/loss.png", "generated/contact_sheet.png",
-                 "proposals/label_studio_tasks.json", "results/table1.png", "results/table1.csv", "run_all.log"):
+def stages_run(stdout):
+    return [m.group(1) for m in re.finditer(r"^== (\w+) done in", stdout, re.MULTILINE)]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo") / "work"
+    stdout, seconds = run_demo(work)
+    return work, stdout, seconds
+
+
+def test_demo_runs_the_whole_chain(demo):
+    work, stdout, seconds = demo
+    assert seconds < 600
+    for path in ("data/real.yaml", "data/manifest.csv", "data/instances/green", "models/green/model_index.json",
+                 "models/red/loss.png", "generated/contact_sheet.png", "proposals/label_studio_tasks.json",
+                 "annotation_channel/decoded/data.yaml", "results/table1.png", "results/table1.csv", "run_all.log"):
         assert (work / path).exists(), path
-    assert len(list((work / "class_images").glob("*.png"))) == 4  # one class folder for both colours
-    stats = json.loads((work / "data" / "stats.json").read_text())["colours"]["train"]
+    assert len(list((work / "class_images").glob("*.png"))) == 4  # one class folder for every model
+    train = json.loads((work / "data" / "stats.json").read_text())["colours"]["train"]
     generated = [p.name for p in (work / "generated" / "images").glob("*.png")]
-    assert sum(n.startswith("green_") for n in generated) == stats["green"] > 0
-    assert sum(n.startswith("red_") for n in generated) == stats["red"] > 0
-    with open(work / "detectors" / "runs.csv", newline="") as handle:
-        runs = sorted((r["dataset"], r["model"], r["status"]) for r in csv.DictReader(handle))
-    assert runs == [("baseline", "yolov8n", "done"), ("genfusion", "yolov8n", "done")]
+    assert sum(n.startswith("green_") for n in generated) == train["green"] > 0
+    assert sum(n.startswith("red_") for n in generated) == train["red"] > 0
+    with open(work / "results" / "results.csv", newline="") as handle:
+        assert sorted(r["dataset"] for r in csv.DictReader(handle)) == ["annotation_rg0", "baseline", "genfusion"]
     table = (work / "results" / "table1.md").read_text()
     assert "| genfusion | yolov8n | 1 |" in table and "NOT reviewed" in table and "not the paper" in table
-    log = (work / "run_all.log").read_text()
-    for stage in ("prepare", "dreambooth green", "dreambooth red", "generate", "detectors baseline", "propose",
-                  "detectors genfusion", "evaluate", "table"):
-        assert f"== {stage} done in" in log, stage
-
-    second = run_demo(work)
-    assert second.returncode == 0
-    assert "up to date" in second.stdout and second.stdout.count("nothing to do") == 3
-    assert second.stdout.count("skipped (done)") == 2 and "this part draws 0" in second.stdout
+    assert "table1.md" in stdout and "contact_sheet.png" in stdout and "loss.png" in stdout
+    assert stages_run(stdout) == [line.strip() for line in subprocess.run(
+        ["bash", str(REPO / "run_all.sh"), "--list_stages", "--annotation_channel"], capture_output=True,
+        text=True).stdout.split()]
 
 
-def test_failing_stage_is_named(tmp_path):
+def test_second_run_does_nothing_and_a_deleted_output_redoes_only_what_depends_on_it(demo):
+    work, _, _ = demo
+    stdout, seconds = run_demo(work)
+    assert stages_run(stdout) == [] and seconds < 30
+    import shutil
+    shutil.rmtree(work / "proposals")
+    stdout, _ = run_demo(work)
+    assert stages_run(stdout) == ["propose", "detectors_genfusion", "evaluate", "table"]
+    stdout, _ = run_demo(work, "--from", "ac_decode")
+    assert stages_run(stdout) == ["ac_decode", "ac_test_rg0", "ac_detectors", "evaluate", "table"]
+
+
+def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--minneapple", str(tmp_path / "missing"),
                              "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "stage 'prepare' failed" in result.stderr
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--from", "nowhere"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "not a stage" in result.stderr
