@@ -12,11 +12,14 @@
            sees the annotations), OUT/data.yaml (a training set of both) and OUT/decoded.csv
            (file, cx, cy, w, h, size_known, merged).
            'dots' gives a centre only: a box of --box_size px, flagged size_known=no. 'sized_dots'
-           gives w = 8 sqrt(mu20/m00), h = 8 sqrt(mu02/m00) (an ellipse's second moments).
-           'outlines' gives each outer contour's bounding box. Overlaps: touching dots or
-           crossing outlines merge into one contour, decoded as one object at the group's centre
-           (or around the group) and flagged merged=yes (dots: area over 1.5 dots; outlines: the
-           contour is not a single rectangle ring).
+           gives w = 4 (2 sqrt(mu20/m00) - 0.5), h likewise (an ellipse's second moments, less the
+           half pixel cv2 draws beyond it; size_known=at most for a dot at the minimum size).
+           'outlines' gives each outer contour's bounding box (a box nested in another's hole is
+           found too). Overlaps: touching dots or crossing outlines merge into one contour, decoded
+           as one object at the group's centre (or around the group) and flagged merged=yes (dots:
+           area over 1.5 dots; sized dots: tilted, or area unlike the ellipse of its moments, so a
+           pair overlapping side by side reads as one wider box; outlines: not a rectangle with
+           exactly one hole).
   strip    --images DIR --output_dir OUT       the RG0 images (blue set to 0), the channel ablation
   leakage  --images DIR [--labels DIR] [--output_dir OUT]
            The paper's Figure 21 as a number: how much brighter red and green are on each dot
@@ -46,6 +49,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BLUE = 2  # channel index in RGB arrays
 SIZED_DOT_FRACTION = 0.25  # semi-axis / box side of a sized dot
 THUMBNAIL_WEIGHT = 0.05
+REFERENCE_REACH = 1.5
 RING_WIDTH = 2
 
 
@@ -115,8 +119,10 @@ def draw_annotations(shape, boxes, mode, dot_size=5, line_width=2):
         else:  # the outline lies inside the box, so the outer edge of the ring is the box
             left, top = max(int(round(x1)), 0), max(int(round(y1)), 0)
             right, bottom = int(round(x2)), int(round(y2))
-            channel[top:bottom, left:right] = 255
-            channel[top + line_width:bottom - line_width, left + line_width:right - line_width] = 0
+            ring = np.zeros_like(channel)
+            ring[top:bottom, left:right] = 255
+            ring[top + line_width:bottom - line_width, left + line_width:right - line_width] = 0
+            channel |= ring  # never erase the outlines drawn before
     return channel
 
 
@@ -136,33 +142,53 @@ def strip(image):
 def decode(image, mode, threshold=128, dot_size=5, box_size=20, line_width=2):
     """RGB image with annotations in blue -> list of dicts cx, cy, w, h (pixels), size_known, merged."""
     binary = (image[:, :, BLUE] >= threshold).astype(np.uint8)
+    if mode == "outlines":
+        return sorted(decode_outlines(binary), key=lambda d: (d["cy"], d["cx"]))
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     found = []
     for contour in contours:
-        if mode == "outlines":
-            x, y, w, h = cv2.boundingRect(contour)
-            ring = np.zeros_like(binary)
-            cv2.drawContours(ring, [contour], -1, 1, -1)
-            pixels = int((ring & binary).sum())
-            single = max(w * h - max(w - 2 * line_width, 0) * max(h - 2 * line_width, 0), 1)
-            found.append({"cx": x + w / 2, "cy": y + h / 2, "w": float(w), "h": float(h), "size_known": "yes",
-                          "merged": "yes" if abs(pixels - single) > 0.2 * single else "no"})
-            continue
         mask = np.zeros_like(binary)
         cv2.drawContours(mask, [contour], -1, 1, -1)
         moments = cv2.moments(mask & binary, binaryImage=True)
         if moments["m00"] == 0:
             continue
-        cx, cy = moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]
+        area = moments["m00"]
+        cx, cy = moments["m10"] / area + 0.5, moments["m01"] / area + 0.5  # pixel i's centre is i + 0.5
         if mode == "sized_dots":
-            # a filled ellipse with semi-axes a, b has mu20/m00 = a^2/4 and mu02/m00 = b^2/4
-            w = np.sqrt(4 * moments["mu20"] / moments["m00"]) / SIZED_DOT_FRACTION
-            h = np.sqrt(4 * moments["mu02"] / moments["m00"]) / SIZED_DOT_FRACTION
-            found.append({"cx": cx + 0.5, "cy": cy + 0.5, "w": w, "h": h, "size_known": "yes", "merged": "no"})
+            # a filled ellipse with semi-axes a, b has mu20/m00 = a^2/4, mu02/m00 = b^2/4 and area pi a b;
+            # cv2 draws it about half a pixel wider on each side
+            a = np.sqrt(4 * moments["mu20"] / area) - 0.5
+            b = np.sqrt(4 * moments["mu02"] / area) - 0.5
+            smallest = min(a, b) <= dot_size / 2 + 0.5  # at the minimum size: the box was that small or smaller
+            # merged: tilted (an axis-aligned ellipse has mu11 = 0) or not the area of its own ellipse; a
+            # pair overlapping side by side still reads as one wider box
+            tilt = abs(moments["mu11"]) / np.sqrt(moments["mu20"] * moments["mu02"] + 1e-12)
+            merged = tilt > 0.1 or abs(area - np.pi * (a + 0.5) * (b + 0.5)) > 0.15 * area
+            found.append({"cx": cx, "cy": cy, "w": a / SIZED_DOT_FRACTION, "h": b / SIZED_DOT_FRACTION,
+                          "size_known": "at most" if smallest else "yes", "merged": "yes" if merged else "no"})
         else:
-            found.append({"cx": cx + 0.5, "cy": cy + 0.5, "w": float(box_size), "h": float(box_size),
-                          "size_known": "no", "merged": "yes" if moments["m00"] > 1.5 * dot_size ** 2 else "no"})
+            found.append({"cx": cx, "cy": cy, "w": float(box_size), "h": float(box_size), "size_known": "no",
+                          "merged": "yes" if area > 1.5 * dot_size ** 2 else "no"})
     return sorted(found, key=lambda d: (d["cy"], d["cx"]))
+
+
+def decode_outlines(binary):
+    """Outline rings -> boxes. Each outer contour (also one inside another's hole: a nested box)
+    gives the box around it; it is one box when it is a rectangle with exactly one hole, else a
+    merged group of crossing or touching outlines."""
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    found = []
+    for index, contour in enumerate(contours):
+        if hierarchy[0][index][3] != -1:  # a hole, not an outer edge
+            continue
+        x, y, w, h = cv2.boundingRect(contour)
+        holes, child = 0, hierarchy[0][index][2]
+        while child != -1:
+            holes, child = holes + 1, hierarchy[0][child][0]
+        rectangular = cv2.contourArea(contour) >= 0.97 * (w - 1) * (h - 1)
+        found.append({"cx": x + w / 2, "cy": y + h / 2, "w": float(w), "h": float(h), "size_known": "yes",
+                      "merged": "no" if holes == 1 and rectangular else "yes"})
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +233,9 @@ def image_features(paths):
 def cluster_filter(features, reference_features=None, pca_dims=50, clusters=3, seed=0):
     """The paper's recipe: PCA -> t-SNE(2) -> KMeans, keep the largest cluster.
     -> (2-D map, cluster of every image, kept mask). With reference features an image is kept when
-    it sits near the references in PCA space instead: its nearest reference is no farther than the
-    farthest any reference is from its own nearest other reference."""
+    it sits near the references in PCA space instead: its nearest reference is no farther than
+    REFERENCE_REACH times the median distance between a reference and its nearest other reference
+    (the median, so one odd reference photo cannot widen the reach)."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -224,7 +251,7 @@ def cluster_filter(features, reference_features=None, pca_dims=50, clusters=3, s
     to_reference = np.linalg.norm(reduced[:, None] - references[None], axis=2).min(axis=1)
     between = np.linalg.norm(references[:, None] - references[None], axis=2)
     np.fill_diagonal(between, np.inf)
-    return embedded, labels, to_reference <= between.min(axis=1).max()
+    return embedded, labels, to_reference <= REFERENCE_REACH * np.median(between.min(axis=1))
 
 
 def plot_filter(embedded, labels, kept, paths, path):
@@ -336,8 +363,9 @@ def command_leakage(args):
     axis.set_ylabel("images")
     axis.set_title(f"annotation-channel leakage, mean {overall:.2f}")
     figure.tight_layout()
-    figure.savefig(out / "leakage.png", dpi=100)
+    figure.savefig(out / ".leakage.tmp.png", dpi=100)
     plt.close(figure)
+    os.replace(out / ".leakage.tmp.png", out / "leakage.png")
     print(f"leakage over {len(values)} images: mean {overall:.3f} (0..255 units) -> {out / 'leakage.csv'}")
     return overall
 
@@ -345,6 +373,8 @@ def command_leakage(args):
 def command_filter(args):
     images = list_images(args.images)
     references = list_images(args.reference) if args.reference else []
+    if args.clusters < 2 or args.pca_dims < 2:
+        raise InputError("--clusters and --pca_dims must be at least 2")
     if len(images) < 4 * args.clusters or (args.reference and len(references) < 2):
         raise InputError(f"{args.images}: too few images ({len(images)}) to cluster into {args.clusters}, "
                          f"or fewer than 2 reference photos")

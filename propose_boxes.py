@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import yaml
@@ -59,9 +60,11 @@ def read_yolo(path, width, height):
         if not fields:
             continue
         try:
-            _, cx, cy, w, h = (float(v) for v in fields[:5])
+            _, cx, cy, w, h = (float(v) for v in fields)
         except ValueError:
-            raise InputError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}")
+            raise InputError(f"{path}:{number}: expected a box 'class cx cy w h' (no polygons), got {line!r}")
+        if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
+            raise InputError(f"{path}:{number}: cx cy w h must be normalised to 0..1, got {line!r}")
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     return boxes
 
@@ -78,15 +81,28 @@ def label_studio_task(image_ref, width, height, boxes, scores, model_version):
                              "score": float(np.mean(scores)) if len(scores) else 0.0}]}
 
 
-def label_studio_boxes(results, width, height):
-    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image."""
+REGION_TYPES = {"polygonlabels", "polygon", "keypointlabels", "keypoint", "brushlabels", "brush", "ellipselabels",
+                "ellipse"}
+
+
+def label_studio_boxes(results, width, height, where):
+    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image.
+    Other region kinds, other labels and rotated boxes are errors naming `where`; non-region
+    results (choices, text) are not boxes and are passed over."""
     boxes = []
     for item in results:
-        if item.get("type") != "rectanglelabels":
+        kind = item.get("type")
+        if kind in REGION_TYPES:
+            raise InputError(f"{where}: a {kind} region cannot become a box; draw rectangles")
+        if kind not in ("rectanglelabels", "rectangle"):
             continue
         v = item["value"]
-        if v.get("rotation", 0):
-            raise InputError(f"a rotated box ({v['rotation']} degrees) cannot become a YOLO box")
+        labels = v.get("rectanglelabels", [LABEL])
+        if labels != [LABEL]:
+            raise InputError(f"{where}: a box labelled {labels}; the only class is {LABEL!r}")
+        rotation = v.get("rotation", 0) % 360
+        if min(rotation, 360 - rotation) > 1e-6:
+            raise InputError(f"{where}: a box rotated by {v['rotation']} degrees cannot become a YOLO box")
         x1, y1 = v["x"] / 100 * width, v["y"] / 100 * height
         boxes.append([x1, y1, x1 + v["width"] / 100 * width, y1 + v["height"] / 100 * height])
     return boxes
@@ -108,7 +124,7 @@ def coco_document(entries):
 
 def reference_name(reference):
     """A Label Studio image reference ('/data/local-files/?d=a/b.png', '/data/upload/1/x.png') -> its file name."""
-    return Path(str(reference).split("=")[-1]).name
+    return Path(unquote(str(reference).split("?d=")[-1])).name
 
 
 def iou_matrix(a, b):
@@ -141,8 +157,8 @@ def best_f1_threshold(predictions, truths, iou=0.5):
                 taken[candidates[np.argmax(overlaps[k][candidates])]] = True
             confidences.append(det[4])
             hits.append(hit)
-    if not confidences:
-        raise InputError("no detections at all on the calibration images: cannot pick a threshold")
+    if not confidences or not total:
+        raise InputError("no detections, or no ground-truth boxes, on the calibration images: cannot pick a threshold")
     order = np.argsort(-np.asarray(confidences), kind="stable")
     conf = np.asarray(confidences)[order]
     tp = np.cumsum(np.asarray(hits)[order])
@@ -165,7 +181,17 @@ def list_images(folder):
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise InputError(f"{folder}: no images")
+    stems = {}
+    for image in images:
+        if image.stem in stems:
+            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share a label file")
+        stems[image.stem] = image
     return images
+
+
+def check_output_dir(out, images_dir):
+    if (Path(out) / "images").resolve() == Path(images_dir).resolve():
+        raise InputError(f"--output_dir {out}: its images/ is the input folder {images_dir}, which would be replaced")
 
 
 def image_size(path):
@@ -220,7 +246,10 @@ def detect(weights, images, imgsz, iou, device):
     """{image path: (boxes in pixels, confidences)} at confidence >= 0.001."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
-    model = YOLO(str(weights))
+    try:
+        model = YOLO(str(weights))
+    except Exception as error:
+        raise InputError(f"{weights}: not a YOLO weights file ultralytics can load ({error!r})")
     found = {}
     for result in model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
                                 device=device, stream=True, verbose=False):
@@ -230,9 +259,12 @@ def detect(weights, images, imgsz, iou, device):
 
 def calibration_split(data_yaml):
     """The val images of a data YAML and their ground-truth boxes (from the sibling labels/)."""
-    data = yaml.safe_load(Path(data_yaml).read_text())
-    root = Path(data.get("path") or Path(data_yaml).parent)
-    folder = root / data["val"]
+    try:
+        data = yaml.safe_load(Path(data_yaml).read_text())
+        root = Path(data.get("path") or Path(data_yaml).parent)  # relative: from the working folder, as ultralytics
+        folder = root / data["val"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML with a 'val' folder ({error!r})")
     images = list_images(folder)
     truths = {}
     labels = Path("/labels/".join(f"{folder}/".rsplit("/images/", 1)))  # ultralytics' images -> labels rule
@@ -244,6 +276,7 @@ def calibration_split(data_yaml):
 
 def propose(args):
     images = list_images(args.images)
+    check_output_dir(args.output_dir, args.images)
     if not Path(args.weights).is_file():
         raise InputError(f"{args.weights}: no such weights file")
     meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
@@ -267,11 +300,12 @@ def propose(args):
         kept = [(box, conf) for box, conf in zip(*found[image]) if conf >= meta["conf"]]
         boxes, scores = [b for b, _ in kept], [c for _, c in kept]
         labelled.append((image, boxes))
-        tasks.append(label_studio_task(f"{args.image_url_prefix}{image.resolve().as_posix().lstrip('/')}",
+        tasks.append(label_studio_task(f"{args.image_url_prefix}{quote(image.resolve().as_posix().lstrip('/'))}",
                                        width, height, boxes, scores, Path(args.weights).name))
         coco_entries.append((image.name, width, height, boxes, scores))
         rows += [{"file": image.name, "x1": round(b[0], 2), "y1": round(b[1], 2), "x2": round(b[2], 2),
                   "y2": round(b[3], 2), "conf": round(c, 5)} for b, c in kept]
+    (out / "proposals.json").unlink(missing_ok=True)  # written last: present = finished
     write_dataset(out, labelled, "proposals as they are, not reviewed by a person")
     write_json(out / "label_studio_tasks.json", tasks)
     write_json(out / "coco_predictions.json", coco_document(coco_entries))
@@ -288,23 +322,28 @@ def propose(args):
 # ---------------------------------------------------------------------------------------------
 # import
 # ---------------------------------------------------------------------------------------------
-def reviewed_from_label_studio(tasks, sizes):
+def reviewed_from_label_studio(tasks, sizes, source):
     """{file name: boxes} of the tasks a person annotated (tasks with only predictions are not reviewed)."""
     reviewed = {}
-    for task in tasks:
+    for number, task in enumerate(tasks, start=1):
         name = reference_name(task.get("data", {}).get("image", ""))
         if name not in sizes:
             name = re.sub(r"^[0-9a-f]{8}-", "", name)
         annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
         if name not in sizes or not annotations:
             continue
-        results = annotations[-1].get("result", [])
+        if name in reviewed:
+            raise InputError(f"{source}: task {number} reviews {name} again; export one task per image")
+        # the ground-truth annotation if one is marked, else the latest
+        chosen = max(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at", ""))))
+        results = chosen.get("result", [])
         width, height = sizes[name]
         for item in results:
-            if item.get("original_width", width) != width or item.get("original_height", height) != height:
-                raise InputError(f"{name}: reviewed at {item['original_width']}x{item['original_height']}, "
-                                 f"but the image is {width}x{height}")
-        reviewed[name] = label_studio_boxes(results, width, height)
+            got = (item.get("original_width", width), item.get("original_height", height))
+            if got != (width, height):
+                raise InputError(f"{source}: task {number} ({name}) was reviewed at {got[0]}x{got[1]}, but the "
+                                 f"image is {width}x{height}")
+        reviewed[name] = label_studio_boxes(results, width, height, f"{source}: task {number} ({name})")
     return reviewed
 
 
@@ -332,6 +371,7 @@ def reviewed_from_yolo(folder, images):
 
 def import_reviewed(args):
     images = list_images(args.images)
+    check_output_dir(args.output_dir, args.images)
     sizes = {image.name: image_size(image) for image in images}
     source = Path(args.reviewed)
     if source.is_dir():
@@ -343,7 +383,7 @@ def import_reviewed(args):
             raise InputError(f"{source}: not a readable JSON file or YOLO folder ({error})")
         try:
             if isinstance(document, list):
-                reviewed, kind = reviewed_from_label_studio(document, sizes), "Label Studio export"
+                reviewed, kind = reviewed_from_label_studio(document, sizes, source), "Label Studio export"
             elif isinstance(document, dict) and "images" in document:
                 reviewed, kind = reviewed_from_coco(document, sizes), "COCO JSON"
             else:

@@ -62,6 +62,9 @@ fi
 if [ "$demo" = 1 ] && [ -n "$minneapple" ]; then
   echo "run_all.sh: give --demo or --minneapple, not both" >&2; usage 2
 elif [ "$demo" = 1 ]; then
+  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || [ "$model" != "stabilityai/stable-diffusion-2-1" ]; then
+    echo "run_all.sh: --model, --weights_dir and --test_annotations are for --minneapple runs" >&2; exit 2
+  fi
   work="${work:-$root/work/demo}"
 elif [ -z "$minneapple" ] || [ -z "$work" ]; then
   echo "run_all.sh: give --demo, or --minneapple DIR and --work DIR" >&2; usage 2
@@ -70,25 +73,27 @@ mkdir -p "$work/.stages"
 work="$(cd "$work" && pwd)"
 log="$work/run_all.log"
 
-bash "$root/setup_env.sh"
+bash "$root/setup_env.sh" || { echo "run_all.sh: setting up .venv failed (setup_env.sh)" >&2; exit 1; }
 python="$root/.venv/bin/python"
 
-declare -A ran=()  # the stages that ran in this invocation
-forced=0            # set at --from: that stage and every later one run again
+ran=" "   # the stages that ran in this invocation
+forced=0  # set at --from: that stage and every later one run again
 stage() {  # stage NAME "DEPENDENCIES" OUTPUT COMMAND...
   # Skipped when it finished before with the same command, its output is there and none of the
-  # stages it depends on ran now. Otherwise its old finished output (if any) is removed, and it runs;
-  # a stage killed before it finished keeps its partial output, so the tools resume it.
+  # stages it depends on ran now. When a dependency ran (or --from), its finished output is removed
+  # first: its input changed. A changed command alone runs it on its output: the tools themselves
+  # skip what is still valid (finished detector runs) and refuse what would mix two settings. A
+  # stage killed before it finished keeps its partial output, so the tools resume it.
   local name="$1" deps="$2" output="$3"; shift 3
   local marker="$work/.stages/$name" command="$*" dep stale=0
   [ "$name" = "$from" ] && forced=1
-  for dep in $deps; do [ -n "${ran[$dep]:-}" ] && stale=1; done
+  for dep in $deps; do case "$ran" in *" $dep "*) stale=1 ;; esac; done
   if [ "$forced" = 0 ] && [ "$stale" = 0 ] && [ -e "$output" ] && [ "$(cat "$marker" 2>/dev/null)" = "$command" ]; then
     echo "== $name: done (skipped)" | tee -a "$log"
     return 0
   fi
-  if [ -e "$marker" ] && [ -e "$output" ]; then
-    echo "== $name: redoing, removing its old output $output" | tee -a "$log"
+  if [ "$forced" = 1 ] || [ "$stale" = 1 ] && [ -e "$marker" ] && [ -e "$output" ]; then
+    echo "== $name: its input changed: removing its old output $output" | tee -a "$log"
     rm -rf "$output"
   fi
   rm -f "$marker"
@@ -99,7 +104,7 @@ stage() {  # stage NAME "DEPENDENCIES" OUTPUT COMMAND...
     exit 1
   fi
   echo "$command" > "$marker"
-  ran[$name]=1
+  ran="$ran$name "
   echo "== $name done in $((SECONDS - start)) s" | tee -a "$log"
 }
 
@@ -115,18 +120,21 @@ if [ "$demo" = 1 ]; then
              --init "${init:-scratch}" --workers 0)
   propose=(--imgsz 128 --conf 0.01)
 else
-  prepare=(--source minneapple --input "$minneapple" "${test_annotations[@]}")
+  prepare=(--source minneapple --input "$minneapple" ${test_annotations[@]+"${test_annotations[@]}"})
   dreambooth=(--pretrained_model_name_or_path "$model")
   ac_epochs=(--num_train_epochs 12)  # the paper: at least 12 epochs with an annotation channel (B.2.3)
   generate=()
-  detectors=(--init "${init:-pretrained}" "${weights_dir[@]}")
+  detectors=(--init "${init:-pretrained}" ${weights_dir[@]+"${weights_dir[@]}"})
   [ -n "$models" ] && detectors+=(--models "$models")
   [ -n "$seeds" ] && detectors+=(--seeds "$seeds")
   [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
   propose=(--calibrate_data "$work/data/real.yaml")
 fi
 test_images="$work/data/real/test/images"
-train_colours() { "$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' "$work/data/stats.json"; }
+train_colours() {
+  "$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' \
+    "$work/data/stats.json" || { echo "run_all.sh: cannot read the train colours from $work/data/stats.json" >&2; exit 1; }
+}
 
 stage prepare "" "$work/data" "$python" "$root/prepare_data.py" "${prepare[@]}" --output_dir "$work/data"
 for colour in green red; do
@@ -134,9 +142,10 @@ for colour in green red; do
     "${dreambooth[@]}" --instance_data_dir "$work/data/instances/$colour" --class_data_dir "$work/class_images" \
     --output_dir "$work/models/$colour" --resume_from_checkpoint latest
 done
-read -r green red < <(train_colours)
+colours=$(train_colours)
+read -r green red <<< "$colours"
 stage generate "prepare dreambooth_green dreambooth_red" "$work/generated" "$python" "$root/generate.py" \
-  --model "$work/models/green:$green" --model "$work/models/red:$red" "${generate[@]}" --output_dir "$work/generated"
+  --model "$work/models/green:$green" --model "$work/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$work/generated"
 stage detectors_baseline prepare "$work/detectors/baseline" "$python" "$root/train_detectors.py" \
   --data "baseline=$work/data/real.yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
@@ -167,7 +176,7 @@ if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the 
       --class_data_dir "$work/class_images" --output_dir "$ac/models/$colour" --resume_from_checkpoint latest
   done
   stage ac_generate "ac_dreambooth_green ac_dreambooth_red" "$ac/generated" "$python" "$root/generate.py" \
-    --model "$ac/models/green:$green" --model "$ac/models/red:$red" "${generate[@]}" --output_dir "$ac/generated"
+    --model "$ac/models/green:$green" --model "$ac/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$ac/generated"
   stage ac_decode ac_generate "$ac/decoded" "$python" "$root/annotation_channel.py" decode \
     --images "$ac/generated/images" --mode dots --output_dir "$ac/decoded"
   stage ac_test_rg0 prepare "$ac/test_rg0" "$python" "$root/annotation_channel.py" strip --images "$test_images" \

@@ -37,7 +37,8 @@ PAPER_SETTINGS = {"optimizer": "SGD", "lr0": 0.01, "momentum": 0.937, "weight_de
 AUGMENTATIONS_OFF = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0,
                      "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.0, "bgr": 0.0, "mosaic": 0.0,
                      "mixup": 0.0, "cutmix": 0.0, "copy_paste": 0.0, "close_mosaic": 0, "multi_scale": 0.0,
-                     "erasing": 0.0, "auto_augment": None}
+                     "erasing": 0.0, "auto_augment": None,
+                     "augmentations": []}  # no Albumentations transforms (ultralytics adds blur etc. when installed)
 PREDICT_SETTINGS = {"conf": 0.001, "iou": 0.45, "max_det": 300}
 RUN_FIELDS = ["dataset", "model", "seed", "epochs", "seconds", "status", "val_map50_95", "run_dir"]
 
@@ -61,6 +62,15 @@ def offline_safe_environment(project):
         if not (fonts / name).exists():
             shutil.copyfile(local_font, fonts / name)
     os.environ.update(YOLO_CONFIG_DIR=str(config), YOLO_AUTOINSTALL="False", YOLO_OFFLINE="1")
+
+
+def skip_amp_download():
+    """ultralytics' AMP check downloads yolo26n.pt on every GPU run; without that file, skip the check
+    (AMP stays on) instead of reaching for the network."""
+    import ultralytics.engine.trainer as trainer
+    from ultralytics.utils import WEIGHTS_DIR
+    check = trainer.check_amp
+    trainer.check_amp = lambda model: check(model) if (WEIGHTS_DIR / "yolo26n.pt").is_file() else True
 
 
 def online(timeout=3.0):
@@ -101,13 +111,15 @@ def check_data_yaml(path):
         raise InputError(f"{path}: not a readable data YAML ({error})")
     if not isinstance(data, dict) or "train" not in data or "val" not in data:
         raise InputError(f"{path}: a data YAML needs 'train' and 'val' (and 'path', 'names')")
-    root = Path(data.get("path") or path.parent)
-    root = root if root.is_absolute() else (path.parent / root)
+    root = Path(data.get("path") or path.parent)  # ultralytics: a relative path counts from the working folder
     for split in ("train", "val"):
         for entry in data[split] if isinstance(data[split], list) else [data[split]]:
             folder = Path(entry) if Path(entry).is_absolute() else root / entry
             if not folder.is_dir() or not list_images(folder):
                 raise InputError(f"{path}: the {split} folder {folder} is missing or holds no images")
+            labels = Path("/labels/".join(f"{folder}/".rsplit("/images/", 1)))  # ultralytics' images -> labels rule
+            if not labels.is_dir() or not any(labels.glob("*.txt")):
+                raise InputError(f"{path}: no YOLO label files in {labels} for the {split} images in {folder}")
 
 
 def parse_list(text, flag):
@@ -144,10 +156,12 @@ def model_source(model, init, weights_dir):
 # ---------------------------------------------------------------------------------------------
 def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers):
     """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off."""
+    # cls_remap=False: a new head for our class, as the YOLO repositories of the paper's time did
+    # (ultralytics 8.4 would copy the COCO 'apple' row of a pretrained head into ours)
     return {"data": str(Path(data_yaml).resolve()), "project": str(run_dir.parent.resolve()), "name": run_dir.name,
             "exist_ok": True, "seed": seed, "deterministic": True, "epochs": epochs, "imgsz": imgsz,
             "batch": batch, "device": device, "workers": workers, "amp": True, "verbose": False,
-            **PAPER_SETTINGS, **AUGMENTATIONS_OFF}
+            "cls_remap": False, **PAPER_SETTINGS, **AUGMENTATIONS_OFF}
 
 
 def predict_to_folder(weights, images, out_dir, imgsz, device):
@@ -176,11 +190,23 @@ def best_val_map(run_dir):
     return max(float(r["metrics/mAP50-95(B)"]) for r in rows) if rows else None
 
 
-def training_finished(last_pt):
-    """ultralytics marks a finished training by stripping the optimizer and setting epoch -1."""
+def training_state(last_pt):
+    """'finished', 'resumable' or 'broken' (unreadable: killed while ultralytics wrote it).
+    ultralytics marks a finished training with epoch -1; a kill after the last epoch's save but
+    before that mark leaves epoch = epochs - 1, which it refuses to resume."""
     import torch
-    checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
-    return checkpoint.get("epoch", -1) == -1
+    try:
+        checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
+        epoch, epochs = checkpoint.get("epoch", -1), checkpoint["train_args"]["epochs"]
+    except Exception:  # a truncated zip, a missing key: nothing to resume from
+        return "broken"
+    return "finished" if epoch == -1 or epoch + 1 >= epochs else "resumable"
+
+
+def run_config(spec):
+    """What defines a run's result; a finished run made otherwise is refused, not silently kept."""
+    return {"data": str(Path(spec["data_yaml"]).resolve()), "source": spec["source"], "epochs": spec["epochs"],
+            "imgsz": spec["imgsz"], "batch": spec["batch"]}
 
 
 def run_one(spec, device):
@@ -189,13 +215,22 @@ def run_one(spec, device):
     run_dir = Path(spec["run_dir"])
     done = run_dir / "run.json"
     if done.exists():
-        return {**json.loads(done.read_text()), "status": "skipped (done)"}
+        row = json.loads(done.read_text())
+        if row.get("config") != run_config(spec):
+            raise InputError(f"{run_dir} finished with other settings ({row.get('config')}); use another --project "
+                             f"or delete that run folder")
+        return {**row, "status": "skipped (done)"}
     started = time.time()
     last = run_dir / "weights" / "last.pt"
-    if last.exists() and not training_finished(last):
+    state = training_state(last) if last.exists() else None
+    if state == "broken":
+        print(f"{last} is unreadable (killed while it was written): training {run_dir} again")
+        shutil.rmtree(run_dir / "weights")
+        state = None
+    if state == "resumable":
         print(f"resuming {run_dir} from {last}")
         YOLO(str(last)).train(resume=True, device=device)
-    elif not last.exists():
+    elif state is None:
         arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
                                     spec["batch"], device, spec["workers"])
         YOLO(spec["source"]).train(**arguments)
@@ -203,7 +238,7 @@ def run_one(spec, device):
                       run_dir / "test_predictions", spec["imgsz"], device)
     row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
            "seconds": round(time.time() - started, 1), "status": "done", "val_map50_95": best_val_map(run_dir),
-           "run_dir": str(run_dir)}
+           "run_dir": str(run_dir), "config": run_config(spec)}
     tmp = done.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     os.replace(tmp, done)
@@ -218,14 +253,23 @@ def _init_worker(devices):
     _DEVICE = devices.get()
 
 
+def run_or_report(spec, device):
+    """run_one, with a failure reported as a row instead of ending the whole matrix."""
+    try:
+        return run_one(spec, device)
+    except Exception as error:
+        return {**{k: spec[k] for k in ("dataset", "model", "seed")}, "status": f"failed: {error!r}",
+                "val_map50_95": None}
+
+
 def _run_on_worker_device(spec):
-    return run_one(spec, _DEVICE)
+    return run_or_report(spec, _DEVICE)
 
 
 def write_runs_csv(project):
     """runs.csv from every finished run's run.json (so shards and parallel runs never collide)."""
     rows = [json.loads(p.read_text()) for p in sorted(Path(project).glob("*/*/seed*/run.json"))]
-    tmp = Path(project) / ".runs.csv.tmp"
+    tmp = Path(project) / f".runs.csv.{socket.gethostname()}.{os.getpid()}.tmp"  # shards may share the folder
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, RUN_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -300,13 +344,20 @@ def main(argv=None):
     offline_safe_environment(args.project)
     import torch
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] or (["0"] if torch.cuda.is_available() else ["cpu"])
+    bad = [d for d in devices if d != "cpu" and not (d.isdigit() and int(d) < torch.cuda.device_count())]
+    if bad:
+        print(f"error: --devices {', '.join(bad)}: this machine has {torch.cuda.device_count()} GPUs "
+              f"(give GPU numbers from 0, or cpu)", file=sys.stderr)
+        return 2
+    skip_amp_download()
     print(f"{len(runs)} runs on {'DDP over ' if args.ddp else ''}{', '.join(devices)}")
+    rows = []
     if args.ddp or len(devices) == 1:
         device = ",".join(devices) if args.ddp else devices[0]
         for spec in runs:
-            row = run_one(spec, device)
-            print(f"{spec['dataset']} {spec['model']} seed {spec['seed']}: {row['status']}, "
-                  f"val mAP50-95 {row['val_map50_95']}")
+            rows.append(run_or_report(spec, device))
+            print(f"{spec['dataset']} {spec['model']} seed {spec['seed']}: {rows[-1]['status']}, "
+                  f"val mAP50-95 {rows[-1]['val_map50_95']}")
     else:
         import multiprocessing
         context = multiprocessing.get_context("spawn")
@@ -315,10 +366,14 @@ def main(argv=None):
             queue.put(device)
         with context.Pool(len(devices), initializer=_init_worker, initargs=(queue,)) as pool:
             for row in pool.imap_unordered(_run_on_worker_device, runs):
+                rows.append(row)
                 print(f"{row['dataset']} {row['model']} seed {row['seed']}: {row['status']}")
-    rows = write_runs_csv(args.project)
-    print(f"{len(rows)} finished runs in {Path(args.project) / 'runs.csv'}")
-    return 0
+    finished = write_runs_csv(args.project)
+    print(f"{len(finished)} finished runs in {Path(args.project) / 'runs.csv'}")
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    for row in failed:
+        print(f"error: {row['dataset']} {row['model']} seed {row['seed']} {row['status']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -74,8 +74,23 @@ def test_sized_dots_and_outlines_keep_the_box_size(orchard_train):
                           for d in decoded]).reshape(-1, 4)
         for box in boxes[apart(boxes, 2)]:
             outline_hits.append(len(found) > 0 and np.abs(found - box).max(axis=1).min() <= 1.0)
-    assert len(size_errors) > 100 and np.median(np.concatenate(size_errors)) < 0.1
+    assert len(size_errors) > 100 and np.median(np.concatenate(size_errors)) < 0.02
     assert len(outline_hits) > 50 and np.mean(outline_hits) >= 0.95
+
+
+def test_overlapping_outlines_and_dots_are_flagged_merged():
+    canvas = np.zeros((200, 200, 3), np.uint8)
+    crossing = ac.encode(canvas, np.array([[10, 10, 50, 50], [30, 30, 70, 70]], float), "outlines")
+    assert int((crossing[:, :, 2] > 0).sum()) == 2 * (40 * 40 - 36 * 36) - 8  # both rings whole (2 corners of 4 px shared)
+    assert [d["merged"] for d in ac.decode(crossing, "outlines")] == ["yes"]
+    nested = ac.decode(ac.encode(canvas, np.array([[10, 10, 110, 110], [40, 40, 60, 60]], float), "outlines"), "outlines")
+    assert sorted((d["w"], d["merged"]) for d in nested) == [(20, "no"), (100, "no")]
+    touching = ac.decode(ac.encode(canvas, np.array([[10, 10, 60, 60], [60, 10, 110, 60]], float), "outlines"), "outlines")
+    assert [d["merged"] for d in touching] == ["yes"]
+    dots = ac.decode(ac.encode(canvas, np.array([[20, 20, 30, 30], [22, 22, 32, 32]], float), "dots"), "dots")
+    assert [d["merged"] for d in dots] == ["yes"]
+    sized = ac.decode(ac.encode(canvas, np.array([[20, 20, 60, 60], [32, 32, 72, 72]], float), "sized_dots"), "sized_dots")
+    assert [d["merged"] for d in sized] == ["yes"]
 
 
 def test_five_pixel_dots_survive_blur_and_noise_one_pixel_dots_do_not(orchard_train):
@@ -160,3 +175,16 @@ def test_filter_rejects_planted_off_domain_images(orchard_real, tmp_path):
     print(f"real photos kept: largest cluster {kept_plain}/30, with --reference {kept_real}/30")
     assert kept_real >= 25 and kept_real > kept_plain
     assert all(rows[name] == "no" for name in rows if name.startswith("zz_"))
+
+    # one odd reference photo (a dark one) must not widen what counts as near
+    dark = np.asarray(Image.open(sorted((orchard_real / "val" / "images").glob("*.jpg"))[11]).resize((256, 256)))
+    Image.fromarray((dark * 0.3).astype(np.uint8)).save(reference / "odd_dark.png")
+    assert ac.main(["filter", "--images", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "odd"),
+                    "--reference", str(reference)]) == 0
+    with open(tmp_path / "odd" / "filter.csv", newline="") as handle:
+        odd = {r["file"]: r["kept"] for r in csv.DictReader(handle)}
+    assert all(odd[name] == "no" for name in odd if name.startswith("zz_"))
+
+    # seeded and deterministic
+    assert ac.main(["filter", "--images", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "filter.csv").read_text() == (tmp_path / "plain" / "filter.csv").read_text()

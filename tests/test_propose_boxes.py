@@ -1,7 +1,9 @@
 import contextlib
+import copy
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -26,8 +28,11 @@ def test_calibration_picks_the_f1_best_threshold():
 @pytest.fixture(scope="module")
 def proposals(tiny_detector, orchard_prepared, tmp_path_factory):
     images = tmp_path_factory.mktemp("generated")
-    for path in sorted((orchard_prepared / "real" / "test" / "images").iterdir())[:6]:
+    for path in sorted((orchard_prepared / "real" / "test" / "images").iterdir())[:5]:
         shutil.copy(path, images / path.name)
+    from PIL import Image  # one image that is not square, so no width/height swap can pass
+    last = sorted((orchard_prepared / "real" / "test" / "images").iterdir())[5]
+    Image.open(last).resize((160, 96)).save(images / f"wide_{last.name}")
     out = tmp_path_factory.mktemp("proposals")
     assert pb.main(["propose", "--weights", str(tiny_detector / "weights" / "best.pt"), "--images", str(images),
                     "--output_dir", str(out), "--conf", "0.001", "--imgsz", "128"]) == 0
@@ -72,10 +77,10 @@ def test_label_studio_round_trip_and_unreviewed_images(proposals, tmp_path, caps
     (tmp_path / "export.json").write_text(json.dumps(tasks))
     assert pb.main(["import", "--reviewed", str(tmp_path / "export.json"), "--images", str(images),
                     "--output_dir", str(tmp_path / "out")]) == 0
-    first = sorted(labels_of(out))[0]
-    expected = {k: v for k, v in labels_of(out).items() if k != first}
+    first = Path(json.loads(json.dumps(tasks[0]))["data"]["image"]).name
+    expected = {k: v for k, v in labels_of(out).items() if k != first.replace(".png", ".txt")}
     assert_same_labels(labels_of(tmp_path / "out"), expected)
-    assert (tmp_path / "out" / "unreviewed.txt").read_text().split() == [first.replace(".txt", ".png")]
+    assert (tmp_path / "out" / "unreviewed.txt").read_text().split() == [first]
     assert "1 images have no review" in capsys.readouterr().out
 
 
@@ -110,3 +115,42 @@ def test_a_review_of_other_images_is_refused(proposals, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert pb.main(["import", "--reviewed", str(tmp_path / "bad.json"), "--images", str(images),
                     "--output_dir", str(tmp_path / "out")]) == 2
+
+
+def test_label_studio_edge_cases(proposals, tmp_path, capsys):
+    images, out = proposals
+    tasks = json.loads((out / "label_studio_tasks.json").read_text())
+    reviewed = [t for t in tasks if t["predictions"][0]["result"]][:1]
+    assert reviewed, "the fixture detector proposed nothing"
+    task = reviewed[0]
+
+    def run_import(mutate):
+        edited = copy.deepcopy(task)
+        edited["annotations"] = [{"result": copy.deepcopy(task["predictions"][0]["result"])}]
+        mutate(edited)
+        (tmp_path / "export.json").write_text(json.dumps(edited if isinstance(edited, list) else [edited]))
+        code = pb.main(["import", "--reviewed", str(tmp_path / "export.json"), "--images", str(images),
+                        "--output_dir", str(tmp_path / "out")])
+        return code, capsys.readouterr().err
+
+    def plain_rectangles(t):  # a <Rectangle> + <Labels> config exports type 'rectangle'
+        for r in t["annotations"][0]["result"]:
+            r["type"] = "rectangle"
+    assert run_import(plain_rectangles)[0] == 0
+    assert len(labels_of(tmp_path / "out")) == 1 and all(labels_of(tmp_path / "out").values())
+
+    def leaf(t):
+        t["annotations"][0]["result"][0]["value"]["rectanglelabels"] = ["leaf"]
+    def rotated(t):
+        t["annotations"][0]["result"][0]["value"]["rotation"] = 30
+    def polygon(t):
+        t["annotations"][0]["result"][0]["type"] = "polygonlabels"
+    for mutate, message in ((leaf, "labelled ['leaf']"), (rotated, "rotated by 30"), (polygon, "polygonlabels")):
+        code, err = run_import(mutate)
+        assert code == 2 and message in err and "task 1" in err
+    (tmp_path / "twice.json").write_text(json.dumps([dict(task, annotations=[{"result": []}])] * 2))
+    assert pb.main(["import", "--reviewed", str(tmp_path / "twice.json"), "--images", str(images),
+                    "--output_dir", str(tmp_path / "out")]) == 2
+    assert "again" in capsys.readouterr().err
+    assert pb.main(["import", "--reviewed", str(out), "--images", str(out / "images"), "--output_dir", str(out)]) == 2
+    assert "would be replaced" in capsys.readouterr().err

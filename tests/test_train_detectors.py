@@ -1,25 +1,26 @@
 import csv
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
 import evaluate
 import train_detectors as td
-from conftest import REPO
 
 
 def test_training_arguments_are_the_papers_with_every_augmentation_off(tmp_path):
-    arguments = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, 100, 768, 8, "0", 8)
+    args = td.parse_args(["--data", "baseline=x.yaml", "--test_images", "t", "--project", "p"])
+    assert (args.batch, args.imgsz, args.epochs, args.init) == (8, 768, 100, "pretrained")
+    assert args.models.split(",") == ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolov8x",
+                                      "yolov5nu", "yolov5su", "yolov5mu", "yolov5lu", "yolov5xu"]
+    arguments = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, args.epochs, args.imgsz, args.batch,
+                                   "0", 8)
     assert {k: arguments[k] for k in ("optimizer", "lr0", "momentum", "weight_decay", "batch", "imgsz",
-                                      "iou", "amp", "seed", "deterministic")} == \
+                                      "iou", "amp", "seed", "deterministic", "cls_remap")} == \
         {"optimizer": "SGD", "lr0": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "batch": 8, "imgsz": 768,
-         "iou": 0.45, "amp": True, "seed": 3, "deterministic": True}
+         "iou": 0.45, "amp": True, "seed": 3, "deterministic": True, "cls_remap": False}
     augmentations = ["hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
-                     "fliplr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic"]
-    assert all(arguments[name] == 0 for name in augmentations)
+                     "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste", "close_mosaic", "multi_scale"]
+    assert all(arguments[name] == 0 for name in augmentations) and arguments["augmentations"] == []
     from ultralytics.cfg import get_cfg
     config = get_cfg(overrides={k: v for k, v in arguments.items() if k != "data"})  # ultralytics accepts them all
     assert config.mosaic == 0 and config.fliplr == 0 and config.optimizer == "SGD"
@@ -51,39 +52,72 @@ def test_finished_run_is_skipped(tiny_detector, orchard_prepared, capsys):
     assert (tiny_detector / "run.json").stat().st_mtime_ns == before
 
 
-def test_killed_run_resumes(orchard_prepared, tmp_path, capsys):
+def test_killed_run_resumes(orchard_prepared, tmp_path, monkeypatch, capsys):
+    from ultralytics import YOLO
     argv = ["--data", f"baseline={orchard_prepared / 'real.yaml'}", "--models", "yolov8n", "--seeds", "1",
             "--epochs", "3", "--imgsz", "128", "--init", "scratch", "--workers", "0",
             "--test_images", str(orchard_prepared / "real" / "test" / "images"), "--project", str(tmp_path)]
     run_dir = tmp_path / "baseline" / "yolov8n" / "seed1"
-    process = subprocess.Popen([sys.executable, str(REPO / "train_detectors.py"), *argv],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_dir / "weights" / "last.pt").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the first checkpoint finish writing
-    process.kill()
-    process.wait()
-    assert not (run_dir / "run.json").exists(), "the run finished before it could be killed"
-    assert td.main(argv) == 0
-    assert "resuming" in capsys.readouterr().out
+    real_train, calls = YOLO.train, []
+
+    def killed_after_first_epoch(self, **kwargs):
+        def kill(trainer):
+            if trainer.epoch == 0:
+                raise KeyboardInterrupt  # as if the machine went away after epoch 1 was saved
+        self.add_callback("on_model_save", kill)
+        return real_train(self, **kwargs)
+
+    def recorded(self, **kwargs):
+        calls.append(kwargs)
+        return real_train(self, **kwargs)
+
+    monkeypatch.setattr(YOLO, "train", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        td.main(argv)
     with open(run_dir / "results.csv", newline="") as handle:
-        epochs = [int(float(r["epoch"])) for r in csv.DictReader(handle)]
-    assert sorted(set(epochs)) == [1, 2, 3]  # (ultralytics may log the epoch in flight at the kill twice)
+        before = list(csv.DictReader(handle))
+    assert len(before) == 1 and not (run_dir / "run.json").exists()
+    monkeypatch.setattr(YOLO, "train", recorded)
+    capsys.readouterr()
+    assert td.main(argv) == 0
+    assert "resuming" in capsys.readouterr().out and calls[0].get("resume") is True
+    with open(run_dir / "results.csv", newline="") as handle:
+        after = list(csv.DictReader(handle))
+    assert after[0] == before[0] and [int(float(r["epoch"])) for r in after] == [1, 2, 3]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
 
 
-def test_bad_inputs_are_named(orchard_prepared, tmp_path, capsys):
+def test_half_written_or_finished_checkpoints_are_not_resumed(tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 half a zip")
+    assert td.training_state(tmp_path / "broken.pt") == "broken"
+    import torch
+    for epoch, state in ((-1, "finished"), (2, "finished"), (1, "resumable")):
+        torch.save({"epoch": epoch, "train_args": {"epochs": 3}}, tmp_path / "last.pt")
+        assert td.training_state(tmp_path / "last.pt") == state
+
+
+def test_bad_inputs_are_named(orchard_prepared, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(td, "online", lambda timeout=3.0: False)
     test_images = str(orchard_prepared / "real" / "test" / "images")
     good = f"baseline={orchard_prepared / 'real.yaml'}"
     (tmp_path / "empty.yaml").write_text(f"path: {tmp_path}\ntrain: train/images\nval: val/images\nnames: {{0: apple}}\n")
     cases = [(["--data", f"genfusion={tmp_path / 'empty.yaml'}"], "train folder"),
              (["--data", good, "--models", "yolov9000"], "unknown model names yolov9000"),
              (["--data", "baseline"], "expected NAME=YAML"),
-             (["--data", good, "--init", "pretrained"], "offline"),
+             (["--data", good, "--init", "pretrained"], "offline"),           # (online is patched off below)
              (["--data", good, "--init", "pretrained", "--weights_dir", str(tmp_path)], "yolov8n.pt")]
     for extra, message in cases:
         assert td.main([*extra, "--models", "yolov8n", "--test_images", test_images, "--project", str(tmp_path)]
                        if "--models" not in extra else
                        [*extra, "--test_images", test_images, "--project", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_other_settings_for_a_finished_run_and_missing_devices_are_refused(tiny_detector, orchard_prepared, capsys):
+    argv = ["--data", f"baseline={orchard_prepared / 'real.yaml'}", "--models", "yolov8n", "--seeds", "0",
+            "--imgsz", "128", "--init", "scratch", "--workers", "0", "--project", str(tiny_detector.parents[2]),
+            "--test_images", str(orchard_prepared / "real" / "test" / "images")]
+    assert td.main([*argv, "--epochs", "5"]) == 1               # the finished run had 2 epochs
+    assert "finished with other settings" in capsys.readouterr().err
+    assert td.main([*argv, "--epochs", "2", "--devices", "7"]) == 2
+    assert "--devices 7" in capsys.readouterr().err
