@@ -415,12 +415,12 @@ def main(argv=None):
     p = commands.add_parser("encode", help="draw YOLO boxes into the blue channel", formatter_class=formatter)
     p.add_argument("--images", required=True)
     p.add_argument("--labels", required=True, help="YOLO label folder, one <stem>.txt per image")
-    p.add_argument("--mode", choices=modes, default="dots")
+    p.add_argument("--mode", choices=modes, default="dots", help="how the boxes are drawn")
     p.add_argument("--output_dir", required=True)
 
     d = commands.add_parser("decode", help="read boxes back from the blue channel", formatter_class=formatter)
     d.add_argument("--images", required=True)
-    d.add_argument("--mode", choices=modes, default="dots")
+    d.add_argument("--mode", choices=modes, default="dots", help="how the boxes were drawn")
     d.add_argument("--output_dir", required=True)
     d.add_argument("--box_size", type=float, default=20, help="'dots' only: side of the box put around a centre")
 
@@ -437,9 +437,9 @@ def main(argv=None):
     f.add_argument("--images", required=True)
     f.add_argument("--output_dir", required=True)
     f.add_argument("--reference", help="photos of the domain (e.g. the instance photos): keep the images near them")
-    f.add_argument("--clusters", type=int, default=3)
-    f.add_argument("--pca_dims", type=int, default=50)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--clusters", type=int, default=3, help="KMeans clusters (the paper: 3)")
+    f.add_argument("--pca_dims", type=int, default=50, help="PCA dimensions before t-SNE (the paper: 50)")
+    f.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and KMeans")
 
     for sub in (p, d, lk):
         sub.add_argument("--dot_size", type=int, default=5, help="side of a dot in px")

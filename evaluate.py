@@ -393,7 +393,7 @@ def main(argv=None):
     collect_parser.add_argument("--runs", required=True, help="train_detectors.py's --project folder")
     collect_parser.add_argument("--gt", required=True, help="the labelled test split (images/ and labels/)")
     collect_parser.add_argument("--out", required=True, help="the results CSV to write")
-    collect_parser.add_argument("--max_dets", type=int, default=100)
+    collect_parser.add_argument("--max_dets", type=int, default=100, help="detections per image that count")
     table_parser = commands.add_parser("table", help="Table 1 from one row per trained detector",
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     table_parser.add_argument("--results", required=True,

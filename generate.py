@@ -203,14 +203,14 @@ def parse_args(argv=None):
                         help="pipeline folder or hub id, and the images to draw from it; repeat it "
                              "(the paper: green:54, red:482)")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--prompt", default="a sks tree")
-    parser.add_argument("--negative_prompt", default="")
+    parser.add_argument("--prompt", default="a sks tree", help="what the fine-tuned models learned")
+    parser.add_argument("--negative_prompt", default="", help="what the images should not show")
     parser.add_argument("--prompt_variants", default="",
                         help="';'-separated endings cycled over the images, e.g. 'in the snow;at dusk'")
-    parser.add_argument("--num_inference_steps", type=int, default=50)
-    parser.add_argument("--guidance_scale", type=float, default=7.5)
-    parser.add_argument("--height", type=int, default=768)
-    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
+    parser.add_argument("--height", type=int, default=768, help="image height, a multiple of 8")
+    parser.add_argument("--width", type=int, default=768, help="image width, a multiple of 8")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the model's own")
     parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],

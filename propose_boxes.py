@@ -420,7 +420,7 @@ def main(argv=None):
     threshold.add_argument("--conf", type=float, default=0.25, help="confidence threshold of a proposal")
     threshold.add_argument("--calibrate_data", help="a data YAML: pick the threshold with the best F1 on its val split")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU (the paper's)")
-    p.add_argument("--imgsz", type=int, default=768)
+    p.add_argument("--imgsz", type=int, default=768, help="the detector's image size")
     p.add_argument("--device", default=None, help="e.g. 0 or cpu (default: ultralytics' choice)")
     p.add_argument("--image_url_prefix", default="/data/local-files/?d=",
                    help="put before each image's absolute path (without its leading /) in the Label Studio "

@@ -287,11 +287,11 @@ def parse_args(argv=None):
     parser.add_argument("--models", default="yolov8n,yolov8s,yolov8m,yolov8l,yolov8x,"
                                             "yolov5nu,yolov5su,yolov5mu,yolov5lu,yolov5xu",
                         help="comma-separated ultralytics names (yolov5*u is ultralytics' anchor-free YOLOv5u)")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated; one run per seed (the paper: 5)")
     parser.add_argument("--epochs", type=int, default=100, help="the paper does not state its epochs; 100 is "
                         "ultralytics' default")
-    parser.add_argument("--imgsz", type=int, default=768)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--imgsz", type=int, default=768, help="training and test image size")
+    parser.add_argument("--batch", type=int, default=8, help="batch size (the paper's Table 2)")
     parser.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
                         help="COCO weights (ultralytics fetches them online, or --weights_dir) or the model YAML")
     parser.add_argument("--weights_dir", help="folder with <model>.pt COCO weights for --init pretrained")

@@ -321,30 +321,30 @@ def parse_args(argv=None):
     parser.add_argument("--class_data_dir", help="folder of class images (made here when short); "
                         "required with prior preservation")
     parser.add_argument("--output_dir", required=True, help="the fine-tuned pipeline folder")
-    parser.add_argument("--instance_prompt", default="a sks tree")
-    parser.add_argument("--class_prompt", default="a tree")
+    parser.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
+    parser.add_argument("--class_prompt", default="a tree", help="the prompt of the class images (Eq. 8)")
     parser.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
                         help="prior preservation (on by default; the flag is diffusers' and kept so commands carry over)")
     parser.add_argument("--no_prior_preservation", dest="prior_preservation", action="store_false",
                         help="train on the instance photos alone")
     parser.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
-    parser.add_argument("--num_class_images", type=int, default=200)
+    parser.add_argument("--num_class_images", type=int, default=200, help="class images for prior preservation")
     parser.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
-    parser.add_argument("--resolution", type=int, default=768)
+    parser.add_argument("--resolution", type=int, default=768, help="training images are resized and centre-cropped to this")
     parser.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
                         "(as many class examples join them)")
     parser.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
                         "class) images at the batch size: 200 steps for the paper")
     parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    parser.add_argument("--learning_rate", type=float, default=2e-6)
+    parser.add_argument("--learning_rate", type=float, default=2e-6, help="the paper's (B.2.3)")
     parser.add_argument("--lr_scheduler", default="constant",
                         choices=["constant", "constant_with_warmup", "linear", "cosine"])
-    parser.add_argument("--lr_warmup_steps", type=int, default=0)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.999)
-    parser.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the schedule")
+    parser.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta 1")
+    parser.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta 2")
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none; diffusers' default, the paper does not say)")
     parser.add_argument("--use_8bit_adam", action=argparse.BooleanOptionalAction, default=True,
                         help="bitsandbytes' 8-bit AdamW (the paper's memory saver)")
     parser.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
@@ -353,7 +353,7 @@ def parse_args(argv=None):
                         help="default: fp16 on a GPU (the paper), no on the CPU; weights are saved in it")
     parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
                         help="xformers attention when installed (else PyTorch's SDPA, the default anyway)")
-    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass: less memory, slower")
     parser.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
                         help="encode images and prompts once and keep the VAE and text encoder off the "
                              "GPU (default: on when the text encoder is frozen)")
@@ -361,12 +361,12 @@ def parse_args(argv=None):
                         "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
     parser.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
     parser.add_argument("--validation_prompt", help="default: the instance prompt")
-    parser.add_argument("--num_validation_images", type=int, default=4)
+    parser.add_argument("--num_validation_images", type=int, default=4, help="images in each validation grid")
     parser.add_argument("--validation_steps", type=int, default=200, help="a grid every N steps (0: none)")
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
     parser.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
     parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of batches, noise and class images")
     args = parser.parse_args(argv)
     if args.prior_preservation and not args.class_data_dir:
         parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
