@@ -147,13 +147,14 @@ def decode(image, mode, threshold=128, dot_size=5, box_size=20, line_width=2):
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     found = []
     for contour in contours:
-        mask = np.zeros_like(binary)
-        cv2.drawContours(mask, [contour], -1, 1, -1)
-        moments = cv2.moments(mask & binary, binaryImage=True)
+        x, y, w, h = cv2.boundingRect(contour)  # the contour's window only: images hold many dots
+        mask = np.zeros((h, w), np.uint8)
+        cv2.drawContours(mask, [contour - (x, y)], -1, 1, -1)
+        moments = cv2.moments(mask & binary[y:y + h, x:x + w], binaryImage=True)
         if moments["m00"] == 0:
             continue
         area = moments["m00"]
-        cx, cy = moments["m10"] / area + 0.5, moments["m01"] / area + 0.5  # pixel i's centre is i + 0.5
+        cx, cy = x + moments["m10"] / area + 0.5, y + moments["m01"] / area + 0.5  # pixel i's centre is i + 0.5
         if mode == "sized_dots":
             # a filled ellipse with semi-axes a, b has mu20/m00 = a^2/4, mu02/m00 = b^2/4 and area pi a b;
             # cv2 draws it about half a pixel wider on each side

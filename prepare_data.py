@@ -23,6 +23,7 @@ is built in OUT/.prepare_tmp and moved into place at the end; a re-run with the 
 the same input files does nothing.
 """
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -514,8 +515,9 @@ def prepare(jobs, config, out_dir, workers=1):
         (pool_dir / kind).mkdir(parents=True)
     work = [(job, config, str(pool_dir)) for job in jobs]
     rows, skipped = [], []
-    with multiprocessing.Pool(workers) if workers > 1 else _Inline() as pool:
-        results = pool.imap(_process_or_report, work, chunksize=4)
+    # one worker runs in this process: simpler tracebacks, no forking
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap(_process_or_report, work, chunksize=4) if pool else map(_process_or_report, work)
         for row, error in tqdm(results, total=len(work), desc="preparing photos", unit="photo"):
             if error is None:
                 rows.append(row)
@@ -547,10 +549,9 @@ def prepare(jobs, config, out_dir, workers=1):
                        tmp / "real" / row["split"] / "labels" / f"{row['stem']}.txt")
     shutil.rmtree(pool_dir)
 
-    for colour in COLOURS:
-        (tmp / "instances" / colour).mkdir(parents=True)
     warnings, instances = [], {}
     for colour in COLOURS:
+        (tmp / "instances" / colour).mkdir(parents=True)
         candidates = [r for r in rows if r["split"] == "train" and r["colour"] == colour]
         picks = farthest_point_sampling([r["embedding"] for r in candidates],
                                         config["num_instances"], config["seed"])
@@ -599,18 +600,6 @@ def prepare(jobs, config, out_dir, workers=1):
         os.replace(tmp / entry, target)
     shutil.rmtree(tmp)
     return stats
-
-
-class _Inline:
-    """Stand-in for a one-worker pool: runs in this process (simpler tracebacks, no forking)."""
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, function, items, chunksize=1):
-        return map(function, items)
 
 
 def up_to_date(out_dir, config):
@@ -727,9 +716,9 @@ def main(argv=None):
             if args.num_val is not None or args.split_by != "random":
                 print(f"warning: {args.input} has its own val split, which is kept: --num_val and "
                       f"--split_by do not apply", file=sys.stderr)
-        else:
-            num_train = sum(job["split"] == "train" for job in jobs)
-            choose_val([str(k) for k in range(num_train)], args.num_val or 1, args.seed, "random")
+        elif (args.num_val or 1) >= sum(job["split"] == "train" for job in jobs):  # before any work
+            raise BadInputError(f"--num_val {args.num_val or 1} leaves no training photos: only "
+                                f"{sum(job['split'] == 'train' for job in jobs)} train photos were found")
         if not any(job["split"] == "test" for job in jobs):
             print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
                   file=sys.stderr)

@@ -147,7 +147,7 @@ def test_the_loop_feeds_instance_then_class_prompts_and_uses_8bit_adam(instance_
     with torch.no_grad():
         instance = tdb.encode_prompt(pipeline.tokenizer, pipeline.text_encoder, "a sks tree", "cpu")[0]
         prior = tdb.encode_prompt(pipeline.tokenizer, pipeline.text_encoder, "a tree", "cpu")[0]
-    for states, timesteps, latents in seen:
+    for states, _, latents in seen:
         torch.testing.assert_close(states[0], instance)
         torch.testing.assert_close(states[1], prior)
         assert latents.shape == (2, 4, 32, 32)  # 64 px through the tiny VAE (one downsampling)
