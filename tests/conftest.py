@@ -53,3 +53,13 @@ def tiny_detector(orchard_prepared, tmp_path_factory):
                                  "--workers", "0", "--test_images", str(orchard_prepared / "real" / "test" / "images"),
                                  "--project", str(project)]) == 0
     return project / "baseline" / "yolov8n" / "seed0"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps its state (precision, accumulation) per process; scripts called in-process
+    one after another each start from a fresh one, as they do from the shell."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

