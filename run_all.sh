@@ -73,19 +73,62 @@ elif [ -z "$minneapple" ] || [ -z "$work" ]; then
 fi
 bash "$root/setup_env.sh" || { echo "run_all.sh: setting up .venv failed (setup_env.sh)" >&2; exit 1; }
 python="$root/.venv/bin/python"
+work="$(realpath -m "$work")"
+log="$work/run_all.log"
+ac="$work/annotation_channel"
+
+if [ "$demo" = 1 ]; then
+  model=tiny-random
+  prepare=(--source synthetic --num_images 24 --resolution 256 --num_instances 3)
+  dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
+              --max_train_steps 10 --validation_steps 10)
+  ac_epochs=(--max_train_steps 10)
+  generate=(--height 64 --width 64 --num_inference_steps 10)
+  detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-3}" --imgsz 128
+             --init "${init:-scratch}" --workers 0)
+  propose=(--imgsz 128 --conf 0.01)
+else
+  prepare=(--source minneapple --input "$minneapple" ${test_annotations[@]+"${test_annotations[@]}"})
+  dreambooth=(--pretrained_model_name_or_path "$model")
+  ac_epochs=(--num_train_epochs 12)  # the paper: at least 12 epochs with an annotation channel (B.2.3)
+  generate=()
+  detectors=(--init "${init:-pretrained}" ${weights_dir[@]+"${weights_dir[@]}"})
+  [ -n "$models" ] && detectors+=(--models "$models")
+  [ -n "$seeds" ] && detectors+=(--seeds "$seeds")
+  [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
+  propose=(--calibrate_data "$work/data/real.yaml")
+fi
+prepare_command=("$python" "$root/prepare_data.py" "${prepare[@]}" --output_dir "$work/data")
+dreambooth_command() {  # dreambooth_command INSTANCES MODEL [FLAGS...]: sets command_words to the stage's command
+  local instances="$1" output="$2"; shift 2
+  command_words=("$python" "$root/train_dreambooth.py" "${dreambooth[@]}" "$@" --instance_data_dir "$instances"
+                 --class_data_dir "$work/class_images" --output_dir "$output" --resume_from_checkpoint latest)
+}
+ac_encode_command() {  # ac_encode_command COLOUR: sets command_words to the stage's command
+  command_words=("$python" "$root/annotation_channel.py" encode --images "$work/data/instances/$1"
+                 --labels "$work/data/real/train/labels" --mode dots --output_dir "$ac/instances/$1")
+}
 
 # The diffusion model must be at hand before any work (a path that exists, or a hub id in the local
-# cache or reachable), whenever a DreamBooth stage will run: one is unfinished, or --from reaches one.
-[ "$demo" = 1 ] && model=tiny-random
-needs_model=0; reached_from=0
-for name in "${stages[@]}"; do
-  [ "$name" = "$from" ] && reached_from=1
-  case "$name" in
-    dreambooth_*) output="$work/models/${name#dreambooth_}" ;;
-    ac_dreambooth_*) output="$work/annotation_channel/models/${name#ac_dreambooth_}" ;;
-    *) continue ;;
-  esac
-  [ -e "$output/training_args.json" ] && [ "$reached_from" = 0 ] || needs_model=1
+# cache or reachable) whenever a DreamBooth stage will run: when it, or a stage it depends on, is not
+# done with the same command, or --from reaches it.
+position() { local i=0 name; for name in "${stages[@]}"; do [ "$name" = "$1" ] && break; i=$((i + 1)); done; echo "$i"; }
+will_run() {  # will_run NAME OUTPUT COMMAND...: whether stage() below runs NAME, as seen before any stage ran
+  local name="$1" output="$2"; shift 2
+  if [ -n "$from" ] && [ "$(position "$name")" -ge "$(position "$from")" ]; then return 0; fi
+  ! { [ -e "$output" ] && [ "$(cat "$work/.stages/$name" 2>/dev/null)" = "$*" ]; }
+}
+needs_model=0
+will_run prepare "$work/data" "${prepare_command[@]}" && needs_model=1
+for colour in green red; do
+  dreambooth_command "$work/data/instances/$colour" "$work/models/$colour"
+  will_run "dreambooth_$colour" "$work/models/$colour" "${command_words[@]}" && needs_model=1
+  if [ "$annotation_channel" = 1 ]; then
+    ac_encode_command "$colour"
+    will_run "ac_encode_$colour" "$ac/instances/$colour" "${command_words[@]}" && needs_model=1
+    dreambooth_command "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
+    will_run "ac_dreambooth_$colour" "$ac/models/$colour" "${command_words[@]}" && needs_model=1
+  fi
 done
 if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" --check_model \
     --pretrained_model_name_or_path "$model" 2>&1 >/dev/null); then
@@ -94,8 +137,8 @@ if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" -
 fi
 
 mkdir -p "$work/.stages"
-work="$(cd "$work" && pwd)"
-log="$work/run_all.log"
+[ "$demo" = 1 ] && echo "Demo: synthetic photos, a tiny random diffusion model and detectors trained for a few" \
+  "epochs; its numbers show the plumbing, not the paper's result." | tee -a "$log"
 
 ran=" "   # the stages that ran in this invocation
 forced=0  # set at --from: that stage and every later one run again
@@ -129,39 +172,16 @@ stage() {  # stage NAME "DEPENDENCIES" OUTPUT COMMAND...
   echo "== $name done in $((SECONDS - start)) s" | tee -a "$log"
 }
 
-if [ "$demo" = 1 ]; then
-  echo "Demo: synthetic photos, a tiny random diffusion model and detectors trained for a few epochs;" \
-       "its numbers show the plumbing, not the paper's result." | tee -a "$log"
-  prepare=(--source synthetic --num_images 24 --resolution 256 --num_instances 3)
-  dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
-              --max_train_steps 10 --validation_steps 10)
-  ac_epochs=(--max_train_steps 10)
-  generate=(--height 64 --width 64 --num_inference_steps 10)
-  detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-3}" --imgsz 128
-             --init "${init:-scratch}" --workers 0)
-  propose=(--imgsz 128 --conf 0.01)
-else
-  prepare=(--source minneapple --input "$minneapple" ${test_annotations[@]+"${test_annotations[@]}"})
-  dreambooth=(--pretrained_model_name_or_path "$model")
-  ac_epochs=(--num_train_epochs 12)  # the paper: at least 12 epochs with an annotation channel (B.2.3)
-  generate=()
-  detectors=(--init "${init:-pretrained}" ${weights_dir[@]+"${weights_dir[@]}"})
-  [ -n "$models" ] && detectors+=(--models "$models")
-  [ -n "$seeds" ] && detectors+=(--seeds "$seeds")
-  [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
-  propose=(--calibrate_data "$work/data/real.yaml")
-fi
 test_images="$work/data/real/test/images"
 train_colours() {
   "$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' \
     "$work/data/stats.json" || { echo "run_all.sh: cannot read the train colours from $work/data/stats.json" >&2; exit 1; }
 }
 
-stage prepare "" "$work/data" "$python" "$root/prepare_data.py" "${prepare[@]}" --output_dir "$work/data"
+stage prepare "" "$work/data" "${prepare_command[@]}"
 for colour in green red; do
-  stage "dreambooth_$colour" prepare "$work/models/$colour" "$python" "$root/train_dreambooth.py" \
-    "${dreambooth[@]}" --instance_data_dir "$work/data/instances/$colour" --class_data_dir "$work/class_images" \
-    --output_dir "$work/models/$colour" --resume_from_checkpoint latest
+  dreambooth_command "$work/data/instances/$colour" "$work/models/$colour"
+  stage "dreambooth_$colour" prepare "$work/models/$colour" "${command_words[@]}"
 done
 colours=$(train_colours)
 read -r green red <<< "$colours"
@@ -187,14 +207,11 @@ stage detectors_genfusion "propose import" "$work/detectors/genfusion" "$python"
   --data "genfusion=$genfusion_yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
 if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the blue channel
-  ac="$work/annotation_channel"
   for colour in green red; do
-    stage "ac_encode_$colour" prepare "$ac/instances/$colour" "$python" "$root/annotation_channel.py" encode \
-      --images "$work/data/instances/$colour" --labels "$work/data/real/train/labels" --mode dots \
-      --output_dir "$ac/instances/$colour"
-    stage "ac_dreambooth_$colour" "ac_encode_$colour" "$ac/models/$colour" "$python" "$root/train_dreambooth.py" \
-      "${dreambooth[@]}" "${ac_epochs[@]}" --instance_data_dir "$ac/instances/$colour" \
-      --class_data_dir "$work/class_images" --output_dir "$ac/models/$colour" --resume_from_checkpoint latest
+    ac_encode_command "$colour"
+    stage "ac_encode_$colour" prepare "$ac/instances/$colour" "${command_words[@]}"
+    dreambooth_command "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
+    stage "ac_dreambooth_$colour" "ac_encode_$colour" "$ac/models/$colour" "${command_words[@]}"
   done
   stage ac_generate "ac_dreambooth_green ac_dreambooth_red" "$ac/generated" "$python" "$root/generate.py" \
     --model "$ac/models/green:$green" --model "$ac/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$ac/generated"

@@ -14,7 +14,8 @@ Out: PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weigh
 The paper's Table 2 are the defaults: SGD (set explicitly: ultralytics' 'auto' ignores lr0),
 lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU, NMS IoU 0.45, 768 px, and
 every augmentation off (--augment: ultralytics' defaults). --nbs is ultralytics' nominal batch
-size (gradients of round(nbs / batch) batches per optimizer step). Finished runs are skipped; an interrupted run resumes from its last.pt.
+size (gradients of round(nbs / batch) batches per optimizer step). Finished runs are skipped; an
+interrupted run resumes from its last.pt.
 Nothing reaches for the network: ultralytics' settings live in PROJECT/.ultralytics, its font is a
 local one, it installs nothing, and --init pretrained without local weights fails at once offline.
 """
@@ -211,6 +212,15 @@ def run_config(spec):
             "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"], "augment": spec["augment"]}
 
 
+def started_config(last_pt):
+    """The run_config a half-finished run was started with, from the arguments in its last.pt."""
+    import torch
+    train_args = torch.load(last_pt, map_location="cpu", weights_only=False)["train_args"]
+    return {"data": str(Path(train_args["data"]).resolve()), "source": train_args["model"],
+            "epochs": train_args["epochs"], "imgsz": train_args["imgsz"], "batch": train_args["batch"],
+            "nbs": train_args["nbs"], "augment": train_args["mosaic"] > 0}
+
+
 def run_one(spec, device):
     """Train (or resume) one (dataset, model, seed) and predict on the test images -> its row."""
     from ultralytics import YOLO
@@ -230,6 +240,11 @@ def run_one(spec, device):
         shutil.rmtree(run_dir / "weights")
         state = None
     if state == "resumable":
+        before, now = started_config(last), run_config(spec)
+        if before != now:  # ultralytics would resume with the settings in last.pt, whatever is asked now
+            changed = ", ".join(f"{k} {before[k]!r} then, {now[k]!r} now" for k in now if before[k] != now[k])
+            raise InputError(f"{run_dir} was started with other settings ({changed}): repeat them to resume it, "
+                             f"or delete that run folder")
         print(f"resuming {run_dir} from {last}")
         YOLO(str(last)).train(resume=True, device=device)
     elif state is None:

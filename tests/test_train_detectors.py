@@ -85,6 +85,9 @@ def test_killed_run_resumes(orchard_prepared, tmp_path, monkeypatch, capsys):
     assert len(before) == 1 and not (run_dir / "run.json").exists()
     monkeypatch.setattr(YOLO, "train", recorded)
     capsys.readouterr()
+    # ultralytics resumes with the settings it started with: other ones are refused, not silently dropped
+    assert td.main([*argv, "--nbs", "16"]) == 1
+    assert "nbs 64 then, 16 now" in capsys.readouterr().err and not calls
     assert td.main(argv) == 0
     assert "resuming" in capsys.readouterr().out and calls[0].get("resume") is True
     with open(run_dir / "results.csv", newline="") as handle:
