@@ -23,7 +23,9 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def model_name(location):
     return path.stem if path.is_file() else path.name
 
 
+@functools.lru_cache  # checking a model and loading it both ask: look it up (and print what was found) once
 def locate_model(name):
     """Check in seconds that a model can be had -> (kind, local_files_only), kind one of
     'tiny-random', 'file', 'folder', 'hub'. A hub id must be in the local hub cache or reachable;
@@ -117,6 +120,12 @@ def single_file_config(path):
     return WITHDRAWN_REPOS.get(repo, repo)
 
 
+def locate_single_file_config(path):
+    """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
+    config = single_file_config(path)
+    return config, locate_model(config)[1]
+
+
 def model_scheduler(location):
     """Check a model before any image is drawn -> the class name of its own scheduler. A local
     folder must be a complete diffusers pipeline; a hub id (or a single file's config repository)
@@ -127,8 +136,7 @@ def model_scheduler(location):
         return "DDIMScheduler"
     source = location
     if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
-        source = single_file_config(location)
-        _, local_files_only = locate_model(source)
+        source, local_files_only = locate_single_file_config(location)
     try:
         index = StableDiffusionPipeline.load_config(source, local_files_only=local_files_only)
     except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, JSON errors
@@ -219,9 +227,9 @@ def load_pipeline(location, dtype, scheduler):
             print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
             pipeline = build_tiny_random_pipeline().to(dtype=dtype)
         elif kind == "file":
-            config = single_file_config(location)
-            pipeline = StableDiffusionPipeline.from_single_file(
-                location, config=config, local_files_only=locate_model(config)[1], **kwargs)
+            config, config_local_only = locate_single_file_config(location)
+            pipeline = StableDiffusionPipeline.from_single_file(location, config=config,
+                                                                local_files_only=config_local_only, **kwargs)
         else:
             pipeline = StableDiffusionPipeline.from_pretrained(location, local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
@@ -243,8 +251,6 @@ def clip_byte_vocab():
 def build_tiny_random_pipeline(seed=0):
     """train_dreambooth.py's 'tiny-random' model, the same weights for the same seed: a tiny
     SD-2-style pipeline (UNet (32, 64), 2-layer CLIP text model, byte-level tokenizer, v-prediction)."""
-    import shutil
-    import tempfile
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

@@ -169,8 +169,7 @@ def load_pipeline(name_or_path, revision=None, variant=None):
     kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": torch.float32}
     try:
         if kind == "file":  # the weights are here; the components' configs come from a hub repository
-            config = single_file_config(name_or_path)
-            _, config_local_only = locate_model(config)
+            config, config_local_only = locate_single_file_config(name_or_path)
             return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
                                                             local_files_only=config_local_only, **kwargs)
         return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
@@ -185,6 +184,12 @@ def single_file_config(path):
     from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
     repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
     return WITHDRAWN_REPOS.get(repo, repo)
+
+
+def locate_single_file_config(path):
+    """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
+    config = single_file_config(path)
+    return config, locate_model(config)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,9 +559,7 @@ def main(argv=None):
         if args.check_model:
             kind, _ = locate_model(args.pretrained_model_name_or_path, args.revision)
             if kind == "file":  # its components' configs come from a hub repository, which must be at hand too
-                config = single_file_config(args.pretrained_model_name_or_path)
-                locate_model(config)
-                kind = f"file, with the configs of {config}"
+                kind = f"file, with the configs of {locate_single_file_config(args.pretrained_model_name_or_path)[0]}"
             print(f"{args.pretrained_model_name_or_path}: found ({kind})")
             return 0
         return train(args)
@@ -637,7 +640,7 @@ def train(args):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    weight_dtype = PRECISIONS.get(mixed_precision, torch.float32)
 
     pipeline = load_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant)
     set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
@@ -737,7 +740,7 @@ def train(args):
                                  num_training_steps=max_train_steps * accelerator.num_processes,
                                  num_cycles=args.lr_num_cycles, power=args.lr_power,
                                  step_rules=scaled_step_rules(args.lr_step_rules, accelerator.num_processes))
-    trained_unet, trained_text_encoder = unet, text_encoder
+    trained_unet = unet
     if args.train_text_encoder:
         unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
         models = (unet, text_encoder)
@@ -831,7 +834,7 @@ def train(args):
                 states = encode_prompt(tokenizer, text_encoder, prompts, device)
         return latents, states
 
-    def backward(batch):
+    def backward(batch, step):
         """One batch's forward and backward pass; the optimizer steps at the last of the accumulated batches."""
         with accelerator.accumulate(*models):
             latents, states = latents_and_states(batch)
@@ -868,7 +871,8 @@ def train(args):
         started = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        batch_losses = [backward(step * args.gradient_accumulation_steps + k) for k in range(args.gradient_accumulation_steps)]
+        batch_losses = [backward(step * args.gradient_accumulation_steps + k, step)
+                        for k in range(args.gradient_accumulation_steps)]
         losses = [None if column[0] is None else sum(column) / len(column) for column in zip(*batch_losses)]
         global_step = step + 1
         progress.update(1)
