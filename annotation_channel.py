@@ -38,6 +38,7 @@ import csv
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -67,15 +68,56 @@ def list_images(folder):
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise InputError(f"{folder}: no images")
+    stems = {}
+    for image in images:  # outputs and labels go by the name stem: a.jpg and a.png would share them
+        if image.stem in stems:
+            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share an output "
+                             f"and a label file: rename one")
+        stems[image.stem] = image
     return images
+
+
+def prepare_output_dir(out, written, inputs):
+    """Create OUT and check it can be written, and that none of the folders this command writes
+    (OUT/<sub> for sub in written) is an input folder or lies inside one: its files would be replaced."""
+    out = Path(out)
+    for folder in inputs:
+        for target in (out / sub for sub in written):
+            if target.resolve() == Path(folder).resolve() or Path(folder).resolve() in target.resolve().parents:
+                raise InputError(f"--output_dir {out}: it would write into the input folder {folder}; give another "
+                                 f"folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=out, prefix=".write_test").close()
+    except OSError as error:
+        problem = "is a file, not a folder" if out.is_file() else "cannot be created or written"
+        raise InputError(f"--output_dir {out}: {problem} ({error.strerror or error})")
+    return out
+
+
+def rgb_image(image, path):
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16, or I holding values above 255) is
+    scaled to 8 bits: PIL's convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
+        if image.mode.startswith("I;16") or values.max() > 255:
+            values = np.round(values / 257)
+        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
+                      f"16-bit image")
+    return image.convert("RGB")
 
 
 def read_rgb(path):
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            image.load()
     except Exception as error:  # PIL and its plugins raise many kinds
         raise InputError(f"{path}: unreadable image ({error!r})")
+    return np.array(rgb_image(image, path))
 
 
 def write_png(array, path):
@@ -85,18 +127,29 @@ def write_png(array, path):
 
 
 def read_boxes(path, width, height):
-    """YOLO label file -> boxes x1 y1 x2 y2 in pixels (a missing file is an error)."""
+    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a missing file, or a line that is not
+    'class cx cy w h' with class 0 and cx cy w h within 0..1, raises naming file:line."""
     if not Path(path).exists():
-        raise InputError(f"{path}: no label file for this image")
+        raise InputError(f"{path}: no label file for this image (an empty file means no apples)")
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: unreadable text file ({error})")
     boxes = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         try:
-            _, cx, cy, w, h = (float(v) for v in fields[:5])
+            values = [float(v) for v in fields]
         except ValueError:
-            raise InputError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}")
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h' numbers, got {line!r}")
+        if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):  # NaN fails this too
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h normalised to 0..1, "
+                             f"got {line!r}")
+        if values[0] != 0:
+            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
+        _, cx, cy, w, h = values
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
@@ -266,8 +319,7 @@ def plot_filter(embedded, labels, kept, paths, path):
         members = np.where(labels == cluster)[0]
         axis.scatter(embedded[members, 0], embedded[members, 1], s=30, zorder=3, label=f"cluster {cluster} ({len(members)})")
         for index in members[:3]:  # a few thumbnails per cluster
-            with Image.open(paths[index]) as image:
-                thumb = np.asarray(image.convert("RGB").resize((40, 40)))
+            thumb = np.asarray(Image.fromarray(read_rgb(paths[index])).resize((40, 40)))
             axis.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=1), embedded[index], xybox=(28, 28),
                                            boxcoords="offset points", frameon=True, pad=0.1, zorder=1))
     rejected = np.where(~kept)[0]
@@ -293,9 +345,8 @@ def link_or_copy(source, target):
 # Commands
 # ---------------------------------------------------------------------------------------------
 def command_encode(args):
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     images = list_images(args.images)
+    out = prepare_output_dir(args.output_dir, [""], [args.images, args.labels])
     for path in images:
         image = read_rgb(path)
         boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", image.shape[1], image.shape[0])
@@ -304,11 +355,12 @@ def command_encode(args):
 
 
 def command_decode(args):
-    out = Path(args.output_dir)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
+    images = list_images(args.images)
+    out = prepare_output_dir(args.output_dir, ["", "images", "labels"], [args.images])
+    (out / "labels").mkdir(exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     rows = []
-    for path in list_images(args.images):
+    for path in images:
         image = read_rgb(path)
         height, width = image.shape[:2]
         found = decode(image, args.mode, args.threshold, args.dot_size, args.box_size, args.line_width)
@@ -330,17 +382,18 @@ def command_decode(args):
 
 
 def command_strip(args):
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     images = list_images(args.images)
+    out = prepare_output_dir(args.output_dir, [""], [args.images])
     for path in images:
         write_png(strip(read_rgb(path)), out / f"{path.stem}.png")
     print(f"stripped the blue channel of {len(images)} images -> {out}")
 
 
 def command_leakage(args):
+    images = list_images(args.images)
+    out = prepare_output_dir(args.output_dir, [""], [args.images])
     rows = []
-    for path in list_images(args.images):
+    for path in images:
         image = read_rgb(path)
         height, width = image.shape[:2]
         if args.labels:
@@ -352,8 +405,6 @@ def command_leakage(args):
         rows.append({"file": path.name, "dots": len(centres), "leakage": "" if value is None else round(value, 3)})
     values = [r["leakage"] for r in rows if r["leakage"] != ""]
     overall = float(np.mean(values)) if values else float("nan")
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "leakage.csv", ["file", "dots", "leakage"], rows)
     import matplotlib
     matplotlib.use("Agg")
@@ -379,9 +430,10 @@ def command_filter(args):
     if len(images) < 4 * args.clusters or (args.reference and len(references) < 2):
         raise InputError(f"{args.images}: too few images ({len(images)}) to cluster into {args.clusters}, "
                          f"or fewer than 2 reference photos")
+    out = prepare_output_dir(args.output_dir, ["", "kept", "rejected"],
+                             [args.images, *([args.reference] if args.reference else [])])
     embedded, labels, kept = cluster_filter(image_features(images), image_features(references) if references else None,
                                             args.pca_dims, args.clusters, args.seed)
-    out = Path(args.output_dir)
     for folder in ("kept", "rejected"):
         shutil.rmtree(out / folder, ignore_errors=True)
         (out / folder).mkdir(parents=True)

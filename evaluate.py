@@ -3,15 +3,21 @@
 
   score  In:  --gt DIR (images/ + labels/, YOLO txt) and --pred DIR (one YOLO txt per image with
               a 6th column, the confidence; a missing file means no detections on that image).
-         Out: AP@0.5:0.95, AP50, AP75, AP small/medium/large and AR@max_dets, printed and as JSON
-              (--out); --export_coco DIR writes gt.json and predictions.json.
-              AP is pycocotools' COCOeval, the scorer MinneApple's official evaluation uses.
+         Out: AP@0.5:0.95, AP50, AP75, AP small/medium/large and AR, all at --max_dets detections
+              per image, printed and as JSON (--out); --export_coco DIR writes gt.json and
+              predictions.json.
+              AP is pycocotools' COCOeval, the scorer MinneApple's official evaluation uses; every
+              figure is read from its accumulated arrays at --max_dets, as faster-coco-eval does
+              (COCOeval.summarize takes AP@0.5:0.95 at 100 whatever the limit). Zero-size and
+              duplicate ground-truth boxes are warned of (stderr) and count as COCOeval counts them.
   collect In: --runs DIR (train_detectors.py's project: DIR/<dataset>/<model>/seed<k>/test_predictions/)
               and --gt DIR (the real test split).
          Out: --out CSV, one row per run: dataset, model, seed, ap, ap50, ap75 (what table reads).
   table  In:  --results CSV, one row per trained detector: dataset, model, seed, ap, ap50, ap75.
          Out: table1.csv, table1.md, table1.png in --out_dir: mean and sample std over seeds, the
               gap of every dataset to --baseline, and the paper's Table 1 beside ours.
+Outputs are checked before the work (an --out that is a folder, or lies where no file can be
+created, is refused) and written through a temp file that never stays behind.
 """
 import argparse
 import contextlib
@@ -20,6 +26,7 @@ import io
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,15 @@ from pycocotools.cocoeval import COCOeval
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 METRICS = ("ap", "ap50", "ap75")
 METRIC_TITLES = {"ap": "AP@0.5:0.95", "ap50": "AP@0.5", "ap75": "AP@0.75"}
+# The figures score reports, each as COCOeval's summary defines it but at the chosen max-dets limit:
+# name -> (COCOeval's array, IoU threshold or None for the mean over 0.50:0.95, area range).
+FIGURES = {"ap": ("precision", None, "all"), "ap50": ("precision", 0.5, "all"),
+           "ap75": ("precision", 0.75, "all"), "ap_small": ("precision", None, "small"),
+           "ap_medium": ("precision", None, "medium"), "ap_large": ("precision", None, "large"),
+           "ar": ("recall", None, "all")}
+GT_BOX_NOTE = ("warning: these boxes still count as ground truth, as COCOeval counts them: no detection "
+               "can match a zero-size box and each copy of a duplicate needs a detection of its own, so "
+               "they lower recall and AP; correct the labels to score without them")
 # The paper's Table 1 (MinneApple test set, 5 seeds): (dataset, model) -> mean, std of AP, AP50, AP75.
 PAPER_TABLE1 = {
     ("baseline", "yolov8x"): (0.45, 0.005, 0.79, 0.005, 0.47, 0.011),
@@ -63,10 +79,10 @@ class EvaluationInputError(Exception):
 # score
 # ---------------------------------------------------------------------------------------------
 def read_yolo_rows(path, with_confidence):
-    """YOLO txt -> list of (class, cx, cy, w, h[, conf]); any malformed line raises naming file:line."""
+    """YOLO txt -> {line number: [class, cx, cy, w, h(, conf)]}; any malformed line raises naming file:line."""
     columns = 6 if with_confidence else 5
     expected = "class cx cy w h" + (" conf" if with_confidence else "")
-    rows = []
+    rows = {}
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -87,7 +103,7 @@ def read_yolo_rows(path, with_confidence):
         if not all(0.0 <= v <= 1.0 for v in values[1:]):
             raise EvaluationInputError(f"{path}:{number}: values out of range: cx cy w h"
                                        f"{' conf' if with_confidence else ''} must lie in 0..1, got {line!r}")
-        rows.append(values)
+        rows[number] = values
     return rows
 
 
@@ -98,18 +114,63 @@ def to_coco_bbox(row, width, height):
     return [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
 
 
-def coco_from_yolo(gt_dir, pred_dir):
-    """Ground truth and predictions as COCO dicts: (gt {images, annotations, categories}, detections).
+def suspect_gt_lines(rows, width, height):
+    """{line number: row} of one label file -> (lines of zero-size boxes (w or h <= 0 px),
+    {line of a duplicate (same class and box as an earlier line): line of its first copy})."""
+    zero_size, duplicates, first_copy = [], {}, {}
+    for number, row in rows.items():
+        _, _, w, h = to_coco_bbox(row, width, height)
+        if w <= 0 or h <= 0:
+            zero_size.append(number)
+        elif tuple(row) in first_copy:
+            duplicates[number] = first_copy[tuple(row)]
+        else:
+            first_copy[tuple(row)] = number
+    return zero_size, duplicates
+
+
+def listed(items, shown=5):
+    """'a, b, c' of the first `shown` items, '... and N more' beyond."""
+    items = [str(item) for item in items]
+    rest = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + rest
+
+
+def gt_box_warning(path, zero_size, duplicates):
+    """One warning line on a label file's zero-size and duplicate boxes (suspect_gt_lines), or None."""
+    problems = []
+    if zero_size:
+        problems.append(f"zero-size boxes (w or h is 0 px) on lines {listed(zero_size)}")
+    if duplicates:
+        problems.append("duplicate boxes on lines "
+                        + listed(f"{line} (= line {first})" for line, first in duplicates.items()))
+    return f"warning: {path}: {'; '.join(problems)}" if problems else None
+
+
+def warn_gt_boxes(file_warnings, shown_files=10):
+    """Print the label files' warnings to stderr: the first shown_files, a count of the rest, what is done."""
+    if not file_warnings:
+        return
+    for warning in file_warnings[:shown_files]:
+        print(warning, file=sys.stderr)
+    if len(file_warnings) > shown_files:
+        print(f"warning: {len(file_warnings) - shown_files} more label files with zero-size or duplicate boxes",
+              file=sys.stderr)
+    print(GT_BOX_NOTE, file=sys.stderr)
+
+
+def read_ground_truth(gt_dir):
+    """The YOLO split in gt_dir (images/ and labels/) as a COCO dict {images, annotations, categories};
+    zero-size and duplicate boxes are warned of on stderr and kept.
 
     Image ids follow the sorted file names from 1; annotation ids start at 1 (COCOeval takes id 0
     for 'unmatched', so a ground-truth box with id 0 could never count as found). One category,
-    apple (YOLO class 0): any other class is an error, not a silently ignored prediction."""
-    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    apple (YOLO class 0): any other class is an error."""
+    gt_dir = Path(gt_dir)
     images_dir, labels_dir = gt_dir / "images", gt_dir / "labels"
-    for folder in (images_dir, labels_dir, pred_dir):
+    for folder in (images_dir, labels_dir):
         if not folder.is_dir():
-            raise EvaluationInputError(f"{folder}: no such folder (--gt needs images/ and labels/, "
-                                       f"--pred one YOLO txt per image)")
+            raise EvaluationInputError(f"{folder}: no such folder (--gt needs images/ and labels/)")
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not image_paths:
         raise EvaluationInputError(f"{images_dir}: no images")
@@ -124,12 +185,8 @@ def coco_from_yolo(gt_dir, pred_dir):
             f"{labels_dir}: {len(unlabelled)} images have no label file, so they cannot be scored "
             f"(unlabelled test photos? give prepare_data.py the test masks or --test_annotations): "
             f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
-    orphans = sorted(p.name for p in pred_dir.glob("*.txt") if p.stem not in stems)
-    if orphans:
-        raise EvaluationInputError(f"{pred_dir}: prediction files for images that are not in "
-                                   f"{images_dir}: {', '.join(orphans[:10])}")
 
-    images, annotations, detections = [], [], []
+    images, annotations, box_warnings = [], [], []
     for image_id, (stem, path) in enumerate(sorted(stems.items()), start=1):
         try:
             with Image.open(path) as image:
@@ -137,18 +194,40 @@ def coco_from_yolo(gt_dir, pred_dir):
         except Exception as error:  # PIL and its plugins raise many kinds
             raise EvaluationInputError(f"{path}: unreadable image ({error!r})")
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
-        for row in read_yolo_rows(labels_dir / f"{stem}.txt", with_confidence=False):
+        label_path = labels_dir / f"{stem}.txt"
+        rows = read_yolo_rows(label_path, with_confidence=False)
+        for row in rows.values():
             box = to_coco_bbox(row, width, height)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-        pred_file = pred_dir / f"{stem}.txt"
-        if pred_file.exists():
-            for row in read_yolo_rows(pred_file, with_confidence=True):
-                detections.append({"image_id": image_id, "category_id": 1,
-                                   "bbox": to_coco_bbox(row, width, height), "score": row[5]})
+        warning = gt_box_warning(label_path, *suspect_gt_lines(rows, width, height))
+        if warning:
+            box_warnings.append(warning)
     if not annotations:
         raise EvaluationInputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}, detections
+    warn_gt_boxes(box_warnings)
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
+
+
+def read_predictions(pred_dir, gt):
+    """pred_dir's YOLO txt files with a confidence column, one per image of gt (read_ground_truth),
+    named by its stem (a missing file means no detections) -> COCO detections."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise EvaluationInputError(f"{pred_dir}: no such folder (--pred needs one YOLO txt per image)")
+    images = {Path(image["file_name"]).stem: image for image in gt["images"]}
+    orphans = sorted(p.name for p in pred_dir.glob("*.txt") if p.stem not in images)
+    if orphans:
+        raise EvaluationInputError(f"{pred_dir}: prediction files for images that are not in the "
+                                   f"ground truth: {', '.join(orphans[:10])}")
+    detections = []
+    for stem, image in images.items():
+        pred_file = pred_dir / f"{stem}.txt"
+        if pred_file.exists():
+            for row in read_yolo_rows(pred_file, with_confidence=True).values():
+                detections.append({"image_id": image["id"], "category_id": 1, "score": row[5],
+                                   "bbox": to_coco_bbox(row, image["width"], image["height"])})
+    return detections
 
 
 def _quiet_coco(dataset):
@@ -159,65 +238,128 @@ def _quiet_coco(dataset):
     return coco
 
 
+def coco_figure(evaluator, array, iou, area, max_dets):
+    """One summary figure of an accumulated COCOeval at a limit in its params.maxDets, taken as
+    COCOeval.summarize takes it: the mean of the defined (> -1) values of eval[array] (precision
+    [T,R,K,A,M] or recall [T,K,A,M]) at IoU threshold iou (None: all) in area range `area`, over all
+    categories; None when no value is defined (no ground truth of that size)."""
+    params = evaluator.params
+    values = evaluator.eval[array][..., params.areaRngLbl.index(area), params.maxDets.index(max_dets)]
+    if iou is not None:
+        values = values[np.isclose(params.iouThrs, iou)]
+    defined = values[values > -1]
+    return float(np.mean(defined)) if defined.size else None
+
+
+def summary_line(array, iou, area, max_dets, value):
+    """A figure as a line of COCOeval's printed summary (undefined prints -1.000, as there)."""
+    title = "Average Precision  (AP)" if array == "precision" else "Average Recall     (AR)"
+    thresholds = "0.50:0.95" if iou is None else f"{iou:0.2f}"
+    return (f" {title} @[ IoU={thresholds:<9} | area={area:>6} | maxDets={max_dets:>3d} ] = "
+            f"{-1 if value is None else value:0.3f}\n")
+
+
 def cocoeval_metrics(gt, detections, max_dets=100):
-    """COCOeval (bbox) on COCO dicts -> (metrics and counts, COCOeval's printed summary).
+    """COCOeval (bbox) on COCO dicts -> (metrics and counts, a summary in COCOeval's layout).
 
     The detections are given ids and areas the way COCO.loadRes does; no detections at all is a
-    valid input (AP 0). Metrics COCOeval leaves undefined (-1: no ground truth of that size) are None."""
+    valid input (AP 0). Every figure of FIGURES is read from COCOeval's arrays at max_dets
+    (coco_figure); the recall is named ar<max_dets>."""
     results = [{**det, "id": i, "area": det["bbox"][2] * det["bbox"][3], "iscrowd": 0}
                for i, det in enumerate(detections, start=1)]
     coco_gt = _quiet_coco(gt)
     coco_dt = _quiet_coco({"images": gt["images"], "categories": gt["categories"], "annotations": results})
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    # COCOeval sorts maxDets and reports AP at the last one: keep max_dets last and the list sorted.
-    evaluator.params.maxDets = [1, min(10, max_dets), max_dets]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    evaluator.params.maxDets = [max_dets]                # COCOeval keeps the top maxDets[-1] per image
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    names = ["ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"]
-    metrics = {name: float(value) if value >= 0 else None
-               for name, value in zip(names, evaluator.stats[:6])}
-    ar = evaluator.stats[8]
-    metrics[f"ar{max_dets}"] = float(ar) if ar >= 0 else None
+    figures = {name: coco_figure(evaluator, *spec, max_dets) for name, spec in FIGURES.items()}
+    summary = "".join(summary_line(*FIGURES[name], max_dets, value) for name, value in figures.items())
+    metrics = {(f"ar{max_dets}" if name == "ar" else name): value for name, value in figures.items()}
     metrics.update(images=len(gt["images"]), gt_boxes=len(gt["annotations"]),
                    predictions=len(detections), max_dets=max_dets)
-    summary = printed.getvalue()
-    return metrics, summary[summary.find(" Average Precision"):]
+    return metrics, summary
 
 
 def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False):
     """COCO box metrics of the predictions in pred_dir against the YOLO dataset in gt_dir.
-    export_coco: a folder for gt.json and predictions.json; echo: print COCOeval's summary."""
-    gt, detections = coco_from_yolo(gt_dir, pred_dir)
-    metrics, printed = cocoeval_metrics(gt, detections, max_dets)
+    export_coco: a folder for gt.json and predictions.json; echo: print the COCOeval-style summary."""
+    gt = read_ground_truth(gt_dir)
+    detections = read_predictions(pred_dir, gt)
+    metrics, summary = cocoeval_metrics(gt, detections, max_dets)
     if echo:
-        print(printed, end="")
+        print(summary, end="")
     if export_coco:
         folder = Path(export_coco)
-        folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "gt.json", json.dumps(gt))
         write_atomic(folder / "predictions.json", json.dumps(detections))
     return metrics
 
 
-def write_atomic(path, text):
+def output_problem(path, folder=False):
+    """Why no output file (folder=True: folder of output files) can be made at path, or None: what
+    is there already, and whether the nearest existing folder at or above takes a new file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        return "is a folder, not a file" if path.is_dir() else "is a file, not a folder"
+    start = path if folder else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return f"cannot create files in {existing} ({error.strerror or error})"
+    return None
+
+
+def check_output(flag, path, folder=False):
+    """Raise EvaluationInputError 'FLAG PATH: problem' when output_problem finds one."""
+    problem = output_problem(path, folder)
+    if problem:
+        raise EvaluationInputError(f"{flag} {path}: {problem}")
+
+
+@contextlib.contextmanager
+def output_errors_named(flag, path):
+    """An OSError while writing an output becomes EvaluationInputError 'FLAG PATH: cannot write (...)'."""
+    try:
+        yield
+    except OSError as error:
+        raise EvaluationInputError(f"{flag} {path}: cannot write ({error.strerror or error})") from error
+
+
+def create_atomic(path, write):
+    """Make path through write(temp path) and a rename, so path is either as before or complete;
+    the temp file (beside path, with its suffix) is removed when anything fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path, text):
+    """Write text to path through create_atomic."""
+    create_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def collect(runs_dir, gt_dir, max_dets=100):
-    """Score every DIR/<dataset>/<model>/seed<k>/test_predictions/ -> result rows."""
+    """Score every DIR/<dataset>/<model>/seed<k>/test_predictions/ -> result rows (the ground truth
+    is read, and warned about, once)."""
     folders = sorted(Path(runs_dir).glob("*/*/seed*/test_predictions"))
     if not folders:
         raise EvaluationInputError(f"{runs_dir}: no <dataset>/<model>/seed<k>/test_predictions/ folders")
+    gt = read_ground_truth(gt_dir)
     rows = []
     for folder in folders:
-        metrics = score(gt_dir, folder, max_dets)
+        metrics, _ = cocoeval_metrics(gt, read_predictions(folder, gt), max_dets)
         run = folder.parent
         rows.append({"dataset": run.parent.parent.name, "model": run.parent.name, "seed": run.name[len("seed"):],
                      **{m: metrics[m] for m in METRICS}})
@@ -369,9 +511,7 @@ def write_table(results_csv, out_dir, baseline="baseline", notes=()):
     writer.writerows(table)
     write_atomic(out_dir / "table1.csv", text.getvalue())
     write_atomic(out_dir / "table1.md", table_markdown(table, baseline, notes))
-    tmp = out_dir / ".table1.tmp.png"
-    plot_table(table, tmp)
-    tmp.replace(out_dir / "table1.png")
+    create_atomic(out_dir / "table1.png", lambda tmp: plot_table(table, tmp))
     return table
 
 
@@ -386,14 +526,16 @@ def main(argv=None):
                               help="folder with one 'class cx cy w h conf' txt per image")
     score_parser.add_argument("--out", help="write the metrics to this JSON file")
     score_parser.add_argument("--max_dets", type=int, default=100,
-                              help="detections per image that count (COCO's default, as MinneApple's scorer)")
+                              help="detections per image that count, for every figure (COCO's default, "
+                                   "as MinneApple's scorer)")
     score_parser.add_argument("--export_coco", help="write gt.json and predictions.json (COCO) here")
     collect_parser = commands.add_parser("collect", help="score every run of train_detectors.py into a results CSV",
                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     collect_parser.add_argument("--runs", required=True, help="train_detectors.py's --project folder")
     collect_parser.add_argument("--gt", required=True, help="the labelled test split (images/ and labels/)")
     collect_parser.add_argument("--out", required=True, help="the results CSV to write")
-    collect_parser.add_argument("--max_dets", type=int, default=100, help="detections per image that count")
+    collect_parser.add_argument("--max_dets", type=int, default=100,
+                                help="detections per image that count, for every figure")
     table_parser = commands.add_parser("table", help="Table 1 from one row per trained detector",
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     table_parser.add_argument("--results", required=True,
@@ -408,20 +550,29 @@ def main(argv=None):
 
     try:
         if args.command == "score":
+            if args.out:
+                check_output("--out", args.out)
+            if args.export_coco:
+                check_output("--export_coco", args.export_coco, folder=True)
             metrics = score(args.gt, args.pred, args.max_dets, args.export_coco, echo=True)
             print(json.dumps(metrics, indent=2))
             if args.out:
-                write_atomic(args.out, json.dumps(metrics, indent=2) + "\n")
+                with output_errors_named("--out", args.out):
+                    write_atomic(args.out, json.dumps(metrics, indent=2) + "\n")
         elif args.command == "collect":
+            check_output("--out", args.out)
             rows = collect(args.runs, args.gt, args.max_dets)
             text = io.StringIO()
             writer = csv.DictWriter(text, ["dataset", "model", "seed", *METRICS], lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-            write_atomic(args.out, text.getvalue())
+            with output_errors_named("--out", args.out):
+                write_atomic(args.out, text.getvalue())
             print(f"scored {len(rows)} runs -> {args.out}")
         else:
-            table = write_table(args.results, args.out_dir, args.baseline, args.note)
+            check_output("--out_dir", args.out_dir, folder=True)
+            with output_errors_named("--out_dir", args.out_dir):
+                table = write_table(args.results, args.out_dir, args.baseline, args.note)
             print(table_markdown(table, args.baseline, args.note), end="")
             print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
     except EvaluationInputError as error:

@@ -358,6 +358,18 @@ def main(argv=None):
         return 2
 
 
+def writable_folder(path, flag):
+    """Create the folder and check that it can be written: one clear error before any work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=path, prefix=".write_test").close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
+
+
 def generate(args):
     from accelerate import PartialState
 
@@ -370,11 +382,8 @@ def generate(args):
     jobs = plan(models, args.prompt, variants)
     shard = parse_shard(args.shard)
     state = PartialState()
-    output_dir = Path(args.output_dir)
-    images_dir = output_dir / "images"
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"--output_dir {output_dir} is a file, not a folder")
-    images_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = writable_folder(args.output_dir, "--output_dir")
+    images_dir = writable_folder(output_dir / "images", "--output_dir")
 
     todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
             if not is_done(images_dir / job["file"], expected_record(job, args, schedulers[job["model"]]))]

@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -429,6 +430,22 @@ def open_image(path):
         raise BadInputError(f"{path}: unreadable image file ({error!r})")
 
 
+def rgb_image(image, path):
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16, or I holding values above 255) is
+    scaled to 8 bits: PIL's convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise BadInputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
+        if image.mode.startswith("I;16") or values.max() > 255:
+            values = np.round(values / 257)
+        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise BadInputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
+                      f"16-bit image")
+    return image.convert("RGB")
+
+
 def load_source_boxes(job, image):
     """-> (boxes in source pixels, pixels to read the colour from, boxes dropped as degenerate)."""
     kind, value = job["labels"][:2]
@@ -461,7 +478,7 @@ def load_source_boxes(job, image):
 
 def process_photo(job, config, pool):
     """Crop, resize, write one photo and its labels to pool/{images,labels}/ -> manifest row."""
-    image = ImageOps.exif_transpose(open_image(job["image"])).convert("RGB")
+    image = rgb_image(ImageOps.exif_transpose(open_image(job["image"])), job["image"])
     width, height = image.size
     crop = config["crop_size"] or min(width, height)
     try:
@@ -683,17 +700,33 @@ def parse_args(argv=None):
         parser.error("--resolution must be at least 8 and --crop_size positive")
     if (args.num_val is not None and args.num_val < 1) or args.num_instances < 0 or args.workers < 1:
         parser.error("--num_val and --workers must be at least 1, --num_instances at least 0")
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        parser.error(f"--output_dir {args.output_dir} is a file, not a folder")
     return args
+
+
+def prepare_output_dir(out_dir, input_dir):
+    """Create OUT and check it can be written, and that it neither holds the input (its real/ and
+    instances/ are replaced at the end) nor lies inside it."""
+    out_dir = Path(out_dir).resolve()
+    if input_dir is not None:
+        source = Path(input_dir).resolve()
+        if source == out_dir or out_dir in source.parents or source in out_dir.parents:
+            raise BadInputError(f"--output_dir {out_dir}: it overlaps the input folder {source}, whose files it would "
+                                f"replace or mix with its own; give another folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write_test").close()
+    except OSError as error:
+        problem = "is a file, not a folder" if out_dir.is_file() else "cannot be created or written"
+        raise BadInputError(f"--output_dir {out_dir}: {problem} ({error.strerror or error})")
+    return out_dir
 
 
 def main(argv=None):
     args = parse_args(argv)
     out_dir = Path(args.output_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".prepare_tmp"
     try:
+        prepare_output_dir(out_dir, args.input)
         if args.source == "synthetic":
             source_dir = out_dir / "synthetic_source" / "detection"
             marker = {"num_images": args.num_images, "seed": args.seed}

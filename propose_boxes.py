@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -60,11 +61,13 @@ def read_yolo(path, width, height):
         if not fields:
             continue
         try:
-            _, cx, cy, w, h = (float(v) for v in fields)
+            label, cx, cy, w, h = (float(v) for v in fields)
         except ValueError:
             raise InputError(f"{path}:{number}: expected a box 'class cx cy w h' (no polygons), got {line!r}")
         if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
             raise InputError(f"{path}:{number}: cx cy w h must be normalised to 0..1, got {line!r}")
+        if label != 0:
+            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     return boxes
 
@@ -189,9 +192,32 @@ def list_images(folder):
     return images
 
 
+def check_images(images):
+    """Decode every image whole, so that a truncated or broken one is named here, before ultralytics
+    meets it."""
+    from tqdm import tqdm
+    for path in tqdm(images, desc="checking images", unit="image", leave=False):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as error:  # PIL and its plugins raise many kinds
+            raise InputError(f"{path}: unreadable image ({error!r})")
+
+
 def check_output_dir(out, images_dir):
-    if (Path(out) / "images").resolve() == Path(images_dir).resolve():
-        raise InputError(f"--output_dir {out}: its images/ is the input folder {images_dir}, which would be replaced")
+    """Create OUT and check it can be written, and that neither OUT nor the OUT/images/ and
+    OUT/labels/ this writes is the input folder or lies inside it."""
+    out, images_dir = Path(out), Path(images_dir).resolve()
+    for target in (out, out / "images", out / "labels"):
+        if target.resolve() == images_dir or images_dir in target.resolve().parents:
+            raise InputError(f"--output_dir {out}: it would write into the input folder {images_dir}; give another "
+                             f"folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=out, prefix=".write_test").close()
+    except OSError as error:
+        problem = "is a file, not a folder" if out.is_file() else "cannot be created or written"
+        raise InputError(f"--output_dir {out}: {problem} ({error.strerror or error})")
 
 
 def image_size(path):
@@ -250,9 +276,11 @@ def detect(weights, images, imgsz, iou, device):
         model = YOLO(str(weights))
     except Exception as error:
         raise InputError(f"{weights}: not a YOLO weights file ultralytics can load ({error!r})")
+    from tqdm import tqdm
     found = {}
-    for result in model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
-                                device=device, stream=True, verbose=False):
+    results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
+                            device=device, stream=True, verbose=False)
+    for result in tqdm(results, total=len(images), desc="detecting", unit="image"):
         found[Path(result.path)] = (result.boxes.xyxy.tolist(), result.boxes.conf.tolist())
     return found
 
@@ -280,8 +308,9 @@ def propose(args):
     if not Path(args.weights).is_file():
         raise InputError(f"{args.weights}: no such weights file")
     meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
+    val_images, truths = calibration_split(args.calibrate_data) if args.calibrate_data else ([], {})
+    check_images(images + val_images)
     if args.calibrate_data:
-        val_images, truths = calibration_split(args.calibrate_data)
         found = detect(args.weights, val_images, args.imgsz, args.iou, args.device)
         predictions = {image: [(*box, conf) for box, conf in zip(*found[image])] for image in val_images}
         threshold, f1, table = best_f1_threshold(predictions, truths)

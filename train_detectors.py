@@ -14,8 +14,14 @@ Out: PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weigh
 The paper's Table 2 are the defaults: SGD (set explicitly: ultralytics' 'auto' ignores lr0),
 lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU, NMS IoU 0.45, 768 px, and
 every augmentation off (--augment: ultralytics' defaults). --nbs is ultralytics' nominal batch
-size (gradients of round(nbs / batch) batches per optimizer step). Finished runs are skipped; an
-interrupted run resumes from its last.pt.
+size (gradients of round(nbs / batch) batches per optimizer step).
+Finished runs (run.json) are skipped; one finished with other settings is refused. A killed run
+(its folder without run.json) is deleted and trained again from epoch 0 with the settings asked
+now, which costs up to one run's training time: ultralytics' resume is not exact (its last.pt keeps
+no live weights, only the EMA in fp16, SGD momentum in fp16, and no RNG or dataloader state), so a
+resumed run would not give an unbroken run's predictions; a rerun with the same seed gives them
+byte for byte. No run's last.pt is read for bookkeeping (.pt files are pickles: load them only from
+sources you trust).
 Nothing reaches for the network: ultralytics' settings live in PROJECT/.ultralytics, its font is a
 local one, it installs nothing, and --init pretrained without local weights fails at once offline.
 """
@@ -27,6 +33,7 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -193,36 +200,15 @@ def best_val_map(run_dir):
     return max(float(r["metrics/mAP50-95(B)"]) for r in rows) if rows else None
 
 
-def training_state(last_pt):
-    """'finished', 'resumable' or 'broken' (unreadable: killed while ultralytics wrote it).
-    ultralytics marks a finished training with epoch -1; a kill after the last epoch's save but
-    before that mark leaves epoch = epochs - 1, which it refuses to resume."""
-    import torch
-    try:
-        checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
-        epoch, epochs = checkpoint.get("epoch", -1), checkpoint["train_args"]["epochs"]
-    except Exception:  # a truncated zip, a missing key: nothing to resume from
-        return "broken"
-    return "finished" if epoch == -1 or epoch + 1 >= epochs else "resumable"
-
-
 def run_config(spec):
     """What defines a run's result; a finished run made otherwise is refused, not silently kept."""
     return {"data": str(Path(spec["data_yaml"]).resolve()), "source": spec["source"], "epochs": spec["epochs"],
             "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"], "augment": spec["augment"]}
 
 
-def started_config(last_pt):
-    """The run_config a half-finished run was started with, from the arguments in its last.pt."""
-    import torch
-    train_args = torch.load(last_pt, map_location="cpu", weights_only=False)["train_args"]
-    return {"data": str(Path(train_args["data"]).resolve()), "source": train_args["model"],
-            "epochs": train_args["epochs"], "imgsz": train_args["imgsz"], "batch": train_args["batch"],
-            "nbs": train_args["nbs"], "augment": train_args["mosaic"] > 0}
-
-
 def run_one(spec, device):
-    """Train (or resume) one (dataset, model, seed) and predict on the test images -> its row."""
+    """Train one (dataset, model, seed) from epoch 0 and predict on the test images -> its row. A
+    killed run's folder is deleted first (ultralytics' resume would not reproduce an unbroken run)."""
     from ultralytics import YOLO
     run_dir = Path(spec["run_dir"])
     done = run_dir / "run.json"
@@ -232,25 +218,13 @@ def run_one(spec, device):
             raise InputError(f"{run_dir} finished with other settings ({row.get('config')}); use another --project "
                              f"or delete that run folder")
         return {**row, "status": "skipped (done)"}
+    if run_dir.exists():
+        print(f"{run_dir} has no run.json (killed or failed): deleting it and training again from epoch 0")
+        shutil.rmtree(run_dir)
     started = time.time()
-    last = run_dir / "weights" / "last.pt"
-    state = training_state(last) if last.exists() else None
-    if state == "broken":
-        print(f"{last} is unreadable (killed while it was written): training {run_dir} again")
-        shutil.rmtree(run_dir / "weights")
-        state = None
-    if state == "resumable":
-        before, now = started_config(last), run_config(spec)
-        if before != now:  # ultralytics would resume with the settings in last.pt, whatever is asked now
-            changed = ", ".join(f"{k} {before[k]!r} then, {now[k]!r} now" for k in now if before[k] != now[k])
-            raise InputError(f"{run_dir} was started with other settings ({changed}): repeat them to resume it, "
-                             f"or delete that run folder")
-        print(f"resuming {run_dir} from {last}")
-        YOLO(str(last)).train(resume=True, device=device)
-    elif state is None:
-        arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
-                                    spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
-        YOLO(spec["source"]).train(**arguments)
+    arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
+                                spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
+    YOLO(spec["source"]).train(**arguments)
     predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
                       run_dir / "test_predictions", spec["imgsz"], device)
     row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
@@ -295,6 +269,19 @@ def write_runs_csv(project):
     return rows
 
 
+def check_output_folder(path, flag):
+    """Create the folder outputs go to (if need be) and write a probe file in it; InputError if either fails."""
+    path = Path(path)
+    file_in_the_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if file_in_the_way:
+        raise InputError(f"{flag} {path}: {file_in_the_way} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise InputError(f"{flag} {path}: cannot be created or written ({error.strerror or error})")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train YOLOv5u/YOLOv8 detectors (the paper's Table 2 settings) and "
                                                  "predict on the real test photos.",
@@ -318,7 +305,9 @@ def parse_args(argv=None):
                         help="COCO weights (ultralytics fetches them online, or --weights_dir) or the model YAML")
     parser.add_argument("--weights_dir", help="folder with <model>.pt COCO weights for --init pretrained")
     parser.add_argument("--test_images", required=True, help="the real test photos to predict on")
-    parser.add_argument("--project", required=True, help="where the runs go")
+    parser.add_argument("--project", required=True, help="where the runs go; a finished run (run.json) is "
+                        "skipped, a killed one is deleted and trained again from epoch 0 (up to one run's training "
+                        "time; ultralytics' resume would not reproduce an unbroken run)")
     parser.add_argument("--devices", default="", help="e.g. 0,1,2,3: independent runs side by side, one per GPU "
                         "(default: GPU 0 when there is one, else the CPU)")
     parser.add_argument("--ddp", action="store_true", help="hand each run to ultralytics' DDP over --devices")
@@ -349,6 +338,7 @@ def plan(args):
         raise InputError(f"--test_images {args.test_images}: missing or holds no images")
     shard = parse_shard(args.shard)
     sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
+    check_output_folder(args.project, "--project")  # last: a bad input elsewhere creates no folder
     runs = [{"dataset": name, "data_yaml": path, "model": model, "seed": seed, "source": sources[model],
              "run_dir": str(Path(args.project).resolve() / name / model / f"seed{seed}"), "epochs": args.epochs,
              "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,

@@ -209,15 +209,33 @@ def instance_images(folder):
     return images
 
 
+def rgb_image(image, path):
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16, or I holding values above 255) is
+    scaled to 8 bits: PIL's convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
+        if image.mode.startswith("I;16") or values.max() > 255:
+            values = np.round(values / 257)
+        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
+                      f"16-bit image")
+    return image.convert("RGB")
+
+
 def image_tensor(path, resolution, crop_rng=None):
     """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: turned upright by its
     EXIF orientation, the shorter side resized to resolution, then a centre crop (or, with a numpy
     Generator, a random crop: diffusers' default)."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
+            image = ImageOps.exif_transpose(image)
+            image.load()
     except Exception as error:  # PIL and its plugins raise many kinds
         raise InputError(f"{path}: unreadable image ({error!r})")
+    image = rgb_image(image, path)
     scale = resolution / min(image.size)
     width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC)
@@ -612,6 +630,32 @@ def fuse_lora(base_unet, lora_state, rank):
     return base_unet
 
 
+def writable_folder(path, flag):
+    """Create the folder and check that it can be written: one clear error before any work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=path, prefix=".write_test").close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
+
+
+def check_output_folders(args):
+    """--output_dir and --class_data_dir can be written and lie outside the instance folder (where
+    validation images or class images would become instance photos)."""
+    instances = Path(args.instance_data_dir).resolve()
+    folders = [("--output_dir", args.output_dir)]
+    if args.prior_preservation:
+        folders.append(("--class_data_dir", args.class_data_dir))
+    for flag, folder in folders:
+        if Path(folder).resolve() == instances or instances in Path(folder).resolve().parents:
+            raise InputError(f"{flag} {folder}: it lies in the instance folder {args.instance_data_dir}, whose every "
+                             f"image is trained on; give another folder")
+        writable_folder(folder, flag)
+
+
 def train(args):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -631,6 +675,7 @@ def train(args):
     for path in instance_paths:  # fail on an unreadable photo before any heavy work
         image_tensor(path, 8)
     log_with = tracker(args.report_to)
+    check_output_folders(args)
 
     mixed_precision = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,

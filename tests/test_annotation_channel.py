@@ -188,3 +188,77 @@ def test_filter_rejects_planted_off_domain_images(orchard_real, tmp_path):
     # seeded and deterministic
     assert ac.main(["filter", "--images", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "filter.csv").read_text() == (tmp_path / "plain" / "filter.csv").read_text()
+
+
+def small_folder(folder, count=2, size=16):
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((size, size, 3), 40 * (i + 1), np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def run_cli(capsys, *argv):
+    code = ac.main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_an_output_folder_in_an_input_folder_is_refused_and_the_input_kept(tmp_path, capsys):
+    images = small_folder(tmp_path / "images")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for i in range(2):
+        (labels / f"p{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    for argv in (["strip", "--images", images, "--output_dir", images],
+                 ["encode", "--images", images, "--labels", labels, "--output_dir", images / "encoded"],
+                 ["encode", "--images", images, "--labels", labels, "--output_dir", labels],
+                 ["decode", "--images", images, "--output_dir", tmp_path],  # its images/ would be the input
+                 ["leakage", "--images", images, "--output_dir", images]):
+        code, err = run_cli(capsys, *argv)
+        assert code == 2 and len(err) == 1 and "would write into the input folder" in err[0], argv
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+
+
+def test_two_images_with_one_name_stem_are_refused(tmp_path, capsys):
+    images = small_folder(tmp_path / "photos")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "p0.jpg")
+    code, err = run_cli(capsys, "strip", "--images", images, "--output_dir", tmp_path / "out")
+    assert code == 2 and "p0.png and" in err[0] and "p0.jpg share a name stem" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("0 nan 0.5 0.2 0.2\n", "normalised to 0..1"), ("0 0.5 inf 0.2 0.2\n", "normalised to 0..1"),
+    ("0 0.5 0.5 1.2 0.2\n", "normalised to 0..1"), ("0 0.5 0.5 0.2\n", "normalised to 0..1"),
+    ("0 0.5 0.5 0.2 0.2 0.9\n", "normalised to 0..1"), ("3 0.5 0.5 0.2 0.2\n", "class 3"),
+    ("0 0.5 0.5 0.2 0.2\n0 a b c d\n", "numbers"), (b"\x89PNG\r\n\x1a\n\xff\xfe\x00", "unreadable text file")])
+def test_bad_label_lines_are_named_by_file_and_line(tmp_path, capsys, text, problem):
+    images = small_folder(tmp_path / "photos", count=1)
+    (tmp_path / "labels").mkdir()
+    label = tmp_path / "labels" / "p0.txt"
+    label.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, err = run_cli(capsys, "encode", "--images", images, "--labels", tmp_path / "labels",
+                        "--output_dir", tmp_path / "out")
+    assert code == 2 and len(err) == 1 and problem in err[0]
+    line = "" if isinstance(text, bytes) else f":{len(text.splitlines())}"
+    assert err[0].startswith(f"error: {label}{line}: ")
+
+
+def test_an_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    images = small_folder(tmp_path / "photos")
+    (tmp_path / "taken").write_text("a file")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        code, err = run_cli(capsys, "strip", "--images", images, "--output_dir", out)
+        assert code == 2 and len(err) == 1 and f"--output_dir {out}:" in err[0]
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_16_bit_photo_is_stripped_with_its_real_content(tmp_path, capsys):
+    (tmp_path / "deep").mkdir()
+    grey16 = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65280
+    Image.fromarray(grey16).save(tmp_path / "deep" / "p0.png")
+    code, _ = run_cli(capsys, "strip", "--images", tmp_path / "deep", "--output_dir", tmp_path / "out")
+    stripped = np.asarray(Image.open(tmp_path / "out" / "p0.png"))
+    expected = np.round(grey16 / 257).astype(np.uint8)
+    assert code == 0 and np.array_equal(stripped[:, :, 0], expected) and np.array_equal(stripped[:, :, 1], expected)
+    assert (stripped[:, :, 2] == 0).all() and stripped.max() == 254

@@ -227,3 +227,175 @@ def test_collect_scores_every_run(tmp_path):
     rows = ev.read_results(tmp_path / "r.csv")
     assert [(r["dataset"], r["model"], r["seed"]) for r in rows] == [("baseline", "yolov8n", "0"), ("genfusion", "yolov8n", "1")]
     assert rows[0]["ap"] == pytest.approx(1.0) and rows[1]["ap50"] == pytest.approx(34 / 101)  # recall 1/3
+
+
+# ---- max_dets: every figure at the limit --------------------------------------------------------
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    """Two 400 px images with 20 apples each (10-80 px: small and medium, no large) and 320
+    detections per image: a jittered hit on most apples among false positives, scored at random
+    but for one top-scored hit, so that any max-dets limit below 320 cuts hits off.
+    -> (gt dir, predictions dir), the predictions at runs/baseline/yolov8n/seed0/test_predictions
+    as collect finds them."""
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("crowded")
+    labels, predictions = {}, {}
+    for stem in ("a", "b"):
+        corners = rng.uniform(0, 300, (20, 2))
+        apples = np.c_[corners, corners + rng.uniform(10, 80, (20, 2))]
+        found = apples[rng.random(20) > 0.2]
+        hits = found + rng.normal(0, 2, found.shape)
+        corners = rng.uniform(0, 350, (320 - len(hits), 2))
+        false_positives = np.c_[corners, corners + rng.uniform(10, 50, corners.shape)]
+        boxes = np.clip(np.r_[hits, false_positives], 0, 400)
+        labels[stem] = (400, 400, apples.tolist())
+        scores = np.r_[1.0, rng.uniform(0.01, 0.99, len(boxes) - 1)]         # a hit first, for limit 1
+        predictions[stem] = [(*box, score) for box, score in zip(boxes, scores)]
+    gt = write_split(root / "gt", labels)
+    pred = write_predictions(root / "runs" / "baseline" / "yolov8n" / "seed0" / "test_predictions",
+                             predictions, {stem: (400, 400) for stem in labels})
+    return gt, pred
+
+
+def direct_cocoeval(coco_dir, max_dets):
+    """pycocotools' own COCOeval on evaluate's exported COCO files, maxDets holding max_dets among
+    COCO's 1, 10, 100: (the evaluator, accumulated, and its printed summary)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        coco_gt = COCO(str(coco_dir / "gt.json"))
+        coco_dt = coco_gt.loadRes(str(coco_dir / "predictions.json"))
+        direct = COCOeval(coco_gt, coco_dt, "bbox")
+        direct.params.maxDets = sorted({1, 10, 100, max_dets})
+        direct.evaluate()
+        direct.accumulate()
+        if max_dets == 100:
+            direct.summarize()
+    return direct, printed.getvalue()
+
+
+def defined_mean(values):
+    """Mean of the values COCOeval defines (> -1), None when there are none: as summarize takes it."""
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else None
+
+
+@pytest.mark.parametrize("max_dets", [1, 5, 300])
+def test_every_figure_is_taken_at_the_max_dets_limit(crowded, tmp_path, max_dets):
+    gt, pred = crowded
+    ours = ev.score(gt, pred, max_dets=max_dets, export_coco=tmp_path / "coco")
+    direct, _ = direct_cocoeval(tmp_path / "coco", max_dets)
+    m = direct.params.maxDets.index(max_dets)
+    precision = direct.eval["precision"][:, :, 0, :, m]          # [IoU, recall, area], one category
+    recall = direct.eval["recall"][:, 0, 0, m]                     # [IoU], area all
+    assert direct.params.areaRngLbl == ["all", "small", "medium", "large"]
+    assert direct.params.iouThrs[[0, 5]] == pytest.approx([0.5, 0.75])
+    expected = {"ap": defined_mean(precision[:, :, 0]), "ap50": defined_mean(precision[0, :, 0]),
+                "ap75": defined_mean(precision[5, :, 0]), "ap_small": defined_mean(precision[:, :, 1]),
+                "ap_medium": defined_mean(precision[:, :, 2]), "ap_large": None,
+                f"ar{max_dets}": defined_mean(recall)}
+    assert {name: ours[name] for name in expected} == pytest.approx(expected)
+    assert ours["ap"] > 0
+    assert ours["ap"] != pytest.approx(ev.score(gt, pred, max_dets=320)["ap"])   # the limit cuts hits off
+
+
+def test_max_dets_100_equals_cocoeval_summarize(crowded, tmp_path, capsys):
+    gt, pred = crowded
+    assert ev.main(["score", "--gt", str(gt), "--pred", str(pred), "--out", str(tmp_path / "m.json"),
+                    "--export_coco", str(tmp_path / "coco")]) == 0
+    printed = capsys.readouterr().out
+    ours = json.loads((tmp_path / "m.json").read_text())
+    direct, summary = direct_cocoeval(tmp_path / "coco", 100)
+    names = ["ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"]
+    assert [ours[name] for name in names] == pytest.approx(direct.stats[:5].tolist() + [None])
+    assert direct.stats[5] == -1 and ours["ar100"] == pytest.approx(direct.stats[8])
+    ours_lines = [line for line in printed.splitlines() if line.startswith(" Average")]
+    assert len(ours_lines) == 7 and set(ours_lines) <= set(summary.splitlines())  # COCOeval's lines
+
+
+def test_collect_with_max_dets_300_feeds_table(crowded, tmp_path, capsys):
+    gt, pred = crowded
+    runs = pred.parents[3]
+    assert ev.main(["collect", "--runs", str(runs), "--gt", str(gt), "--out", str(tmp_path / "r.csv"),
+                    "--max_dets", "300"]) == 0
+    with open(tmp_path / "r.csv", newline="") as handle:
+        row, = csv.DictReader(handle)
+    assert float(row["ap"]) == pytest.approx(ev.score(gt, pred, max_dets=300)["ap"])
+    assert ev.main(["table", "--results", str(tmp_path / "r.csv"), "--out_dir", str(tmp_path / "t")]) == 0
+    with open(tmp_path / "t" / "table1.csv", newline="") as handle:
+        entry, = csv.DictReader(handle)
+    assert float(entry["ap_mean"]) == pytest.approx(float(row["ap"]))
+
+
+# ---- ground-truth warnings ------------------------------------------------------------------------
+def test_zero_size_and_duplicate_ground_truth_boxes_are_warned_of(tmp_path, capsys):
+    # a.txt: line 2 is zero-size (w = 0), line 4 repeats line 1; b.txt is clean.
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, [GT[0], [100, 100, 100, 150], GT[1], GT[0]]),
+                                       "b": (300, 300, GT)})
+    for seed in (0, 1):
+        write_predictions(tmp_path / "runs" / "baseline" / "yolov8n" / f"seed{seed}" / "test_predictions",
+                          {"a": [(*GT[0], 0.9)]}, {"a": (300, 300)})
+    pred = tmp_path / "runs" / "baseline" / "yolov8n" / "seed0" / "test_predictions"
+    assert ev.main(["score", "--gt", str(gt), "--pred", str(pred), "--out", str(tmp_path / "m.json")]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: {gt / 'labels' / 'a.txt'}: zero-size boxes (w or h is 0 px) on lines 2; "
+            f"duplicate boxes on lines 4 (= line 1)\n") in err
+    assert "b.txt" not in err and "still count as ground truth" in err
+    assert json.loads((tmp_path / "m.json").read_text())["gt_boxes"] == 7      # counted, as before
+    assert ev.main(["collect", "--runs", str(tmp_path / "runs"), "--gt", str(gt),
+                    "--out", str(tmp_path / "r.csv")]) == 0
+    assert capsys.readouterr().err.count("a.txt") == 1                          # once, not once per run
+
+
+def test_warnings_beyond_ten_label_files_are_counted(capsys):
+    ev.warn_gt_boxes([f"warning: {k}.txt: ..." for k in range(12)])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:10] == [f"warning: {k}.txt: ..." for k in range(10)]
+    assert lines[10:] == ["warning: 2 more label files with zero-size or duplicate boxes", ev.GT_BOX_NOTE]
+
+
+# ---- output paths -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, flag, target, problem", [
+    ("score", "--out", "folder", "is a folder, not a file"),
+    ("score", "--out", "file/m.json", "is a file, not a folder"),
+    ("score", "--out", "/proc/genfusion/m.json", "cannot create files in /proc"),
+    ("score", "--export_coco", "file", "is a file, not a folder"),
+    ("collect", "--out", "folder", "is a folder, not a file"),
+    ("collect", "--out", "file/sub/r.csv", "is a file, not a folder"),
+    ("table", "--out_dir", "file", "is a file, not a folder"),
+    ("table", "--out_dir", "file/sub", "is a file, not a folder"),
+    ("table", "--out_dir", "/proc/genfusion", "cannot create files in /proc"),
+])
+def test_unusable_outputs_are_one_line_errors(tmp_path, capsys, command, flag, target, problem):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    pred = write_predictions(tmp_path / "runs" / "baseline" / "yolov8n" / "seed0" / "test_predictions",
+                             {"a": [(*GT[0], 0.9)]}, {"a": (300, 300)})
+    results = write_results(tmp_path / "r.csv", [("baseline", "yolov8n", 0, 0.4, 0.7, 0.4)])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep")
+    path = target if target.startswith("/") else str(tmp_path / target)
+    inputs = {"score": ["--gt", str(gt), "--pred", str(pred)],
+              "collect": ["--gt", str(gt), "--runs", str(tmp_path / "runs")],
+              "table": ["--results", str(results)]}[command]
+    before = sorted(tmp_path.rglob("*"))
+    assert ev.main([command, *inputs, flag, path]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [captured.err.strip()]                   # one line
+    assert captured.err.startswith(f"error: {flag} {path}: ") and problem in captured.err
+    assert captured.out == ""                                                    # refused before scoring
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "file").read_text() == "keep"
+
+
+def test_a_failed_atomic_write_leaves_no_temp_file(tmp_path):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError):
+        ev.write_atomic(tmp_path / "folder", "text")
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]
+    (tmp_path / "m.json").write_text("old")
+
+    def write_then_fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        ev.create_atomic(tmp_path / "m.json", write_then_fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "m.json"]
+    assert (tmp_path / "m.json").read_text() == "old"

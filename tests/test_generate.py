@@ -141,3 +141,13 @@ def test_bad_input_is_refused_before_any_work(models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         gen.main(["--model", f"{models / 'green'}:1", "--output_dir", str(tmp_path / "out"), "--height", "100"])
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(models, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    for output, problem in ((tmp_path / "taken", "is a file, not a folder"),
+                            (tmp_path / "taken" / "below", "cannot be created or written")):
+        assert run(models, output) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --output_dir {output}: ") and problem in err[0]
+    assert (tmp_path / "taken").read_text() == "a file"

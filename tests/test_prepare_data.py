@@ -448,3 +448,36 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
         with pytest.raises(SystemExit) as exit_info:
             pd.parse_args([*argv, "--output_dir", str(tmp_path / "out")])
         assert exit_info.value.code == 2
+
+
+def test_a_16_bit_photo_keeps_its_content_scaled_to_8_bits(tmp_path, capsys):
+    root = make_yolo(tmp_path / "yolo", 3, size=(40, 40))
+    grey16 = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)  # 0 .. 63960
+    Image.fromarray(grey16).save(root / "images" / "p0.png")
+    (root / "images" / "p0.jpg").unlink()
+    assert Image.open(root / "images" / "p0.png").mode == "I;16"
+    code, _ = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 0
+    written = next((tmp_path / "out" / "real").glob("*/images/p0.png"))
+    pixels = np.asarray(Image.open(written).convert("RGB"))
+    expected = np.round(grey16 / 257).astype(np.uint8)
+    assert all(np.abs(pixels[:, :, c].astype(int) - expected).max() <= 1 for c in range(3))
+    assert pixels.min() == 0 and pixels.max() == 249  # 63960 / 257, not PIL's clip to white
+
+
+def test_an_output_folder_holding_the_input_or_unusable_is_one_line(tmp_path, capsys):
+    root = make_yolo(tmp_path / "yolo", 4)
+    assert run_bad(tmp_path, capsys, root, source="yolo")[0] == 0
+    out = tmp_path / "out"
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    (tmp_path / "taken").write_text("a file")
+    for source, output, problem in ((out / "real", out, "overlaps the input folder"),
+                                    (root, root / "prepared", "overlaps the input folder"),
+                                    (root, tmp_path / "taken", "is a file, not a folder"),
+                                    (root, tmp_path / "taken" / "below", "cannot be created or written")):
+        code = pd.main(["--source", "yolo", "--input", str(source), "--output_dir", str(output), "--resolution", "40",
+                        "--num_val", "1", "--workers", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and problem in err[0] and f"--output_dir {output.resolve()}" in err[0]
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    assert not (root / "prepared").exists() and (tmp_path / "taken").read_text() == "a file"

@@ -153,4 +153,43 @@ def test_label_studio_edge_cases(proposals, tmp_path, capsys):
                     "--output_dir", str(tmp_path / "out")]) == 2
     assert "again" in capsys.readouterr().err
     assert pb.main(["import", "--reviewed", str(out), "--images", str(out / "images"), "--output_dir", str(out)]) == 2
-    assert "would be replaced" in capsys.readouterr().err
+    assert "would write into the input folder" in capsys.readouterr().err
+
+
+def test_a_truncated_image_is_named_before_any_detection(tiny_detector, proposals, tmp_path, capsys):
+    images, _ = proposals
+    broken = tmp_path / "images"
+    shutil.copytree(images, broken)
+    victim = sorted(broken.iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    code = pb.main(["propose", "--weights", str(tiny_detector / "weights" / "best.pt"), "--images", str(broken),
+                    "--output_dir", str(tmp_path / "out"), "--imgsz", "128"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith(f"error: {victim}: unreadable image")
+    assert not (tmp_path / "out" / "labels").exists()
+
+
+def test_an_output_folder_that_is_a_file_or_inside_the_images_is_refused(tiny_detector, proposals, tmp_path, capsys):
+    images, _ = proposals
+    (tmp_path / "taken").write_text("a file")
+    weights = str(tiny_detector / "weights" / "best.pt")
+    for out, problem in ((tmp_path / "taken", "is a file, not a folder"),
+                         (tmp_path / "taken" / "below", "cannot be created or written"),
+                         (images / "proposals", "would write into the input folder")):
+        assert pb.main(["propose", "--weights", weights, "--images", str(images), "--output_dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--output_dir {out}: " in err[0] and problem in err[0]
+    assert not (images / "proposals").exists()
+
+
+@pytest.mark.parametrize("line, problem", [("3 0.5 0.5 0.1 0.1", "class 3"), ("0 nan 0.5 0.1 0.1", "0..1"),
+                                           ("0 0.5 0.5 0.1", "expected a box"), ("0 0.5 0.5 1.5 0.1", "0..1")])
+def test_a_bad_reviewed_yolo_line_is_named_by_file_and_line(proposals, tmp_path, capsys, line, problem):
+    images, out = proposals
+    reviewed = tmp_path / "review"
+    shutil.copytree(out / "labels", reviewed / "labels")
+    label = sorted((reviewed / "labels").glob("*.txt"))[0]
+    label.write_text("0 0.5 0.5 0.2 0.2\n" + line + "\n")
+    code = pb.main(["import", "--reviewed", str(reviewed), "--images", str(images), "--output_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith(f"error: {label}:2: ") and problem in err[-1]

@@ -1,6 +1,9 @@
 import csv
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 
@@ -54,12 +57,40 @@ def test_second_run_does_nothing_and_a_deleted_output_redoes_only_what_depends_o
     work, _, _ = demo
     stdout, seconds = run_demo(work)
     assert stages_run(stdout) == [] and seconds < 30
-    import shutil
     shutil.rmtree(work / "proposals")
     stdout, _ = run_demo(work)
     assert stages_run(stdout) == ["propose", "detectors_genfusion", "evaluate", "table"]
     stdout, _ = run_demo(work, "--from", "ac_decode")
     assert stages_run(stdout) == ["ac_decode", "ac_test_rg0", "ac_detectors", "evaluate", "table"]
+
+
+def test_a_hand_edited_train_label_redoes_the_baseline_detectors_and_what_follows_and_nothing_before(demo):
+    work, _, _ = demo
+    instances = {p.stem for colour in ("green", "red") for p in (work / "data" / "instances" / colour).iterdir()}
+    label = next(p for p in sorted((work / "data" / "real" / "train" / "labels").glob("*.txt"))
+                 if p.stem not in instances)  # the annotation channel reads the instance photos' labels only
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    stdout, _ = run_demo(work)
+    assert stages_run(stdout) == ["detectors_baseline", "propose", "detectors_genfusion", "evaluate", "table"]
+    assert f"detectors_baseline: {label} changed since it last ran" in stdout
+
+
+def test_a_run_killed_after_the_data_was_made_again_redoes_everything_made_from_the_old_data(demo):
+    work, _, _ = demo
+    shutil.rmtree(work / "data")
+    process = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--demo", "--annotation_channel", "--work", str(work)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("== dreambooth_green: /"):  # its command: the stage has started
+            break
+    time.sleep(3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stdout, _ = run_demo(work)
+    all_stages = subprocess.run(["bash", str(REPO / "run_all.sh"), "--list_stages", "--annotation_channel"],
+                                capture_output=True, text=True).stdout.split()
+    assert stages_run(stdout) == all_stages[1:]  # prepare finished before the kill; every other stage read its data
+    assert "== prepare: done (skipped)" in stdout and "dreambooth_red: done (skipped)" not in stdout
 
 
 def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):
@@ -74,7 +105,6 @@ def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):
 
 @pytest.mark.parametrize("model, trained", [(None, False), ("owner/absent", False), ("owner/absent", True)])
 def test_a_model_that_cannot_be_had_stops_the_run_before_any_work(tmp_path, model, trained):
-    import os
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty_cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
     (tmp_path / "detection").mkdir()
     if trained:  # finished models, but prepare has still to run: DreamBooth runs again after it

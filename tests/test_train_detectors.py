@@ -1,5 +1,11 @@
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
 
 import pytest
 
@@ -58,51 +64,75 @@ def test_finished_run_is_skipped(tiny_detector, orchard_prepared, capsys):
     assert (tiny_detector / "run.json").stat().st_mtime_ns == before
 
 
-def test_killed_run_resumes(orchard_prepared, tmp_path, monkeypatch, capsys):
-    from ultralytics import YOLO
-    argv = ["--data", f"baseline={orchard_prepared / 'real.yaml'}", "--models", "yolov8n", "--seeds", "1",
-            "--epochs", "3", "--imgsz", "128", "--init", "scratch", "--workers", "0",
-            "--test_images", str(orchard_prepared / "real" / "test" / "images"), "--project", str(tmp_path)]
-    run_dir = tmp_path / "baseline" / "yolov8n" / "seed1"
-    real_train, calls = YOLO.train, []
+def detector_argv(orchard_prepared, project, *extra):
+    """A yolov8n run from scratch at 128 px on orchard-real, seed 0 and 2 epochs unless extra says otherwise."""
+    return ["--data", f"baseline={orchard_prepared / 'real.yaml'}", "--models", "yolov8n", "--seeds", "0",
+            "--epochs", "2", "--imgsz", "128", "--init", "scratch", "--workers", "0",
+            "--test_images", str(orchard_prepared / "real" / "test" / "images"), "--project", str(project), *extra]
 
-    def killed_after_first_epoch(self, **kwargs):
-        def kill(trainer):
-            if trainer.epoch == 0:
-                raise KeyboardInterrupt  # as if the machine went away after epoch 1 was saved
-        self.add_callback("on_model_save", kill)
-        return real_train(self, **kwargs)
+
+def test_killed_run_trains_again_to_the_unbroken_runs_predictions(tiny_detector, orchard_prepared, tmp_path):
+    """SIGKILL once epoch 1's last.pt is written, then the same command: byte for byte the test predictions of
+    the unbroken run with the same seed (tiny_detector). ultralytics' resume gives others."""
+    command = [sys.executable, td.__file__, *detector_argv(orchard_prepared, tmp_path)]
+    run_dir = tmp_path / "baseline" / "yolov8n" / "seed0"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not zipfile.is_zipfile(run_dir / "weights" / "last.pt"):  # complete: its central directory is at the end
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before epoch 1's last.pt"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "run.json").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    expected = sorted((tiny_detector / "test_predictions").glob("*.txt"))
+    assert [p.name for p in sorted((run_dir / "test_predictions").glob("*.txt"))] == [p.name for p in expected]
+    assert all((run_dir / "test_predictions" / p.name).read_bytes() == p.read_bytes() for p in expected)
+    assert "training again from epoch 0" in rerun.stdout
+
+
+class RunsOnUnpickling:
+    """A pickle that creates a folder when it is loaded: proof that a checkpoint was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_killed_run_is_never_unpickled_and_starts_again_with_the_settings_asked_now(orchard_prepared, tmp_path,
+                                                                                    monkeypatch):
+    import torch
+    from ultralytics import YOLO
+    run_dir = tmp_path / "baseline" / "yolov8n" / "seed0"
+    (run_dir / "weights").mkdir(parents=True)
+    unpickled = tmp_path / "unpickled"
+    torch.save({"epoch": 0, "train_args": {"epochs": 2, "nbs": 64}, "trap": RunsOnUnpickling(unpickled)},
+               run_dir / "weights" / "last.pt")
+    (run_dir / "results.csv").write_text("epoch,time\n1,1.0\n")
+    calls = []
 
     def recorded(self, **kwargs):
         calls.append(kwargs)
-        return real_train(self, **kwargs)
+        raise RuntimeError("stopped before training")
 
-    monkeypatch.setattr(YOLO, "train", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        td.main(argv)
-    with open(run_dir / "results.csv", newline="") as handle:
-        before = list(csv.DictReader(handle))
-    assert len(before) == 1 and not (run_dir / "run.json").exists()
     monkeypatch.setattr(YOLO, "train", recorded)
-    capsys.readouterr()
-    # ultralytics resumes with the settings it started with: other ones are refused, not silently dropped
-    assert td.main([*argv, "--nbs", "16"]) == 1
-    assert "nbs 64 then, 16 now" in capsys.readouterr().err and not calls
-    assert td.main(argv) == 0
-    assert "resuming" in capsys.readouterr().out and calls[0].get("resume") is True
-    with open(run_dir / "results.csv", newline="") as handle:
-        after = list(csv.DictReader(handle))
-    assert after[0] == before[0] and [int(float(r["epoch"])) for r in after] == [1, 2, 3]
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    assert td.main(detector_argv(orchard_prepared, tmp_path, "--nbs", "16")) == 1  # the stub's failure
+    assert not unpickled.exists()
+    assert not (run_dir / "weights").exists() and not (run_dir / "results.csv").exists()
+    assert len(calls) == 1 and "resume" not in calls[0] and (calls[0]["epochs"], calls[0]["nbs"]) == (2, 16)
 
 
-def test_half_written_or_finished_checkpoints_are_not_resumed(tmp_path):
-    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 half a zip")
-    assert td.training_state(tmp_path / "broken.pt") == "broken"
-    import torch
-    for epoch, state in ((-1, "finished"), (2, "finished"), (1, "resumable")):
-        torch.save({"epoch": epoch, "train_args": {"epochs": 3}}, tmp_path / "last.pt")
-        assert td.training_state(tmp_path / "last.pt") == state
+def test_project_that_cannot_be_a_folder_is_one_line_error(orchard_prepared, tmp_path, capsys, monkeypatch):
+    from ultralytics import YOLO
+    monkeypatch.setattr(YOLO, "train", lambda self, **kwargs: pytest.fail("trained despite a bad --project"))
+    (tmp_path / "a_file").write_text("")
+    for project in (tmp_path / "a_file", tmp_path / "a_file" / "runs"):
+        assert td.main(detector_argv(orchard_prepared, project)) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: --project {project}: {tmp_path / 'a_file'} is a "
+                                                       f"file, not a folder"]
 
 
 def test_bad_inputs_are_named(orchard_prepared, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -455,3 +456,31 @@ def test_random_crop_is_a_window_of_the_resized_photo_and_centre_crop_its_middle
         lefts.add(left)
     assert len(lefts) > 2 and all(0 <= left <= 32 for left in lefts)
     torch.testing.assert_close(tdb.image_tensor(tmp_path / "wide.png", 64), full[:, :, 16:80])
+
+
+def test_a_16_bit_photo_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    from PIL import Image
+    grey16 = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(grey16).save(tmp_path / "deep.png")
+    pixels = tdb.image_tensor(tmp_path / "deep.png", 32)
+    expected = torch.from_numpy(np.round(grey16 / 257) / 127.5 - 1).float()
+    assert all(torch.allclose(pixels[c], expected, atol=1 / 127.5) for c in range(3))
+    Image.fromarray(grey16.astype(np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(tdb.InputError, match="float.tiff: a floating-point image"):
+        tdb.image_tensor(tmp_path / "float.tiff", 32)
+
+
+def test_unusable_output_folders_are_one_line_errors(instance_dir, class_dir, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    cases = [("--output_dir", tmp_path / "taken", class_dir, "is a file, not a folder"),
+             ("--output_dir", tmp_path / "taken" / "below", class_dir, "cannot be created or written"),
+             ("--class_data_dir", tmp_path / "out", tmp_path / "taken", "is a file, not a folder"),
+             ("--output_dir", instance_dir / "model", class_dir, "lies in the instance folder"),
+             ("--class_data_dir", tmp_path / "out", instance_dir, "lies in the instance folder")]
+    for flag, output, classes, problem in cases:
+        code = tdb.main([*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(classes),
+                         "--output_dir", str(output)])
+        err = capsys.readouterr().err.strip().splitlines()
+        bad = output if flag == "--output_dir" else classes
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {flag} {bad}: ") and problem in err[0]
+    assert not (instance_dir / "model").exists() and (tmp_path / "taken").read_text() == "a file"
