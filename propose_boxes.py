@@ -5,28 +5,42 @@ The paper's annotation step (section 2.3.1): a baseline detector trained on real
 boxes, a person removes the false ones and adds the missed ones in a labelling tool, and the
 reviewed labels become the training set.
 
-  propose  In:  --weights BEST.pt, --images DIR (generate.py's images/)
+  propose  In:  --weights BEST.pt (the baseline detector) or --labels DIR (YOLO labels, no detector),
+                --images DIR (generate.py's images/)
            Out: OUT/images/ (links to the images), OUT/labels/<stem>.txt (YOLO, one file per
                 image, empty when nothing is proposed), OUT/proposals.csv (with confidences),
                 OUT/label_studio_tasks.json (tasks with 'predictions', boxes in percent),
-                OUT/coco_predictions.json (COCO, with scores), OUT/data.yaml (train on the
-                proposals as they are: the unreviewed path), OUT/proposals.json (threshold, how chosen).
-                --conf sets the threshold; --calibrate_data REAL.yaml picks the one with the best
-                F1 at IoU 0.5 on the real val split.
-  import   In:  --reviewed FILE_OR_DIR: a Label Studio JSON export, a COCO JSON, or a YOLO folder
-                (CVAT, Roboflow, X-AnyLabeling export one), and --images DIR.
+                OUT/label_studio_config.xml (the labelling config those tasks are made for),
+                OUT/coco_predictions.json (a whole COCO file with scores: COCO(path), not loadRes),
+                OUT/data.yaml (train on the proposals as they are: the unreviewed path),
+                OUT/proposals.json (threshold, how chosen). --conf sets the threshold;
+                --calibrate_data REAL.yaml picks the one with the best F1 at IoU 0.5 on the real val
+                split (and warns when even that F1 is below 0.1).
+  import   In:  --reviewed FILE.json | FILE.zip | DIR: Label Studio's JSON, JSON-MIN, COCO or YOLO
+                export (the file, the zip it hands out, or the unpacked folder), a COCO JSON or a YOLO
+                folder from another tool (CVAT, Roboflow); --images DIR; --proposals PROP (optional:
+                propose's OUT, to measure the review).
            Out: OUT/images/, OUT/labels/, OUT/data.yaml (for train_detectors.py), OUT/unreviewed.txt
-                (images without a review: listed, and left out of the dataset).
-Matching is by file name (Label Studio's upload prefix '1a2b3c4d-' is ignored). One class: apple.
+                (images without a review: listed, and left out of the dataset),
+                OUT/review_report.json (with --proposals: per image and in total, the proposals, the
+                reviewed boxes, and how many were unchanged (IoU >= 0.95), adjusted, deleted, added).
+An image counts as reviewed when the format says a person annotated it: a Label Studio task with an
+annotation that was not skipped; in COCO and YOLO, every listed image (they cannot tell an untouched
+image from one with no apples, so those are warned of). Matching is by file name, with Label
+Studio's prefixes ('1a2b3c4d__' on exports, '1a2b3c4d-' on uploads) ignored. Reviewed boxes are
+checked: finite, with an area, inside the image (overshoots under 0.5 % of a side are clipped),
+class apple. One class: apple.
 """
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -73,15 +87,21 @@ def read_yolo(path, width, height):
 
 
 def label_studio_task(image_ref, width, height, boxes, scores, model_version):
-    """A Label Studio task for one image with the proposals as a prediction (values in percent)."""
-    result = [{"id": f"p{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
-               "original_width": width, "original_height": height, "image_rotation": 0, "score": float(score),
-               "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
-                         "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [LABEL]}}
-              for i, ((x1, y1, x2, y2), score) in enumerate(zip(boxes, scores))]
-    return {"data": {"image": image_ref},
-            "predictions": [{"model_version": model_version, "result": result,
-                             "score": float(np.mean(scores)) if len(scores) else 0.0}]}
+    """A Label Studio task for one image with the proposals as a prediction (values in percent);
+    scores None: boxes from labels, with no confidence."""
+    result = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        region = {"id": f"p{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                  "original_width": width, "original_height": height, "image_rotation": 0,
+                  "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
+                            "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [LABEL]}}
+        if scores is not None:
+            region["score"] = float(scores[i])
+        result.append(region)
+    prediction = {"model_version": model_version, "result": result}
+    if scores is not None:
+        prediction["score"] = float(np.mean(scores)) if len(scores) else 0.0
+    return {"data": {"image": image_ref}, "predictions": [prediction]}
 
 
 REGION_TYPES = {"polygonlabels", "polygon", "keypointlabels", "keypoint", "brushlabels", "brush", "ellipselabels",
@@ -89,9 +109,9 @@ REGION_TYPES = {"polygonlabels", "polygon", "keypointlabels", "keypoint", "brush
 
 
 def label_studio_boxes(results, width, height, where):
-    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image.
-    Other region kinds, other labels and rotated boxes are errors naming `where`; non-region
-    results (choices, text) are not boxes and are passed over."""
+    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image
+    (checked_box). Other region kinds, other labels, rotated boxes and a review made at another
+    image size are errors naming `where`; non-region results (choices, text) are passed over."""
     boxes = []
     for item in results:
         kind = item.get("type")
@@ -99,6 +119,9 @@ def label_studio_boxes(results, width, height, where):
             raise InputError(f"{where}: a {kind} region cannot become a box; draw rectangles")
         if kind not in ("rectanglelabels", "rectangle"):
             continue
+        got = (item.get("original_width", width), item.get("original_height", height))
+        if got != (width, height):
+            raise InputError(f"{where}: reviewed at {got[0]}x{got[1]}, but the image is {width}x{height}")
         v = item["value"]
         labels = v.get("rectanglelabels", [LABEL])
         if labels != [LABEL]:
@@ -106,9 +129,21 @@ def label_studio_boxes(results, width, height, where):
         rotation = v.get("rotation", 0) % 360
         if min(rotation, 360 - rotation) > 1e-6:
             raise InputError(f"{where}: a box rotated by {v['rotation']} degrees cannot become a YOLO box")
-        x1, y1 = v["x"] / 100 * width, v["y"] / 100 * height
-        boxes.append([x1, y1, x1 + v["width"] / 100 * width, y1 + v["height"] / 100 * height])
+        try:
+            x1, y1 = v["x"] / 100 * width, v["y"] / 100 * height
+            box = [x1, y1, x1 + v["width"] / 100 * width, y1 + v["height"] / 100 * height]
+        except TypeError:
+            raise InputError(f"{where}: a box whose x, y, width, height are not all numbers: {v!r}")
+        boxes.append(checked_box(box, width, height, where))
     return boxes
+
+
+def label_studio_config():
+    """The labelling config the tasks are made for: their image under data 'image', their boxes
+    from 'label' to 'image', one label."""
+    return (f'<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
+            f'  <RectangleLabels name="label" toName="image">\n    <Label value="{LABEL}" background="red"/>\n'
+            f'  </RectangleLabels>\n</View>\n')
 
 
 def coco_document(entries):
@@ -123,11 +158,6 @@ def coco_document(entries):
                 annotation["score"] = float(scores[k])
             annotations.append(annotation)
     return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": LABEL}]}
-
-
-def reference_name(reference):
-    """A Label Studio image reference ('/data/local-files/?d=a/b.png', '/data/upload/1/x.png') -> its file name."""
-    return Path(unquote(str(reference).split("?d=")[-1])).name
 
 
 def iou_matrix(a, b):
@@ -302,9 +332,8 @@ def calibration_split(data_yaml):
     return images, truths
 
 
-def propose(args):
-    images = list_images(args.images)
-    check_output_dir(args.output_dir, args.images)
+def proposals_from_detector(args, images):
+    """{image: (boxes, scores)} from --weights at the chosen confidence, and what chose it."""
     if not Path(args.weights).is_file():
         raise InputError(f"{args.weights}: no such weights file")
     meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
@@ -317,120 +346,336 @@ def propose(args):
         meta.update(conf=threshold, chosen_by=f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} val",
                     calibration=[dict(zip(("threshold", "precision", "recall", "f1"), row)) for row in table])
         print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real val split)")
+        if f1 < 0.1:
+            print(f"WARNING: the best F1 on the real val split is {f1:.3f}: this detector finds almost no apples, "
+                  f"so its proposals will be nearly all wrong or missing and the review nearly all manual. "
+                  f"Train it longer or on more photos (train_detectors.py --epochs), or check its data",
+                  file=sys.stderr)
     else:
         meta.update(conf=args.conf, chosen_by="--conf")
     found = detect(args.weights, images, args.imgsz, args.iou, args.device)
+    kept = {}
+    for image in images:
+        pairs = [(box, conf) for box, conf in zip(*found[image]) if conf >= meta["conf"]]
+        kept[image] = ([box for box, _ in pairs], [conf for _, conf in pairs])
+    return kept, meta, Path(args.weights).name
 
+
+def proposals_from_labels(folder, images):
+    """{image: (boxes, None)} from YOLO labels (--labels: no detector), one <stem>.txt per image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--labels {folder}: no such folder")
+    check_images(images)
+    kept = {}
+    for image in images:
+        label = folder / f"{image.stem}.txt"
+        if not label.exists():
+            raise InputError(f"{label}: no label file for {image.name} (an empty file means no apples)")
+        width, height = image_size(image)
+        kept[image] = ([checked_box(box, width, height, f"{label}") for box in read_yolo(label, width, height)], None)
+    return kept, {"labels": str(folder.resolve()), "chosen_by": "--labels (no detector)"}, f"labels from {folder.name}"
+
+
+def propose(args):
+    images = list_images(args.images)
+    check_output_dir(args.output_dir, args.images)
+    if args.labels:
+        kept, meta, source = proposals_from_labels(args.labels, images)
+    else:
+        kept, meta, source = proposals_from_detector(args, images)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     labelled, tasks, coco_entries, rows = [], [], [], []
     for image in images:
         width, height = image_size(image)
-        kept = [(box, conf) for box, conf in zip(*found[image]) if conf >= meta["conf"]]
-        boxes, scores = [b for b, _ in kept], [c for _, c in kept]
+        boxes, scores = kept[image]
         labelled.append((image, boxes))
         tasks.append(label_studio_task(f"{args.image_url_prefix}{quote(image.resolve().as_posix().lstrip('/'))}",
-                                       width, height, boxes, scores, Path(args.weights).name))
+                                       width, height, boxes, scores, source))
         coco_entries.append((image.name, width, height, boxes, scores))
         rows += [{"file": image.name, "x1": round(b[0], 2), "y1": round(b[1], 2), "x2": round(b[2], 2),
-                  "y2": round(b[3], 2), "conf": round(c, 5)} for b, c in kept]
+                  "y2": round(b[3], 2), "conf": "" if scores is None else round(scores[k], 5)}
+                 for k, b in enumerate(boxes)]
     (out / "proposals.json").unlink(missing_ok=True)  # written last: present = finished
     write_dataset(out, labelled, "proposals as they are, not reviewed by a person")
     write_json(out / "label_studio_tasks.json", tasks)
     write_json(out / "coco_predictions.json", coco_document(coco_entries))
+    tmp = out / ".label_studio_config.xml.tmp"
+    tmp.write_text(label_studio_config())
+    os.replace(tmp, out / "label_studio_config.xml")
     with open(out / ".proposals.csv.tmp", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["file", "x1", "y1", "x2", "y2", "conf"])
         writer.writeheader()
         writer.writerows(rows)
     os.replace(out / ".proposals.csv.tmp", out / "proposals.csv")
     write_json(out / "proposals.json", meta)
-    print(f"{len(rows)} boxes proposed on {len(images)} images at confidence >= {meta['conf']:.3f}; "
-          f"review {out / 'label_studio_tasks.json'} in Label Studio, or train on {out / 'data.yaml'} as it is")
+    threshold = f" at confidence >= {meta['conf']:.3f}" if "conf" in meta else f" from {args.labels}"
+    print(f"{len(rows)} boxes proposed on {len(images)} images{threshold}; review {out / 'label_studio_tasks.json'} "
+          f"in Label Studio (labelling config {out / 'label_studio_config.xml'}; README: 'Proposals and review'), "
+          f"or train on {out / 'data.yaml'} as it is")
 
 
 # ---------------------------------------------------------------------------------------------
 # import
 # ---------------------------------------------------------------------------------------------
-def reviewed_from_label_studio(tasks, sizes, source):
-    """{file name: boxes} of the tasks a person annotated (tasks with only predictions are not reviewed)."""
-    reviewed = {}
+# Label Studio names an exported image '<first 8 hex of md5(url)>__<name>' and an uploaded one '<8 hex>-<name>'.
+LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}(__|-)")
+OVERSHOOT = 0.005  # a box may overshoot the image by this share of its side (rounding); it is clipped
+
+
+class Review:
+    """What a review file says: {image name: boxes} of the images a person reviewed, and
+    `empty_listed`: the images a COCO or YOLO review lists with no box, which those formats cannot
+    tell apart from images nobody touched."""
+
+    def __init__(self, kind):
+        self.kind, self.boxes, self.empty_listed = kind, {}, []
+
+
+def review_name(reference, names):
+    """A file name, path or Label Studio URL in a review -> the image of --images it names (as is,
+    or without Label Studio's prefix), or None."""
+    name = Path(unquote(str(reference).split("?d=")[-1])).name
+    if name in names:
+        return name
+    stripped = LABEL_STUDIO_PREFIX.sub("", name)
+    return stripped if stripped in names else None
+
+
+def checked_box(box, width, height, where):
+    """x1 y1 x2 y2 in pixels -> the box, clipped to the image when it overshoots by a rounding's
+    worth (under OVERSHOOT of the image's side); InputError naming `where` for a box with a
+    non-finite value, no area, or beyond the image."""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: a box that is not four numbers: {box!r}")
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise InputError(f"{where}: a box with a value that is not a finite number: {box!r}")
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"{where}: a box of width {x2 - x1:g} and height {y2 - y1:g} px: it has no area")
+    slack_x, slack_y = OVERSHOOT * width, OVERSHOOT * height
+    if x1 < -slack_x or y1 < -slack_y or x2 > width + slack_x or y2 > height + slack_y:
+        raise InputError(f"{where}: the box x {x1:g}..{x2:g}, y {y1:g}..{y2:g} px lies outside the "
+                         f"{width}x{height} image")
+    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+
+
+def review_from_label_studio(tasks, sizes, source):
+    """Label Studio's JSON export: a task with an annotation that was not skipped is reviewed; the
+    ground-truth annotation counts if one is marked, else the latest."""
+    review = Review("Label Studio JSON export")
     for number, task in enumerate(tasks, start=1):
-        name = reference_name(task.get("data", {}).get("image", ""))
-        if name not in sizes:
-            name = re.sub(r"^[0-9a-f]{8}-", "", name)
+        if not isinstance(task, dict):
+            raise InputError(f"{source}: item {number} is not a task")
+        name = review_name(task.get("data", {}).get("image", ""), sizes)
         annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
-        if name not in sizes or not annotations:
+        if name is None or not annotations:
             continue
-        if name in reviewed:
-            raise InputError(f"{source}: task {number} reviews {name} again; export one task per image")
-        # the ground-truth annotation if one is marked, else the latest
+        if name in review.boxes:
+            raise InputError(f"{source}: task {task.get('id', number)} reviews {name} again; export one task per image")
         chosen = max(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at", ""))))
-        results = chosen.get("result", [])
+        where = f"{source}: task {task.get('id', number)} ({name})"
+        review.boxes[name] = label_studio_boxes(chosen.get("result", []), *sizes[name], where)
+    return review
+
+
+def review_from_label_studio_min(items, sizes, source):
+    """Label Studio's JSON-MIN export: one flat item per task, its boxes under the labelling
+    config's name ('label'); an item with an annotation id (or annotator) was annotated."""
+    review = Review("Label Studio JSON-MIN export")
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise InputError(f"{source}: item {number} is not a task")
+        name = review_name(item.get("image", ""), sizes)
+        if name is None or not ("annotation_id" in item or "annotator" in item):
+            continue
+        if name in review.boxes:
+            raise InputError(f"{source}: item {item.get('id', number)} reviews {name} again; export one task per image")
+        where = f"{source}: item {item.get('id', number)} ({name})"
         width, height = sizes[name]
-        for item in results:
-            got = (item.get("original_width", width), item.get("original_height", height))
-            if got != (width, height):
-                raise InputError(f"{source}: task {number} ({name}) was reviewed at {got[0]}x{got[1]}, but the "
-                                 f"image is {width}x{height}")
-        reviewed[name] = label_studio_boxes(results, width, height, f"{source}: task {number} ({name})")
-    return reviewed
+        regions = [value for key, values in item.items() if isinstance(values, list)
+                   for value in values if isinstance(value, dict) and "x" in value and "width" in value]
+        results = [{"type": "rectanglelabels", "value": region,
+                    "original_width": region.get("original_width", width),
+                    "original_height": region.get("original_height", height)} for region in regions]
+        review.boxes[name] = label_studio_boxes(results, width, height, where)
+    return review
 
 
-def reviewed_from_coco(document, sizes):
-    names = {img["id"]: Path(img["file_name"]).name for img in document["images"]}
-    reviewed = {name: [] for name in names.values() if name in sizes}
-    for ann in document.get("annotations", []):
-        name = names[ann["image_id"]]
-        if name in reviewed:
-            x, y, w, h = ann["bbox"]
-            reviewed[name].append([x, y, x + w, y + h])
-    return reviewed
+def review_from_coco(document, sizes, source):
+    """A COCO JSON (Label Studio's COCO export, CVAT, Roboflow): every listed image is reviewed."""
+    review = Review("COCO JSON")
+    categories = {c.get("id"): str(c.get("name", "")) for c in document.get("categories", []) if isinstance(c, dict)}
+    names = {}
+    for image in document["images"]:
+        name = review_name(image["file_name"], sizes)
+        if name is None:
+            continue
+        width, height = sizes[name]
+        if (image.get("width", width), image.get("height", height)) != (width, height):
+            raise InputError(f"{source}: image {image['id']} ({name}) is {image.get('width')}x{image.get('height')} "
+                             f"there, but {width}x{height} in --images")
+        names[image["id"]] = name
+        review.boxes[name] = []
+    for annotation in document.get("annotations", []):
+        if annotation["image_id"] not in names:
+            continue
+        name = names[annotation["image_id"]]
+        where = f"{source}: annotation {annotation.get('id')} ({name})"
+        category = categories.get(annotation.get("category_id"), annotation.get("category_id"))
+        if str(category).lower() != LABEL:
+            raise InputError(f"{where}: category {category!r}; the only class is {LABEL!r}")
+        bbox = annotation["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise InputError(f"{where}: bbox {bbox!r} is not [x, y, width, height]")
+        x, y, w, h = bbox
+        box = [x, y, x + w, y + h] if all(isinstance(v, (int, float)) for v in bbox) else bbox
+        review.boxes[name].append(checked_box(box, *sizes[name], where))
+    review.empty_listed = [name for name, boxes in review.boxes.items() if not boxes]
+    return review
 
 
-def reviewed_from_yolo(folder, images):
+def review_from_yolo(folder, sizes):
+    """A YOLO folder (labels/ or the .txt files themselves; Label Studio's YOLO export, CVAT,
+    Roboflow): an image with a label file is reviewed, an empty file meaning no apples."""
     folder = Path(folder)
     labels = folder / "labels" if (folder / "labels").is_dir() else folder
-    reviewed = {}
-    for image in images:
-        label = labels / f"{image.stem}.txt"
-        if label.exists():
-            reviewed[image.name] = read_yolo(label, *image_size(image))
-    return reviewed
+    review = Review("YOLO folder")
+    stems = {Path(name).stem: name for name in sizes}
+    for label in sorted(labels.glob("*.txt")):
+        stem = label.stem if label.stem in stems else LABEL_STUDIO_PREFIX.sub("", label.stem)
+        if stem not in stems:
+            continue
+        name = stems[stem]
+        if name in review.boxes:
+            raise InputError(f"{label}: a second label file for {name}")
+        width, height = sizes[name]
+        review.boxes[name] = [checked_box(box, width, height, f"{label} ({name})")
+                              for box in read_yolo(label, width, height)]
+    review.empty_listed = [name for name, boxes in review.boxes.items() if not boxes]
+    return review
+
+
+def review_from_json(path, sizes):
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({error})")
+    try:
+        if isinstance(document, list) and all(isinstance(t, dict) and "data" in t for t in document):
+            return review_from_label_studio(document, sizes, path)
+        if isinstance(document, list):
+            return review_from_label_studio_min(document, sizes, path)
+        if isinstance(document, dict) and "images" in document:
+            return review_from_coco(document, sizes, path)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{path}: malformed review file ({type(error).__name__}: {error})")
+    raise InputError(f"{path}: neither a Label Studio export (JSON or JSON-MIN) nor a COCO JSON")
+
+
+def read_review(source, sizes):
+    """--reviewed FILE.json | FILE.zip | DIR -> Review. A zip (as Label Studio hands its exports
+    out) or a folder holds a COCO export (result.json), YOLO labels, or one JSON file."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    if source.is_file() and zipfile.is_zipfile(source):
+        with tempfile.TemporaryDirectory() as unpacked:
+            try:
+                with zipfile.ZipFile(source) as archive:
+                    archive.extractall(unpacked)
+            except (OSError, zipfile.BadZipFile) as error:
+                raise InputError(f"{source}: a broken zip ({error})")
+            review = read_review(unpacked, sizes)
+            review.kind += " (zip)"
+            return review
+    if source.is_file():
+        return review_from_json(source, sizes)
+    if (source / "result.json").is_file():
+        return review_from_json(source / "result.json", sizes)
+    if (source / "labels").is_dir() or any(source.glob("*.txt")):
+        return review_from_yolo(source, sizes)
+    documents = sorted(source.glob("*.json"))
+    if len(documents) == 1:
+        return review_from_json(documents[0], sizes)
+    raise InputError(f"{source}: a folder with neither result.json (COCO), labels/ or .txt files (YOLO), nor one "
+                     f"JSON file (Label Studio)")
+
+
+def match_review(proposed, reviewed, iou=0.5, same=0.95):
+    """How a person changed one image's proposals: one-to-one matching, highest-IoU pairs first, at
+    IoU >= iou -> {proposals, reviewed, unchanged (IoU >= same), adjusted, deleted, added}."""
+    overlaps = iou_matrix(proposed, reviewed) if len(proposed) and len(reviewed) else np.zeros((len(proposed), 0))
+    pairs = sorted(((overlaps[i, j], i, j) for i in range(len(proposed)) for j in range(len(reviewed))
+                    if overlaps[i, j] >= iou), reverse=True)
+    used_proposed, used_reviewed, unchanged, adjusted = set(), set(), 0, 0
+    for overlap, i, j in pairs:
+        if i in used_proposed or j in used_reviewed:
+            continue
+        used_proposed.add(i)
+        used_reviewed.add(j)
+        unchanged, adjusted = unchanged + int(overlap >= same), adjusted + int(overlap < same)
+    return {"proposals": len(proposed), "reviewed": len(reviewed), "unchanged": unchanged, "adjusted": adjusted,
+            "deleted": len(proposed) - len(used_proposed), "added": len(reviewed) - len(used_reviewed)}
+
+
+def review_report(proposals_dir, review, sizes):
+    """The review's cost: match_review for every reviewed image against propose's labels in
+    proposals_dir, per image and in total."""
+    labels = Path(proposals_dir) / "labels"
+    if not labels.is_dir():
+        raise InputError(f"--proposals {proposals_dir}: no labels/ folder (give propose's --output_dir)")
+    images = {}
+    for name, boxes in sorted(review.boxes.items()):
+        proposal_file = labels / f"{Path(name).stem}.txt"
+        if not proposal_file.exists():
+            raise InputError(f"--proposals {proposals_dir}: no proposals for {name} ({proposal_file} is missing)")
+        images[name] = match_review(read_yolo(proposal_file, *sizes[name]), boxes)
+    totals = {key: sum(image[key] for image in images.values()) for key in
+              ("proposals", "reviewed", "unchanged", "adjusted", "deleted", "added")}
+    return {"proposals_dir": str(Path(proposals_dir).resolve()), "matching": "one-to-one, highest IoU first, "
+            "IoU >= 0.5; unchanged at IoU >= 0.95", "reviewed_images": len(images), "totals": totals,
+            "images": images}
 
 
 def import_reviewed(args):
     images = list_images(args.images)
     check_output_dir(args.output_dir, args.images)
     sizes = {image.name: image_size(image) for image in images}
-    source = Path(args.reviewed)
-    if source.is_dir():
-        reviewed, kind = reviewed_from_yolo(source, images), "YOLO folder"
-    else:
-        try:
-            document = json.loads(source.read_text())
-        except (OSError, ValueError) as error:
-            raise InputError(f"{source}: not a readable JSON file or YOLO folder ({error})")
-        try:
-            if isinstance(document, list):
-                reviewed, kind = reviewed_from_label_studio(document, sizes, source), "Label Studio export"
-            elif isinstance(document, dict) and "images" in document:
-                reviewed, kind = reviewed_from_coco(document, sizes), "COCO JSON"
-            else:
-                raise InputError(f"{source}: neither a Label Studio export (a list of tasks) nor a COCO JSON")
-        except (KeyError, TypeError) as error:
-            raise InputError(f"{source}: malformed review file (missing {error})")
-    if not reviewed:
-        raise InputError(f"{source} ({kind}) reviews none of the images in {args.images} (matched by file name)")
-    unreviewed = [image.name for image in images if image.name not in reviewed]
+    review = read_review(args.reviewed, sizes)
+    if not review.boxes:
+        raise InputError(f"{args.reviewed} ({review.kind}) reviews none of the images in {args.images} "
+                         f"(matched by file name)")
+    report = review_report(args.proposals, review, sizes) if args.proposals else None
+    unreviewed = [image.name for image in images if image.name not in review.boxes]
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_dataset(out, [(image, reviewed[image.name]) for image in images if image.name in reviewed],
-                  f"reviewed labels from {source} ({kind})")
+    write_dataset(out, [(image, review.boxes[image.name]) for image in images if image.name in review.boxes],
+                  f"reviewed labels from {args.reviewed} ({review.kind})")
     tmp = out / ".unreviewed.txt.tmp"
     tmp.write_text("".join(f"{name}\n" for name in unreviewed))
     os.replace(tmp, out / "unreviewed.txt")
-    print(f"{len(reviewed)} reviewed images ({sum(len(b) for b in reviewed.values())} boxes) from the {kind} "
-          f"-> {out / 'data.yaml'}")
+    (out / "review_report.json").unlink(missing_ok=True)
+    if report:
+        write_json(out / "review_report.json", report)
+    print(f"{len(review.boxes)} reviewed images ({sum(len(b) for b in review.boxes.values())} boxes) from the "
+          f"{review.kind} -> {out / 'data.yaml'}")
+    if report:
+        t = report["totals"]
+        print(f"the review: {t['proposals']} proposals -> {t['reviewed']} boxes on {report['reviewed_images']} images: "
+              f"{t['unchanged']} unchanged, {t['adjusted']} adjusted, {t['deleted']} deleted, {t['added']} added "
+              f"-> {out / 'review_report.json'}")
+        if t["unchanged"] == t["proposals"] == t["reviewed"]:
+            print("warning: the reviewed boxes equal the proposals on every reviewed image: was the review "
+                  "exported before anyone changed a box, or were the predictions exported instead of the "
+                  "annotations?", file=sys.stderr)
+    if review.empty_listed:
+        print(f"warning: {len(review.empty_listed)} images are listed in the {review.kind} with no boxes, so they "
+              f"count as reviewed with no apples: {', '.join(review.empty_listed[:5])}"
+              f"{' ...' if len(review.empty_listed) > 5 else ''}. A {review.kind.split(' (')[0]} cannot tell them "
+              f"from images nobody opened: if this export holds every task (Label Studio's 'all tasks'), export "
+              f"the annotated tasks only, or Label Studio's JSON, which says which tasks a person annotated",
+              file=sys.stderr)
     if unreviewed:
         print(f"warning: {len(unreviewed)} images have no review and are left out (listed in "
               f"{out / 'unreviewed.txt'}): {', '.join(unreviewed[:5])}{' ...' if len(unreviewed) > 5 else ''}")
@@ -442,7 +687,10 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("propose", help="boxes from a detector, in YOLO, Label Studio and COCO form",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", required=True, help="the baseline detector (train_detectors.py's best.pt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="the baseline detector (train_detectors.py's best.pt)")
+    source.add_argument("--labels", help="no detector: make the tasks from these YOLO labels, one <stem>.txt per "
+                        "image (e.g. annotation_channel.py decode's labels/, or another tool's)")
     p.add_argument("--images", required=True, help="the generated images")
     p.add_argument("--output_dir", required=True)
     threshold = p.add_mutually_exclusive_group()
@@ -456,10 +704,15 @@ def main(argv=None):
                         "tasks: Label Studio's local files with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/")
     i = commands.add_parser("import", help="reviewed labels -> a YOLO dataset for train_detectors.py",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    i.add_argument("--reviewed", required=True, help="Label Studio JSON export, COCO JSON, or a YOLO folder")
+    i.add_argument("--reviewed", required=True, help="a Label Studio export (JSON, JSON-MIN, COCO or YOLO: the "
+                   ".json, the .zip it hands out, or the unpacked folder), a COCO JSON, or a YOLO folder")
     i.add_argument("--images", required=True, help="the generated images the review is of")
     i.add_argument("--output_dir", required=True)
+    i.add_argument("--proposals", help="propose's --output_dir: measure how the review changed the proposals "
+                   "(OUT/review_report.json)")
     args = parser.parse_args(argv)
+    if args.command == "propose" and args.labels and args.calibrate_data:
+        parser.error("--calibrate_data picks a detector's threshold: not with --labels")
     try:
         propose(args) if args.command == "propose" else import_reviewed(args)
     except InputError as error:

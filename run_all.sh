@@ -244,8 +244,9 @@ stage propose "$work/proposals" "$work/generated/images" "$proposer" ${calibrati
   "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$work/generated/images" "${propose[@]}" \
   --output_dir "$work/proposals"
 if [ -n "$reviewed" ]; then
-  stage import "$work/genfusion" "$reviewed" "$work/generated/images" -- "$python" "$root/propose_boxes.py" import \
-    --reviewed "$reviewed" --images "$work/generated/images" --output_dir "$work/genfusion"
+  stage import "$work/genfusion" "$reviewed" "$work/generated/images" "$work/proposals/labels" -- "$python" \
+    "$root/propose_boxes.py" import --reviewed "$reviewed" --images "$work/generated/images" \
+    --proposals "$work/proposals" --output_dir "$work/genfusion"
   genfusion_yaml="$work/genfusion/data.yaml"; labels_note="reviewed by a person ($reviewed)"
 else
   genfusion_yaml="$work/proposals/data.yaml"; labels_note="the baseline's proposals as they are, NOT reviewed"

@@ -3,6 +3,7 @@ import copy
 import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,142 @@ def test_a_bad_reviewed_yolo_line_is_named_by_file_and_line(proposals, tmp_path,
     code = pb.main(["import", "--reviewed", str(reviewed), "--images", str(images), "--output_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith(f"error: {label}:2: ") and problem in err[-1]
+
+
+# ---- reviews on small hand-made files ------------------------------------------------------------
+def small_images(folder, count=3, size=(100, 80)):
+    from PIL import Image
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", size, (40 * i, 90, 30)).save(folder / f"tree_{i}.png")
+    return folder
+
+
+def coco_review(images, annotations, categories=({"id": 1, "name": "apple"},)):
+    return {"images": [{"id": i + 1, "file_name": f"{prefix}tree_{i}.png", "width": 100, "height": 80}
+                       for i, prefix in enumerate(images)],
+            "annotations": [{"id": k + 1, "image_id": image_id, "category_id": category, "bbox": bbox}
+                            for k, (image_id, bbox, category) in enumerate(annotations)],
+            "categories": list(categories)}
+
+
+def run_import(tmp_path, capsys, reviewed, *extra):
+    code = pb.main(["import", "--reviewed", str(reviewed), "--images", str(tmp_path / "images"),
+                    "--output_dir", str(tmp_path / "out"), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_coco_with_label_studio_prefixes_lists_the_reviewed_images_and_warns_of_empty_ones(tmp_path, capsys):
+    small_images(tmp_path / "images")
+    review = coco_review(["images/1a2b3c4d__", "images/9f8e7d6c__"], [(1, [10, 20, 30, 15], 1)])
+    (tmp_path / "review.json").write_text(json.dumps(review))
+    code, out, err = run_import(tmp_path, capsys, tmp_path / "review.json")
+    assert code == 0 and (tmp_path / "out" / "unreviewed.txt").read_text() == "tree_2.png\n"
+    assert labels_of(tmp_path / "out") == {"tree_0.txt": [[0, 0.25, 0.34375, 0.3, 0.1875]], "tree_1.txt": []}
+    assert "1 images are listed in the COCO JSON with no boxes" in err and "tree_1.png" in err and "all tasks" in err
+
+
+def test_yolo_export_with_prefixed_names_and_an_empty_file(tmp_path, capsys):
+    small_images(tmp_path / "images")
+    (tmp_path / "export" / "labels").mkdir(parents=True)
+    (tmp_path / "export" / "labels" / "0123abcd__tree_0.txt").write_text("0 0.5 0.5 0.2 0.25\n")
+    (tmp_path / "export" / "labels" / "tree_1.txt").write_text("")
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as archive:
+        for path in (tmp_path / "export" / "labels").iterdir():
+            archive.write(path, f"labels/{path.name}")
+    for reviewed in (tmp_path / "export", tmp_path / "export.zip"):
+        code, _, err = run_import(tmp_path, capsys, reviewed)
+        assert code == 0 and labels_of(tmp_path / "out") == {"tree_0.txt": [[0, 0.5, 0.5, 0.2, 0.25]], "tree_1.txt": []}
+        assert (tmp_path / "out" / "unreviewed.txt").read_text() == "tree_2.png\n" and "tree_1.png" in err
+
+
+def test_label_studio_tasks_without_an_annotation_or_skipped_are_unreviewed(tmp_path, capsys):
+    small_images(tmp_path / "images")
+    tasks = [{"id": i + 1, "data": {"image": f"/data/local-files/?d=x/tree_{i}.png"}, "annotations": annotations}
+             for i, annotations in enumerate([[{"result": []}], [], [{"result": [], "was_cancelled": True}]])]
+    (tmp_path / "all_tasks.json").write_text(json.dumps(tasks))
+    code, _, err = run_import(tmp_path, capsys, tmp_path / "all_tasks.json")
+    assert code == 0 and labels_of(tmp_path / "out") == {"tree_0.txt": []} and "listed" not in err
+    assert (tmp_path / "out" / "unreviewed.txt").read_text() == "tree_1.png\ntree_2.png\n"
+
+
+def label_studio_box(x, y, w, h, label="apple"):
+    return {"type": "rectanglelabels", "original_width": 100, "original_height": 80,
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]}}
+
+
+@pytest.mark.parametrize("review, problem", [
+    (coco_review([""], [(1, [10, 10, -5, 10], 1)]), "annotation 1 (tree_0.png): a box of width -5"),
+    (coco_review([""], [(1, [90, 10, 20, 10], 1)]), "annotation 1 (tree_0.png): the box x 90..110"),
+    (coco_review([""], [(1, [10, float("nan"), 5, 5], 1)]), "annotation 1 (tree_0.png): a box with a value that"),
+    (coco_review([""], [(1, [10, 10, 5, 5], 1), (1, [20, 20, 5, 5], 2)],
+                 ({"id": 1, "name": "apple"}, {"id": 2, "name": "leaf"})), "annotation 2 (tree_0.png): category 'leaf'"),
+    ([{"id": 7, "data": {"image": "tree_0.png"}, "annotations": [{"result": [label_studio_box(-10, 5, 20, 20)]}]}],
+     "task 7 (tree_0.png): the box x -10..10"),
+    ([{"id": 7, "data": {"image": "tree_0.png"}, "annotations": [{"result": [label_studio_box(5, 5, 20, 20, "leaf")]}]}],
+     "task 7 (tree_0.png): a box labelled ['leaf']")])
+def test_bad_reviewed_boxes_are_named_with_the_file_and_the_image(tmp_path, capsys, review, problem):
+    small_images(tmp_path / "images")
+    (tmp_path / "review.json").write_text(json.dumps(review))
+    code, _, err = run_import(tmp_path, capsys, tmp_path / "review.json")
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'review.json'}: ") and problem in err
+    assert not (tmp_path / "out" / "labels").exists()
+
+
+def test_a_rounding_overshoot_is_clipped(tmp_path, capsys):
+    small_images(tmp_path / "images")
+    review = [{"id": 1, "data": {"image": "tree_0.png"}, "annotations": [{"result": [
+        label_studio_box(-0.3, 50, 20.4, 50.2)]}]}]  # 0.3 % left of the image and 0.2 % below it
+    (tmp_path / "review.json").write_text(json.dumps(review))
+    assert run_import(tmp_path, capsys, tmp_path / "review.json")[0] == 0
+    [[_, cx, cy, w, h]] = labels_of(tmp_path / "out")["tree_0.txt"]
+    assert (cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2) == pytest.approx((0, 0.201, 0.5, 1.0), abs=1e-6)
+
+
+def test_review_report_counts_the_changes_and_warns_when_nothing_changed(tmp_path, capsys):
+    small_images(tmp_path / "images", count=2)
+    (tmp_path / "proposed").mkdir()
+    (tmp_path / "proposed" / "tree_0.txt").write_text("0 0.2 0.2 0.2 0.2\n0 0.5 0.5 0.2 0.2\n0 0.8 0.8 0.1 0.1\n")
+    (tmp_path / "proposed" / "tree_1.txt").write_text("")
+    assert pb.main(["propose", "--labels", str(tmp_path / "proposed"), "--images", str(tmp_path / "images"),
+                    "--output_dir", str(tmp_path / "prop")]) == 0
+    tasks = json.loads((tmp_path / "prop" / "label_studio_tasks.json").read_text())
+    assert all("score" not in r for r in tasks[0]["predictions"][0]["result"]) and len(tasks[0]["predictions"][0]["result"]) == 3
+    assert (tmp_path / "prop" / "label_studio_config.xml").read_text().count('name="label" toName="image"') == 1
+    code, _, err = run_import(tmp_path, capsys, tmp_path / "prop", "--proposals", str(tmp_path / "prop"))
+    assert code == 0 and "equal the proposals on every reviewed image" in err
+    (tmp_path / "review").mkdir()
+    # kept as is; moved a little (IoU 0.68: adjusted); the small one deleted; one added on tree_1
+    (tmp_path / "review" / "tree_0.txt").write_text("0 0.2 0.2 0.2 0.2\n0 0.53 0.5 0.2 0.2\n")
+    (tmp_path / "review" / "tree_1.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    code, out, err = run_import(tmp_path, capsys, tmp_path / "review", "--proposals", str(tmp_path / "prop"))
+    report = json.loads((tmp_path / "out" / "review_report.json").read_text())
+    assert code == 0 and "equal the proposals" not in err
+    assert report["images"]["tree_0.png"] == {"proposals": 3, "reviewed": 2, "unchanged": 1, "adjusted": 1,
+                                              "deleted": 1, "added": 0}
+    assert report["totals"] == {"proposals": 3, "reviewed": 3, "unchanged": 1, "adjusted": 1, "deleted": 1, "added": 1}
+    assert "3 proposals -> 3 boxes on 2 images: 1 unchanged, 1 adjusted, 1 deleted, 1 added" in out
+
+
+def test_match_review_pairs_highest_iou_first():
+    proposed = [[0, 0, 10, 10], [5, 0, 15, 10]]
+    reviewed = [[4, 0, 14, 10]]  # IoU 0.67 with the first, 0.82 with the second: the second is the match
+    assert pb.match_review(proposed, reviewed) == {"proposals": 2, "reviewed": 1, "unchanged": 0, "adjusted": 1,
+                                                   "deleted": 1, "added": 0}
+    assert pb.match_review([[0, 0, 10, 10]], [[0, 0, 10, 10.4]])["unchanged"] == 1  # IoU 0.96
+
+
+def test_a_calibration_that_finds_nothing_warns_loudly(tiny_detector, proposals, orchard_prepared, tmp_path, capsys):
+    images, _ = proposals
+    val = tmp_path / "data" / "val"
+    shutil.copytree(orchard_prepared / "real" / "val" / "images", val / "images")
+    (val / "labels").mkdir()
+    for image in (val / "images").iterdir():  # apples where the detector never looks: a 1-px box in a corner
+        (val / "labels" / f"{image.stem}.txt").write_text("0 0.004 0.004 0.008 0.008\n")
+    (tmp_path / "data" / "real.yaml").write_text(yaml.safe_dump({"path": str(tmp_path / "data"), "train": "val/images",
+                                                                 "val": "val/images", "names": {0: "apple"}}))
+    assert pb.main(["propose", "--weights", str(tiny_detector / "weights" / "best.pt"), "--images", str(images),
+                    "--output_dir", str(tmp_path / "out"), "--calibrate_data", str(tmp_path / "data" / "real.yaml"),
+                    "--imgsz", "128"]) == 0
+    assert "WARNING: the best F1 on the real val split is 0.0" in capsys.readouterr().err
