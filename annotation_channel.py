@@ -31,7 +31,10 @@
            happen to form the smaller clusters). With --reference (e.g. the real instance photos)
            the images near the references in PCA space are kept instead. OUT/kept/ and
            OUT/rejected/ (links or copies; the input folder is untouched), OUT/filter.csv (file,
-           cluster, kept), OUT/filter.png (the t-SNE map by cluster, rejected images crossed).
+           cluster, kept), OUT/filter.png (the t-SNE map: dots coloured by cluster, kept ones circled
+           in green, rejected ones crossed in red, thumbnails framed likewise, reference photos as
+           black stars).
+Progress bars appear on stderr when it is a terminal.
 """
 import argparse
 import csv
@@ -45,6 +48,7 @@ import cv2
 import numpy as np
 import yaml
 from PIL import Image
+from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BLUE = 2  # channel index in RGB arrays
@@ -52,6 +56,11 @@ SIZED_DOT_FRACTION = 0.25  # semi-axis / box side of a sized dot
 THUMBNAIL_WEIGHT = 0.05
 REFERENCE_REACH = 1.5
 RING_WIDTH = 2
+KEPT_COLOUR, REJECTED_COLOUR = "#1a9850", "#d73027"  # green and red frames on the filter map
+CLUSTER_COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]  # not green, red
+THUMBNAILS_PER_GROUP = 2  # on the filter map, per cluster and decision (kept or rejected)
+THUMBNAIL_PX = 64
+THUMBNAIL_OFFSET = 18  # points between a dot and its thumbnail, towards the middle of the map
 
 
 class InputError(Exception):
@@ -77,6 +86,12 @@ def list_images(folder):
     return images
 
 
+def progress(items, description):
+    """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
+    pipes get no bar, and an error stays one line)."""
+    return tqdm(items, desc=description, unit="image", leave=False, disable=None)
+
+
 def prepare_output_dir(out, written, inputs):
     """Create OUT and check it can be written, and that none of the folders this command writes
     (OUT/<sub> for sub in written) is an input folder or lies inside one: its files would be replaced."""
@@ -96,15 +111,13 @@ def prepare_output_dir(out, written, inputs):
 
 
 def rgb_image(image, path):
-    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16, or I holding values above 255) is
-    scaled to 8 bits: PIL's convert("RGB") would clip every value above 255 to white."""
-    if image.mode.startswith("I;16") or image.mode == "I":
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
+    convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
         values = np.asarray(image, dtype=np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
-        if image.mode.startswith("I;16") or values.max() > 255:
-            values = np.round(values / 257)
-        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
                       f"16-bit image")
@@ -286,10 +299,13 @@ def image_features(paths):
 
 def cluster_filter(features, reference_features=None, pca_dims=50, clusters=3, seed=0):
     """The paper's recipe: PCA -> t-SNE(2) -> KMeans, keep the largest cluster.
-    -> (2-D map, cluster of every image, kept mask). With reference features an image is kept when
-    it sits near the references in PCA space instead: its nearest reference is no farther than
-    REFERENCE_REACH times the median distance between a reference and its nearest other reference
-    (the median, so one odd reference photo cannot widen the reach)."""
+    -> (2-D map of the images, 2-D map of the reference photos (no rows without them), cluster of
+    every image, kept mask). With reference features an image is kept when it sits near the
+    references in PCA space instead: its nearest reference is no farther than REFERENCE_REACH times
+    the median distance between a reference and its nearest other reference (the median, so one
+    odd reference photo cannot widen the reach). The references go through the same PCA and t-SNE
+    as the images (t-SNE cannot place points on a finished map), so the map shows where they lie;
+    KMeans sees the images only."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -297,40 +313,132 @@ def cluster_filter(features, reference_features=None, pca_dims=50, clusters=3, s
     n = len(features)
     pca = PCA(n_components=min(pca_dims, n, features.shape[1]), random_state=seed).fit(features)
     reduced = pca.transform(features)
-    embedded = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), random_state=seed, init="pca").fit_transform(reduced)
-    labels = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(embedded)
+    references = reduced[:0] if reference_features is None else pca.transform(reference_features)
+    both = np.vstack([reduced, references])
+    embedded = TSNE(n_components=2, perplexity=min(30.0, (len(both) - 1) / 3), random_state=seed,
+                    init="pca").fit_transform(both)
+    image_map, reference_map = embedded[:n], embedded[n:]
+    labels = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(image_map)
     if reference_features is None:
-        return embedded, labels, labels == np.bincount(labels).argmax()
-    references = pca.transform(reference_features)
+        return image_map, reference_map, labels, labels == np.bincount(labels).argmax()
     to_reference = np.linalg.norm(reduced[:, None] - references[None], axis=2).min(axis=1)
     between = np.linalg.norm(references[:, None] - references[None], axis=2)
     np.fill_diagonal(between, np.inf)
-    return embedded, labels, to_reference <= REFERENCE_REACH * np.median(between.min(axis=1))
+    return image_map, reference_map, labels, to_reference <= REFERENCE_REACH * np.median(between.min(axis=1))
 
 
-def plot_filter(embedded, labels, kept, paths, path):
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(figure, path):
+    """Write a matplotlib figure as a PNG at path, whole or not at all, and close it."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    figure.savefig(tmp, dpi=100, format="png")
+    pyplot().close(figure)
+    os.replace(tmp, path)
+
+
+def spread_out(points, count):
+    """Indices of up to `count` of the points, far apart: the one nearest their middle first, then
+    each time the one farthest from those taken (so that thumbnails overlap less)."""
+    chosen = [int(np.linalg.norm(points - points.mean(axis=0), axis=1).argmin())]
+    while len(chosen) < min(count, len(points)):
+        distance = np.linalg.norm(points[:, None] - points[chosen][None], axis=2).min(axis=1)
+        distance[chosen] = -1
+        chosen.append(int(distance.argmax()))
+    return chosen
+
+
+def thumbnail_choice(image_map, labels, kept):
+    """The images the filter map shows as thumbnails: THUMBNAILS_PER_GROUP spread-out ones among
+    each cluster's kept images, and as many among its rejected ones."""
+    chosen = []
+    for cluster in np.unique(labels):
+        for decision in (True, False):
+            members = np.where((labels == cluster) & (kept == decision))[0]
+            if len(members):
+                chosen += members[spread_out(image_map[members], THUMBNAILS_PER_GROUP)].tolist()
+    return chosen
+
+
+def towards_middle(point, middle):
+    """Where a thumbnail goes beside its dot: (offset in points, box alignment), on the side of the
+    map's middle in both x and y, so that it stays inside the axes."""
+    right, up = point[0] <= middle[0], point[1] <= middle[1]
+    offset = (THUMBNAIL_OFFSET if right else -THUMBNAIL_OFFSET, THUMBNAIL_OFFSET if up else -THUMBNAIL_OFFSET)
+    return offset, (0 if right else 1, 0 if up else 1)
+
+
+def filter_figure(image_map, reference_map, labels, kept, paths):
+    """filter.png: the t-SNE map, a dot per image coloured by cluster (kept: a circle with a green
+    edge; rejected: a cross with a red edge), a few thumbnails framed green or red beside their dot
+    inside the axes, the reference photos as black stars, and the legend outside the axes, so that
+    nothing covers the title or the legend. -> the matplotlib figure."""
+    from matplotlib.lines import Line2D
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-    figure, axis = plt.subplots(figsize=(8, 7))
-    for cluster in sorted(set(labels.tolist())):
-        members = np.where(labels == cluster)[0]
-        axis.scatter(embedded[members, 0], embedded[members, 1], s=30, zorder=3, label=f"cluster {cluster} ({len(members)})")
-        for index in members[:3]:  # a few thumbnails per cluster
-            thumb = np.asarray(Image.fromarray(read_rgb(paths[index])).resize((40, 40)))
-            axis.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=1), embedded[index], xybox=(28, 28),
-                                           boxcoords="offset points", frameon=True, pad=0.1, zorder=1))
-    rejected = np.where(~kept)[0]
-    axis.scatter(embedded[rejected, 0], embedded[rejected, 1], marker="x", s=80, c="black", zorder=4, label="rejected")
-    axis.legend(fontsize=8)
-    axis.set_title("t-SNE of the images, coloured by KMeans cluster")
-    figure.tight_layout()
-    tmp = Path(path).with_name(".filter.tmp.png")
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    os.replace(tmp, path)
+    figure, axis = pyplot().subplots(figsize=(11, 7), layout="constrained")
+    handles = []
+    for cluster in np.unique(labels):
+        colour = CLUSTER_COLOURS[cluster % len(CLUSTER_COLOURS)]
+        for decision, marker, edge in ((True, "o", KEPT_COLOUR), (False, "X", REJECTED_COLOUR)):
+            members = (labels == cluster) & (kept == decision)
+            axis.scatter(image_map[members, 0], image_map[members, 1], s=70, marker=marker, color=colour,
+                         edgecolors=edge, linewidths=1.8, zorder=3)
+        handles.append(Line2D([], [], linestyle="", marker="s", markersize=10, color=colour,
+                              label=f"cluster {cluster}: {np.sum(labels == cluster)} images"))
+    handles += [Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="white",
+                       markeredgecolor=KEPT_COLOUR, markeredgewidth=2, label=f"kept: {kept.sum()}"),
+                Line2D([], [], linestyle="", marker="X", markersize=10, markerfacecolor="white",
+                       markeredgecolor=REJECTED_COLOUR, markeredgewidth=2, label=f"rejected: {(~kept).sum()}")]
+    if len(reference_map):
+        axis.scatter(reference_map[:, 0], reference_map[:, 1], s=220, marker="*", color="black",
+                     edgecolors="white", linewidths=0.8, zorder=4)
+        handles.append(Line2D([], [], linestyle="", marker="*", markersize=15, color="black",
+                              label=f"reference photos: {len(reference_map)}"))
+    axis.margins(0.06)
+    middle = (np.mean(axis.get_xlim()), np.mean(axis.get_ylim()))
+    for index in thumbnail_choice(image_map, labels, kept):
+        offset, alignment = towards_middle(image_map[index], middle)
+        frame = KEPT_COLOUR if kept[index] else REJECTED_COLOUR
+        thumbnail = Image.fromarray(read_rgb(paths[index]))
+        thumbnail.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        axis.add_artist(AnnotationBbox(OffsetImage(np.asarray(thumbnail)), image_map[index], xybox=offset,
+                                       boxcoords="offset points", box_alignment=alignment, pad=0.15, zorder=2,
+                                       bboxprops={"edgecolor": frame, "linewidth": 2.5},
+                                       arrowprops={"arrowstyle": "-", "color": frame}))
+    axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+                title="dot colour: cluster\nedge: decision")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_xlabel("t-SNE map: images that look alike lie close together (the axes have no units)")
+    rule = (f"near the {len(reference_map)} reference photos" if len(reference_map)
+            else f"the largest of {len(np.unique(labels))} KMeans clusters")
+    axis.set_title(f"filter: {kept.sum()} of {len(kept)} images kept ({rule}), {(~kept).sum()} rejected")
+    return figure
+
+
+LEAKAGE_AXIS = "leakage per image: mean red/green on the dots minus the ring around them (pixel values 0..255)"
+
+
+def leakage_figure(values):
+    """leakage.png: a histogram of the per-image leakage, its mean in the title and as a dashed line.
+    -> the matplotlib figure."""
+    figure, axis = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
+    mean = float(np.mean(values)) if len(values) else float("nan")
+    axis.hist(values, bins=30, color="#4575b4")
+    axis.axvline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
+    axis.legend()
+    axis.set_xlabel(LEAKAGE_AXIS)
+    axis.set_ylabel("images")
+    axis.yaxis.get_major_locator().set_params(integer=True)
+    axis.set_title(f"annotation-channel leakage of {len(values)} images with dots: mean {mean:.2f}")
+    return figure
 
 
 def link_or_copy(source, target):
@@ -347,7 +455,7 @@ def link_or_copy(source, target):
 def command_encode(args):
     images = list_images(args.images)
     out = prepare_output_dir(args.output_dir, [""], [args.images, args.labels])
-    for path in images:
+    for path in progress(images, "encoding"):
         image = read_rgb(path)
         boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", image.shape[1], image.shape[0])
         write_png(encode(image, boxes, args.mode, args.dot_size, args.line_width), out / f"{path.stem}.png")
@@ -360,7 +468,7 @@ def command_decode(args):
     (out / "labels").mkdir(exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     rows = []
-    for path in images:
+    for path in progress(images, "decoding"):
         image = read_rgb(path)
         height, width = image.shape[:2]
         found = decode(image, args.mode, args.threshold, args.dot_size, args.box_size, args.line_width)
@@ -384,7 +492,7 @@ def command_decode(args):
 def command_strip(args):
     images = list_images(args.images)
     out = prepare_output_dir(args.output_dir, [""], [args.images])
-    for path in images:
+    for path in progress(images, "stripping"):
         write_png(strip(read_rgb(path)), out / f"{path.stem}.png")
     print(f"stripped the blue channel of {len(images)} images -> {out}")
 
@@ -393,7 +501,7 @@ def command_leakage(args):
     images = list_images(args.images)
     out = prepare_output_dir(args.output_dir, [""], [args.images])
     rows = []
-    for path in images:
+    for path in progress(images, "measuring leakage"):
         image = read_rgb(path)
         height, width = image.shape[:2]
         if args.labels:
@@ -406,18 +514,7 @@ def command_leakage(args):
     values = [r["leakage"] for r in rows if r["leakage"] != ""]
     overall = float(np.mean(values)) if values else float("nan")
     write_csv(out / "leakage.csv", ["file", "dots", "leakage"], rows)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.hist(values, bins=30)
-    axis.set_xlabel("red/green on the dots minus around them (0..255)")
-    axis.set_ylabel("images")
-    axis.set_title(f"annotation-channel leakage, mean {overall:.2f}")
-    figure.tight_layout()
-    figure.savefig(out / ".leakage.tmp.png", dpi=100)
-    plt.close(figure)
-    os.replace(out / ".leakage.tmp.png", out / "leakage.png")
+    save_figure(leakage_figure(values), out / "leakage.png")
     print(f"leakage over {len(values)} images: mean {overall:.3f} (0..255 units) -> {out / 'leakage.csv'}")
     return overall
 
@@ -432,8 +529,10 @@ def command_filter(args):
                          f"or fewer than 2 reference photos")
     out = prepare_output_dir(args.output_dir, ["", "kept", "rejected"],
                              [args.images, *([args.reference] if args.reference else [])])
-    embedded, labels, kept = cluster_filter(image_features(images), image_features(references) if references else None,
-                                            args.pca_dims, args.clusters, args.seed)
+    features = image_features(progress(images, "reading images"))
+    reference_features = image_features(progress(references, "reading reference photos")) if references else None
+    image_map, reference_map, labels, kept = cluster_filter(features, reference_features, args.pca_dims,
+                                                            args.clusters, args.seed)
     for folder in ("kept", "rejected"):
         shutil.rmtree(out / folder, ignore_errors=True)
         (out / folder).mkdir(parents=True)
@@ -442,7 +541,7 @@ def command_filter(args):
         link_or_copy(path, out / ("kept" if keep else "rejected") / path.name)
         rows.append({"file": path.name, "cluster": int(cluster), "kept": "yes" if keep else "no"})
     write_csv(out / "filter.csv", ["file", "cluster", "kept"], rows)
-    plot_filter(embedded, labels, kept, images, out / "filter.png")
+    save_figure(filter_figure(image_map, reference_map, labels, kept, images), out / "filter.png")
     rejected = sum(r["kept"] == "no" for r in rows)
     print(f"kept {len(rows) - rejected}, rejected {rejected} of {len(rows)} images "
           f"({'near the reference photos' if references else 'the largest cluster'}) -> {out}")
@@ -458,40 +557,81 @@ def write_csv(path, fields, rows):
     os.replace(tmp, path)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Annotations in the blue channel (the paper's Appendix E).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default where it has one (never '(default: None)', which would repeat
+    or contradict what the help says), and the descriptions and examples kept as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser():
+    """The command line: encode, decode, strip, leakage and filter."""
+    parser = argparse.ArgumentParser(
+        description="Annotations in the blue channel (the paper's Appendix E), and the t-SNE filter.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+               "  python annotation_channel.py encode --images REAL/images --labels REAL/labels --output_dir ENC\n"
+               "  python annotation_channel.py filter --images GEN/images --output_dir FILTERED\n"
+               "'python annotation_channel.py COMMAND --help' tells more.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modes = ["dots", "sized_dots", "outlines"]
 
-    p = commands.add_parser("encode", help="draw YOLO boxes into the blue channel", formatter_class=formatter)
-    p.add_argument("--images", required=True)
-    p.add_argument("--labels", required=True, help="YOLO label folder, one <stem>.txt per image")
+    def command(name, summary, description, examples):
+        return commands.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter,
+                                   epilog="examples:\n" + "".join(f"  python annotation_channel.py {name} {e}\n"
+                                                                  for e in examples))
+
+    p = command("encode", "draw YOLO boxes into the blue channel",
+                "Replace the blue channel of each image by its boxes (255 on 0): OUT/<stem>.png.",
+                ["--images REAL/images --labels REAL/labels --output_dir ENC",
+                 "--images REAL/images --labels REAL/labels --mode sized_dots \\\n      --output_dir ENC"])
+    p.add_argument("--images", metavar="DIR", required=True, help="the photos (their blue channel is replaced)")
+    p.add_argument("--labels", metavar="DIR", required=True, help="YOLO label folder, one <stem>.txt per image")
     p.add_argument("--mode", choices=modes, default="dots", help="how the boxes are drawn")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True, metavar="OUT", help="where the encoded PNGs go")
 
-    d = commands.add_parser("decode", help="read boxes back from the blue channel", formatter_class=formatter)
-    d.add_argument("--images", required=True)
+    d = command("decode", "read boxes back from the blue channel",
+                "Threshold blue, find contours, take their centroids: OUT/labels/ (YOLO), OUT/images/ (RG0),\n"
+                "OUT/data.yaml and OUT/decoded.csv.",
+                ["--images GEN/images --output_dir DEC",
+                 "--images GEN/images --mode sized_dots --output_dir DEC"])
+    d.add_argument("--images", metavar="DIR", required=True,
+                   help="images with annotations in blue (e.g. generated ones)")
     d.add_argument("--mode", choices=modes, default="dots", help="how the boxes were drawn")
-    d.add_argument("--output_dir", required=True)
-    d.add_argument("--box_size", type=float, default=20, help="'dots' only: side of the box put around a centre")
+    d.add_argument("--output_dir", required=True, metavar="OUT",
+                   help="where labels/, images/, data.yaml and decoded.csv go")
+    d.add_argument("--box_size", type=float, default=20, help="'dots' only: side of the box put around a centre, px")
 
-    s = commands.add_parser("strip", help="set the blue channel to 0 (RG0)", formatter_class=formatter)
-    s.add_argument("--images", required=True)
-    s.add_argument("--output_dir", required=True)
+    s = command("strip", "set the blue channel to 0 (RG0)",
+                "Write each image with its blue channel set to 0 (the paper's channel ablation): OUT/<stem>.png.",
+                ["--images REAL/test/images --output_dir TEST_RG0"])
+    s.add_argument("--images", metavar="DIR", required=True, help="the images to strip")
+    s.add_argument("--output_dir", required=True, metavar="OUT", help="where the RG0 PNGs go")
 
-    lk = commands.add_parser("leakage", help="how much the dots show in red and green", formatter_class=formatter)
-    lk.add_argument("--images", required=True)
-    lk.add_argument("--labels", help="take the dot positions from these YOLO labels instead of the blue channel")
-    lk.add_argument("--output_dir", default=".", help="where leakage.csv and leakage.png go")
+    lk = command("leakage", "how much the dots show in red and green",
+                 "The paper's Figure 21 as a number: red/green on each dot minus in a 2 px ring around it,\n"
+                 "per image (OUT/leakage.csv) and as a histogram (OUT/leakage.png).",
+                 ["--images GEN/images --output_dir LEAK",
+                  "--images ENC --labels REAL/labels --output_dir LEAK"])
+    lk.add_argument("--images", metavar="DIR", required=True, help="images with dots in blue")
+    lk.add_argument("--labels", metavar="DIR",
+                    help="take the dot positions from these YOLO labels instead of the blue channel")
+    lk.add_argument("--output_dir", default=".", metavar="OUT", help="where leakage.csv and leakage.png go")
 
-    f = commands.add_parser("filter", help="PCA -> t-SNE -> KMeans: drop off-domain images", formatter_class=formatter)
-    f.add_argument("--images", required=True)
-    f.add_argument("--output_dir", required=True)
-    f.add_argument("--reference", help="photos of the domain (e.g. the instance photos): keep the images near them")
-    f.add_argument("--clusters", type=int, default=3, help="KMeans clusters (the paper: 3)")
-    f.add_argument("--pca_dims", type=int, default=50, help="PCA dimensions before t-SNE (the paper: 50)")
+    f = command("filter", "PCA -> t-SNE -> KMeans: drop off-domain images",
+                "The paper's recipe against off-domain generations: keep the largest KMeans cluster of the t-SNE\n"
+                "map, or with --reference the images near the reference photos. OUT/kept/, OUT/rejected/\n"
+                "(links or copies), OUT/filter.csv and OUT/filter.png (the map, kept green, rejected red).",
+                ["--images GEN/images --output_dir FILTERED",
+                 "--images GEN/images --reference INSTANCES/green \\\n      --output_dir FILTERED"])
+    f.add_argument("--images", metavar="DIR", required=True, help="the images to filter (left untouched)")
+    f.add_argument("--output_dir", required=True, metavar="OUT",
+                   help="where kept/, rejected/, filter.csv and filter.png go")
+    f.add_argument("--reference", metavar="DIR", help="photos of the domain (e.g. the instance photos): keep the "
+                   "images near them instead of the largest cluster")
+    f.add_argument("--clusters", type=int, default=3, help="KMeans clusters, as in the paper")
+    f.add_argument("--pca_dims", type=int, default=50, help="PCA dimensions before t-SNE, as in the paper")
     f.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and KMeans")
 
     for sub in (p, d, lk):
@@ -500,6 +640,11 @@ def main(argv=None):
         sub.add_argument("--line_width", type=int, default=2, help="'outlines': width of a box outline in px")
     for sub in (d, lk):
         sub.add_argument("--threshold", type=int, default=128, help="blue at or above this is annotation")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         {"encode": command_encode, "decode": command_decode, "strip": command_strip,

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""evaluate.py: COCO box AP of YOLO-format predictions, and the paper's Table 1 from many runs.
+"""evaluate.py: COCO box AP of YOLO-format predictions, the paper's Table 1 from many runs, a run's report.
 
-  score  In:  --gt DIR (images/ + labels/, YOLO txt) and --pred DIR (one YOLO txt per image with
-              a 6th column, the confidence; a missing file means no detections on that image).
+  score  In:  --gt DIR (images/ + labels/, YOLO txt) or --gt FILE.json (COCO: images by the base
+              name of file_name, boxes [x, y, w, h] in pixels, the category named apple or the only
+              one), and --pred DIR (one YOLO txt per image, named by its stem, with a 6th column, the
+              confidence; a missing file means no detections on that image).
          Out: AP@0.5:0.95, AP50, AP75, AP small/medium/large and AR, all at --max_dets detections
               per image, printed and as JSON (--out); --export_coco DIR writes gt.json and
               predictions.json.
@@ -11,32 +13,57 @@
               (COCOeval.summarize takes AP@0.5:0.95 at 100 whatever the limit). Zero-size and
               duplicate ground-truth boxes are warned of (stderr) and count as COCOeval counts them.
   collect In: --runs DIR (train_detectors.py's project: DIR/<dataset>/<model>/seed<k>/test_predictions/)
-              and --gt DIR (the real test split).
+              and --gt DIR or FILE.json (the real test split, as score reads it).
          Out: --out CSV, one row per run: dataset, model, seed, ap, ap50, ap75 (what table reads).
   table  In:  --results CSV, one row per trained detector: dataset, model, seed, ap, ap50, ap75.
          Out: table1.csv, table1.md, table1.png in --out_dir: mean and sample std over seeds, the
-              gap of every dataset to --baseline, and the paper's Table 1 beside ours.
+              gap of every dataset to --baseline, and the paper's Table 1 beside ours. The --note
+              lines go under the table and the chart, with a note naming the rows that scored 0 on
+              every seed and the likely causes (--demo: a note on why a demo's numbers are near 0).
+  datasets In: --data NAME=YAML, repeatable (ultralytics data YAMLs: train/val/test each a folder
+              of images, a .txt list of image paths, or a list of those; labels by ultralytics' rule,
+              /images/ -> /labels/, .txt). Out: --out_dir DIR/datasets.csv, a row per dataset and
+              split: images, boxes, boxes per image (mean, median, max), box width and height in
+              pixels (mean, median) and relative to the image (mean), the share of images without
+              boxes, the images without a label file (counted as without boxes, as ultralytics
+              trains them), and green/red/none images where a prepare_data.py manifest.csv beside
+              the YAML lists every image of the split (else empty); DIR/datasets.png, the boxes per
+              image and box sizes of each dataset (each image once) overlaid.
+  report In:  --work DIR (run_all.sh's). Out: DIR/results/report.html, one page with no script and
+              links relative to it: Table 1 (table1.md), its chart, the generated images' contact
+              sheet, the DreamBooth loss curves, the proposal previews and the annotation channel's
+              filter and leakage pictures, each that exists with a line on what it shows; the
+              others are listed as not made in this run.
 Outputs are checked before the work (an --out that is a folder, or lies where no file can be
 created, is refused) and written through a temp file that never stays behind.
 """
 import argparse
 import contextlib
 import csv
+import glob
+import html
 import io
 import json
 import math
+import os
+import re
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 METRICS = ("ap", "ap50", "ap75")
 METRIC_TITLES = {"ap": "AP@0.5:0.95", "ap50": "AP@0.5", "ap75": "AP@0.75"}
+PAPER_MARKER = "D"                                   # the paper's values on table1.png: hollow diamonds
 # The figures score reports, each as COCOeval's summary defines it but at the chosen max-dets limit:
 # name -> (COCOeval's array, IoU threshold or None for the mean over 0.50:0.95, area range).
 FIGURES = {"ap": ("precision", None, "all"), "ap50": ("precision", 0.5, "all"),
@@ -114,18 +141,17 @@ def to_coco_bbox(row, width, height):
     return [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
 
 
-def suspect_gt_lines(rows, width, height):
-    """{line number: row} of one label file -> (lines of zero-size boxes (w or h <= 0 px),
-    {line of a duplicate (same class and box as an earlier line): line of its first copy})."""
+def suspect_gt_boxes(boxes):
+    """{place: COCO [x, y, w, h] px} of one image's ground truth -> (places of zero-size boxes (w or
+    h <= 0 px), {place of a duplicate (the same box as an earlier place): place of its first copy})."""
     zero_size, duplicates, first_copy = [], {}, {}
-    for number, row in rows.items():
-        _, _, w, h = to_coco_bbox(row, width, height)
-        if w <= 0 or h <= 0:
-            zero_size.append(number)
-        elif tuple(row) in first_copy:
-            duplicates[number] = first_copy[tuple(row)]
+    for place, box in boxes.items():
+        if box[2] <= 0 or box[3] <= 0:
+            zero_size.append(place)
+        elif tuple(box) in first_copy:
+            duplicates[place] = first_copy[tuple(box)]
         else:
-            first_copy[tuple(row)] = number
+            first_copy[tuple(box)] = place
     return zero_size, duplicates
 
 
@@ -136,15 +162,16 @@ def listed(items, shown=5):
     return ", ".join(items[:shown]) + rest
 
 
-def gt_box_warning(path, zero_size, duplicates):
-    """One warning line on a label file's zero-size and duplicate boxes (suspect_gt_lines), or None."""
+def gt_box_warning(where, zero_size, duplicates, places="lines ", place="line "):
+    """One warning line on zero-size and duplicate ground-truth boxes (suspect_gt_boxes) of a label
+    file (where: its path; the boxes' places: line numbers) or a COCO image, or None."""
     problems = []
     if zero_size:
-        problems.append(f"zero-size boxes (w or h is 0 px) on lines {listed(zero_size)}")
+        problems.append(f"zero-size boxes (w or h is 0 px) on {places}{listed(zero_size)}")
     if duplicates:
-        problems.append("duplicate boxes on lines "
-                        + listed(f"{line} (= line {first})" for line, first in duplicates.items()))
-    return f"warning: {path}: {'; '.join(problems)}" if problems else None
+        problems.append(f"duplicate boxes on {places}"
+                        + listed(f"{line} (= {place}{first})" for line, first in duplicates.items()))
+    return f"warning: {where}: {'; '.join(problems)}" if problems else None
 
 
 def warn_gt_boxes(file_warnings, shown_files=10):
@@ -159,7 +186,13 @@ def warn_gt_boxes(file_warnings, shown_files=10):
     print(GT_BOX_NOTE, file=sys.stderr)
 
 
-def read_ground_truth(gt_dir):
+def read_ground_truth(gt):
+    """The ground truth at gt, a YOLO split folder (read_yolo_ground_truth) or a COCO JSON file
+    (read_coco_ground_truth), as a COCO dict {images, annotations, categories}."""
+    return read_coco_ground_truth(gt) if Path(gt).is_file() else read_yolo_ground_truth(gt)
+
+
+def read_yolo_ground_truth(gt_dir):
     """The YOLO split in gt_dir (images/ and labels/) as a COCO dict {images, annotations, categories};
     zero-size and duplicate boxes are warned of on stderr and kept.
 
@@ -170,7 +203,7 @@ def read_ground_truth(gt_dir):
     images_dir, labels_dir = gt_dir / "images", gt_dir / "labels"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
-            raise EvaluationInputError(f"{folder}: no such folder (--gt needs images/ and labels/)")
+            raise EvaluationInputError(f"{folder}: no such folder (--gt needs images/ and labels/, or a COCO JSON)")
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not image_paths:
         raise EvaluationInputError(f"{images_dir}: no images")
@@ -195,16 +228,127 @@ def read_ground_truth(gt_dir):
             raise EvaluationInputError(f"{path}: unreadable image ({error!r})")
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
         label_path = labels_dir / f"{stem}.txt"
-        rows = read_yolo_rows(label_path, with_confidence=False)
-        for row in rows.values():
-            box = to_coco_bbox(row, width, height)
+        boxes = {line: to_coco_bbox(row, width, height)
+                 for line, row in read_yolo_rows(label_path, with_confidence=False).items()}
+        for box in boxes.values():
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-        warning = gt_box_warning(label_path, *suspect_gt_lines(rows, width, height))
+        warning = gt_box_warning(label_path, *suspect_gt_boxes(boxes))
         if warning:
             box_warnings.append(warning)
     if not annotations:
         raise EvaluationInputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
+    warn_gt_boxes(box_warnings)
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
+
+
+def load_coco_json(path):
+    """A COCO JSON file -> its dict, which must hold 'images', 'annotations' and 'categories' lists."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvaluationInputError(f"{path}: not a readable COCO JSON ({error})")
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), list)
+                                             for key in ("images", "annotations", "categories")):
+        raise EvaluationInputError(f"{path}: a COCO JSON needs 'images', 'annotations' and 'categories' lists")
+    return data
+
+
+def apple_category_id(path, categories):
+    """The id of the category scored: the one named apple (any case), else the only category."""
+    if not all(isinstance(c, dict) and "id" in c for c in categories):
+        raise EvaluationInputError(f"{path}: every category needs an id")
+    apples = [c["id"] for c in categories if str(c.get("name", "")).lower() == "apple"]
+    if len(apples) == 1 or (not apples and len(categories) == 1):
+        return apples[0] if apples else categories[0]["id"]
+    names = ", ".join(repr(c.get("name")) for c in categories) or "none"
+    raise EvaluationInputError(f"{path}: one category is scored, apple (or the only one); categories: {names}")
+
+
+def is_number(value):
+    """Whether value is a finite JSON number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def coco_image_entries(path, images):
+    """COCO images -> {image id: {file_name (the base name), width, height}}, checked: each with an
+    id of its own, a whole width and height above 0, and a name stem of its own (predictions are
+    matched by stem)."""
+    entries, stems = {}, {}
+    for index, image in enumerate(images):
+        where = f"{path}: images[{index}]"
+        if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
+            raise EvaluationInputError(f"{where}: an image needs id, file_name, width and height")
+        if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0
+                   for k in ("width", "height")):
+            raise EvaluationInputError(f"{where}: width and height must be whole numbers above 0, got "
+                                       f"{image['width']!r} x {image['height']!r}")
+        name = re.split(r"[\\/]", str(image["file_name"]))[-1]       # a base name, of / or \ paths alike
+        stem = Path(name).stem
+        if image["id"] in entries:
+            raise EvaluationInputError(f"{where}: a second image with id {image['id']!r}")
+        if stem in stems:
+            raise EvaluationInputError(f"{where}: {name} shares the stem {stem!r} with {stems[stem]}")
+        stems[stem] = name
+        entries[image["id"]] = {"file_name": name, "width": image["width"], "height": image["height"]}
+    if not entries:
+        raise EvaluationInputError(f"{path}: no images")
+    return entries
+
+
+def coco_image_boxes(path, annotations, images, category_id):
+    """COCO annotations -> {image id: {'annotations[i]': [x, y, w, h] px, ...}} (with each box's
+    iscrowd in a second dict of the same keys), checked as YOLO lines are: of the apple category,
+    on a known image, four finite numbers, w and h at least 0 and at most the image's, the centre
+    inside the image. A bad annotation stops with FILE: annotations[i]: problem."""
+    boxes, crowd = {image_id: {} for image_id in images}, {}
+    for index, annotation in enumerate(annotations):
+        place = f"annotations[{index}]"
+        where = f"{path}: {place}"
+        if not isinstance(annotation, dict) or not {"image_id", "category_id", "bbox"} <= annotation.keys():
+            raise EvaluationInputError(f"{where}: an annotation needs image_id, category_id and bbox")
+        if annotation["category_id"] != category_id:
+            raise EvaluationInputError(f"{where}: category {annotation['category_id']!r}: one category is "
+                                       f"scored, apple (id {category_id!r})")
+        image = images.get(annotation["image_id"])
+        if image is None:
+            raise EvaluationInputError(f"{where}: image_id {annotation['image_id']!r} is not among the images")
+        bbox = annotation["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
+            raise EvaluationInputError(f"{where}: bbox must be four finite numbers [x, y, w, h], got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        width, height = image["width"], image["height"]
+        if not (0 <= w <= width and 0 <= h <= height and 0 <= x + w / 2 <= width and 0 <= y + h / 2 <= height):
+            raise EvaluationInputError(f"{where}: bbox out of range for the {width}x{height} image "
+                                       f"{image['file_name']}: w and h must lie in 0..the image's, the centre "
+                                       f"inside it, got {bbox!r}")
+        boxes[annotation["image_id"]][place] = [x, y, w, h]
+        crowd[place] = 1 if annotation.get("iscrowd") else 0
+    return boxes, crowd
+
+
+def read_coco_ground_truth(path):
+    """A COCO JSON file as the COCO dict read_yolo_ground_truth makes of a YOLO split: images by
+    their base file name (ids from 1 in the order of the name stems, as there), the apple category's
+    boxes (apple_category_id) as category 1 with area w * h and ids from 1, iscrowd kept; zero-size
+    and duplicate boxes are warned of on stderr and kept."""
+    data = load_coco_json(path)
+    category_id = apple_category_id(path, data["categories"])
+    entries = coco_image_entries(path, data["images"])
+    boxes, crowd = coco_image_boxes(path, data["annotations"], entries, category_id)
+    images, annotations, box_warnings = [], [], []
+    ordered = sorted(entries, key=lambda source_id: Path(entries[source_id]["file_name"]).stem)
+    for image_id, source_id in enumerate(ordered, start=1):
+        images.append({"id": image_id, **entries[source_id]})
+        for place, box in boxes[source_id].items():
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": crowd[place]})
+        warning = gt_box_warning(f"{path}: image {entries[source_id]['file_name']}",
+                                 *suspect_gt_boxes(boxes[source_id]), places="", place="")
+        if warning:
+            box_warnings.append(warning)
+    if not annotations:
+        raise EvaluationInputError(f"{path}: no ground-truth boxes of the apple category: AP is undefined")
     warn_gt_boxes(box_warnings)
     return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
 
@@ -358,11 +502,273 @@ def collect(runs_dir, gt_dir, max_dets=100):
         raise EvaluationInputError(f"{runs_dir}: no <dataset>/<model>/seed<k>/test_predictions/ folders")
     gt = read_ground_truth(gt_dir)
     rows = []
-    for folder in folders:
+    for folder in tqdm(folders, desc="scoring runs", unit="run"):
         metrics, _ = cocoeval_metrics(gt, read_predictions(folder, gt), max_dets)
         run = folder.parent
         rows.append({"dataset": run.parent.parent.name, "model": run.parent.name, "seed": run.name[len("seed"):],
                      **{m: metrics[m] for m in METRICS}})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------
+DATASET_SPLITS = ("train", "val", "test")
+# ultralytics' IMG_FORMATS: the files a data YAML's folder or list contributes as images.
+ULTRALYTICS_IMAGE_SUFFIXES = ("avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png",
+                              "tif", "tiff", "webp")
+COLOURS = ("green", "red", "none")                   # prepare_data.py's manifest.csv colour column
+DATASET_COLUMNS = ["dataset", "split", "images", "boxes", "boxes_per_image_mean", "boxes_per_image_median",
+                   "boxes_per_image_max", "box_width_px_mean", "box_width_px_median", "box_height_px_mean",
+                   "box_height_px_median", "box_width_rel_mean", "box_height_rel_mean", "images_without_boxes_share",
+                   "images_without_label_file", *(f"{colour}_images" for colour in COLOURS)]
+
+
+def parse_named_yamls(specs):
+    """['NAME=YAML', ...] -> {NAME: Path(YAML)}; a malformed or repeated NAME is an error."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise EvaluationInputError(f"--data {spec!r}: expected NAME=YAML, e.g. real=OUT/real.yaml")
+        if name in named:
+            raise EvaluationInputError(f"--data {name} is given twice")
+        named[name] = Path(path)
+    return named
+
+
+def read_data_yaml(path):
+    """An ultralytics data YAML -> its dict."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise EvaluationInputError(f"{path}: not a readable data YAML ({error})")
+    if not isinstance(data, dict):
+        raise EvaluationInputError(f"{path}: a data YAML is a mapping with path, train, val (test) and names")
+    return data
+
+
+def split_entries(yaml_path, data):
+    """{split: [folder or .txt list, ...]} of the splits a data YAML lists (of train, val, test, in that
+    order), each relative to its `path` (ultralytics: a relative path counts from the working folder;
+    without one, the YAML's folder)."""
+    root = Path(data.get("path") or Path(yaml_path).parent)
+    entries = {}
+    for split in DATASET_SPLITS:
+        value = data.get(split)
+        if value:
+            entries[split] = [root / str(entry) for entry in (value if isinstance(value, list) else [value])]
+    if not entries:
+        raise EvaluationInputError(f"{yaml_path}: lists no train, val or test split")
+    return entries
+
+
+def is_ultralytics_image(path):
+    """Whether ultralytics takes the file at path for an image (by its suffix)."""
+    return str(path).rpartition(".")[-1].lower() in ULTRALYTICS_IMAGE_SUFFIXES
+
+
+def listed_images(list_file):
+    """The images a .txt list names, one path a line, as ultralytics reads it: './x' is relative to the
+    list's folder, any other relative path to the working folder."""
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8-sig").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationInputError(f"{list_file}: unreadable image list ({error})")
+    paths = [f"{Path(list_file).parent}{os.sep}{line[2:]}" if line.startswith("./") else line for line in lines]
+    return [Path(path) for path in paths if is_ultralytics_image(path)]
+
+
+def split_images(yaml_path, split, entries):
+    """The images of one split: every image under each folder (recursively) and each .txt list's,
+    sorted, as ultralytics finds them; a missing entry or a split without images is an error."""
+    images = []
+    for entry in entries:
+        if entry.is_dir():
+            images += [Path(p) for p in glob.glob(str(Path(glob.escape(str(entry))) / "**" / "*.*"), recursive=True)
+                       if is_ultralytics_image(p)]
+        elif entry.is_file():
+            images += listed_images(entry)
+        else:
+            raise EvaluationInputError(f"{yaml_path}: the {split} entry {entry} does not exist")
+    if not images:
+        raise EvaluationInputError(f"{yaml_path}: no images in the {split} split ({listed(entries)})")
+    return sorted(images, key=str)
+
+
+def label_file_of(image_path):
+    """ultralytics' label file of an image: the last /images/ of its path made /labels/, the suffix .txt."""
+    path = str(image_path)
+    return Path(f"{os.sep}labels{os.sep}".join(path.rsplit(f"{os.sep}images{os.sep}", 1)).rsplit(".", 1)[0] + ".txt")
+
+
+def image_record(image_path):
+    """One image of a dataset: {width, height, labelled (it has a label file), boxes: [(w, h)
+    normalised, ...]}; label lines are checked as read_yolo_rows checks them (FILE:LINE errors)."""
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise EvaluationInputError(f"{image_path}: unreadable image ({error!r})")
+    label_file = label_file_of(image_path)
+    labelled = label_file.is_file()
+    rows = read_yolo_rows(label_file, with_confidence=False).values() if labelled else []
+    return {"width": width, "height": height, "labelled": labelled, "boxes": [(row[3], row[4]) for row in rows]}
+
+
+def manifest_colours(yaml_path):
+    """{resolved image path: colour} from the prepare_data.py manifest.csv beside a data YAML, or None
+    when there is none or it has no file and colour columns."""
+    manifest = Path(yaml_path).parent / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise EvaluationInputError(f"{manifest}: unreadable manifest ({error})")
+    if not rows or not {"file", "colour"} <= rows[0].keys():
+        return None
+    return {(manifest.parent / row["file"]).resolve(): row["colour"] for row in rows}
+
+
+def colour_counts(resolved_images, colours):
+    """{colour: number of images} of COLOURS over images (resolved paths), from manifest_colours; None
+    when there is no manifest or it does not list every image."""
+    if colours is None:
+        return None
+    found = [colours.get(path) for path in resolved_images]
+    if None in found:
+        return None
+    return {colour: found.count(colour) for colour in COLOURS}
+
+
+def split_figures(records, colours):
+    """The datasets.csv figures (DATASET_COLUMNS after dataset and split) of one split's image records
+    (image_record) and its colour_counts; box figures are None (empty) when the split has no box."""
+    per_image = np.array([len(r["boxes"]) for r in records])
+    relative = np.array([box for r in records for box in r["boxes"]]).reshape(-1, 2)
+    pixels = relative * np.repeat([(r["width"], r["height"]) for r in records], per_image, axis=0)
+    has_boxes = len(relative) > 0
+
+    def box_figure(reduce, values):
+        return float(reduce(values)) if has_boxes else None
+
+    return {"images": len(records), "boxes": int(per_image.sum()),
+            "boxes_per_image_mean": float(per_image.mean()), "boxes_per_image_median": float(np.median(per_image)),
+            "boxes_per_image_max": int(per_image.max()),
+            "box_width_px_mean": box_figure(np.mean, pixels[:, 0]),
+            "box_width_px_median": box_figure(np.median, pixels[:, 0]),
+            "box_height_px_mean": box_figure(np.mean, pixels[:, 1]),
+            "box_height_px_median": box_figure(np.median, pixels[:, 1]),
+            "box_width_rel_mean": box_figure(np.mean, relative[:, 0]),
+            "box_height_rel_mean": box_figure(np.mean, relative[:, 1]),
+            "images_without_boxes_share": float(np.mean(per_image == 0)),
+            "images_without_label_file": sum(not r["labelled"] for r in records),
+            **{f"{colour}_images": (colours or {}).get(colour) for colour in COLOURS}}
+
+
+def dataset_statistics(name, yaml_path):
+    """One data YAML -> ([datasets.csv row per split it lists], {resolved image path: image_record}
+    of all its images, each read once however many splits list it)."""
+    data = read_data_yaml(yaml_path)
+    colours = manifest_colours(yaml_path)
+    rows, records = [], {}
+    for split, entries in split_entries(yaml_path, data).items():
+        images = split_images(yaml_path, split, entries)
+        keys = [image.resolve() for image in images]
+        for image, key in tqdm(list(zip(images, keys)), desc=f"{name} {split}", unit="image"):
+            if key not in records:
+                records[key] = image_record(image)
+        rows.append({"dataset": name, "split": split,
+                     **split_figures([records[key] for key in keys], colour_counts(keys, colours))})
+    return rows, records
+
+
+def csv_cell(value):
+    """A datasets.csv cell: empty for None, floats to 6 significant digits."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def distributions(records):
+    """{boxes per image, box width px, box height px} arrays over image records (image_record)."""
+    records = list(records)
+    return {"boxes_per_image": np.array([len(r["boxes"]) for r in records]),
+            "box_width_px": np.array([w * r["width"] for r in records for w, _ in r["boxes"]]),
+            "box_height_px": np.array([h * r["height"] for r in records for _, h in r["boxes"]])}
+
+
+# The panels of datasets.png: (distributions key, x axis label, y axis label, panel title).
+DATASET_PANELS = (("boxes_per_image", "boxes per image", "share of images", "Boxes per image"),
+                  ("box_width_px", "box width (px)", "share of boxes", "Box width"),
+                  ("box_height_px", "box height (px)", "share of boxes", "Box height"))
+
+
+def histogram_edges(key, pooled):
+    """Shared bin edges of one panel: whole counts for boxes per image (at most 40 bins), 30 equal bins
+    over the pooled range for box sizes."""
+    if key == "boxes_per_image":
+        step = max(1, math.ceil((pooled.max() + 1) / 40))
+        return np.arange(-0.5, pooled.max() + step + 0.5, step)
+    return np.histogram_bin_edges(pooled, bins=30)
+
+
+def datasets_figure(per_dataset):
+    """datasets.png as a matplotlib figure: one panel per DATASET_PANELS, each dataset a step line of
+    shares (so datasets of any size compare) over shared bins, one legend with each dataset's images and
+    boxes, and a title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    figure, axes = plt.subplots(1, len(DATASET_PANELS), figsize=(5 * len(DATASET_PANELS), 4.2))
+    for axis, (key, xlabel, ylabel, title) in zip(axes, DATASET_PANELS):
+        pooled = np.concatenate([values[key] for values in per_dataset.values()])
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if not pooled.size:
+            axis.text(0.5, 0.5, "no boxes", transform=axis.transAxes, ha="center", va="center")
+            continue
+        edges = histogram_edges(key, pooled)
+        for colour_index, values in enumerate(per_dataset.values()):
+            if values[key].size:
+                axis.hist(values[key], bins=edges, weights=np.full(values[key].size, 1 / values[key].size),
+                          histtype="step", linewidth=1.8, color=f"C{colour_index}")
+    handles = [Line2D([], [], color=f"C{k}", linewidth=1.8,
+                      label=f"{name} ({v['boxes_per_image'].size} images, {v['box_width_px'].size} boxes)")
+               for k, (name, v) in enumerate(per_dataset.items())]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), frameon=False)
+    figure.suptitle("Datasets: boxes per image and box sizes (each image once, all its splits together)")
+    figure.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 3), 1, 1))
+    return figure
+
+
+def plot_datasets(per_dataset, path):
+    """Save datasets_figure as a PNG at path."""
+    import matplotlib.pyplot as plt
+    figure = datasets_figure(per_dataset)
+    try:
+        figure.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+
+
+def write_datasets(named_yamls, out_dir):
+    """datasets.csv (a row per dataset and split, DATASET_COLUMNS) and datasets.png (datasets_figure)
+    in out_dir, each written atomically -> the rows."""
+    rows, per_dataset = [], {}
+    for name, yaml_path in named_yamls.items():
+        dataset_rows, records = dataset_statistics(name, yaml_path)
+        rows += dataset_rows
+        per_dataset[name] = distributions(records.values())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, DATASET_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+    write_atomic(Path(out_dir) / "datasets.csv", text.getvalue())
+    create_atomic(Path(out_dir) / "datasets.png", lambda tmp: plot_datasets(per_dataset, tmp))
     return rows
 
 
@@ -448,7 +854,53 @@ def _cell(mean, std, gap=None):
     return text + (f" **{gap:+.3f}**" if gap is not None else "")
 
 
+def table_caption(baseline):
+    """The line under Table 1 that says what its cells are."""
+    return (f"Mean ± sample std over seeds; in bold the gap to `{baseline}` for the same model "
+            f"(ours minus {baseline}). Paper: Table 1 of Voetman et al., MinneApple test set; our "
+            f"yolov5*u models stand for the paper's anchor-based YOLOv5.")
+
+
+def chart_caption():
+    """The line under table1.png that says what its marks are."""
+    return ("Bars: mean over seeds, written on each bar with ± the sample std when several seeds; error bars: "
+            "the sample std. Diamonds: Table 1 of Voetman et al., MinneApple test set; our yolov5*u models "
+            "stand for the paper's anchor-based YOLOv5.")
+
+
+def found_nothing(entry):
+    """Whether a Table 1 entry (summarise) scored 0 in every metric on every seed."""
+    return all(entry[f"{metric}_mean"] == 0 for metric in METRICS)
+
+
+def found_nothing_note(entries):
+    """The note on entries that found nothing (found_nothing) outside a demo, with its likely causes."""
+    rows = ", ".join(f"{e['dataset']} {e['model']}" for e in entries)
+    return (f"Found nothing: {rows} scored 0 on every seed. Likely causes: the detector trained too briefly "
+            "(too few optimizer steps: ultralytics adds up the gradients of round(nbs / batch) batches per "
+            "step, so a small train set makes few steps an epoch; raise train_detectors.py --epochs or lower "
+            "its --nbs), apples too small to see at this --imgsz, or wrong labels (look at the proposals or "
+            "the reviewed labels, and at the test labels).")
+
+
+def demo_note():
+    """The note of a demo run: why its numbers, the generated-data rows' above all, may be near 0."""
+    return ("Demo run: synthetic photos, a tiny random diffusion model and small detectors trained briefly on "
+            "the CPU, so these numbers show the plumbing, not the paper; rows trained on generated images only "
+            "may be near 0, because the tiny random diffusion model draws noise, not apples.")
+
+
+def table_notes(table, baseline, notes=(), demo=False):
+    """The notes under Table 1: the given ones, then the demo note (demo) or a found-nothing note
+    on the entries that scored 0 on every seed (when there are any)."""
+    if demo:
+        return [*notes, demo_note()]
+    nothing = [e for e in table if found_nothing(e)]
+    return [*notes, found_nothing_note(nothing)] if nothing else list(notes)
+
+
 def table_markdown(table, baseline, notes=()):
+    """Table 1 as markdown: the table, its caption, then each note as a paragraph of its own."""
     lines = [f"| Dataset | Model | Seeds | {' | '.join(METRIC_TITLES.values())} | "
              f"{' | '.join('Paper ' + t for t in METRIC_TITLES.values())} |",
              "|" + "---|" * (3 + 2 * len(METRICS))]
@@ -457,93 +909,288 @@ def table_markdown(table, baseline, notes=()):
         paper = [f"{e[f'paper_{m}_mean']:.2f} ± {e[f'paper_{m}_std']:.3f}"
                  if e[f"paper_{m}_mean"] is not None else "–" for m in METRICS]
         lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {' | '.join(ours)} | {' | '.join(paper)} |")
-    lines.append("")
-    lines.append(f"Mean ± sample std over seeds; in bold the gap to `{baseline}` for the same model "
-                 f"(ours minus {baseline}). Paper: Table 1 of Voetman et al., MinneApple test set; our "
-                 f"yolov5*u models stand for the paper's anchor-based YOLOv5.")
-    lines += ["", *notes] if notes else []
+    for paragraph in (table_caption(baseline), *notes):
+        lines += ["", paragraph]
     return "\n".join(lines) + "\n"
 
 
-def plot_table(table, path):
+def bar_value_label(mean, std, seeds):
+    """The text on a bar: the mean, with ± the std when several seeds made it."""
+    return f"{mean:.2f}±{std:.2f}" if seeds > 1 else f"{mean:.2f}"
+
+
+def paper_legend_handle(any_paper_value):
+    """The legend entry of the paper's marker, there whether or not any row has a paper value."""
+    from matplotlib.lines import Line2D
+    label = "paper's Table 1" if any_paper_value else "paper's Table 1 (no row of it here)"
+    return Line2D([], [], marker=PAPER_MARKER, linestyle="none", markerfacecolor="none",
+                  markeredgecolor="black", label=label)
+
+
+def wrapped_notes(paragraphs, width_inches, fontsize):
+    """Paragraphs as one text of lines that fit width_inches at fontsize (a character ~0.55 em)."""
+    characters = int(width_inches * 72 / (0.55 * fontsize))
+    return "\n".join(textwrap.fill(paragraph, characters) for paragraph in paragraphs)
+
+
+def table_figure(table, notes=()):
+    """Table 1 as a matplotlib figure, one metric a row: one bar per (model, dataset) with its value
+    written up from its foot (bar_value_label, clear of error bars and the paper's marks) and the
+    std as an error bar, the paper's values as hollow diamonds, one legend above, and the notes
+    (markdown code marks dropped) wrapped beneath. The figure widens with the number of bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patheffects import withStroke
 
     models = list(dict.fromkeys(e["model"] for e in table))
     datasets = list(dict.fromkeys(e["dataset"] for e in table))
     lookup = {(e["dataset"], e["model"]): e for e in table}
     width = 0.8 / len(datasets)
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), squeeze=False)
-    for axis, metric in zip(axes[0], METRICS):
-        x = np.arange(len(models))
+    figure_width, row_height = max(9.0, 1.5 + 0.3 * len(models) * len(datasets)), 2.6
+    figure, axes = plt.subplots(len(METRICS), 1, sharex=True, squeeze=False,
+                                figsize=(figure_width, row_height * len(METRICS) + 1.2))
+    x = np.arange(len(models))
+    for axis, metric in zip(axes[:, 0], METRICS):
         for k, dataset in enumerate(datasets):
             entries = [lookup.get((dataset, m)) for m in models]
             offset = x + (k - (len(datasets) - 1) / 2) * width
-            axis.bar(offset, [e[f"{metric}_mean"] if e else 0 for e in entries], width,
-                     yerr=[e[f"{metric}_std"] if e else 0 for e in entries], capsize=3, label=dataset)
+            means = [e[f"{metric}_mean"] if e else 0 for e in entries]
+            stds = [e[f"{metric}_std"] if e else 0 for e in entries]
+            axis.bar(offset, means, width, yerr=stds, capsize=3, label=dataset)
+            for o, e, mean, std in zip(offset, entries, means, stds):
+                if e:
+                    axis.text(o, 0.02, bar_value_label(mean, std, e["seeds"]), rotation=90, ha="center",
+                              va="bottom", fontsize=7, path_effects=[withStroke(linewidth=2, foreground="white")])
             paper = [(o, e[f"paper_{metric}_mean"]) for o, e in zip(offset, entries)
                      if e and e[f"paper_{metric}_mean"] is not None]
             if paper:
-                axis.scatter(*zip(*paper), marker="D", s=30, facecolors="none", edgecolors="black",
-                             zorder=3, label="paper" if k == 0 else None)
-        axis.set_xticks(x, models, rotation=45, ha="right")
-        axis.set_title(METRIC_TITLES[metric])
+                axis.scatter(*zip(*paper), marker=PAPER_MARKER, s=30, facecolors="none", edgecolors="black",
+                             zorder=3)
+        axis.set_ylabel(f"{METRIC_TITLES[metric]}\non the real test set")
         axis.set_ylim(0, 1)
-    axes[0][0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    axes[-1, 0].set_xticks(x, models, rotation=45, ha="right")
+    any_paper_value = any(e["paper_ap_mean"] is not None for e in table)
+    handles = [*axes[0, 0].get_legend_handles_labels()[0], paper_legend_handle(any_paper_value)]
+    figure.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))
+    text = wrapped_notes([note.replace("`", "") for note in notes], figure_width - 0.4, 8)
+    figure.text(0.01, -0.01, text, ha="left", va="top", fontsize=8, parse_math=False)
+    return figure
+
+
+def plot_table(table, path, notes=()):
+    """Save table_figure as a PNG at path, grown to hold the notes beneath."""
+    import matplotlib.pyplot as plt
+    figure = table_figure(table, notes)
+    figure.savefig(path, format="png", dpi=120, bbox_inches="tight", pad_inches=0.2)
     plt.close(figure)
 
 
-def write_table(results_csv, out_dir, baseline="baseline", notes=()):
-    """results CSV -> out_dir/table1.csv, table1.md, table1.png; returns the table."""
+def write_table(results_csv, out_dir, baseline="baseline", notes=(), demo=False):
+    """results CSV -> out_dir/table1.csv, table1.md, table1.png (the notes of table_notes under the
+    markdown and the chart); returns the table."""
     rows = read_results(results_csv)
     if not any(r["dataset"] == baseline for r in rows):
         datasets = sorted({r["dataset"] for r in rows})
         raise EvaluationInputError(f"{results_csv}: no rows of the baseline dataset {baseline!r} "
                                    f"(datasets: {', '.join(datasets)}); choose one with --baseline")
     table = summarise(rows, baseline)
+    all_notes = table_notes(table, baseline, notes, demo)
     out_dir = Path(out_dir)
     text = io.StringIO()
     writer = csv.DictWriter(text, list(table[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
     write_atomic(out_dir / "table1.csv", text.getvalue())
-    write_atomic(out_dir / "table1.md", table_markdown(table, baseline, notes))
-    create_atomic(out_dir / "table1.png", lambda tmp: plot_table(table, tmp))
+    write_atomic(out_dir / "table1.md", table_markdown(table, baseline, all_notes))
+    create_atomic(out_dir / "table1.png",
+                  lambda tmp: plot_table(table, tmp, [chart_caption(), *all_notes]))
     return table
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+# What the report shows of a run folder, in order: (heading, path pattern under WORK, the line under
+# each picture: {folder} is the name of the folder the picture lies in, {file} its file name).
+REPORT_PICTURES = (
+    ("Table 1 as a chart", "results/table1.png",
+     "Table 1 as bars: the mean over seeds on each bar (± the sample std when several seeds), the paper's "
+     "values as hollow diamonds, the table's notes beneath."),
+    ("The datasets side by side", "results/datasets.png",
+     "Boxes per image and box sizes of every training set (evaluate.py datasets): do the generated trees "
+     "carry as many and as large apples as the real ones? The figures are in datasets.csv beside it."),
+    ("Generated images", "generated/contact_sheet.png",
+     "Every generated image as a thumbnail (generate.py): do they look like orchard photos?"),
+    ("DreamBooth loss curves", "models/*/loss.png",
+     "The training loss of the {folder} DreamBooth model per optimizer step (train_dreambooth.py)."),
+    ("Proposed boxes", "proposals/preview/*.png",
+     "The baseline detector's proposed boxes drawn on generated images, {file} (propose_boxes.py): what "
+     "the review starts from."),
+    ("Annotation channel: off-domain filter", "annotation_channel/filter/filter.png",
+     "The generated images on a t-SNE map by cluster, the rejected ones crossed (annotation_channel.py filter)."),
+    ("Annotation channel: leakage", "annotation_channel/leakage/leakage.png",
+     "How much brighter red and green are on each annotation dot than around it, per image "
+     "(annotation_channel.py leakage)."),
+)
+REPORT_TABLE = "results/table1.md"
+REPORT_PAGE = "results/report.html"
+REPORT_STYLE = """
+body { font-family: sans-serif; max-width: 80em; margin: 1em auto; padding: 0 1em; line-height: 1.4; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.2em 0.5em; text-align: right; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figure { margin: 1em 0; }
+figcaption { color: #333; }
+"""
+
+
+def report_parts(work):
+    """The pictures the report finds in WORK: ([(heading, [(path, caption), ...]), ...] in
+    REPORT_PICTURES' order, the patterns of REPORT_TABLE and REPORT_PICTURES that match nothing)."""
+    sections = []
+    missing = [] if (work / REPORT_TABLE).is_file() else [REPORT_TABLE]
+    for heading, pattern, caption in REPORT_PICTURES:
+        paths = sorted(p for p in work.glob(pattern) if p.is_file())
+        if paths:
+            sections.append((heading, [(p, caption.format(folder=p.parent.name, file=p.name)) for p in paths]))
+        else:
+            missing.append(pattern)
+    return sections, missing
+
+
+def inline_markdown_html(text):
+    """One line of markdown as HTML: escaped, with **bold** and `code` kept."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def markdown_table_html(lines):
+    """A markdown pipe table (header, separator, rows) as an HTML table with a header row."""
+    rows = [[inline_markdown_html(cell.strip()) for cell in line.strip().strip("|").split("|")]
+            for line in lines if not set(line.strip()) <= set("|-: ")]
+    header, *body = rows
+    head = "".join(f'<th scope="col">{cell}</th>' for cell in header)
+    rows_html = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>\n" for row in body)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows_html}</tbody>\n</table>"
+
+
+def markdown_blocks_html(text):
+    """table1.md (table_markdown) as HTML: its pipe table as a table, every other paragraph a <p>."""
+    blocks = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        if all(line.lstrip().startswith("|") for line in lines):
+            blocks.append(markdown_table_html(lines))
+        else:
+            blocks.append(f"<p>{inline_markdown_html(' '.join(lines))}</p>")
+    return "\n".join(blocks)
+
+
+def relative_url(path, page_dir):
+    """The URL of path relative to the folder page_dir, percent-encoded, '/'-separated."""
+    return quote(Path(os.path.relpath(path, page_dir)).as_posix())
+
+
+def figure_html(path, caption, alt, page_dir):
+    """One picture as a figure: the image (alt text alt), linking to its file, and the caption beneath."""
+    url = html.escape(relative_url(path, page_dir))
+    return (f'<figure><a href="{url}"><img src="{url}" alt="{html.escape(alt)}"></a>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def report_html(work, sections, missing):
+    """The report page (HTML5, no script, every link relative to WORK/results): Table 1 from
+    REPORT_TABLE, then the sections of report_parts, then the list of what was not made."""
+    page_dir = work / Path(REPORT_PAGE).parent
+    table_path = work / REPORT_TABLE
+    body = ["<h1>Genfusion report</h1>",
+            f"<p>Run folder <code>{html.escape(str(work.resolve()))}</code>. Each picture links to its file.</p>"]
+    if table_path.is_file():
+        body += ["<section>", "<h2>Table 1</h2>", markdown_blocks_html(table_path.read_text(encoding="utf-8")),
+                 "</section>"]
+    for heading, pictures in sections:
+        body += ["<section>", f"<h2>{html.escape(heading)}</h2>",
+                 *(figure_html(path, caption, f"{heading}: {path.relative_to(work).as_posix()}", page_dir)
+                   for path, caption in pictures), "</section>"]
+    if missing:
+        body += ["<section>", "<h2>Not made in this run</h2>", "<ul>",
+                 *(f"<li><code>{html.escape(pattern)}</code></li>" for pattern in missing), "</ul>", "</section>"]
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+                      '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                      f"<title>Genfusion report: {html.escape(work.resolve().name)}</title>",
+                      f"<style>{REPORT_STYLE}</style>", "</head>", "<body>", *body, "</body>", "</html>", ""])
+
+
+def write_report(work):
+    """WORK/results/report.html (report_html), written atomically -> the patterns not made in this run."""
+    work = Path(work)
+    sections, missing = report_parts(work)
+    write_atomic(work / REPORT_PAGE, report_html(work, sections, missing))
+    return missing
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default where it has one worth showing: never '(default: None)',
+    '(default: [])' or '(default: False)', which would repeat or contradict what the help says."""
+
+    def _get_help_string(self, action):
+        hidden = action.default is None or action.default is False or action.default == []
+        return action.help if hidden else super()._get_help_string(action)
+
+
+def build_parser():
+    """The command line: score, collect, table, datasets and report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     score_parser = commands.add_parser("score", help="COCO AP of YOLO predictions on a labelled split",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    score_parser.add_argument("--gt", required=True, help="folder with images/ and labels/ (YOLO txt)")
+                                       formatter_class=HelpFormatter)
+    score_parser.add_argument("--gt", required=True, help="the ground truth: a folder with images/ and labels/ "
+                              "(YOLO txt), or a COCO JSON file (images matched to predictions by file name stem)")
     score_parser.add_argument("--pred", required=True,
                               help="folder with one 'class cx cy w h conf' txt per image")
     score_parser.add_argument("--out", help="write the metrics to this JSON file")
     score_parser.add_argument("--max_dets", type=int, default=100,
-                              help="detections per image that count, for every figure (COCO's default, "
-                                   "as MinneApple's scorer)")
+                              help="detections per image that count, for every figure (COCO's and MinneApple's "
+                                   "scorer's limit)")
     score_parser.add_argument("--export_coco", help="write gt.json and predictions.json (COCO) here")
     collect_parser = commands.add_parser("collect", help="score every run of train_detectors.py into a results CSV",
-                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                         formatter_class=HelpFormatter)
     collect_parser.add_argument("--runs", required=True, help="train_detectors.py's --project folder")
-    collect_parser.add_argument("--gt", required=True, help="the labelled test split (images/ and labels/)")
+    collect_parser.add_argument("--gt", required=True, help="the labelled test split: a folder with images/ and "
+                                "labels/, or a COCO JSON file")
     collect_parser.add_argument("--out", required=True, help="the results CSV to write")
     collect_parser.add_argument("--max_dets", type=int, default=100,
                                 help="detections per image that count, for every figure")
     table_parser = commands.add_parser("table", help="Table 1 from one row per trained detector",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                       formatter_class=HelpFormatter)
     table_parser.add_argument("--results", required=True,
                               help="CSV with columns dataset, model, seed, ap, ap50, ap75")
     table_parser.add_argument("--out_dir", required=True, help="where table1.csv/.md/.png go")
     table_parser.add_argument("--baseline", default="baseline", help="dataset the gaps are measured to")
-    table_parser.add_argument("--note", action="append", default=[], help="a line added under table1.md, repeatable "
-                              "(e.g. how the generated images were labelled)")
+    table_parser.add_argument("--note", action="append", default=[], help="a line added under table1.md and "
+                              "table1.png, repeatable (e.g. how the generated images were labelled)")
+    table_parser.add_argument("--demo", action="store_true",
+                              help="a demo run (run_all.sh --demo): the notes say why its numbers may be near 0, "
+                                   "instead of naming rows that found nothing")
+    datasets_parser = commands.add_parser("datasets", help="images, boxes, box sizes and apple colours of data "
+                                          "YAMLs: datasets.csv and datasets.png", formatter_class=HelpFormatter)
+    datasets_parser.add_argument("--data", action="append", required=True, metavar="NAME=YAML",
+                                 help="an ultralytics data YAML and the name it goes by, repeatable (e.g. "
+                                      "real=OUT/real.yaml genfusion=WORK/genfusion/data.yaml)")
+    datasets_parser.add_argument("--out_dir", required=True, help="where datasets.csv and datasets.png go")
+    report_parser = commands.add_parser("report", help="one HTML page of a run: Table 1, its chart and the run's "
+                                        "pictures", formatter_class=HelpFormatter)
+    report_parser.add_argument("--work", required=True,
+                               help="run_all.sh's --work folder; the page goes to WORK/" + REPORT_PAGE)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("score", "collect") and args.max_dets < 1:
         parser.error("--max_dets must be at least 1")
@@ -569,12 +1216,26 @@ def main(argv=None):
             with output_errors_named("--out", args.out):
                 write_atomic(args.out, text.getvalue())
             print(f"scored {len(rows)} runs -> {args.out}")
-        else:
+        elif args.command == "table":
             check_output("--out_dir", args.out_dir, folder=True)
             with output_errors_named("--out_dir", args.out_dir):
-                table = write_table(args.results, args.out_dir, args.baseline, args.note)
-            print(table_markdown(table, args.baseline, args.note), end="")
+                write_table(args.results, args.out_dir, args.baseline, args.note, args.demo)
+            print((Path(args.out_dir) / "table1.md").read_text(encoding="utf-8"), end="")
             print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
+        elif args.command == "datasets":
+            named_yamls = parse_named_yamls(args.data)
+            check_output("--out_dir", args.out_dir, folder=True)
+            with output_errors_named("--out_dir", args.out_dir):
+                write_datasets(named_yamls, args.out_dir)
+            print(f"wrote {Path(args.out_dir) / 'datasets.csv'}, datasets.png")
+        else:
+            if not Path(args.work).is_dir():
+                raise EvaluationInputError(f"--work {args.work}: no such folder")
+            page = Path(args.work) / REPORT_PAGE
+            check_output("--work", page)
+            with output_errors_named("--work", page):
+                missing = write_report(args.work)
+            print(f"wrote {page}" + (f" (not made in this run: {', '.join(missing)})" if missing else ""))
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

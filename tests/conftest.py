@@ -22,6 +22,22 @@ def shared_path(relative):
     return path
 
 
+def help_sections(text):
+    """--help text -> {section title: {option invocation: its help text on one line}}."""
+    sections, entries, option = {}, None, None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            entries, option = sections.setdefault(line[:-1], {}), None
+        elif line.startswith("  -") and entries is not None:
+            option, _, help_text = line.strip().partition("  ")
+            entries[option] = help_text.strip()
+        elif line.startswith("   ") and option:
+            entries[option] = f"{entries[option]} {line.strip()}".strip()
+        else:
+            option = None
+    return sections
+
+
 @pytest.fixture(scope="session")
 def orchard_real():
     return shared_path("data/orchard-real")

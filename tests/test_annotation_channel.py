@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 import annotation_channel as ac
 
@@ -135,7 +136,11 @@ def test_leakage_is_zero_when_fresh_and_grows_when_dots_leak(orchard_train, tmp_
     with open(tmp_path / "b" / "leakage.csv", newline="") as handle:
         leaked_values = [float(r["leakage"]) for r in csv.DictReader(handle)]
     assert abs(np.mean(fresh_values)) < 3 and min(leaked_values) > 50
-    assert (tmp_path / "b" / "leakage.png").exists()
+    assert Image.open(tmp_path / "b" / "leakage.png").size == (800, 450)
+    axis = ac.leakage_figure(leaked_values).axes[0]
+    assert axis.get_xlabel() == ac.LEAKAGE_AXIS and "the ring around them" in axis.get_xlabel()
+    assert axis.get_ylabel() == "images" and f"mean {np.mean(leaked_values):.2f}" in axis.get_title()
+    assert sum(patch.get_height() for patch in axis.patches) == len(leaked_values)  # one count per image
 
 
 def plant_outliers(orchard_real, folder):
@@ -188,6 +193,66 @@ def test_filter_rejects_planted_off_domain_images(orchard_real, tmp_path):
     # seeded and deterministic
     assert ac.main(["filter", "--images", str(tmp_path / "mixed"), "--output_dir", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "filter.csv").read_text() == (tmp_path / "plain" / "filter.csv").read_text()
+
+
+def test_cluster_filter_maps_the_references_beside_the_images_they_resemble():
+    rng = np.random.default_rng(0)
+    orchard, sky = rng.normal(0, 0.01, (20, 30)), rng.normal(0.08, 0.01, (10, 30))  # two kinds of image
+    references = rng.normal(0, 0.01, (5, 30))                                          # photos of the first kind
+    with threadpool_limits(1, user_api="openmp"):  # t-SNE's 1000 tiny steps would wait on a second thread
+        image_map, reference_map, labels, kept = ac.cluster_filter(np.vstack([orchard, sky]), references, clusters=2)
+    assert image_map.shape == (30, 2) and reference_map.shape == (5, 2) and len(labels) == 30
+    assert kept.tolist() == [True] * 20 + [False] * 10
+    nearest = np.linalg.norm(reference_map[:, None] - image_map[None], axis=2).argmin(axis=1)
+    assert (nearest < 20).all()                                  # each reference lies among the orchard images
+
+
+def test_filter_map_keeps_thumbnails_off_the_title_and_legend_and_marks_decisions(tmp_path):
+    from matplotlib.colors import to_hex
+    from matplotlib.offsetbox import AnnotationBbox
+    paths = []
+    for i in range(24):
+        paths.append(tmp_path / f"p{i:02d}.png")
+        Image.fromarray(np.full((20, 30, 3), 10 * i, np.uint8)).save(paths[-1])
+    corners = np.array([[0, 0], [0, 100], [100, 0], [100, 100]], float)   # clusters at the map's corners
+    labels = np.repeat([0, 1, 2, 3], 6)
+    image_map = corners[labels] + np.random.default_rng(0).normal(0, 3, (24, 2))
+    kept = np.arange(24) % 3 != 0                                         # kept and rejected in every cluster
+    reference_map = np.array([[50, 50], [5, 95]], float)
+    figure = ac.filter_figure(image_map, reference_map, labels, kept, paths)
+    figure.canvas.draw()
+    renderer, axis = figure.canvas.get_renderer(), figure.axes[0]
+    inside, legend, title = axis.get_window_extent(renderer), axis.get_legend(), axis.title.get_window_extent(renderer)
+    thumbnails = [a for a in axis.get_children() if isinstance(a, AnnotationBbox)]
+    assert len(thumbnails) == 4 * 2 * ac.THUMBNAILS_PER_GROUP
+    for thumbnail in thumbnails:
+        extent = thumbnail.get_window_extent(renderer)
+        assert (inside.x0 - 0.5 <= extent.x0 and extent.x1 <= inside.x1 + 0.5 and inside.y0 - 0.5 <= extent.y0
+                and extent.y1 <= inside.y1 + 0.5), (extent, inside)
+        index = int(np.linalg.norm(image_map - thumbnail.xy, axis=1).argmin())
+        frame = ac.KEPT_COLOUR if kept[index] else ac.REJECTED_COLOUR
+        assert to_hex(thumbnail.patch.get_edgecolor()) == frame
+    legend_extent = legend.get_window_extent(renderer)
+    assert not legend_extent.overlaps(inside) and not title.overlaps(inside)
+    assert legend_extent.x1 <= figure.bbox.x1 and legend_extent.y0 >= 0 and title.y1 <= figure.bbox.y1
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts[-3:] == ["kept: 16", "rejected: 8", "reference photos: 2"]
+    assert "16 of 24 images kept (near the 2 reference photos), 8 rejected" in axis.get_title()
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "strip", "leakage", "filter"])
+def test_help_gives_every_flag_a_text_one_default_at_most_and_examples(command, capsys):
+    parser = ac.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    formatter = ac.HelpFormatter(command)
+    for action in sub._actions:
+        assert action.help, action.option_strings
+        assert formatter._get_help_string(action).count("(default:") <= 1, action.option_strings
+    with pytest.raises(SystemExit) as leaving:
+        ac.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert leaving.value.code == 0 and "(default: None)" not in text
+    assert f"examples:\n  python annotation_channel.py {command} --images" in text
 
 
 def small_folder(folder, count=2, size=16):

@@ -2,6 +2,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -217,13 +218,71 @@ def test_table_rejects_duplicates_blanks_and_bad_numbers(tmp_path):
             ev.read_results(tmp_path / "r.csv")
 
 
-def test_collect_scores_every_run(tmp_path):
+def chart_texts(figure):
+    """Every text drawn on a matplotlib figure: its own (the notes) and its axes' (values on bars)."""
+    texts = [t.get_text() for t in figure.texts]
+    return texts + [t.get_text() for axis in figure.axes for t in axis.texts]
+
+
+def test_chart_writes_every_value_names_its_axes_and_always_shows_the_paper_marker():
+    rows = [{"dataset": d, "model": "yolov8n", "seed": str(s), "ap": ap, "ap50": ap + 0.3, "ap75": ap}
+            for d, s, ap in (("annotation_rg0", 0, 0.2), ("annotation_rg0", 1, 0.24),   # no paper value,
+                             ("baseline", 0, 0.4), ("genfusion", 0, 0.3))]             # and listed first
+    notes = ["Generated labels: the proposals, `NOT` reviewed.", "Scorer: pycocotools COCOeval, $100$ dets. " * 12]
+    figure = ev.table_figure(ev.summarise(rows), notes)
+    legend, = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["annotation_rg0", "baseline", "genfusion", "paper's Table 1"]
+    assert [axis.get_ylabel() for axis in figure.axes] == [
+        "AP@0.5:0.95\non the real test set", "AP@0.5\non the real test set", "AP@0.75\non the real test set"]
+    texts = chart_texts(figure)
+    for value in ("0.22±0.03", "0.40", "0.30", "0.52±0.03", "0.70", "0.60"):          # every bar, every metric
+        assert value in texts
+    notes_text, = [t for t in figure.texts]
+    assert notes_text.get_text().split() == " ".join(notes).replace("`", "").split()     # wrapped, not cut
+    assert max(len(line) for line in notes_text.get_text().splitlines()) < len(notes[1])
+    lonely = ev.table_figure(ev.summarise([{**rows[0], "dataset": "real"}], baseline="real"))
+    assert [t.get_text() for t in lonely.legends[0].get_texts()][-1] == "paper's Table 1 (no row of it here)"
+
+
+def test_bar_value_label_shows_the_std_only_over_several_seeds():
+    assert ev.bar_value_label(0.3214, 0.0281, 2) == "0.32±0.03"
+    assert ev.bar_value_label(0.3214, 0.0, 1) == "0.32"
+
+
+def test_a_row_that_found_nothing_is_named_with_its_likely_causes(tmp_path, capsys):
+    results = write_results(tmp_path / "r.csv", [
+        ("baseline", "yolov8n", 0, 0.4, 0.7, 0.4), ("genfusion", "yolov8n", 0, 0, 0, 0),
+        ("genfusion", "yolov8n", 1, 0, 0, 0), ("genfusion", "yolov5nu", 0, 0, 0.01, 0)])   # one figure > 0
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out"),
+                    "--note", "Generated labels: NOT reviewed."]) == 0
+    markdown = (tmp_path / "out" / "table1.md").read_text()
+    assert capsys.readouterr().out.startswith(markdown)
+    paragraphs = markdown.split("\n\n")
+    assert paragraphs[-2] == "Generated labels: NOT reviewed."
+    assert paragraphs[-1].startswith("Found nothing: genfusion yolov8n scored 0 on every seed. Likely causes: ")
+    for cause in ("trained too briefly", "nbs", "too small to see at this --imgsz", "wrong labels"):
+        assert cause in paragraphs[-1]
+    assert "yolov5nu" not in paragraphs[-1] and "Demo run" not in markdown
+
+
+def test_a_demo_table_says_why_its_numbers_may_be_near_zero(tmp_path):
+    results = write_results(tmp_path / "r.csv", [("baseline", "yolov8n", 0, 0, 0, 0), ("genfusion", "yolov8n", 0, 0, 0, 0)])
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out"), "--demo"]) == 0
+    last = (tmp_path / "out" / "table1.md").read_text().split("\n\n")[-1].strip()
+    assert last == ev.demo_note()
+    assert "not the paper" in last and "may be near 0, because the tiny random diffusion model draws noise" in last
+    assert "Found nothing" not in (tmp_path / "out" / "table1.md").read_text()
+
+
+def test_collect_scores_every_run(tmp_path, capsys):
     gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
     perfect = [(*b, 0.9) for b in GT]
     for dataset, seed, predictions in (("baseline", 0, perfect), ("genfusion", 1, perfect[:1])):
         write_predictions(tmp_path / "runs" / dataset / "yolov8n" / f"seed{seed}" / "test_predictions",
                           {"a": predictions}, {"a": (300, 300)})
     assert ev.main(["collect", "--runs", str(tmp_path / "runs"), "--gt", str(gt), "--out", str(tmp_path / "r.csv")]) == 0
+    progress = capsys.readouterr().err
+    assert "scoring runs: 100%" in progress and "2/2" in progress
     rows = ev.read_results(tmp_path / "r.csv")
     assert [(r["dataset"], r["model"], r["seed"]) for r in rows] == [("baseline", "yolov8n", "0"), ("genfusion", "yolov8n", "1")]
     assert rows[0]["ap"] == pytest.approx(1.0) and rows[1]["ap50"] == pytest.approx(34 / 101)  # recall 1/3
@@ -399,3 +458,247 @@ def test_a_failed_atomic_write_leaves_no_temp_file(tmp_path):
         ev.create_atomic(tmp_path / "m.json", write_then_fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "m.json"]
     assert (tmp_path / "m.json").read_text() == "old"
+
+
+# ---- score --gt COCO JSON ---------------------------------------------------------------------------
+def coco_from_export(exported, shuffle_seed=0):
+    """evaluate's exported gt.json written as another tool might: images in another order with other
+    ids and folder names, the apple category named 'Apple' with id 3 beside a 'leaf' category, and
+    annotation ids from 0."""
+    gt = json.loads(exported.read_text())
+    order = np.random.default_rng(shuffle_seed).permutation(len(gt["images"]))
+    new_id = {image["id"]: 100 + k for k, image in enumerate(gt["images"])}
+    images = [{**gt["images"][k], "id": new_id[gt["images"][k]["id"]],
+               "file_name": f"photos/{gt['images'][k]['file_name']}"} for k in order]
+    annotations = [{"id": k, "image_id": new_id[a["image_id"]], "category_id": 3, "bbox": a["bbox"],
+                    "area": 1.0, "iscrowd": 0} for k, a in enumerate(gt["annotations"])]
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": 9, "name": "leaf"}, {"id": 3, "name": "Apple"}]}
+
+
+def test_a_coco_json_ground_truth_scores_as_the_same_yolo_folder(crowded, tmp_path):
+    gt, pred = crowded
+    yolo_metrics = ev.score(gt, pred, export_coco=tmp_path / "export")
+    coco_json = tmp_path / "gt_coco.json"
+    coco_json.write_text(json.dumps(coco_from_export(tmp_path / "export" / "gt.json")))
+    assert ev.score(coco_json, pred) == yolo_metrics                                  # identical, not close
+    for gt_source, out in ((gt, "yolo.json"), (coco_json, "coco.json")):
+        assert ev.main(["score", "--gt", str(gt_source), "--pred", str(pred), "--max_dets", "5",
+                        "--out", str(tmp_path / out)]) == 0
+    assert (tmp_path / "yolo.json").read_text() == (tmp_path / "coco.json").read_text()
+    assert yolo_metrics["gt_boxes"] == 40 and 0 < yolo_metrics["ap"] < 1
+
+
+def test_a_coco_json_ground_truth_feeds_collect(crowded, tmp_path):
+    gt, pred = crowded
+    ev.score(gt, pred, export_coco=tmp_path / "export")
+    assert ev.main(["collect", "--runs", str(pred.parents[3]), "--gt", str(tmp_path / "export" / "gt.json"),
+                    "--out", str(tmp_path / "r.csv")]) == 0
+    row, = ev.read_results(tmp_path / "r.csv")
+    assert row["ap"] == pytest.approx(ev.score(gt, pred)["ap"])
+
+
+def write_coco(path, annotations, categories=({"id": 1, "name": "apple"},), images=None):
+    """A COCO JSON of one 300x300 image a.png (or images) with the given annotations."""
+    images = images if images is not None else [{"id": 1, "file_name": "a.png", "width": 300, "height": 300}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": list(categories)}))
+    return path
+
+
+def coco_boxes(boxes, category_id=1, image_id=1):
+    """[x1, y1, x2, y2] px boxes as COCO annotations of one image."""
+    return [{"id": k + 1, "image_id": image_id, "category_id": category_id, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            for k, (x1, y1, x2, y2) in enumerate(boxes)]
+
+
+def test_a_crowd_box_of_a_coco_json_is_ignored_as_cocoeval_ignores_it(tmp_path):
+    crowd = {"id": 9, "image_id": 1, "category_id": 1, "bbox": [200, 200, 80, 80], "iscrowd": 1}
+    pred = write_predictions(tmp_path / "pred", {"a": [(*b, 0.9) for b in GT]}, {"a": (300, 300)})
+    assert ev.score(write_coco(tmp_path / "gt.json", [*coco_boxes(GT), crowd]), pred)["ap"] == pytest.approx(1.0)
+    crowd["iscrowd"] = 0                                                      # an ordinary box: missed
+    assert ev.score(write_coco(tmp_path / "gt.json", [*coco_boxes(GT), crowd]), pred)["ap"] < 1
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not json", r"gt.json: not a readable COCO JSON"),
+    ("no annotations list", r"gt.json: a COCO JSON needs 'images', 'annotations' and 'categories' lists"),
+    ("a leaf box", r"gt.json: annotations\[1\]: category 2: one category is scored, apple \(id 1\)"),
+    ("two categories, no apple", r"one category is scored, apple \(or the only one\); categories: 'leaf', 'twig'"),
+    ("a box beyond the image", r"gt.json: annotations\[0\]: bbox out of range for the 300x300 image a.png"),
+    ("a negative width", r"annotations\[0\]: bbox out of range"),
+    ("a NaN", r"annotations\[0\]: bbox must be four finite numbers"),
+    ("three numbers", r"annotations\[0\]: bbox must be four finite numbers"),
+    ("an unknown image", r"annotations\[0\]: image_id 7 is not among the images"),
+    ("two images, one stem", r"gt.json: images\[1\]: a.jpg shares the stem 'a' with a.png"),
+    ("no width", r"gt.json: images\[0\]: an image needs id, file_name, width and height"),
+    ("no apple at all", r"gt.json: no ground-truth boxes of the apple category"),
+])
+def test_bad_coco_ground_truth_is_named(tmp_path, case, message):
+    path = tmp_path / "gt.json"
+    apple, leaf, twig = {"id": 1, "name": "apple"}, {"id": 2, "name": "leaf"}, {"id": 3, "name": "twig"}
+    one_box = coco_boxes(GT[:1])
+    if case == "not json":
+        path.write_text("{images: ")
+    elif case == "no annotations list":
+        path.write_text(json.dumps({"images": [], "categories": []}))
+    elif case == "a leaf box":
+        write_coco(path, [*one_box, *coco_boxes(GT[1:2], category_id=2)], [apple, leaf])
+    elif case == "two categories, no apple":
+        write_coco(path, one_box, [leaf, twig])
+    elif case == "a box beyond the image":
+        write_coco(path, coco_boxes([[250, 250, 400, 400]]))
+    elif case == "a negative width":
+        write_coco(path, coco_boxes([[50, 50, 40, 60]]))
+    elif case == "a NaN":
+        path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 300, "height": 300}],
+                                    "annotations": [{**one_box[0], "bbox": [float("nan"), 1, 2, 3]}],
+                                    "categories": [apple]}))
+    elif case == "three numbers":
+        write_coco(path, [{**one_box[0], "bbox": [1, 2, 3]}])
+    elif case == "an unknown image":
+        write_coco(path, coco_boxes(GT[:1], image_id=7))
+    elif case == "two images, one stem":
+        write_coco(path, one_box, images=[{"id": 1, "file_name": "a.png", "width": 300, "height": 300},
+                                          {"id": 2, "file_name": "x/a.jpg", "width": 300, "height": 300}])
+    elif case == "no width":
+        write_coco(path, one_box, images=[{"id": 1, "file_name": "a.png", "height": 300}])
+    else:
+        write_coco(path, [], [leaf, apple])
+    (tmp_path / "pred").mkdir()
+    with pytest.raises(ev.EvaluationInputError, match=message):
+        ev.score(path, tmp_path / "pred")
+
+
+def test_zero_size_and_duplicate_boxes_of_a_coco_json_are_warned_of(tmp_path, capsys):
+    path = write_coco(tmp_path / "gt.json", coco_boxes([GT[0], [100, 100, 100, 150], GT[1], GT[0]]))
+    (tmp_path / "pred").mkdir()
+    assert ev.score(path, tmp_path / "pred")["gt_boxes"] == 4
+    assert (f"warning: {path}: image a.png: zero-size boxes (w or h is 0 px) on annotations[1]; duplicate boxes "
+            f"on annotations[3] (= annotations[0])\n") in capsys.readouterr().err
+
+
+# ---- datasets -----------------------------------------------------------------------------------------
+def write_image(path, width, height, label_lines=None):
+    """A black image at path and, unless label_lines is None, its label file by ultralytics' rule."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height)).save(path)
+    if label_lines is not None:
+        label = ev.label_file_of(path)
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("".join(f"{line}\n" for line in label_lines))
+    return path
+
+
+@pytest.fixture
+def hand_made_datasets(tmp_path):
+    """Two data YAMLs with known images, boxes and sizes -> {name: YAML}.
+
+    hand: train = [a/images, b/images] (a list of two folders; b/images/sub/ nested), val = val.txt
+    (a list of './c/images/t.png' and the absolute path of a/images/p.png, shared with train), no
+    test; a manifest.csv beside it lists the train images' colours but not t.png.
+    real: prepare_data.py's layout, train/val/test each one image, no manifest."""
+    hand = tmp_path / "hand"
+    write_image(hand / "a" / "images" / "p.png", 100, 50, ["0 0.5 0.5 0.2 0.4", "0 0.25 0.25 0.1 0.2"])
+    write_image(hand / "a" / "images" / "q.png", 200, 100, [])                   # labelled, no boxes
+    write_image(hand / "b" / "images" / "sub" / "r.png", 40, 40,
+                ["0 0.5 0.5 0.5 0.25", "0 0.5 0.5 1 1", "0 0.1 0.1 0.2 0.2"])
+    write_image(hand / "b" / "images" / "s.png", 50, 50)                          # no label file
+    (hand / "b" / "images" / "notes.txt").write_text("not an image")
+    write_image(hand / "c" / "images" / "t.png", 64, 32, ["0 0.5 0.5 0.25 0.5"])
+    (hand / "val.txt").write_text(f"./c/images/t.png\n{hand / 'a' / 'images' / 'p.png'}\n./c/readme.md\n")
+    (hand / "hand.yaml").write_text(f"path: {hand}\ntrain: [a/images, b/images]\nval: val.txt\nnames: {{0: apple}}\n")
+    (hand / "manifest.csv").write_text(
+        "split,file,source_file,colour,red_fraction,labelled,boxes_kept,boxes_dropped,instance\n"
+        "train,a/images/p.png,x,green,0.1,yes,2,0,\ntrain,a/images/q.png,x,none,,yes,0,0,\n"
+        "train,b/images/sub/r.png,x,red,0.9,yes,3,0,red\ntrain,b/images/s.png,x,red,0.8,yes,0,0,\n")
+    real = tmp_path / "out" / "real"
+    for split, (width, box) in {"train": (80, "0 0.5 0.5 0.5 0.5"), "val": (80, "0 0.5 0.5 0.25 0.25"),
+                                "test": (40, "0 0.5 0.5 0.5 0.5")}.items():
+        write_image(real / split / "images" / f"{split}.png", width, width, [box])
+    (tmp_path / "out" / "real.yaml").write_text(f"path: {real}\ntrain: train/images\nval: val/images\n"
+                                                f"test: test/images\nnames: {{0: apple}}\n")
+    return {"hand": hand / "hand.yaml", "real": tmp_path / "out" / "real.yaml"}
+
+
+def test_datasets_csv_holds_the_hand_counted_figures(hand_made_datasets, tmp_path, capsys):
+    argv = [item for name, path in hand_made_datasets.items() for item in ("--data", f"{name}={path}")]
+    assert ev.main(["datasets", *argv, "--out_dir", str(tmp_path / "stats")]) == 0
+    assert "hand train: 100%" in capsys.readouterr().err                          # a progress bar per split
+    with open(tmp_path / "stats" / "datasets.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames[:4] == ["dataset", "split", "images", "boxes"]
+    assert reader.fieldnames == ev.DATASET_COLUMNS
+    assert [(r["dataset"], r["split"]) for r in rows] == [("hand", "train"), ("hand", "val"), ("real", "train"),
+                                                          ("real", "val"), ("real", "test")]
+    train, val, real_train = rows[0], rows[1], rows[2]
+    # hand train: p (100x50: boxes 20x20, 10x10), q (no boxes), r (40x40: 20x10, 40x40, 8x8), s (no label file)
+    assert {k: train[k] for k in ("images", "boxes", "boxes_per_image_max", "images_without_label_file",
+                                  "green_images", "red_images", "none_images")} == \
+        {"images": "4", "boxes": "5", "boxes_per_image_max": "3", "images_without_label_file": "1",
+         "green_images": "1", "red_images": "2", "none_images": "1"}
+    expected = {"boxes_per_image_mean": 5 / 4, "boxes_per_image_median": 1.0,
+                "box_width_px_mean": (20 + 10 + 20 + 40 + 8) / 5, "box_width_px_median": 20,
+                "box_height_px_mean": (20 + 10 + 10 + 40 + 8) / 5, "box_height_px_median": 10,
+                "box_width_rel_mean": (0.2 + 0.1 + 0.5 + 1 + 0.2) / 5,
+                "box_height_rel_mean": (0.4 + 0.2 + 0.25 + 1 + 0.2) / 5,
+                "images_without_boxes_share": 0.5}
+    assert {k: float(train[k]) for k in expected} == pytest.approx(expected, rel=1e-5)
+    # hand val (the .txt list): t (64x32: 16x16) and p again; t is not in the manifest: colours unknown
+    expected = {"images": 2, "boxes": 3, "boxes_per_image_mean": 1.5, "boxes_per_image_median": 1.5,
+                "boxes_per_image_max": 2, "box_width_px_mean": (16 + 20 + 10) / 3, "box_width_px_median": 16,
+                "box_height_rel_mean": (0.5 + 0.4 + 0.2) / 3, "images_without_boxes_share": 0}
+    assert {k: float(val[k]) for k in expected} == pytest.approx(expected, rel=1e-5)
+    assert (val["green_images"], val["red_images"], val["none_images"]) == ("", "", "")
+    assert (real_train["images"], real_train["box_width_px_mean"], real_train["green_images"]) == ("1", "40", "")
+    assert Image.open(tmp_path / "stats" / "datasets.png").format == "PNG"
+    assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == ["datasets.csv", "datasets.png"]
+
+
+def test_datasets_figure_overlays_every_dataset_with_named_axes(hand_made_datasets):
+    per_dataset = {name: ev.distributions(ev.dataset_statistics(name, path)[1].values())
+                   for name, path in hand_made_datasets.items()}
+    figure = ev.datasets_figure(per_dataset)
+    legend, = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["hand (5 images, 6 boxes)", "real (3 images, 3 boxes)"]
+    assert [(a.get_xlabel(), a.get_ylabel()) for a in figure.axes] == [
+        ("boxes per image", "share of images"), ("box width (px)", "share of boxes"),
+        ("box height (px)", "share of boxes")]
+    assert figure.get_suptitle().startswith("Datasets: boxes per image and box sizes")
+    assert all(len(axis.patches) == 2 for axis in figure.axes)                      # a step line per dataset
+    heights = [patch.get_path().vertices[:, 1].max() for patch in figure.axes[0].patches]
+    assert heights == pytest.approx([2 / 5, 1.0])     # hand: 2 of 5 images without boxes; real: all with one
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("bad label", r"r.txt:2: values out of range"),
+    ("missing folder", r"hand.yaml: the train entry .*b/images does not exist"),
+    ("no images", r"hand.yaml: no images in the val split"),
+    ("twice", r"--data hand is given twice"),
+])
+def test_bad_datasets_inputs_are_one_line_errors(hand_made_datasets, tmp_path, capsys, breakage, message):
+    hand = hand_made_datasets["hand"].parent
+    data = ["--data", f"hand={hand_made_datasets['hand']}"]
+    if breakage == "bad label":
+        (hand / "b" / "labels" / "sub" / "r.txt").write_text("0 0.5 0.5 0.5 0.25\n0 0.5 1.5 1 1\n")
+    elif breakage == "missing folder":
+        import shutil
+        shutil.rmtree(hand / "b")
+    elif breakage == "no images":
+        (hand / "val.txt").write_text("./c/readme.md\n")
+    else:
+        data *= 2
+    assert ev.main(["datasets", *data, "--out_dir", str(tmp_path / "stats")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and re.search(message, error)
+    assert not (tmp_path / "stats" / "datasets.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["score", "collect", "table", "datasets", "report"])
+def test_help_shows_one_default_at_most(command, capsys):
+    with pytest.raises(SystemExit):
+        ev.main([command, "--help"])
+    text = capsys.readouterr().out
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    assert all(option.lower().count("default") <= 1 for option in options)
+    assert "(default: None)" not in text and "(default: [])" not in text and "(default: False)" not in text

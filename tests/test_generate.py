@@ -1,4 +1,6 @@
 import csv
+import re
+import shlex
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ from PIL import Image
 
 import generate as gen
 import train_dreambooth as tdb
+from conftest import help_sections
 
 FAST = ["--height", "64", "--width", "64", "--num_inference_steps", "4", "--seed", "7"]
 
@@ -50,7 +53,10 @@ def test_counts_names_and_manifest(reference, models):
     assert {r["model"] for r in rows} == {str(models / "green"), str(models / "red")}
     assert all(r["prompt"] == "a sks tree" and r["steps"] == "4" and r["scheduler"] == "DDIMScheduler"
                and r["precision"] == "no" for r in rows)
-    assert Image.open(reference / "contact_sheet.png").size == (5 * 128, 128)
+    assert Image.open(reference / "contact_sheet.png").size == sheet_size([3, 2], columns=12)
+    assert gen.sheet_blocks(rows, reference / "images") == [
+        ("green", [(reference / "images" / f"green_0000{i}.png", f"green #{i}") for i in range(3)]),
+        ("red", [(reference / "images" / f"red_0000{i}.png", f"red #{i}") for i in range(2)])]
 
 
 def test_same_seed_same_pixels_and_batches_do_not_change_images(reference, models, tmp_path):
@@ -151,3 +157,85 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(models, tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: --output_dir {output}: ") and problem in err[0]
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+# ---- the contact sheet -----------------------------------------------------------------------------
+def sheet_size(counts, columns):
+    """The contact sheet's size for these images per model: per model a header band and rows of
+    (gutter, thumbnail, caption strip), as wide as the fullest row with a gutter around each cell."""
+    width = gen.GUTTER + min(columns, max(counts)) * (gen.THUMB + gen.GUTTER)
+    rows = sum(-(-count // columns) for count in counts)
+    return width, len(counts) * gen.HEADER_HEIGHT + rows * (gen.GUTTER + gen.THUMB + gen.CAPTION_HEIGHT)
+
+
+def test_contact_sheet_has_a_captioned_block_per_model_and_fills_each_cell(tmp_path):
+    colours = {"green": (0, 160, 0), "red": (200, 0, 0)}
+    rows = []
+    for name, count in (("green", 3), ("red", 2)):
+        for index in range(count):
+            Image.new("RGB", (64, 64), colours[name]).save(tmp_path / f"{name}_{index:05d}.png")
+            rows.append({"file": f"{name}_{index:05d}.png"})
+    sheet = gen.contact_sheet(gen.sheet_blocks(rows, tmp_path), columns=2)
+    assert sheet.size == sheet_size([3, 2], columns=2)
+    pixels = np.asarray(sheet, dtype=np.int16)
+    thumb, row_height = gen.THUMB, gen.GUTTER + gen.THUMB + gen.CAPTION_HEIGHT
+
+    def cell(block_top, i):  # the THUMB x THUMB pixels of cell i of the block at block_top
+        top = block_top + gen.HEADER_HEIGHT + (i // 2) * row_height + gen.GUTTER
+        left = gen.GUTTER + (i % 2) * (thumb + gen.GUTTER)
+        return pixels[top:top + thumb, left:left + thumb]
+
+    def caption(block_top, i):
+        top = block_top + gen.HEADER_HEIGHT + (i // 2) * row_height + gen.GUTTER + thumb
+        left = gen.GUTTER + (i % 2) * (thumb + gen.GUTTER)
+        return pixels[top:top + gen.CAPTION_HEIGHT, left:left + thumb]
+
+    def dark(region):
+        return int((region.max(axis=2) < 100).sum())
+
+    red_top = gen.HEADER_HEIGHT + 2 * row_height  # green's 3 images take 2 rows; red starts a new one
+    for block_top, name, count in ((0, "green", 3), (red_top, "red", 2)):
+        header = pixels[block_top:block_top + gen.HEADER_HEIGHT]
+        assert dark(header) > 50, f"{name}'s header has no text"
+        for i in range(count):  # a 64 px image scaled up fills every pixel of its 128 px cell
+            assert np.abs(cell(block_top, i) - colours[name]).max() <= 2, (name, i)
+            assert dark(caption(block_top, i)) > 20, f"{name} #{i} has no caption"
+    assert not np.array_equal(caption(0, 0), caption(0, 1))  # 'green #0' and 'green #1' read differently
+    assert (cell(0, 3) == 255).all()  # green's second row has one image: the rest of it stays empty
+
+
+def test_a_long_model_name_is_cut_to_its_cell():
+    from PIL import ImageFont
+    font = ImageFont.load_default(size=13)
+    text = gen.fitted("stable-diffusion-2-1-fine-tuned-on-green-apples #123", font, gen.THUMB)
+    assert text.endswith("…") and font.getlength(text) <= gen.THUMB
+    assert gen.fitted("green #1", font, gen.THUMB) == "green #1"
+
+
+# ---- --help -----------------------------------------------------------------------------------------
+def help_text(capsys):
+    with pytest.raises(SystemExit):
+        gen.parse_args(["--help"])
+    return capsys.readouterr().out
+
+
+def test_help_gives_every_flag_a_help_text_and_at_most_one_default(capsys):
+    text = help_text(capsys)
+    options = {option: help for entries in help_sections(text).values() for option, help in entries.items()}
+    usage_flags = set(re.findall(r"--\w+", text.split("\n\n")[0])) | {"--help"}
+    assert usage_flags == {flag for option in options for flag in re.findall(r"--\w+", option)}
+    assert len(usage_flags) == 15  # 14 flags and --help
+    assert all(options.values()), [option for option, help in options.items() if not help]
+    assert all(help.lower().count("default") <= 1 for help in options.values())
+    assert "(default: None)" not in text and "(default: )" not in text
+    assert options["--num_inference_steps NUM_INFERENCE_STEPS"].endswith("(default: 50)")
+    assert "the model's own" in options["--scheduler {ddim,dpmpp,euler,pndm}"]
+
+
+def test_help_examples_are_valid_commands(capsys):
+    examples = help_text(capsys).split("examples:\n", 1)[1].replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in examples.splitlines() if "generate.py" in line]
+    assert len(commands) == 3
+    for words in commands:
+        args = gen.parse_args(words[words.index("generate.py") + 1:])
+        assert args.model and args.output_dir

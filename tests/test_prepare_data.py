@@ -1,7 +1,11 @@
 import csv
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -444,7 +448,8 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     for argv in (["--source", "synthetic", "--input", str(tmp_path)],
                  ["--source", "minneapple", "--input", str(tmp_path), "--num_images", "5"],
                  ["--source", "minneapple", "--input", str(tmp_path), "--num_val", "0"],
-                 ["--source", "yolo", "--input", str(tmp_path), "--test_annotations", "x.json"]):
+                 ["--source", "yolo", "--input", str(tmp_path), "--test_annotations", "x.json"],
+                 ["--source", "yolo", "--input", str(tmp_path), "--annotations", "x.json"]):
         with pytest.raises(SystemExit) as exit_info:
             pd.parse_args([*argv, "--output_dir", str(tmp_path / "out")])
         assert exit_info.value.code == 2
@@ -481,3 +486,259 @@ def test_an_output_folder_holding_the_input_or_unusable_is_one_line(tmp_path, ca
         assert code == 2 and len(err) == 1 and problem in err[0] and f"--output_dir {output.resolve()}" in err[0]
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
     assert not (root / "prepared").exists() and (tmp_path / "taken").read_text() == "a file"
+    # a source folder beside what prepare writes, inside its output folder, is fine
+    assert pd.main(["--source", "yolo", "--input", str(root), "--output_dir", str(tmp_path), "--resolution", "40",
+                    "--num_val", "1", "--workers", "1"]) == 0
+
+
+# ---- the COCO source ---------------------------------------------------------------------------------
+# split: [(file name, (width, height), apple colour, boxes x1 y1 x2 y2 in pixels)]; boxes inside the
+# photo (YOLO labels are 0..1), some cut or dropped by the centre crop, one photo without apples.
+HANDMADE = {
+    "train": [("a0.png", (64, 48), "red", [[3.5, 4.25, 20.75, 30.5], [50.2, 10.1, 63.9, 47.0]]),
+              ("a1.jpg", (48, 64), "green", [[0.0, 0.0, 10.3, 12.7], [7.1, 20.9, 40.6, 44.4]]),
+              ("a2.png", (50, 50), "red", []),
+              ("a3.png", (60, 45), "green", [[10.0, 5.0, 30.0, 25.0], [1.0, 30.0, 9.0, 44.0]]),
+              ("a4.png", (40, 40), "red", [[5.5, 5.5, 35.25, 35.25]])],
+    "val": [("b0.png", (64, 48), "green", [[20.0, 10.0, 40.0, 30.0]]),
+            ("b1.png", (48, 48), "red", [[2.0, 2.0, 12.0, 12.0], [30.0, 30.0, 46.0, 47.5]])],
+    "test": [("c0.png", (50, 60), "red", [[10.0, 15.0, 30.0, 35.0]]),
+             ("c1.png", (45, 45), "green", [])],
+}
+COLOUR_RGB = {"red": (180, 30, 30), "green": (70, 170, 40)}
+
+
+def draw_photo(path, size, colour, boxes):
+    """A grey photo with each box filled in its apple colour."""
+    image = np.full((size[1], size[0], 3), 90, np.uint8)
+    for x1, y1, x2, y2 in boxes:
+        image[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = COLOUR_RGB[colour]
+    Image.fromarray(image).save(path, **({"quality": 95} if path.suffix == ".jpg" else {}))
+
+
+def coco_json(photos, file_prefix="", categories=({"id": 1, "name": "apple"},), category_id=1):
+    """A COCO detection dict of photos [(name, (width, height), _, boxes)] (bbox = x, y, width, height)."""
+    images, annotations = [], []
+    for image_id, (name, (width, height), _, boxes) in enumerate(photos, start=1):
+        images.append({"id": image_id, "file_name": file_prefix + name, "width": width, "height": height})
+        annotations += [{"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+                        for x1, y1, x2, y2 in boxes]
+    return {"images": images, "annotations": annotations, "categories": list(categories)}
+
+
+def yolo_line(box, width, height):
+    x1, y1, x2, y2 = box
+    return f"0 {(x1 + x2) / 2 / width!r} {(y1 + y2) / 2 / height!r} {(x2 - x1) / width!r} {(y2 - y1) / height!r}\n"
+
+
+def make_handmade_pair(root, splits=HANDMADE):
+    """The same photos and boxes as a YOLO folder root/yolo/{split}/{images,labels} and as a Roboflow
+    COCO export root/coco/{train,valid,test}/ (photos + _annotations.coco.json) -> (yolo, coco)."""
+    for split, photos in splits.items():
+        yolo_split, coco_split = root / "yolo" / split, root / "coco" / ("valid" if split == "val" else split)
+        for folder in (yolo_split / "images", yolo_split / "labels", coco_split):
+            folder.mkdir(parents=True)
+        for name, size, colour, boxes in photos:
+            draw_photo(yolo_split / "images" / name, size, colour, boxes)
+            (coco_split / name).write_bytes((yolo_split / "images" / name).read_bytes())
+            (yolo_split / "labels" / f"{Path(name).stem}.txt").write_text(
+                "".join(yolo_line(box, *size) for box in boxes))
+        (coco_split / "_annotations.coco.json").write_text(json.dumps(coco_json(photos)))
+    return root / "yolo", root / "coco"
+
+
+def prepare_args(source, input_dir, out, *extra):
+    return ["--source", source, "--input", str(input_dir), "--output_dir", str(out), "--resolution", "32",
+            "--num_instances", "1", "--workers", "1", *extra]
+
+
+def assert_same_outputs(out_a, out_b):
+    """Two prepare outputs hold the same photos, instances and few-shot list, and labels equal to 1e-6."""
+    def listing(out):
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                      if p.is_file() and p.name != "stats.json")
+    assert listing(out_a) == listing(out_b)
+    for relative in listing(out_a):
+        a, b = out_a / relative, out_b / relative
+        if relative.endswith(".txt") and "/labels/" in relative:
+            rows_a, rows_b = label_rows(a), label_rows(b)
+            assert len(rows_a) == len(rows_b), relative
+            # 6 printed decimals: a value on a rounding tie may print either way in its last digit
+            np.testing.assert_allclose(np.array(rows_a).reshape(-1, 5), np.array(rows_b).reshape(-1, 5),
+                                       rtol=0, atol=1e-6 + 1e-12, err_msg=relative)
+        elif relative in ("fewshot.txt", "fewshot.yaml", "real.yaml"):
+            assert a.read_text().replace(str(out_a), "OUT") == b.read_text().replace(str(out_b), "OUT")
+        elif relative == "manifest.csv":
+            def rows(out):
+                return [{k: v for k, v in r.items() if k != "source_file"} for r in read_manifest(out)]
+            assert rows(out_a) == rows(out_b)
+        else:
+            assert a.read_bytes() == b.read_bytes(), relative
+    stats_a, stats_b = (json.loads((out / "stats.json").read_text()) for out in (out_a, out_b))
+    for key in ("photos", "boxes_kept", "boxes_dropped", "colours", "instances", "skipped"):
+        assert stats_a[key] == stats_b[key], key
+
+
+def test_coco_boxes_equal_yolo_boxes_on_a_hand_made_set(tmp_path):
+    yolo, coco = make_handmade_pair(tmp_path)
+    assert pd.main(prepare_args("yolo", yolo, tmp_path / "from_yolo")) == 0
+    assert pd.main(prepare_args("coco", coco, tmp_path / "from_coco")) == 0
+    assert_same_outputs(tmp_path / "from_yolo", tmp_path / "from_coco")
+    stats = json.loads((tmp_path / "from_coco" / "stats.json").read_text())
+    assert stats["photos"] == {"train": 5, "val": 2, "test": 2}
+    assert stats["boxes_dropped"]["train"] > 0
+    assert (tmp_path / "from_coco" / "real" / "test" / "labels" / "c1.txt").read_text() == ""
+
+    # one JSON for a flat folder (file_name with CVAT's folder prefix), val chosen by --num_val
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name, *_ in HANDMADE["train"]:
+        (flat / name).write_bytes((yolo / "train" / "images" / name).read_bytes())
+    (tmp_path / "flat.json").write_text(json.dumps(coco_json(HANDMADE["train"], file_prefix="images/train/")))
+    flat_yolo = tmp_path / "flat_yolo"
+    shutil.copytree(yolo / "train", flat_yolo)
+    assert pd.main(prepare_args("yolo", flat_yolo, tmp_path / "flat_from_yolo", "--num_val", "2")) == 0
+    assert pd.main(prepare_args("coco", flat, tmp_path / "flat_from_coco", "--num_val", "2",
+                                "--annotations", str(tmp_path / "flat.json"))) == 0
+    assert_same_outputs(tmp_path / "flat_from_yolo", tmp_path / "flat_from_coco")
+
+
+def orchard_as_coco(source, root):
+    """orchard-real's YOLO labels as COCO: root/{split}/ with links to the photos and one JSON."""
+    for split_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        target = root / split_dir.name
+        target.mkdir(parents=True)
+        images, annotations = [], []
+        for image_id, photo in enumerate(sorted((split_dir / "images").iterdir()), start=1):
+            (target / photo.name).symlink_to(photo)
+            with Image.open(photo) as image:
+                width, height = image.size
+            images.append({"id": image_id, "file_name": photo.name, "width": width, "height": height})
+            for _, cx, cy, w, h in label_rows(split_dir / "labels" / f"{photo.stem}.txt"):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 0,
+                                    "bbox": [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]})
+        (target / f"instances_{split_dir.name}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": [{"id": 0, "name": "Apple"}]}))
+    return root
+
+
+def test_orchard_real_through_coco_equals_through_yolo(orchard_out, tmp_path):
+    source, out = orchard_out
+    coco = orchard_as_coco(source, tmp_path / "coco")
+    assert pd.main(["--source", "coco", "--input", str(coco), "--output_dir", str(tmp_path / "out"),
+                    "--resolution", "128", "--workers", "2"]) == 0
+    assert_same_outputs(out, tmp_path / "out")
+    assert sum(json.loads((out / "stats.json").read_text())["boxes_kept"].values()) > 0
+
+
+def run_coco(tmp_path, capsys, input_dir, *extra):
+    code = pd.main(prepare_args("coco", input_dir, tmp_path / "out", "--num_val", "1", *extra))
+    return code, capsys.readouterr().err
+
+
+def test_coco_categories(tmp_path, capsys):
+    _, coco = make_handmade_pair(tmp_path, {"train": HANDMADE["train"]})
+    json_file = coco / "train" / "_annotations.coco.json"
+    roboflow = [{"id": 0, "name": "apples-xyz", "supercategory": "none"},
+                {"id": 1, "name": "fruit", "supercategory": "apples-xyz"}]
+    json_file.write_text(json.dumps(coco_json(HANDMADE["train"], categories=roboflow)))
+    assert run_coco(tmp_path, capsys, coco)[0] == 0  # one category used, whatever its name
+
+    data = coco_json(HANDMADE["train"], categories=[{"id": 1, "name": "Apple"}, {"id": 2, "name": "leaf"}])
+    data["annotations"][2]["category_id"] = 2   # a1.jpg's first box
+    json_file.write_text(json.dumps(data))
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and str(json_file) in err and "image a1.jpg" in err and "'leaf' (id 2)" in err
+    code, err = run_coco(tmp_path, capsys, coco, "--skip_bad")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert code == 0 and len(stats["skipped"]) == 1 and "a1.jpg" in stats["skipped"][0]
+    assert len(read_manifest(tmp_path / "out")) == 4
+
+    data["categories"][0]["name"] = "fruit"   # two categories used, neither named apple
+    json_file.write_text(json.dumps(data))
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and str(json_file) in err and "'fruit' (id 1)" in err and "'leaf' (id 2)" in err
+
+
+def test_coco_photos_and_json_must_agree(tmp_path, capsys):
+    _, coco = make_handmade_pair(tmp_path, {"train": HANDMADE["train"], "test": HANDMADE["test"]})
+    json_file = coco / "train" / "_annotations.coco.json"
+    draw_photo(coco / "train" / "extra.png", (40, 40), "red", [[5, 5, 20, 20]])
+    code, err = run_coco(tmp_path, capsys, coco)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert code == 0 and stats["photos"] == {"train": 4, "val": 1, "test": 2}
+    assert "extra.png" in err and "left out" in err and str(coco / "train") in err
+    (coco / "train" / "extra.png").unlink()
+
+    (coco / "train" / "a3.png").unlink()
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and str(json_file) in err and "a3.png" in err and "not photos in" in err
+    draw_photo(coco / "train" / "a3.png", (61, 45), "red", [])
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and "a3.png" in err and "60x45" in err and "61x45" in err
+
+    data = coco_json(HANDMADE["train"])
+    data["annotations"][0]["bbox"] = [1, 2, -3, 4]
+    json_file.write_text(json.dumps(data))
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and "image a0.png: annotation 1" in err and "[1, 2, -3, 4]" in err
+    data = coco_json(HANDMADE["train"])
+    data["images"][1]["file_name"] = "elsewhere/a0.png"
+    json_file.write_text(json.dumps(data))
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and str(json_file) in err and "more than once" in err and "a0.png" in err
+    json_file.write_text("{not json")
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and str(json_file) in err and "expected a COCO JSON" in err
+
+    (coco / "train" / "second.json").write_text("{}")
+    code, err = run_coco(tmp_path, capsys, coco)
+    assert code == 2 and "exactly one COCO *.json" in err and "second.json" in err
+    (tmp_path / "no_splits").mkdir()
+    code, err = run_coco(tmp_path, capsys, tmp_path / "no_splits")
+    assert code == 2 and "wrong layout" in err and "--annotations" in err
+
+
+def test_fewshot_yaml_trains_on_the_instance_photos(tmp_path):
+    yolo, _ = make_handmade_pair(tmp_path)
+    out = tmp_path / "out"
+    assert pd.main(prepare_args("yolo", yolo, out, "--num_instances", "2")) == 0
+    listed = (out / "fewshot.txt").read_text().splitlines()
+    instances = sorted(p.name for p in (out / "instances").glob("*/*"))
+    assert len(instances) == 4 and sorted(Path(p).name for p in listed) == instances
+    for path in map(Path, listed):
+        assert path.is_absolute() and path.parent == out / "real" / "train" / "images" and path.exists()
+        assert (out / "real" / "train" / "labels" / f"{path.stem}.txt").exists()
+    assert yaml.safe_load((out / "fewshot.yaml").read_text()) == {
+        "path": str(out), "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+
+    config = tmp_path / "ultralytics"   # offline: a local font as ultralytics' Arial, no settings of the user's
+    (config / "Ultralytics").mkdir(parents=True)
+    import matplotlib
+    shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf",
+                    config / "Ultralytics" / "Arial.ttf")
+    check = ("import json, sys\n"
+             "from pathlib import Path\n"
+             "from ultralytics.data import YOLODataset\n"
+             "from ultralytics.data.utils import check_det_dataset\n"
+             "data = check_det_dataset(sys.argv[1])\n"
+             "dataset = YOLODataset(img_path=data['train'], data=data, imgsz=32, augment=False)\n"
+             "print(json.dumps({'val': str(data['val']), 'names': data['names'],\n"
+             "                  'boxes': {Path(l['im_file']).name: len(l['bboxes']) for l in dataset.labels}}))\n")
+    result = subprocess.run([sys.executable, "-c", check, str(out / "fewshot.yaml")], capture_output=True,
+                            text=True, env={**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(config)})
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["val"] == str(out / "real" / "val" / "images") and loaded["names"] == {"0": "apple"}
+    assert loaded["boxes"] == {Path(p).name: len(label_rows(out / "real" / "train" / "labels" / f"{Path(p).stem}.txt"))
+                               for p in listed}
+
+
+def test_help_has_no_flag_with_two_defaults(capsys):
+    with pytest.raises(SystemExit):
+        pd.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    flags = re.split(r"\n  (?=-)", help_text.split("options:")[1].split("examples:")[0])
+    assert "--annotations" in help_text and "default: None" not in help_text
+    assert all(flag.count("default") <= 1 for flag in flags), [f for f in flags if f.count("default") > 1]

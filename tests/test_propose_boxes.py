@@ -6,8 +6,10 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image, ImageFont
 from pycocotools.coco import COCO
 
 import propose_boxes as pb
@@ -67,6 +69,7 @@ def test_propose_writes_every_format(proposals):
     assert json.loads((out / "proposals.json").read_text())["conf"] == 0.001
     td.check_data_yaml(out / "data.yaml")
     assert yaml.safe_load((out / "data.yaml").read_text())["path"] == str(out)
+    assert [p.name for p in (out / "preview").iterdir()] == ["sheet_000.png"]  # 6 images, 12 a sheet
 
 
 def test_label_studio_round_trip_and_unreviewed_images(proposals, tmp_path, capsys):
@@ -333,3 +336,55 @@ def test_a_calibration_that_finds_nothing_warns_loudly(tiny_detector, proposals,
                     "--output_dir", str(tmp_path / "out"), "--calibrate_data", str(tmp_path / "data" / "real.yaml"),
                     "--imgsz", "128"]) == 0
     assert "WARNING: the best F1 on the real val split is 0.0" in capsys.readouterr().err
+
+
+# ---- preview sheets and --help ----------------------------------------------------------------------
+def test_preview_sheets_draw_each_proposal_where_it_is(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    sizes = [(200, 100), (90, 150)] * 3 + [(120, 120)]  # 7 images, wide, tall and square
+    boxes = [(10 + 2 * i, 20, 50 + 2 * i, 60) for i in range(len(sizes))]  # x1 y1 x2 y2 in px
+    for i, ((width, height), (x1, y1, x2, y2)) in enumerate(zip(sizes, boxes)):
+        Image.new("RGB", (width, height), (90, 90, 90)).save(tmp_path / "images" / f"im_{i}.png")
+        (tmp_path / "labels" / f"im_{i}.txt").write_text(
+            f"0 {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} {(x2 - x1) / width} {(y2 - y1) / height}\n")
+    propose = ["propose", "--labels", str(tmp_path / "labels"), "--images", str(tmp_path / "images"),
+               "--output_dir", str(tmp_path / "prop"), "--preview_cell", "100"]
+    assert pb.main(propose + ["--preview_per_sheet", "3"]) == 0
+    preview = tmp_path / "prop" / "preview"
+    assert sorted(p.name for p in preview.iterdir()) == ["sheet_000.png", "sheet_001.png", "sheet_002.png"]
+    for i, ((width, height), box) in enumerate(zip(sizes, boxes)):
+        sheet = np.asarray(Image.open(preview / f"sheet_{i // 3:03d}.png"))
+        left, top = pb.cell_origin(i % 3, pb.sheet_columns(3), 100)
+        x1, y1, x2, y2 = (round(v * 100 / max(width, height)) for v in box)  # longer side -> 100 px
+        assert (sheet[top + y1, left + x1:left + x2] == pb.BOX_COLOUR).all(), i          # top edge
+        assert (sheet[top + y1:top + y2, left + x2 - 1] == pb.BOX_COLOUR).all(), i       # right edge
+        assert tuple(sheet[top + y1 - 1, left + x1 + 3]) == pb.EDGE_COLOUR, i              # the dark rim
+        assert tuple(sheet[top + (y1 + y2) // 2, left + (x1 + x2) // 2]) == (90, 90, 90), i  # inside: the image
+    assert pb.main(propose + ["--preview_per_sheet", "7"]) == 0
+    assert [p.name for p in preview.iterdir()] == ["sheet_000.png"]  # no sheet of the earlier run stays
+    assert not (tmp_path / "prop" / ".preview_tmp").exists()
+
+
+def test_preview_shows_a_confidence_above_its_box_when_there_is_one():
+    image, box = Image.new("RGB", (200, 200), (90, 90, 90)), [[50, 80, 120, 150]]
+    font = ImageFont.load_default(size=pb.SCORE_FONT_PX)
+    band = (slice(80 - pb.SCORE_FONT_PX, 79), slice(50, 120))  # above the box and its rim
+    scored = np.asarray(pb.draw_proposals(image, box, [0.87], 200, font)).astype(int)[band]
+    plain = np.asarray(pb.draw_proposals(image, box, None, 200, font))[band]
+    yellowish = (scored[..., 0] > 200) & (scored[..., 1] > 180) & (scored[..., 2] < 80)
+    assert yellowish.sum() >= 10 and (plain == 90).all()
+
+
+@pytest.mark.parametrize("command", ["propose", "import"])
+def test_help_gives_every_flag_a_text_one_default_at_most_and_examples(command, capsys):
+    sub = pb.build_parser()._subparsers._group_actions[0].choices[command]
+    formatter = pb.HelpFormatter(command)
+    for action in sub._actions:
+        assert action.help, action.option_strings
+        assert formatter._get_help_string(action).count("(default:") <= 1, action.option_strings
+    with pytest.raises(SystemExit) as leaving:
+        pb.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert leaving.value.code == 0 and "(default: None)" not in text
+    assert f"examples:\n  python propose_boxes.py {command} --" in text

@@ -12,16 +12,26 @@ import pytest
 from conftest import REPO
 
 
+# The demo as CI runs it: 3 detector epochs instead of 40 (the stages and their bookkeeping are what
+# these tests look at; the default demo's learning is measured by hand, see README).
+DEMO = ["--demo", "--epochs", "3"]
+
+
 def run_demo(work, *extra):
     started = time.time()
-    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--annotation_channel", "--work", str(work),
-                             *extra], capture_output=True, text=True, timeout=900)
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), *DEMO, "--work", str(work), *extra],
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout, time.time() - started
 
 
 def stages_run(stdout):
     return [m.group(1) for m in re.finditer(r"^== (\w+) done in", stdout, re.MULTILINE)]
+
+
+def list_stages(*extra):
+    return subprocess.run(["bash", str(REPO / "run_all.sh"), "--list_stages", *extra], capture_output=True,
+                          text=True).stdout.split()
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +44,29 @@ def demo(tmp_path_factory):
 def test_demo_runs_the_whole_chain(demo):
     work, stdout, seconds = demo
     assert seconds < 600
-    for path in ("data/real.yaml", "data/manifest.csv", "data/instances/green", "models/green/model_index.json",
-                 "models/red/loss.png", "generated/contact_sheet.png", "proposals/label_studio_tasks.json",
-                 "annotation_channel/decoded/data.yaml", "results/table1.png", "results/table1.csv", "run_all.log"):
+    for path in ("data/real.yaml", "data/fewshot.yaml", "data/manifest.csv", "data/instances/green",
+                 "models/green/model_index.json", "models/red/loss.png", "generated/contact_sheet.png",
+                 "proposals/label_studio_tasks.json", "proposals/preview/sheet_000.png", "results/table1.png",
+                 "results/table1.csv", "results/datasets.csv", "results/datasets.png", "results/report.html",
+                 "run_all.log"):
         assert (work / path).exists(), path
-    assert len(list((work / "class_images").glob("*.png"))) == 4  # one class folder for every model
+    assert len(list((work / "class_images").glob("*/*.png"))) == 4  # one class folder for every model
     train = json.loads((work / "data" / "stats.json").read_text())["colours"]["train"]
     generated = [p.name for p in (work / "generated" / "images").glob("*.png")]
     assert sum(n.startswith("green_") for n in generated) == train["green"] > 0
     assert sum(n.startswith("red_") for n in generated) == train["red"] > 0
     with open(work / "results" / "results.csv", newline="") as handle:
-        assert sorted(r["dataset"] for r in csv.DictReader(handle)) == ["annotation_rg0", "baseline", "genfusion"]
+        assert sorted(r["dataset"] for r in csv.DictReader(handle)) == ["baseline", "fewshot", "genfusion", "mixed"]
+    with open(work / "results" / "datasets.csv", newline="") as handle:
+        rows = {(r["dataset"], r["split"]): r for r in csv.DictReader(handle)}
+    assert rows[("real", "train")]["images"] == str(sum(train.values()))
+    assert rows[("fewshot", "train")]["images"] == "6" and rows[("genfusion", "train")]["images"] == str(len(generated))
+    assert rows[("mixed", "train")]["images"] == str(sum(train.values()) + len(generated))
     table = (work / "results" / "table1.md").read_text()
-    assert "| genfusion | yolov8n | 1 |" in table and "NOT reviewed" in table and "not the paper" in table
-    assert "table1.md" in stdout and "contact_sheet.png" in stdout and "loss.png" in stdout
-    assert stages_run(stdout) == [line.strip() for line in subprocess.run(
-        ["bash", str(REPO / "run_all.sh"), "--list_stages", "--annotation_channel"], capture_output=True,
-        text=True).stdout.split()]
+    assert "| genfusion | yolov8n | 1 |" in table and "| mixed | yolov8n | 1 |" in table and "| fewshot |" in table
+    assert "NOT reviewed" in table and "not the paper" in table and "fewshot trained for 12 epochs" in table
+    assert "report.html" in stdout and "contact_sheet.png" in stdout and "loss.png" in stdout
+    assert stages_run(stdout) == list_stages()
 
 
 def test_second_run_does_nothing_and_a_deleted_output_redoes_only_what_depends_on_it(demo):
@@ -59,26 +75,26 @@ def test_second_run_does_nothing_and_a_deleted_output_redoes_only_what_depends_o
     assert stages_run(stdout) == [] and seconds < 30
     shutil.rmtree(work / "proposals")
     stdout, _ = run_demo(work)
-    assert stages_run(stdout) == ["propose", "detectors_genfusion", "evaluate", "table"]
-    stdout, _ = run_demo(work, "--from", "ac_decode")
-    assert stages_run(stdout) == ["ac_decode", "ac_test_rg0", "ac_detectors", "evaluate", "table"]
+    assert stages_run(stdout) == ["propose", "detectors_genfusion", "detectors_mixed", "datasets", "evaluate",
+                                  "table", "report"]
 
 
 def test_a_hand_edited_train_label_redoes_the_baseline_detectors_and_what_follows_and_nothing_before(demo):
     work, _, _ = demo
     instances = {p.stem for colour in ("green", "red") for p in (work / "data" / "instances" / colour).iterdir()}
     label = next(p for p in sorted((work / "data" / "real" / "train" / "labels").glob("*.txt"))
-                 if p.stem not in instances)  # the annotation channel reads the instance photos' labels only
+                 if p.stem not in instances)  # the few-shot row reads the instance photos' labels only
     label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
     stdout, _ = run_demo(work)
-    assert stages_run(stdout) == ["detectors_baseline", "propose", "detectors_genfusion", "evaluate", "table"]
+    assert stages_run(stdout) == ["detectors_baseline", "propose", "detectors_genfusion", "detectors_mixed",
+                                  "datasets", "evaluate", "table", "report"]
     assert f"detectors_baseline: {label} changed since it last ran" in stdout
 
 
 def test_a_run_killed_after_the_data_was_made_again_redoes_everything_made_from_the_old_data(demo):
     work, _, _ = demo
     shutil.rmtree(work / "data")
-    process = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--demo", "--annotation_channel", "--work", str(work)],
+    process = subprocess.Popen(["bash", str(REPO / "run_all.sh"), *DEMO, "--work", str(work)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for line in process.stdout:
         if line.startswith("== dreambooth_green: /"):  # its command: the stage has started
@@ -87,10 +103,23 @@ def test_a_run_killed_after_the_data_was_made_again_redoes_everything_made_from_
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     stdout, _ = run_demo(work)
-    all_stages = subprocess.run(["bash", str(REPO / "run_all.sh"), "--list_stages", "--annotation_channel"],
-                                capture_output=True, text=True).stdout.split()
-    assert stages_run(stdout) == all_stages[1:]  # prepare finished before the kill; every other stage read its data
+    assert stages_run(stdout) == list_stages()[1:]  # prepare finished before the kill; every other stage read its data
     assert "== prepare: done (skipped)" in stdout and "dreambooth_red: done (skipped)" not in stdout
+
+
+def test_the_annotation_channel_branch_adds_its_stages_and_from_redoes_a_stage_and_all_after_it(demo):
+    work, _, _ = demo
+    stdout, _ = run_demo(work, "--annotation_channel")
+    stages = list_stages("--annotation_channel")
+    ac_stages = [name for name in stages if name.startswith("ac_")]
+    assert stages_run(stdout) == ac_stages + ["evaluate", "table", "report"]  # the training sets are the same
+    for path in ("annotation_channel/decoded/data.yaml", "annotation_channel/filter/filter.png",
+                 "annotation_channel/leakage/leakage.png"):
+        assert (work / path).exists(), path
+    with open(work / "results" / "results.csv", newline="") as handle:
+        assert "annotation_rg0" in {r["dataset"] for r in csv.DictReader(handle)}
+    stdout, _ = run_demo(work, "--annotation_channel", "--from", "ac_decode")
+    assert stages_run(stdout) == stages[stages.index("ac_decode"):]
 
 
 def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):

@@ -1,11 +1,13 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +162,122 @@ def test_other_settings_for_a_finished_run_and_missing_devices_are_refused(tiny_
     assert "finished with other settings" in capsys.readouterr().err
     assert td.main([*argv, "--epochs", "2", "--devices", "7"]) == 2
     assert "--devices 7" in capsys.readouterr().err
+
+
+# ---- unions: NAME=YAML1+YAML2 ---------------------------------------------------------------------
+def write_yolo_images(images_dir, count, box="0 0.5 0.5 0.25 0.25"):
+    """count 64x64 images in images_dir, each with one box in the labels folder beside it."""
+    from PIL import Image
+    labels_dir = images_dir.parent / "labels"
+    images_dir.mkdir(parents=True)
+    labels_dir.mkdir()
+    for k in range(count):
+        Image.new("RGB", (64, 64), (40, 90, 40)).save(images_dir / f"{images_dir.parent.name}_{k}.png")
+        (labels_dir / f"{images_dir.parent.name}_{k}.txt").write_text(box + "\n")
+
+
+@pytest.fixture
+def union_parts(tmp_path):
+    """prepare_data.py's layout (OUT/real.yaml: train/val/test) and propose_boxes.py's (GF/data.yaml:
+    train = val = images), both made by hand -> (real yaml, generated yaml, the real test images)."""
+    real = tmp_path / "out" / "real"
+    for split, count in (("train", 3), ("val", 2), ("test", 2)):
+        write_yolo_images(real / split / "images", count)
+    real_yaml = tmp_path / "out" / "real.yaml"
+    real_yaml.write_text(f"path: {real}\ntrain: train/images\nval: val/images\ntest: test/images\n"
+                         f"names: {{0: apple}}\n")
+    write_yolo_images(tmp_path / "gf" / "images", 4)
+    generated_yaml = tmp_path / "gf" / "data.yaml"
+    generated_yaml.write_text(f"path: {tmp_path / 'gf'}\ntrain: images\nval: images\nnames: {{0: apple}}\n")
+    return real_yaml, generated_yaml, real / "test" / "images"
+
+
+def union_argv(spec, test_images, project):
+    return ["--data", spec, "--models", "yolov8n", "--seeds", "0", "--epochs", "1", "--imgsz", "64",
+            "--init", "scratch", "--workers", "0", "--test_images", str(test_images), "--project", str(project)]
+
+
+def test_a_union_trains_on_both_train_splits_and_validates_on_the_firsts_val(union_parts, tmp_path, monkeypatch):
+    import yaml
+    from ultralytics import YOLO
+    from ultralytics.data.utils import check_det_dataset
+    real_yaml, generated_yaml, test_images = union_parts
+    calls = []
+
+    def recorded(self, **kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(YOLO, "train", recorded)
+    project = tmp_path / "det"
+    assert td.main(union_argv(f"mixed={real_yaml}+{generated_yaml}", test_images, project)) == 1   # the stub
+    combined = project / "mixed" / "data.yaml"
+    real = real_yaml.parent / "real"
+    assert yaml.safe_load(combined.read_text()) == {"train": [str(real / "train" / "images"),
+                                                             str(tmp_path / "gf" / "images")],
+                                                   "val": str(real / "val" / "images"), "names": {0: "apple"}}
+    assert [p.name for p in combined.parent.iterdir()] == ["data.yaml"]                  # no temp file left
+    assert len(calls) == 1 and calls[0]["data"] == str(combined)
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    checked = check_det_dataset(str(combined), autodownload=False)
+    assert checked["train"] == [str(real / "train" / "images"), str(tmp_path / "gf" / "images")]
+    assert (checked["val"], checked["nc"], checked["names"]) == (str(real / "val" / "images"), 1, {0: "apple"})
+
+
+def test_a_union_run_notices_other_parts(union_parts, tmp_path):
+    real_yaml, generated_yaml, test_images = union_parts
+    other_yaml = generated_yaml.with_name("other.yaml")
+    other_yaml.write_text(generated_yaml.read_text())
+    project = tmp_path / "det"
+    run, = td.plan(td.parse_args(union_argv(f"mixed={real_yaml}+{generated_yaml}", test_images, project)))
+    config = td.run_config(run)
+    assert config["data"] == str(project / "mixed" / "data.yaml")
+    assert config["union_of"] == [str(real_yaml), str(generated_yaml)]
+    Path(run["run_dir"]).mkdir(parents=True)
+    (Path(run["run_dir"]) / "run.json").write_text(json.dumps({"status": "done", "config": config}))
+    assert td.run_one(run, "cpu")["status"] == "skipped (done)"
+    changed, = td.plan(td.parse_args(union_argv(f"mixed={real_yaml}+{other_yaml}", test_images, project)))
+    assert td.run_config(changed)["data"] == config["data"]                            # the same combined path,
+    with pytest.raises(td.InputError, match="finished with other settings"):           # other parts: refused
+        td.run_one(changed, "cpu")
+    single, = td.plan(td.parse_args(union_argv(f"baseline={real_yaml}", test_images, project)))
+    assert "union_of" not in td.run_config(single)                  # runs finished before unions stay valid
+
+
+def test_bad_unions_are_named(union_parts, tmp_path, capsys):
+    real_yaml, generated_yaml, test_images = union_parts
+    renamed = generated_yaml.with_name("renamed.yaml")
+    renamed.write_text(generated_yaml.read_text().replace("apple", "fruit"))
+    empty = generated_yaml.with_name("empty.yaml")
+    empty.write_text(f"path: {tmp_path}\ntrain: nothing/images\nval: nothing/images\nnames: {{0: apple}}\n")
+    cases = [(f"mixed={real_yaml}+", "expected NAME=YAML or NAME=YAML1+YAML2"),
+             (f"mixed={real_yaml}+{empty}", f"{empty}: the train folder {tmp_path / 'nothing' / 'images'} is missing"),
+             (f"mixed={real_yaml}+{renamed}", f"{renamed}: names {{0: 'fruit'}} differ from {real_yaml}'s")]
+    for spec, message in cases:
+        assert td.main(union_argv(spec, test_images, tmp_path / "det")) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "det").exists()                                         # refused before any output
+
+
+def test_help_shows_one_default_at_most(capsys):
+    with pytest.raises(SystemExit):
+        td.parse_args(["--help"])
+    text = capsys.readouterr().out
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    assert len(options) > 10 and all(option.lower().count("default") <= 1 for option in options)
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: )" not in text
+
+
+def test_a_train_split_given_as_a_list_of_images_is_checked_image_by_image(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "real" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "real" / "labels").mkdir(exist_ok=True)
+        (tmp_path / "real" / "images" / f"{name}.png").write_bytes(b"")
+    (tmp_path / "real" / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (tmp_path / "few.txt").write_text(f"./real/images/a.png\n{tmp_path / 'real' / 'images' / 'a.png'}\n")
+    yaml_path = tmp_path / "few.yaml"
+    yaml_path.write_text(f"path: {tmp_path}\ntrain: few.txt\nval: few.txt\nnames: {{0: apple}}\n")
+    td.check_data_yaml(yaml_path)
+    (tmp_path / "few.txt").write_text("./real/images/a.png\n./real/images/b.png\n")  # b has no label file
+    with pytest.raises(td.InputError, match="names images without a file or a label file: .*b.png"):
+        td.check_data_yaml(yaml_path)

@@ -1,10 +1,13 @@
 import csv
+import re
+import shlex
 
 import numpy as np
 import pytest
 import torch
 
 import train_dreambooth as tdb
+from conftest import help_sections
 
 TINY = ["--pretrained_model_name_or_path", "tiny-random", "--resolution", "64", "--num_class_images", "2",
         "--sample_batch_size", "2", "--validation_steps", "0", "--seed", "0"]
@@ -114,6 +117,8 @@ def test_three_steps_make_a_pipeline_that_loads_and_draws(trained):
                for r in rows)
     assert float(rows[0]["lr"]) == pytest.approx(2e-6)
     assert (trained / "loss.png").exists() and (trained / "validation" / "step_000003.png").exists()
+    from PIL import Image
+    assert Image.open(trained / "loss.png").size == (800, 450)
     assert (trained / "unet" / "diffusion_pytorch_model.safetensors").exists()
     pipeline = StableDiffusionPipeline.from_pretrained(trained)
     assert pipeline.scheduler.config.prediction_type == "v_prediction"
@@ -163,6 +168,31 @@ def test_seed_changes_the_run(instance_dir, class_dir, tmp_path):
         assert tdb.main([*TINY, "--seed", seed, "--instance_data_dir", str(instance_dir), "--class_data_dir",
                          str(class_dir), "--output_dir", str(tmp_path / seed), "--max_train_steps", "2"]) == 0
     assert [r["loss"] for r in log_rows(tmp_path / "0")] != [r["loss"] for r in log_rows(tmp_path / "5")]
+
+
+def test_validation_grid_is_captioned_above_the_images(trained):
+    from PIL import Image
+    grid = np.asarray(Image.open(trained / "validation" / "step_000003.png").convert("RGB"), dtype=np.int16)
+    strip = round(12 * 1.8)  # the smallest caption font, 12 px, for a 4 x 64 px grid
+    assert grid.shape == (strip + 64, 4 * 64, 3)
+    caption, images = grid[:strip], grid[strip:]
+    assert ((caption.max(axis=2) < 100).sum() > 100) and (caption == 255).all(axis=2).mean() > 0.7
+    assert not (images == 255).all(axis=2).all(axis=1).any(), "an image row is blank: the caption covers it"
+
+
+def test_a_caption_strip_sits_above_the_image_and_leaves_it_whole():
+    from PIL import Image
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 768, 3), dtype=np.uint8))
+    one = tdb.captioned(image, "green, step 200: 'a sks tree'")
+    other = tdb.captioned(image, "green, step 400: 'a sks tree'")
+    size = 768 // 64  # the font grows with the width: 12 px letters for 768 px
+    assert one.size == (768, 96 + round(size * 1.8))
+    one = np.asarray(one)
+    assert np.array_equal(one[-96:], np.asarray(image))
+    assert (one[:-96].max(axis=2) < 100).sum() > 100  # dark letters on the white strip
+    assert not np.array_equal(one[:-96], np.asarray(other)[:-96])
+    wide = tdb.captioned(Image.new("RGB", (3072, 768)), "a caption")
+    assert wide.height - 768 == round(48 * 1.8)  # a 4-image grid at 768 px: 48 px letters
 
 
 def test_finished_run_is_skipped(trained, instance_dir, class_dir, capsys):
@@ -484,3 +514,102 @@ def test_unusable_output_folders_are_one_line_errors(instance_dir, class_dir, tm
         bad = output if flag == "--output_dir" else classes
         assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {flag} {bad}: ") and problem in err[0]
     assert not (instance_dir / "model").exists() and (tmp_path / "taken").read_text() == "a file"
+
+
+# ---- loss.png ----------------------------------------------------------------------------------------
+def test_ema_is_a_bias_corrected_moving_average():
+    assert tdb.ema([2.0, 2.0, 2.0], span=5) == pytest.approx([2.0, 2.0, 2.0])  # a constant stays itself
+    assert tdb.ema([1.0, 3.0, 0.5], span=1) == pytest.approx([1.0, 3.0, 0.5])  # span 1: no smoothing
+    # span 3: alpha 0.5; the weights 0.5, 0.75 normalise the average of 0 and 1
+    assert tdb.ema([0.0, 1.0], span=3) == pytest.approx([0.0, 0.5 / 0.75])
+    step = tdb.ema([0.0] * 10 + [1.0] * 40, span=10)
+    assert step[:10] == pytest.approx([0.0] * 10)
+    assert all(a < b for a, b in zip(step[10:], step[11:])) and 0.99 < step[-1] < 1  # it follows a step, lagging
+
+
+def loss_rows(instance, prior):
+    return [{"step": str(k + 1), "loss": "", "instance_loss": str(i), "prior_loss": "" if p is None else str(p)}
+            for k, (i, p) in enumerate(zip(instance, prior))]
+
+
+def test_loss_figure_draws_instance_and_prior_loss_raw_and_smoothed():
+    rng = np.random.default_rng(0)
+    instance, prior = rng.uniform(0.05, 0.3, 200), rng.uniform(0.1, 0.2, 200)
+    figure = tdb.loss_figure(loss_rows(instance, prior), "DreamBooth loss of green: 'a sks tree'")
+    (axis,) = figure.axes
+    assert axis.get_title() == "DreamBooth loss of green: 'a sks tree'"
+    assert axis.get_xlabel() == "optimizer step" and "loss" in axis.get_ylabel()
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    assert sorted(lines) == ["instance loss, EMA over 10 steps", "instance loss, each step",
+                             "prior loss (class images), EMA over 10 steps", "prior loss (class images), each step"]
+    for name, values in (("instance loss", instance), ("prior loss (class images)", prior)):
+        raw, smooth = lines[f"{name}, each step"], lines[f"{name}, EMA over 10 steps"]
+        assert list(raw.get_xdata()) == list(range(1, 201))
+        np.testing.assert_allclose(raw.get_ydata(), values)
+        np.testing.assert_allclose(smooth.get_ydata(), tdb.ema(list(values), 10))
+        assert raw.get_alpha() < 0.5 and raw.get_linestyle() == "None"  # faint points under a solid line
+        assert smooth.get_color() == raw.get_color() and smooth.get_linewidth() > 1
+    without_prior = tdb.loss_figure(loss_rows(instance, [None] * 200), "t")
+    assert [line.get_label() for line in without_prior.axes[0].get_lines()] == [
+        "instance loss, each step", "instance loss, EMA over 10 steps"]
+
+
+def test_loss_png_and_validation_grids_name_the_model_and_prompt(instance_dir, tmp_path, monkeypatch):
+    figures, captions = [], []
+    real_figure, real_captioned = tdb.loss_figure, tdb.captioned
+
+    def figure_spy(rows, title):
+        figures.append(real_figure(rows, title))
+        return figures[-1]
+
+    def captioned_spy(image, text):
+        captions.append(text)
+        return real_captioned(image, text)
+
+    monkeypatch.setattr(tdb, "loss_figure", figure_spy)
+    monkeypatch.setattr(tdb, "captioned", captioned_spy)
+    assert tdb.main([*TINY, "--no_prior_preservation", "--instance_data_dir", str(instance_dir), "--output_dir",
+                     str(tmp_path / "green"), "--max_train_steps", "2", "--validation_steps", "1",
+                     "--instance_prompt", "a sks apple tree"]) == 0
+    (axis,) = figures[0].axes
+    assert axis.get_title() == "DreamBooth loss of green: 'a sks apple tree'"
+    assert [line.get_label() for line in axis.get_lines()] == ["instance loss, each step",
+                                                               "instance loss, EMA over 5 steps"]
+    assert captions == ["green, step 1: 'a sks apple tree'", "green, step 2: 'a sks apple tree'"]
+    assert sorted(p.name for p in (tmp_path / "green" / "validation").iterdir()) == ["step_000001.png",
+                                                                                     "step_000002.png"]
+
+
+# ---- --help ------------------------------------------------------------------------------------------
+def help_text(capsys):
+    with pytest.raises(SystemExit):
+        tdb.parse_args(["--help"])
+    return capsys.readouterr().out
+
+
+def test_help_groups_every_flag_with_a_help_text_and_at_most_one_default(capsys):
+    text = help_text(capsys)
+    sections = help_sections(text)
+    options = {option: help for entries in sections.values() for option, help in entries.items()}
+    usage_flags = set(re.findall(r"--[\w-]+", text.split("\n\n")[0])) | {"--help"}
+    assert usage_flags == {flag for option in options for flag in re.findall(r"--[\w-]+", option)}
+    assert len(options) == 54  # 53 flags and --help
+    assert all(options.values()), [option for option, help in options.items() if not help]
+    assert all(help.lower().count("default") <= 1 for help in options.values())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "default" not in options["--no_prior_preservation"]
+    assert options["--use_8bit_adam, --no-use_8bit_adam"].endswith("(default: True)")
+    assert options["--learning_rate LEARNING_RATE"].endswith("(default: 2e-06)")
+    assert list(sections) == ["options", "model", "instance photos",
+                              "prior preservation (Eq. 9)", "training", "optimizer and learning-rate schedule",
+                              "precision and memory", "output and checkpoints", "validation and logging", "examples"]
+    assert list(sections["options"]) == ["-h, --help"]  # every other flag sits in its group
+
+
+def test_help_examples_are_valid_commands(capsys):
+    examples = help_text(capsys).split("examples:\n", 1)[1].replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in examples.splitlines() if "train_dreambooth.py" in line]
+    assert len(commands) == 3
+    for words in commands:
+        args = tdb.parse_args(words[words.index("train_dreambooth.py") + 1:])
+        assert args.instance_data_dir and args.output_dir and args.class_data_dir
