@@ -200,7 +200,7 @@ fi
 
 mkdir -p "$work/.stages"
 [ "$demo" = 1 ] && echo "Demo: 48 synthetic photos, a tiny random diffusion model (it draws noise) and yolov8n" \
-  "trained for 40 epochs at 128 px; the baseline learns (AP about 0.4), the genfusion row stays near 0: the" \
+  "trained at 128 px; the baseline learns (AP about 0.4), the rows trained on generated images show the" \
   "plumbing, not the paper's result." | tee -a "$log"
 
 first_change() {  # first_change BEFORE NOW: what differs first: "its command", or a path (or script)
