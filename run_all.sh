@@ -108,7 +108,7 @@ if [ "$demo" = 1 ]; then
   # --nbs 8: an optimizer step every batch (ultralytics would accumulate 64 images, 32 train photos)
   detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-40}" --imgsz 128 --nbs 8
              --init "${init:-scratch}" --workers 0)
-  propose=(--imgsz 128 --conf 0.01)
+  propose=(--imgsz 128 --calibrate_data "$work/data/real.yaml")
 else
   prepare=(--source minneapple --input "$minneapple" ${test_annotations[@]+"${test_annotations[@]}"})
   dreambooth=(--pretrained_model_name_or_path "$model")
@@ -272,7 +272,7 @@ stage detectors_baseline "$work/detectors/baseline" "$work/data/real.yaml" "$wor
 # The proposals come from the first baseline run: the first model (train_detectors.py's list starts
 # with yolov8n) and the first seed.
 proposer="$work/detectors/baseline/$(echo "${models:-yolov8n}" | cut -d, -f1)/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
-calibration=(); [ "$demo" = 0 ] && calibration=("$work/data/real.yaml" "$work/data/real/val")
+calibration=("$work/data/real.yaml" "$work/data/real/val")  # propose picks its threshold on the real val split
 stage propose "$work/proposals" "$work/generated/images" "$proposer" ${calibration[@]+"${calibration[@]}"} -- \
   "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$work/generated/images" "${propose[@]}" \
   --output_dir "$work/proposals"
