@@ -301,10 +301,15 @@ def write_dataset(out_dir, labelled, note):
     tmp.rmdir()
 
 
-def write_json(path, document):
+def write_atomic(path, text):
+    """path's new text, through a temporary file: a crash leaves the old file or the new one."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path, document):
+    write_atomic(path, json.dumps(document, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,9 +502,7 @@ def propose(args):
     write_dataset(out, labelled, "proposals as they are, not reviewed by a person")
     write_json(out / "label_studio_tasks.json", tasks)
     write_json(out / "coco_predictions.json", coco_document(coco_entries))
-    tmp = out / ".label_studio_config.xml.tmp"
-    tmp.write_text(label_studio_config())
-    os.replace(tmp, out / "label_studio_config.xml")
+    write_atomic(out / "label_studio_config.xml", label_studio_config())
     with open(out / ".proposals.csv.tmp", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["file", "x1", "y1", "x2", "y2", "conf"])
         writer.writeheader()
@@ -753,9 +756,7 @@ def import_reviewed(args):
     out = Path(args.output_dir)
     write_dataset(out, [(image, review.boxes[image.name]) for image in images if image.name in review.boxes],
                   f"reviewed labels from {args.reviewed} ({review.kind})")
-    tmp = out / ".unreviewed.txt.tmp"
-    tmp.write_text("".join(f"{name}\n" for name in unreviewed))
-    os.replace(tmp, out / "unreviewed.txt")
+    write_atomic(out / "unreviewed.txt", "".join(f"{name}\n" for name in unreviewed))
     (out / "review_report.json").unlink(missing_ok=True)
     if report:
         write_json(out / "review_report.json", report)

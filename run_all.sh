@@ -286,29 +286,28 @@ else
   echo "note: no --reviewed_labels: the generated images are labelled with $labels_note" | tee -a "$log"
 fi
 generated_folder="$(dirname "$genfusion_yaml")"
-detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT...: train_detectors.py on one row of Table 1
-  local name="$1" row="$2" spec="$3"; shift 3
-  stage "$name" "$work/detectors/$row" "$@" "$work/data/real/test" ${weights_path[@]+"${weights_path[@]}"} -- \
-    "$python" "$root/train_detectors.py" --data "$row=$spec" "${detectors[@]}" --test_images "$test_images" \
-    --project "$work/detectors"
-}
-chosen genfusion && detector_stage detectors_genfusion genfusion "$genfusion_yaml" "$generated_folder"
-# The demo's few-shot row: 6 photos make one batch an epoch, so 4 x the epochs give it the baseline's
-# optimizer steps (32 photos, 4 batches an epoch); said under the table.
-fewshot_epochs=(); [ "$demo" = 1 ] && fewshot_epochs=(--epochs "$(( ${epochs:-40} * 4 ))")
-fewshot_stage() {  # fewshot_stage: the detectors_fewshot stage; it reads the instance photos' labels, not all
-  local photo photos=()
-  for photo in "$work/data/instances"/*/*; do
-    [ -e "$photo" ] && photos+=("$work/data/real/train/images/$(basename "$photo")"
-                                "$work/data/real/train/labels/$(basename "${photo%.*}").txt")
-  done
-  stage detectors_fewshot "$work/detectors/fewshot" "$work/data/fewshot.yaml" "$work/data/fewshot.txt" \
-    ${photos[@]+"${photos[@]}"} "$work/data/real/val" "$work/data/real/test" ${weights_path[@]+"${weights_path[@]}"} \
-    -- "$python" "$root/train_detectors.py" \
-    --data "fewshot=$work/data/fewshot.yaml" "${detectors[@]}" ${fewshot_epochs[@]+"${fewshot_epochs[@]}"} \
+detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT... [-- FLAG...]: train_detectors.py on one row of
+  # Table 1, reading INPUTs (and the test photos, --weights_dir), with FLAGs after the shared detector flags
+  local name="$1" row="$2" spec="$3" inputs=() flags=(); shift 3
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do inputs+=("$1"); shift; done
+  [ $# -gt 0 ] && { shift; flags=("$@"); }
+  stage "$name" "$work/detectors/$row" "${inputs[@]}" "$work/data/real/test" ${weights_path[@]+"${weights_path[@]}"} -- \
+    "$python" "$root/train_detectors.py" --data "$row=$spec" "${detectors[@]}" ${flags[@]+"${flags[@]}"} \
     --test_images "$test_images" --project "$work/detectors"
 }
-chosen fewshot && fewshot_stage
+chosen genfusion && detector_stage detectors_genfusion genfusion "$genfusion_yaml" "$generated_folder"
+# The few-shot row reads the instance photos and their labels, not the whole train split. In the demo,
+# its 6 photos make one batch an epoch, so 4 x the epochs give it the baseline's optimizer steps (32
+# photos, 4 batches an epoch); said under the table.
+fewshot_photos=()
+for photo in "$work/data/instances"/*/*; do
+  if [ -e "$photo" ]; then fewshot_photos+=("$work/data/real/train/images/$(basename "$photo")"
+                                            "$work/data/real/train/labels/$(basename "${photo%.*}").txt"); fi
+done
+fewshot_epochs=(); [ "$demo" = 1 ] && fewshot_epochs=(--epochs "$(( ${epochs:-40} * 4 ))")
+chosen fewshot && detector_stage detectors_fewshot fewshot "$work/data/fewshot.yaml" "$work/data/fewshot.yaml" \
+  "$work/data/fewshot.txt" ${fewshot_photos[@]+"${fewshot_photos[@]}"} "$work/data/real/val" \
+  -- ${fewshot_epochs[@]+"${fewshot_epochs[@]}"}
 chosen mixed && detector_stage detectors_mixed mixed "$work/data/real.yaml+$genfusion_yaml" "$work/data/real.yaml" \
   "$work/data/real" "$generated_folder"
 chosen fewshot+genfusion && detector_stage detectors_fewshot_genfusion fewshot+genfusion \

@@ -398,7 +398,7 @@ def loss_figure(rows, title):
         axis.plot(steps, ema(values, span), color=colour, linewidth=2, label=f"{name}, EMA over {span} steps")
     axis.set(title=title, xlabel="optimizer step", ylabel="MSE loss (log scale)", yscale="log")
     axis.grid(alpha=0.3)
-    axis.legend(loc="upper right", fontsize="small", framealpha=0.9)
+    axis.legend(loc="best", fontsize="small", framealpha=0.9)
     return figure
 
 
