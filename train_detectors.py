@@ -15,7 +15,7 @@ Out: PROJECT/<dataset>/data.yaml                  a union's data YAML (absolute 
                                                    val_map50_95 (ultralytics' own, best epoch)
 
 The paper's Table 2 are the defaults: SGD (set explicitly: ultralytics' 'auto' ignores lr0),
-lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU, NMS IoU 0.45, 768 px, and
+lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU (fp32 on the CPU, on --threads cores), NMS IoU 0.45, 768 px, and
 every augmentation off (--augment: ultralytics' defaults). --nbs is ultralytics' nominal batch
 size (gradients of round(nbs / batch) batches per optimizer step).
 Finished runs (run.json) are skipped; one finished with other settings is refused. A killed run
@@ -76,13 +76,32 @@ def offline_safe_environment(project):
     os.environ.update(YOLO_CONFIG_DIR=str(config), YOLO_AUTOINSTALL="False", YOLO_OFFLINE="1")
 
 
-def skip_amp_download():
-    """ultralytics' AMP check downloads yolo26n.pt on every GPU run; without that file, skip the check
-    (AMP stays on) instead of reaching for the network."""
+def offline_amp_check():
+    """ultralytics' AMP check downloads yolo26n.pt on every GPU run; without that file, a CUDA run skips
+    the check (AMP stays on) instead of reaching for the network. Off CUDA the answer is ultralytics'
+    own: no AMP, so a CPU run trains in fp32 (its autocast would be bfloat16, emulated on many CPUs)."""
     import ultralytics.engine.trainer as trainer
     from ultralytics.utils import WEIGHTS_DIR
-    check = trainer.check_amp
-    trainer.check_amp = lambda model: check(model) if (WEIGHTS_DIR / "yolo26n.pt").is_file() else True
+    from ultralytics.utils.checks import check_amp as check
+
+    def check_amp(model):
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        return check(model) if not on_cuda or (WEIGHTS_DIR / "yolo26n.pt").is_file() else True
+    trainer.check_amp = check_amp
+
+
+def use_threads(threads):
+    """ultralytics sets torch to min(8, cpu_count - 1) threads whenever it picks the CPU (one on a
+    2-core machine); use this many instead."""
+    import torch
+    import ultralytics.utils.torch_utils as torch_utils
+    torch_utils.NUM_THREADS = threads
+    torch.set_num_threads(threads)
+
+
+def available_cores():
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def online(timeout=3.0):
@@ -294,12 +313,15 @@ def run_one(spec, device):
     started = time.time()
     arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
                                 spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
-    YOLO(spec["source"]).train(**arguments)
+    detector = YOLO(spec["source"])
+    detector.train(**arguments)
+    import torch
+    precision = {"amp": bool(detector.trainer.amp), "threads": torch.get_num_threads()}
     predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
                       run_dir / "test_predictions", spec["imgsz"], device)
     row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
            "seconds": round(time.time() - started, 1), "status": "done", "val_map50_95": best_val_map(run_dir),
-           "run_dir": str(run_dir), "config": run_config(spec)}
+           "run_dir": str(run_dir), **precision, "config": run_config(spec)}
     tmp = done.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     os.replace(tmp, done)
@@ -394,9 +416,11 @@ def parse_args(argv=None):
     parser.add_argument("--ddp", action="store_true", help="hand each run to ultralytics' DDP over --devices")
     parser.add_argument("--shard", default="0/1", help="i/n: only the runs with index %% n == i (job arrays)")
     parser.add_argument("--workers", type=int, default=8, help="dataloader workers per run")
+    parser.add_argument("--threads", type=int, default=available_cores(),
+                        help="torch threads of a CPU run: all the cores this process may use")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch < 1 or args.nbs < 1 or args.imgsz < 32:
-        parser.error("--epochs, --batch and --nbs must be at least 1, --imgsz at least 32")
+    if args.epochs < 1 or args.batch < 1 or args.nbs < 1 or args.threads < 1 or args.imgsz < 32:
+        parser.error("--epochs, --batch, --nbs and --threads must be at least 1, --imgsz at least 32")
     if args.ddp and len([d for d in (args.devices or "").split(",") if d.strip()]) < 2:
         parser.error("--ddp needs two or more --devices")
     return args
@@ -450,7 +474,8 @@ def main(argv=None):
         print(f"error: --devices {', '.join(bad)}: this machine has {torch.cuda.device_count()} GPUs "
               f"(give GPU numbers from 0, or cpu)", file=sys.stderr)
         return 2
-    skip_amp_download()
+    offline_amp_check()
+    use_threads(args.threads)
     print(f"{len(runs)} runs on {'DDP over ' if args.ddp else ''}{', '.join(devices)}")
     rows = []
     if args.ddp or len(devices) == 1:

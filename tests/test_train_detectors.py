@@ -56,6 +56,20 @@ def test_trained_run_predicts_and_scores(tiny_detector, orchard_prepared):
     assert "mosaic: 0.0" in args and "optimizer: SGD" in args and "lr0: 0.01" in args
 
 
+def test_a_cpu_run_trains_in_fp32_on_every_core(tiny_detector):
+    row = json.loads((tiny_detector / "run.json").read_text())
+    # ultralytics' own check says no AMP on a CPU; its autocast there would be bfloat16
+    assert row["amp"] is False
+    assert row["threads"] == td.available_cores()
+
+
+def test_offline_amp_check_gives_ultralytics_answer_on_the_cpu():
+    import torch
+    import ultralytics.engine.trainer as trainer
+    td.offline_amp_check()
+    assert trainer.check_amp(torch.nn.Linear(2, 2)) is False
+
+
 def test_finished_run_is_skipped(tiny_detector, orchard_prepared, capsys):
     before = (tiny_detector / "run.json").stat().st_mtime_ns
     assert td.main(["--data", f"baseline={orchard_prepared / 'real.yaml'}", "--models", "yolov8n", "--seeds", "0",
