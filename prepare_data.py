@@ -267,7 +267,8 @@ def choose_val(stems, num_val, seed, split_by):
 # Synthetic source
 # ---------------------------------------------------------------------------------------------
 def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_SIZE[1], apple_scale=1.0):
-    """A procedural tree photo -> (RGB uint8 image, uint8 instance-id mask).
+    """A procedural tree photo -> (RGB uint8 image, uint8 instance-id mask); colour 'green', 'red',
+    or 'none' for a tree without apples.
 
     Like MinneApple masks: apples touch, overlap (later ones occlude earlier ones), are cut by the
     image border, are split into two pieces by a branch, and ids have gaps. apple_scale multiplies
@@ -284,6 +285,8 @@ def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_
     leaf_shade = np.kron(leaf_noise, np.ones((8, 8)))[:height, :width, None]
     leaves = np.array([50, 105, 35], np.float32) + leaf_shade * np.array([12, 22, 8])
     image = np.where(canopy[..., None], leaves, image)
+    if colour == "none":
+        return np.clip(image, 0, 255).astype(np.uint8), np.zeros((height, width), np.uint8)
 
     base = np.array([175, 28, 32] if colour == "red" else [150, 192, 70], np.float32)
     count = max(1, round(int(rng.integers(18, 36)) / np.sqrt(apple_scale)))
@@ -318,13 +321,21 @@ def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def write_synthetic_source(folder, num_images, seed, apple_scale=1.0):
-    """MinneApple-layout folder {train,test}/{images,masks}/*.png; one photo in three is green."""
+def synthetic_colour(index, bare_share):
+    """The apples of synthetic photo number index: bare_share of the photos, evenly spread, have
+    none ('none'); of the others, one in three is green, the rest red."""
+    if int((index + 1) * bare_share) > int(index * bare_share):
+        return "none"
+    return "green" if index % 3 == 0 else "red"
+
+
+def write_synthetic_source(folder, num_images, seed, apple_scale=1.0, bare_share=0.0):
+    """MinneApple-layout folder {train,test}/{images,masks}/*.png."""
     rng = np.random.default_rng(seed)
     num_test = max(1, round(num_images * SYNTHETIC_TEST_SHARE)) if num_images > 1 else 0
     for index in tqdm(range(num_images), desc="synthetic photos", unit="photo"):
         split = "test" if index >= num_images - num_test else "train"
-        colour = "green" if index % 3 == 0 else "red"
+        colour = synthetic_colour(index, bare_share)
         image, mask = draw_synthetic_photo(rng, colour, apple_scale=apple_scale)
         stem = f"synthetic_{colour}_{index:04d}"
         for kind, array in (("images", image), ("masks", mask)):
@@ -855,6 +866,8 @@ def parse_args(argv=None):
     parser.add_argument("--apple_scale", type=float, default=1.0,
                         help="synthetic apples this many times larger (and fewer), e.g. 4 so that they "
                              "stay detectable at a small --resolution; only for --source synthetic")
+    parser.add_argument("--bare_share", type=float, default=0.0,
+                        help="share of synthetic trees without apples; only for --source synthetic")
     parser.add_argument("--crop_size", type=int, default=None,
                         help="side of the centre crop in source pixels (default: the photo's "
                              "shorter side, 720 for MinneApple)")
@@ -888,11 +901,13 @@ def parse_args(argv=None):
             parser.error("--num_images must be at least 2 (train and test)")
         if not 0.1 <= args.apple_scale <= 10:
             parser.error("--apple_scale must be between 0.1 and 10")
+        if not 0 <= args.bare_share < 1:
+            parser.error("--bare_share must be at least 0 and below 1")
     else:
         if not args.input:
             parser.error(f"--source {args.source} needs --input DIR")
-        if args.num_images is not None or args.apple_scale != 1.0:
-            parser.error("--num_images and --apple_scale are for --source synthetic")
+        if args.num_images is not None or args.apple_scale != 1.0 or args.bare_share:
+            parser.error("--num_images, --apple_scale and --bare_share are for --source synthetic")
     if args.test_annotations and args.source != "minneapple":
         parser.error("--test_annotations is for --source minneapple")
     if args.annotations and args.source != "coco":
@@ -933,12 +948,14 @@ def main(argv=None):
         prepare_output_dir(out_dir, args.input)
         if args.source == "synthetic":
             source_dir = out_dir / "synthetic_source" / "detection"
-            marker = {"num_images": args.num_images, "seed": args.seed, "apple_scale": args.apple_scale}
+            marker = {"num_images": args.num_images, "seed": args.seed, "apple_scale": args.apple_scale,
+                      "bare_share": args.bare_share}
             marker_file = out_dir / "synthetic_source" / "made_with.json"
             if not (marker_file.exists() and json.loads(marker_file.read_text()) == marker):
                 staging = out_dir / ".synthetic_tmp"
                 shutil.rmtree(staging, ignore_errors=True)
-                write_synthetic_source(staging / "detection", args.num_images, args.seed, args.apple_scale)
+                write_synthetic_source(staging / "detection", args.num_images, args.seed, args.apple_scale,
+                                       args.bare_share)
                 (staging / "made_with.json").write_text(json.dumps(marker))
                 shutil.rmtree(out_dir / "synthetic_source", ignore_errors=True)
                 os.replace(staging, out_dir / "synthetic_source")

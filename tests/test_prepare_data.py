@@ -201,6 +201,20 @@ def test_synthetic_end_to_end_contract(synthetic_out):
         assert len(picked) == 2 and set(picked) <= train_files and all(f"_{colour}_" in p for p in picked)
 
 
+def test_bare_share_makes_trees_without_apples_with_empty_labels(tmp_path):
+    assert [pd.synthetic_colour(i, 1 / 3) for i in range(6)] == ["green", "red", "none", "green", "red", "none"]
+    assert pd.main(["--source", "synthetic", "--num_images", "9", "--bare_share", "0.34", "--output_dir",
+                    str(tmp_path), "--resolution", "64", "--num_instances", "1", "--workers", "1"]) == 0
+    rows = read_manifest(tmp_path)
+    bare = [r for r in rows if "_none_" in r["file"]]
+    assert len(bare) == 3 and all(r["colour"] == "none" and r["boxes_kept"] == "0" for r in bare)
+    for row in bare:
+        label = tmp_path / row["file"].replace("/images/", "/labels/").replace(".png", ".txt")
+        assert label.read_text() == ""
+    photo = np.asarray(Image.open(tmp_path / bare[0]["file"]))
+    assert photo[32, 32, 1] > photo[32, 32, 0]  # a green canopy where the apples would be
+
+
 def test_rerun_is_a_no_op_and_changed_arguments_rebuild(tmp_path, capsys):
     args = ["--source", "synthetic", "--num_images", "6", "--output_dir", str(tmp_path),
             "--resolution", "64", "--num_instances", "1", "--workers", "1"]
@@ -447,6 +461,8 @@ def test_test_annotations_must_fit_the_test_photos(tmp_path, capsys):
 def test_flags_that_do_not_apply_are_refused(tmp_path):
     for argv in (["--source", "synthetic", "--input", str(tmp_path)],
                  ["--source", "minneapple", "--input", str(tmp_path), "--num_images", "5"],
+                 ["--source", "yolo", "--input", str(tmp_path), "--bare_share", "0.3"],
+                 ["--source", "synthetic", "--bare_share", "1"],
                  ["--source", "minneapple", "--input", str(tmp_path), "--num_val", "0"],
                  ["--source", "yolo", "--input", str(tmp_path), "--test_annotations", "x.json"],
                  ["--source", "yolo", "--input", str(tmp_path), "--annotations", "x.json"]):
