@@ -29,11 +29,11 @@
               trains them), and green/red/none images where a prepare_data.py manifest.csv beside
               the YAML lists every image of the split (else empty); DIR/datasets.png, the boxes per
               image and box sizes of each dataset (each image once) overlaid.
-  report In:  --work DIR (run_all.sh's). Out: DIR/results/report.html, one page with no script and
-              links relative to it: Table 1 (table1.md), its chart, the generated images' contact
-              sheet, the DreamBooth loss curves, the proposal previews and the annotation channel's
-              filter and leakage pictures, each that exists with a line on what it shows; the
-              others are listed as not made in this run.
+  report In:  --table table1.md (evaluate.py table) and --pictures, files or globs of the pictures
+              the scripts draw (table1.png, datasets.png, contact_sheet.png, loss.png, preview/*.png,
+              filter.png, leakage.png). Out: --out, one HTML page with no script and links relative
+              to it: Table 1, then each picture under its heading with a line on what it shows (by
+              its file name), then the inputs that matched no file, listed as not made in this run.
 Outputs are checked before the work (an --out that is a folder, or lies where no file can be
 created, is refused) and written through a temp file that never stays behind.
 """
@@ -98,8 +98,8 @@ PAPER_TABLE1 = {
 }
 
 
-class EvaluationInputError(Exception):
-    """Input that cannot be scored; the message names the file (and line) at fault."""
+class InputError(Exception):
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def read_yolo_rows(path, with_confidence):
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise EvaluationInputError(f"{path}: unreadable text file ({error})")
+        raise InputError(f"{path}: unreadable text file ({error})")
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -121,14 +121,14 @@ def read_yolo_rows(path, with_confidence):
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            raise EvaluationInputError(f"{path}:{number}: expected '{expected}' numbers, got {line!r}")
+            raise InputError(f"{path}:{number}: expected '{expected}' numbers, got {line!r}")
         if len(values) != columns:
-            raise EvaluationInputError(f"{path}:{number}: expected {columns} columns ({expected}), "
+            raise InputError(f"{path}:{number}: expected {columns} columns ({expected}), "
                                        f"got {len(values)}: {line!r}")
         if values[0] != 0:
-            raise EvaluationInputError(f"{path}:{number}: class {fields[0]}: one class is scored, 0 = apple")
+            raise InputError(f"{path}:{number}: class {fields[0]}: one class is scored, 0 = apple")
         if not all(0.0 <= v <= 1.0 for v in values[1:]):
-            raise EvaluationInputError(f"{path}:{number}: values out of range: cx cy w h"
+            raise InputError(f"{path}:{number}: values out of range: cx cy w h"
                                        f"{' conf' if with_confidence else ''} must lie in 0..1, got {line!r}")
         rows[number] = values
     return rows
@@ -203,18 +203,18 @@ def read_yolo_ground_truth(gt_dir):
     images_dir, labels_dir = gt_dir / "images", gt_dir / "labels"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
-            raise EvaluationInputError(f"{folder}: no such folder (--gt needs images/ and labels/, or a COCO JSON)")
+            raise InputError(f"{folder}: no such folder (--gt needs images/ and labels/, or a COCO JSON)")
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not image_paths:
-        raise EvaluationInputError(f"{images_dir}: no images")
+        raise InputError(f"{images_dir}: no images")
     stems = {}
     for path in image_paths:
         if path.stem in stems:
-            raise EvaluationInputError(f"{path}: two images share the stem {path.stem!r}")
+            raise InputError(f"{path}: two images share the stem {path.stem!r}")
         stems[path.stem] = path
     unlabelled = [p.name for p in image_paths if not (labels_dir / f"{p.stem}.txt").exists()]
     if unlabelled:
-        raise EvaluationInputError(
+        raise InputError(
             f"{labels_dir}: {len(unlabelled)} images have no label file, so they cannot be scored "
             f"(unlabelled test photos? give prepare_data.py the test masks or --test_annotations): "
             f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
@@ -225,7 +225,7 @@ def read_yolo_ground_truth(gt_dir):
             with Image.open(path) as image:
                 width, height = image.size
         except Exception as error:  # PIL and its plugins raise many kinds
-            raise EvaluationInputError(f"{path}: unreadable image ({error!r})")
+            raise InputError(f"{path}: unreadable image ({error!r})")
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
         label_path = labels_dir / f"{stem}.txt"
         boxes = {line: to_coco_bbox(row, width, height)
@@ -237,7 +237,7 @@ def read_yolo_ground_truth(gt_dir):
         if warning:
             box_warnings.append(warning)
     if not annotations:
-        raise EvaluationInputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
+        raise InputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
     warn_gt_boxes(box_warnings)
     return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
 
@@ -247,22 +247,22 @@ def load_coco_json(path):
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EvaluationInputError(f"{path}: not a readable COCO JSON ({error})")
+        raise InputError(f"{path}: not a readable COCO JSON ({error})")
     if not isinstance(data, dict) or not all(isinstance(data.get(key), list)
                                              for key in ("images", "annotations", "categories")):
-        raise EvaluationInputError(f"{path}: a COCO JSON needs 'images', 'annotations' and 'categories' lists")
+        raise InputError(f"{path}: a COCO JSON needs 'images', 'annotations' and 'categories' lists")
     return data
 
 
 def apple_category_id(path, categories):
     """The id of the category scored: the one named apple (any case), else the only category."""
     if not all(isinstance(c, dict) and "id" in c for c in categories):
-        raise EvaluationInputError(f"{path}: every category needs an id")
+        raise InputError(f"{path}: every category needs an id")
     apples = [c["id"] for c in categories if str(c.get("name", "")).lower() == "apple"]
     if len(apples) == 1 or (not apples and len(categories) == 1):
         return apples[0] if apples else categories[0]["id"]
     names = ", ".join(repr(c.get("name")) for c in categories) or "none"
-    raise EvaluationInputError(f"{path}: one category is scored, apple (or the only one); categories: {names}")
+    raise InputError(f"{path}: one category is scored, apple (or the only one); categories: {names}")
 
 
 def is_number(value):
@@ -278,21 +278,21 @@ def coco_image_entries(path, images):
     for index, image in enumerate(images):
         where = f"{path}: images[{index}]"
         if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
-            raise EvaluationInputError(f"{where}: an image needs id, file_name, width and height")
+            raise InputError(f"{where}: an image needs id, file_name, width and height")
         if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0
                    for k in ("width", "height")):
-            raise EvaluationInputError(f"{where}: width and height must be whole numbers above 0, got "
+            raise InputError(f"{where}: width and height must be whole numbers above 0, got "
                                        f"{image['width']!r} x {image['height']!r}")
         name = re.split(r"[\\/]", str(image["file_name"]))[-1]       # a base name, of / or \ paths alike
         stem = Path(name).stem
         if image["id"] in entries:
-            raise EvaluationInputError(f"{where}: a second image with id {image['id']!r}")
+            raise InputError(f"{where}: a second image with id {image['id']!r}")
         if stem in stems:
-            raise EvaluationInputError(f"{where}: {name} shares the stem {stem!r} with {stems[stem]}")
+            raise InputError(f"{where}: {name} shares the stem {stem!r} with {stems[stem]}")
         stems[stem] = name
         entries[image["id"]] = {"file_name": name, "width": image["width"], "height": image["height"]}
     if not entries:
-        raise EvaluationInputError(f"{path}: no images")
+        raise InputError(f"{path}: no images")
     return entries
 
 
@@ -306,20 +306,20 @@ def coco_image_boxes(path, annotations, images, category_id):
         place = f"annotations[{index}]"
         where = f"{path}: {place}"
         if not isinstance(annotation, dict) or not {"image_id", "category_id", "bbox"} <= annotation.keys():
-            raise EvaluationInputError(f"{where}: an annotation needs image_id, category_id and bbox")
+            raise InputError(f"{where}: an annotation needs image_id, category_id and bbox")
         if annotation["category_id"] != category_id:
-            raise EvaluationInputError(f"{where}: category {annotation['category_id']!r}: one category is "
+            raise InputError(f"{where}: category {annotation['category_id']!r}: one category is "
                                        f"scored, apple (id {category_id!r})")
         image = images.get(annotation["image_id"])
         if image is None:
-            raise EvaluationInputError(f"{where}: image_id {annotation['image_id']!r} is not among the images")
+            raise InputError(f"{where}: image_id {annotation['image_id']!r} is not among the images")
         bbox = annotation["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
-            raise EvaluationInputError(f"{where}: bbox must be four finite numbers [x, y, w, h], got {bbox!r}")
+            raise InputError(f"{where}: bbox must be four finite numbers [x, y, w, h], got {bbox!r}")
         x, y, w, h = (float(v) for v in bbox)
         width, height = image["width"], image["height"]
         if not (0 <= w <= width and 0 <= h <= height and 0 <= x + w / 2 <= width and 0 <= y + h / 2 <= height):
-            raise EvaluationInputError(f"{where}: bbox out of range for the {width}x{height} image "
+            raise InputError(f"{where}: bbox out of range for the {width}x{height} image "
                                        f"{image['file_name']}: w and h must lie in 0..the image's, the centre "
                                        f"inside it, got {bbox!r}")
         boxes[annotation["image_id"]][place] = [x, y, w, h]
@@ -348,7 +348,7 @@ def read_coco_ground_truth(path):
         if warning:
             box_warnings.append(warning)
     if not annotations:
-        raise EvaluationInputError(f"{path}: no ground-truth boxes of the apple category: AP is undefined")
+        raise InputError(f"{path}: no ground-truth boxes of the apple category: AP is undefined")
     warn_gt_boxes(box_warnings)
     return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
 
@@ -358,11 +358,11 @@ def read_predictions(pred_dir, gt):
     named by its stem (a missing file means no detections) -> COCO detections."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise EvaluationInputError(f"{pred_dir}: no such folder (--pred needs one YOLO txt per image)")
+        raise InputError(f"{pred_dir}: no such folder (--pred needs one YOLO txt per image)")
     images = {Path(image["file_name"]).stem: image for image in gt["images"]}
     orphans = sorted(p.name for p in pred_dir.glob("*.txt") if p.stem not in images)
     if orphans:
-        raise EvaluationInputError(f"{pred_dir}: prediction files for images that are not in the "
+        raise InputError(f"{pred_dir}: prediction files for images that are not in the "
                                    f"ground truth: {', '.join(orphans[:10])}")
     detections = []
     for stem, image in images.items():
@@ -441,65 +441,15 @@ def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False):
     return metrics
 
 
-def output_problem(path, folder=False):
-    """Why no output file (folder=True: folder of output files) can be made at path, or None: what
-    is there already, and whether the nearest existing folder at or above takes a new file."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        return "is a folder, not a file" if path.is_dir() else "is a file, not a folder"
-    start = path if folder else path.parent
-    existing = next(p for p in (start, *start.parents) if p.exists())
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        return f"cannot create files in {existing} ({error.strerror or error})"
-    return None
-
-
-def check_output(flag, path, folder=False):
-    """Raise EvaluationInputError 'FLAG PATH: problem' when output_problem finds one."""
-    problem = output_problem(path, folder)
-    if problem:
-        raise EvaluationInputError(f"{flag} {path}: {problem}")
-
-
-@contextlib.contextmanager
-def output_errors_named(flag, path):
-    """An OSError while writing an output becomes EvaluationInputError 'FLAG PATH: cannot write (...)'."""
-    try:
-        yield
-    except OSError as error:
-        raise EvaluationInputError(f"{flag} {path}: cannot write ({error.strerror or error})") from error
-
-
-def create_atomic(path, write):
-    """Make path through write(temp path) and a rename, so path is either as before or complete;
-    the temp file (beside path, with its suffix) is removed when anything fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path, text):
-    """Write text to path through create_atomic."""
-    create_atomic(path, lambda tmp: tmp.write_text(text))
-
-
+# ---------------------------------------------------------------------------------------------
+# collect
+# ---------------------------------------------------------------------------------------------
 def collect(runs_dir, gt_dir, max_dets=100):
     """Score every DIR/<dataset>/<model>/seed<k>/test_predictions/ -> result rows (the ground truth
     is read, and warned about, once)."""
     folders = sorted(Path(runs_dir).glob("*/*/seed*/test_predictions"))
     if not folders:
-        raise EvaluationInputError(f"{runs_dir}: no <dataset>/<model>/seed<k>/test_predictions/ folders")
+        raise InputError(f"{runs_dir}: no <dataset>/<model>/seed<k>/test_predictions/ folders")
     gt = read_ground_truth(gt_dir)
     rows = []
     for folder in tqdm(folders, desc="scoring runs", unit="run"):
@@ -507,268 +457,6 @@ def collect(runs_dir, gt_dir, max_dets=100):
         run = folder.parent
         rows.append({"dataset": run.parent.parent.name, "model": run.parent.name, "seed": run.name[len("seed"):],
                      **{m: metrics[m] for m in METRICS}})
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# datasets
-# ---------------------------------------------------------------------------------------------
-DATASET_SPLITS = ("train", "val", "test")
-# ultralytics' IMG_FORMATS: the files a data YAML's folder or list contributes as images.
-ULTRALYTICS_IMAGE_SUFFIXES = ("avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png",
-                              "tif", "tiff", "webp")
-COLOURS = ("green", "red", "none")                   # prepare_data.py's manifest.csv colour column
-DATASET_COLUMNS = ["dataset", "split", "images", "boxes", "boxes_per_image_mean", "boxes_per_image_median",
-                   "boxes_per_image_max", "box_width_px_mean", "box_width_px_median", "box_height_px_mean",
-                   "box_height_px_median", "box_width_rel_mean", "box_height_rel_mean", "images_without_boxes_share",
-                   "images_without_label_file", *(f"{colour}_images" for colour in COLOURS)]
-
-
-def parse_named_yamls(specs):
-    """['NAME=YAML', ...] -> {NAME: Path(YAML)}; a malformed or repeated NAME is an error."""
-    named = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise EvaluationInputError(f"--data {spec!r}: expected NAME=YAML, e.g. real=OUT/real.yaml")
-        if name in named:
-            raise EvaluationInputError(f"--data {name} is given twice")
-        named[name] = Path(path)
-    return named
-
-
-def read_data_yaml(path):
-    """An ultralytics data YAML -> its dict."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise EvaluationInputError(f"{path}: not a readable data YAML ({error})")
-    if not isinstance(data, dict):
-        raise EvaluationInputError(f"{path}: a data YAML is a mapping with path, train, val (test) and names")
-    return data
-
-
-def split_entries(yaml_path, data):
-    """{split: [folder or .txt list, ...]} of the splits a data YAML lists (of train, val, test, in that
-    order), each relative to its `path` (ultralytics: a relative path counts from the working folder;
-    without one, the YAML's folder)."""
-    root = Path(data.get("path") or Path(yaml_path).parent)
-    entries = {}
-    for split in DATASET_SPLITS:
-        value = data.get(split)
-        if value:
-            entries[split] = [root / str(entry) for entry in (value if isinstance(value, list) else [value])]
-    if not entries:
-        raise EvaluationInputError(f"{yaml_path}: lists no train, val or test split")
-    return entries
-
-
-def is_ultralytics_image(path):
-    """Whether ultralytics takes the file at path for an image (by its suffix)."""
-    return str(path).rpartition(".")[-1].lower() in ULTRALYTICS_IMAGE_SUFFIXES
-
-
-def listed_images(list_file):
-    """The images a .txt list names, one path a line, as ultralytics reads it: './x' is relative to the
-    list's folder, any other relative path to the working folder."""
-    try:
-        lines = Path(list_file).read_text(encoding="utf-8-sig").strip().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise EvaluationInputError(f"{list_file}: unreadable image list ({error})")
-    paths = [f"{Path(list_file).parent}{os.sep}{line[2:]}" if line.startswith("./") else line for line in lines]
-    return [Path(path) for path in paths if is_ultralytics_image(path)]
-
-
-def split_images(yaml_path, split, entries):
-    """The images of one split: every image under each folder (recursively) and each .txt list's,
-    sorted, as ultralytics finds them; a missing entry or a split without images is an error."""
-    images = []
-    for entry in entries:
-        if entry.is_dir():
-            images += [Path(p) for p in glob.glob(str(Path(glob.escape(str(entry))) / "**" / "*.*"), recursive=True)
-                       if is_ultralytics_image(p)]
-        elif entry.is_file():
-            images += listed_images(entry)
-        else:
-            raise EvaluationInputError(f"{yaml_path}: the {split} entry {entry} does not exist")
-    if not images:
-        raise EvaluationInputError(f"{yaml_path}: no images in the {split} split ({listed(entries)})")
-    return sorted(images, key=str)
-
-
-def label_file_of(image_path):
-    """ultralytics' label file of an image: the last /images/ of its path made /labels/, the suffix .txt."""
-    path = str(image_path)
-    return Path(f"{os.sep}labels{os.sep}".join(path.rsplit(f"{os.sep}images{os.sep}", 1)).rsplit(".", 1)[0] + ".txt")
-
-
-def image_record(image_path):
-    """One image of a dataset: {width, height, labelled (it has a label file), boxes: [(w, h)
-    normalised, ...]}; label lines are checked as read_yolo_rows checks them (FILE:LINE errors)."""
-    try:
-        with Image.open(image_path) as image:
-            width, height = image.size
-    except Exception as error:  # PIL and its plugins raise many kinds
-        raise EvaluationInputError(f"{image_path}: unreadable image ({error!r})")
-    label_file = label_file_of(image_path)
-    labelled = label_file.is_file()
-    rows = read_yolo_rows(label_file, with_confidence=False).values() if labelled else []
-    return {"width": width, "height": height, "labelled": labelled, "boxes": [(row[3], row[4]) for row in rows]}
-
-
-def manifest_colours(yaml_path):
-    """{resolved image path: colour} from the prepare_data.py manifest.csv beside a data YAML, or None
-    when there is none or it has no file and colour columns."""
-    manifest = Path(yaml_path).parent / "manifest.csv"
-    if not manifest.is_file():
-        return None
-    try:
-        with open(manifest, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise EvaluationInputError(f"{manifest}: unreadable manifest ({error})")
-    if not rows or not {"file", "colour"} <= rows[0].keys():
-        return None
-    return {(manifest.parent / row["file"]).resolve(): row["colour"] for row in rows}
-
-
-def colour_counts(resolved_images, colours):
-    """{colour: number of images} of COLOURS over images (resolved paths), from manifest_colours; None
-    when there is no manifest or it does not list every image."""
-    if colours is None:
-        return None
-    found = [colours.get(path) for path in resolved_images]
-    if None in found:
-        return None
-    return {colour: found.count(colour) for colour in COLOURS}
-
-
-def split_figures(records, colours):
-    """The datasets.csv figures (DATASET_COLUMNS after dataset and split) of one split's image records
-    (image_record) and its colour_counts; box figures are None (empty) when the split has no box."""
-    per_image = np.array([len(r["boxes"]) for r in records])
-    relative = np.array([box for r in records for box in r["boxes"]]).reshape(-1, 2)
-    pixels = relative * np.repeat([(r["width"], r["height"]) for r in records], per_image, axis=0)
-    has_boxes = len(relative) > 0
-
-    def box_figure(reduce, values):
-        return float(reduce(values)) if has_boxes else None
-
-    return {"images": len(records), "boxes": int(per_image.sum()),
-            "boxes_per_image_mean": float(per_image.mean()), "boxes_per_image_median": float(np.median(per_image)),
-            "boxes_per_image_max": int(per_image.max()),
-            "box_width_px_mean": box_figure(np.mean, pixels[:, 0]),
-            "box_width_px_median": box_figure(np.median, pixels[:, 0]),
-            "box_height_px_mean": box_figure(np.mean, pixels[:, 1]),
-            "box_height_px_median": box_figure(np.median, pixels[:, 1]),
-            "box_width_rel_mean": box_figure(np.mean, relative[:, 0]),
-            "box_height_rel_mean": box_figure(np.mean, relative[:, 1]),
-            "images_without_boxes_share": float(np.mean(per_image == 0)),
-            "images_without_label_file": sum(not r["labelled"] for r in records),
-            **{f"{colour}_images": (colours or {}).get(colour) for colour in COLOURS}}
-
-
-def dataset_statistics(name, yaml_path):
-    """One data YAML -> ([datasets.csv row per split it lists], {resolved image path: image_record}
-    of all its images, each read once however many splits list it)."""
-    data = read_data_yaml(yaml_path)
-    colours = manifest_colours(yaml_path)
-    rows, records = [], {}
-    for split, entries in split_entries(yaml_path, data).items():
-        images = split_images(yaml_path, split, entries)
-        keys = [image.resolve() for image in images]
-        for image, key in tqdm(list(zip(images, keys)), desc=f"{name} {split}", unit="image"):
-            if key not in records:
-                records[key] = image_record(image)
-        rows.append({"dataset": name, "split": split,
-                     **split_figures([records[key] for key in keys], colour_counts(keys, colours))})
-    return rows, records
-
-
-def csv_cell(value):
-    """A datasets.csv cell: empty for None, floats to 6 significant digits."""
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def distributions(records):
-    """{boxes per image, box width px, box height px} arrays over image records (image_record)."""
-    records = list(records)
-    return {"boxes_per_image": np.array([len(r["boxes"]) for r in records]),
-            "box_width_px": np.array([w * r["width"] for r in records for w, _ in r["boxes"]]),
-            "box_height_px": np.array([h * r["height"] for r in records for _, h in r["boxes"]])}
-
-
-# The panels of datasets.png: (distributions key, x axis label, y axis label, panel title).
-DATASET_PANELS = (("boxes_per_image", "boxes per image", "share of images", "Boxes per image"),
-                  ("box_width_px", "box width (px)", "share of boxes", "Box width"),
-                  ("box_height_px", "box height (px)", "share of boxes", "Box height"))
-
-
-def histogram_edges(key, pooled):
-    """Shared bin edges of one panel: whole counts for boxes per image (at most 40 bins), 30 equal bins
-    over the pooled range for box sizes."""
-    if key == "boxes_per_image":
-        step = max(1, math.ceil((pooled.max() + 1) / 40))
-        return np.arange(-0.5, pooled.max() + step + 0.5, step)
-    return np.histogram_bin_edges(pooled, bins=30)
-
-
-def datasets_figure(per_dataset):
-    """datasets.png as a matplotlib figure: one panel per DATASET_PANELS, each dataset a step line of
-    shares (so datasets of any size compare) over shared bins, one legend with each dataset's images and
-    boxes, and a title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    figure, axes = plt.subplots(1, len(DATASET_PANELS), figsize=(5 * len(DATASET_PANELS), 4.2))
-    for axis, (key, xlabel, ylabel, title) in zip(axes, DATASET_PANELS):
-        pooled = np.concatenate([values[key] for values in per_dataset.values()])
-        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
-        if not pooled.size:
-            axis.text(0.5, 0.5, "no boxes", transform=axis.transAxes, ha="center", va="center")
-            continue
-        edges = histogram_edges(key, pooled)
-        for colour_index, values in enumerate(per_dataset.values()):
-            if values[key].size:
-                axis.hist(values[key], bins=edges, weights=np.full(values[key].size, 1 / values[key].size),
-                          histtype="step", linewidth=1.8, color=f"C{colour_index}")
-    handles = [Line2D([], [], color=f"C{k}", linewidth=1.8,
-                      label=f"{name} ({v['boxes_per_image'].size} images, {v['box_width_px'].size} boxes)")
-               for k, (name, v) in enumerate(per_dataset.items())]
-    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), frameon=False)
-    figure.suptitle("Datasets: boxes per image and box sizes (each image once, all its splits together)")
-    figure.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 3), 1, 1))
-    return figure
-
-
-def plot_datasets(per_dataset, path):
-    """Save datasets_figure as a PNG at path."""
-    import matplotlib.pyplot as plt
-    figure = datasets_figure(per_dataset)
-    try:
-        figure.savefig(path, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-
-
-def write_datasets(named_yamls, out_dir):
-    """datasets.csv (a row per dataset and split, DATASET_COLUMNS) and datasets.png (datasets_figure)
-    in out_dir, each written atomically -> the rows."""
-    rows, per_dataset = [], {}
-    for name, yaml_path in named_yamls.items():
-        dataset_rows, records = dataset_statistics(name, yaml_path)
-        rows += dataset_rows
-        per_dataset[name] = distributions(records.values())
-    text = io.StringIO()
-    writer = csv.DictWriter(text, DATASET_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
-    write_atomic(Path(out_dir) / "datasets.csv", text.getvalue())
-    create_atomic(Path(out_dir) / "datasets.png", lambda tmp: plot_datasets(per_dataset, tmp))
     return rows
 
 
@@ -793,32 +481,32 @@ def read_results(path):
             header = {name.strip().lower(): name for name in reader.fieldnames or []}
             missing = [name for name in required if name not in header]
             if missing:
-                raise EvaluationInputError(f"{path}: missing columns {', '.join(missing)} "
+                raise InputError(f"{path}: missing columns {', '.join(missing)} "
                                            f"(needs {', '.join(required)})")
             rows, seen = [], set()
             for number, raw in enumerate(reader, start=2):
                 row = {name: (raw[header[name]] or "").strip() for name in required}
                 for name in required:
                     if not row[name]:
-                        raise EvaluationInputError(f"{path}:{number}: the {name} column is empty")
+                        raise InputError(f"{path}:{number}: the {name} column is empty")
                 for metric in METRICS:
                     try:
                         row[metric] = float(row[metric])
                     except ValueError:
                         row[metric] = math.nan
                     if not 0 <= row[metric] <= 1:
-                        raise EvaluationInputError(f"{path}:{number}: {metric} must be a number in 0..1, "
+                        raise InputError(f"{path}:{number}: {metric} must be a number in 0..1, "
                                                    f"got {raw[header[metric]]!r}")
                 key = (row["dataset"], row["model"], row["seed"])
                 if key in seen:
-                    raise EvaluationInputError(f"{path}:{number}: a second row for dataset {key[0]}, "
+                    raise InputError(f"{path}:{number}: a second row for dataset {key[0]}, "
                                                f"model {key[1]}, seed {key[2]}")
                 seen.add(key)
                 rows.append(row)
     except (OSError, UnicodeDecodeError) as error:
-        raise EvaluationInputError(f"{path}: cannot read ({error})")
+        raise InputError(f"{path}: cannot read ({error})")
     if not rows:
-        raise EvaluationInputError(f"{path}: no result rows")
+        raise InputError(f"{path}: no result rows")
     return rows
 
 
@@ -993,7 +681,7 @@ def write_table(results_csv, out_dir, baseline="baseline", notes=(), demo=False)
     rows = read_results(results_csv)
     if not any(r["dataset"] == baseline for r in rows):
         datasets = sorted({r["dataset"] for r in rows})
-        raise EvaluationInputError(f"{results_csv}: no rows of the baseline dataset {baseline!r} "
+        raise InputError(f"{results_csv}: no rows of the baseline dataset {baseline!r} "
                                    f"(datasets: {', '.join(datasets)}); choose one with --baseline")
     table = summarise(rows, baseline)
     all_notes = table_notes(table, baseline, notes, demo)
@@ -1010,32 +698,296 @@ def write_table(results_csv, out_dir, baseline="baseline", notes=(), demo=False)
 
 
 # ---------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------
+DATASET_SPLITS = ("train", "val", "test")
+# ultralytics' IMG_FORMATS: the files a data YAML's folder or list contributes as images.
+ULTRALYTICS_IMAGE_SUFFIXES = ("avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png",
+                              "tif", "tiff", "webp")
+COLOURS = ("green", "red", "none")                   # prepare_data.py's manifest.csv colour column
+DATASET_COLUMNS = ["dataset", "split", "images", "boxes", "boxes_per_image_mean", "boxes_per_image_median",
+                   "boxes_per_image_max", "box_width_px_mean", "box_width_px_median", "box_height_px_mean",
+                   "box_height_px_median", "box_width_rel_mean", "box_height_rel_mean", "images_without_boxes_share",
+                   "images_without_label_file", *(f"{colour}_images" for colour in COLOURS)]
+
+
+def parse_named_yamls(specs):
+    """['NAME=YAML', ...] -> {NAME: Path(YAML)}; a malformed or repeated NAME is an error."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--data {spec!r}: expected NAME=YAML, e.g. real=OUT/real.yaml")
+        if name in named:
+            raise InputError(f"--data {name} is given twice")
+        named[name] = Path(path)
+    return named
+
+
+def read_data_yaml(path):
+    """An ultralytics data YAML -> its dict, which must have train and val."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"{path}: not a readable data YAML ({error})")
+    if not isinstance(data, dict) or "train" not in data or "val" not in data:
+        raise InputError(f"{path}: a data YAML is a mapping with train and val (and path, test, names)")
+    return data
+
+
+def split_entries(yaml_path, data):
+    """{split: [folder or .txt list, ...]} of the splits a data YAML lists (of train, val, test, in that
+    order), each relative to its `path` (ultralytics: a relative path counts from the working folder;
+    without one, the YAML's folder)."""
+    root = Path(data.get("path") or Path(yaml_path).parent)
+    entries = {}
+    for split in DATASET_SPLITS:
+        value = data.get(split)
+        if value:
+            entries[split] = [root / str(entry) for entry in (value if isinstance(value, list) else [value])]
+    if not entries:
+        raise InputError(f"{yaml_path}: lists no train, val or test split")
+    return entries
+
+
+def is_ultralytics_image(path):
+    """Whether ultralytics takes the file at path for an image (by its suffix)."""
+    return str(path).rpartition(".")[-1].lower() in ULTRALYTICS_IMAGE_SUFFIXES
+
+
+def listed_images(list_file):
+    """The images a .txt list names, one path a line, as ultralytics reads it: './x' is relative to the
+    list's folder, any other relative path to the working folder."""
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8-sig").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{list_file}: unreadable image list ({error})")
+    paths = [f"{Path(list_file).parent}{os.sep}{line[2:]}" if line.startswith("./") else line for line in lines]
+    return [Path(path) for path in paths if is_ultralytics_image(path)]
+
+
+def split_images(yaml_path, split, entries):
+    """The images of one split: every image under each folder (recursively) and each .txt list's,
+    sorted, as ultralytics finds them; a missing entry or a split without images is an error."""
+    images = []
+    for entry in entries:
+        if entry.is_dir():
+            images += [Path(p) for p in glob.glob(str(Path(glob.escape(str(entry))) / "**" / "*.*"), recursive=True)
+                       if is_ultralytics_image(p)]
+        elif entry.is_file():
+            images += listed_images(entry)
+        else:
+            raise InputError(f"{yaml_path}: the {split} entry {entry} does not exist")
+    if not images:
+        raise InputError(f"{yaml_path}: no images in the {split} split ({listed(entries)})")
+    return sorted(images, key=str)
+
+
+def label_file_of(image_path):
+    """ultralytics' label file of an image: the last /images/ of its path made /labels/, the suffix .txt."""
+    path = str(image_path)
+    return Path(f"{os.sep}labels{os.sep}".join(path.rsplit(f"{os.sep}images{os.sep}", 1)).rsplit(".", 1)[0] + ".txt")
+
+
+def image_record(image_path):
+    """One image of a dataset: {width, height, labelled (it has a label file), boxes: [(w, h)
+    normalised, ...]}; label lines are checked as read_yolo_rows checks them (FILE:LINE errors)."""
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{image_path}: unreadable image ({error!r})")
+    label_file = label_file_of(image_path)
+    labelled = label_file.is_file()
+    rows = read_yolo_rows(label_file, with_confidence=False).values() if labelled else []
+    return {"width": width, "height": height, "labelled": labelled, "boxes": [(row[3], row[4]) for row in rows]}
+
+
+def manifest_colours(yaml_path):
+    """{resolved image path: colour} from the prepare_data.py manifest.csv beside a data YAML, or None
+    when there is none or it has no file and colour columns."""
+    manifest = Path(yaml_path).parent / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{manifest}: unreadable manifest ({error})")
+    if not rows or not {"file", "colour"} <= rows[0].keys():
+        return None
+    return {(manifest.parent / row["file"]).resolve(): row["colour"] for row in rows}
+
+
+def colour_counts(resolved_images, colours):
+    """{colour: number of images} of COLOURS over images (resolved paths), from manifest_colours; None
+    when there is no manifest or it does not list every image."""
+    if colours is None:
+        return None
+    found = [colours.get(path) for path in resolved_images]
+    if None in found:
+        return None
+    return {colour: found.count(colour) for colour in COLOURS}
+
+
+def split_figures(records, colours):
+    """The datasets.csv figures (DATASET_COLUMNS after dataset and split) of one split's image records
+    (image_record) and its colour_counts; box figures are None (empty) when the split has no box."""
+    per_image = np.array([len(r["boxes"]) for r in records])
+    relative = np.array([box for r in records for box in r["boxes"]]).reshape(-1, 2)
+    pixels = relative * np.repeat([(r["width"], r["height"]) for r in records], per_image, axis=0)
+    has_boxes = len(relative) > 0
+
+    def box_figure(reduce, values):
+        return float(reduce(values)) if has_boxes else None
+
+    return {"images": len(records), "boxes": int(per_image.sum()),
+            "boxes_per_image_mean": float(per_image.mean()), "boxes_per_image_median": float(np.median(per_image)),
+            "boxes_per_image_max": int(per_image.max()),
+            "box_width_px_mean": box_figure(np.mean, pixels[:, 0]),
+            "box_width_px_median": box_figure(np.median, pixels[:, 0]),
+            "box_height_px_mean": box_figure(np.mean, pixels[:, 1]),
+            "box_height_px_median": box_figure(np.median, pixels[:, 1]),
+            "box_width_rel_mean": box_figure(np.mean, relative[:, 0]),
+            "box_height_rel_mean": box_figure(np.mean, relative[:, 1]),
+            "images_without_boxes_share": float(np.mean(per_image == 0)),
+            "images_without_label_file": sum(not r["labelled"] for r in records),
+            **{f"{colour}_images": (colours or {}).get(colour) for colour in COLOURS}}
+
+
+def dataset_statistics(name, yaml_path):
+    """One data YAML -> ([datasets.csv row per split it lists], {resolved image path: image_record}
+    of all its images, each read once however many splits list it)."""
+    data = read_data_yaml(yaml_path)
+    colours = manifest_colours(yaml_path)
+    rows, records = [], {}
+    for split, entries in split_entries(yaml_path, data).items():
+        images = split_images(yaml_path, split, entries)
+        keys = [image.resolve() for image in images]
+        for image, key in tqdm(list(zip(images, keys)), desc=f"{name} {split}", unit="image"):
+            if key not in records:
+                records[key] = image_record(image)
+        rows.append({"dataset": name, "split": split,
+                     **split_figures([records[key] for key in keys], colour_counts(keys, colours))})
+    return rows, records
+
+
+def csv_cell(value):
+    """A datasets.csv cell: empty for None, floats to 6 significant digits."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def distributions(records):
+    """{boxes per image, box width px, box height px} arrays over image records (image_record)."""
+    records = list(records)
+    return {"boxes_per_image": np.array([len(r["boxes"]) for r in records]),
+            "box_width_px": np.array([w * r["width"] for r in records for w, _ in r["boxes"]]),
+            "box_height_px": np.array([h * r["height"] for r in records for _, h in r["boxes"]])}
+
+
+# The panels of datasets.png: (distributions key, x axis label, y axis label, panel title).
+DATASET_PANELS = (("boxes_per_image", "boxes per image", "share of images", "Boxes per image"),
+                  ("box_width_px", "box width (px)", "share of boxes", "Box width"),
+                  ("box_height_px", "box height (px)", "share of boxes", "Box height"))
+
+
+def histogram_edges(key, pooled):
+    """Shared bin edges of one panel: whole counts for boxes per image (at most 40 bins), 30 equal bins
+    over the pooled range for box sizes."""
+    if key == "boxes_per_image":
+        step = max(1, math.ceil((pooled.max() + 1) / 40))
+        return np.arange(-0.5, pooled.max() + step + 0.5, step)
+    return np.histogram_bin_edges(pooled, bins=30)
+
+
+def datasets_figure(per_dataset):
+    """datasets.png as a matplotlib figure: one panel per DATASET_PANELS, each dataset a step line of
+    shares (so datasets of any size compare) over shared bins, one legend with each dataset's images and
+    boxes, and a title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    figure, axes = plt.subplots(1, len(DATASET_PANELS), figsize=(5 * len(DATASET_PANELS), 4.2))
+    for axis, (key, xlabel, ylabel, title) in zip(axes, DATASET_PANELS):
+        pooled = np.concatenate([values[key] for values in per_dataset.values()])
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if not pooled.size:
+            axis.text(0.5, 0.5, "no boxes", transform=axis.transAxes, ha="center", va="center")
+            continue
+        edges = histogram_edges(key, pooled)
+        for colour_index, values in enumerate(per_dataset.values()):
+            if values[key].size:
+                axis.hist(values[key], bins=edges, weights=np.full(values[key].size, 1 / values[key].size),
+                          histtype="step", linewidth=1.8, color=f"C{colour_index}")
+    handles = [Line2D([], [], color=f"C{k}", linewidth=1.8,
+                      label=f"{name} ({v['boxes_per_image'].size} images, {v['box_width_px'].size} boxes)")
+               for k, (name, v) in enumerate(per_dataset.items())]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), frameon=False)
+    figure.suptitle("Datasets: boxes per image and box sizes (each image once, all its splits together)")
+    figure.tight_layout(rect=(0, 0.06 + 0.04 * ((len(handles) - 1) // 3), 1, 1))
+    return figure
+
+
+def plot_datasets(per_dataset, path):
+    """Save datasets_figure as a PNG at path."""
+    import matplotlib.pyplot as plt
+    figure = datasets_figure(per_dataset)
+    try:
+        figure.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+
+
+def write_datasets(named_yamls, out_dir):
+    """datasets.csv (a row per dataset and split, DATASET_COLUMNS) and datasets.png (datasets_figure)
+    in out_dir, each written atomically -> the rows."""
+    rows, per_dataset = [], {}
+    for name, yaml_path in named_yamls.items():
+        dataset_rows, records = dataset_statistics(name, yaml_path)
+        rows += dataset_rows
+        per_dataset[name] = distributions(records.values())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, DATASET_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+    write_atomic(Path(out_dir) / "datasets.csv", text.getvalue())
+    create_atomic(Path(out_dir) / "datasets.png", lambda tmp: plot_datasets(per_dataset, tmp))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
-# What the report shows of a run folder, in order: (heading, path pattern under WORK, the line under
-# each picture: {folder} is the name of the folder the picture lies in, {file} its file name).
-REPORT_PICTURES = (
-    ("Table 1 as a chart", "results/table1.png",
-     "Table 1 as bars: the mean over seeds on each bar (± the sample std when several seeds), the paper's "
-     "values as hollow diamonds, the table's notes beneath."),
-    ("The datasets side by side", "results/datasets.png",
-     "Boxes per image and box sizes of every training set (evaluate.py datasets): do the generated trees "
-     "carry as many and as large apples as the real ones? The figures are in datasets.csv beside it."),
-    ("Generated images", "generated/contact_sheet.png",
-     "Every generated image as a thumbnail (generate.py): do they look like orchard photos?"),
-    ("DreamBooth loss curves", "models/*/loss.png",
-     "The training loss of the {folder} DreamBooth model per optimizer step (train_dreambooth.py)."),
-    ("Proposed boxes", "proposals/preview/*.png",
-     "The baseline detector's proposed boxes drawn on generated images, {file} (propose_boxes.py): what "
-     "the review starts from."),
-    ("Annotation channel: off-domain filter", "annotation_channel/filter/filter.png",
-     "The generated images on a t-SNE map by cluster, the rejected ones crossed (annotation_channel.py filter)."),
-    ("Annotation channel: leakage", "annotation_channel/leakage/leakage.png",
-     "How much brighter red and green are on each annotation dot than around it, per image "
-     "(annotation_channel.py leakage)."),
-)
-REPORT_TABLE = "results/table1.md"
-REPORT_PAGE = "results/report.html"
+# What the report says of each picture the toolkit's scripts draw, by file name (proposal previews by
+# their folder, preview/): (heading, the line under it: {folder} is the name of the folder the picture
+# lies in, {file} its file name). Pictures of other names go under OTHER_PICTURES.
+PICTURE_CAPTIONS = {
+    "table1.png": ("Table 1 as a chart",
+                   "Table 1 as bars: the mean over seeds on each bar (± the sample std when several seeds), the "
+                   "paper's values as hollow diamonds, the table's notes beneath."),
+    "datasets.png": ("The datasets side by side",
+                     "Boxes per image and box sizes of every training set (evaluate.py datasets): do the generated "
+                     "trees carry as many and as large apples as the real ones? The figures are in datasets.csv "
+                     "beside it."),
+    "contact_sheet.png": ("Generated images",
+                          "Every generated image as a thumbnail (generate.py): do they look like orchard photos?"),
+    "loss.png": ("DreamBooth loss curves",
+                 "The training loss of the {folder} DreamBooth model per optimizer step (train_dreambooth.py)."),
+    "preview": ("Proposed boxes",
+                "The baseline detector's proposed boxes drawn on generated images, {file} (propose_boxes.py): "
+                "what the review starts from."),
+    "filter.png": ("Annotation channel: off-domain filter",
+                   "The generated images on a t-SNE map by cluster, the rejected ones crossed "
+                   "(annotation_channel.py filter)."),
+    "leakage.png": ("Annotation channel: leakage",
+                    "How much brighter red and green are on each annotation dot than around it, per image "
+                    "(annotation_channel.py leakage)."),
+}
+OTHER_PICTURES = ("Other pictures", "{file}")
 REPORT_STYLE = """
 body { font-family: sans-serif; max-width: 80em; margin: 1em auto; padding: 0 1em; line-height: 1.4; }
 table { border-collapse: collapse; font-size: 0.9em; }
@@ -1047,35 +999,74 @@ figcaption { color: #333; }
 """
 
 
-def report_parts(work):
-    """The pictures the report finds in WORK: ([(heading, [(path, caption), ...]), ...] in
-    REPORT_PICTURES' order, the patterns of REPORT_TABLE and REPORT_PICTURES that match nothing)."""
-    sections = []
-    missing = [] if (work / REPORT_TABLE).is_file() else [REPORT_TABLE]
-    for heading, pattern, caption in REPORT_PICTURES:
-        paths = sorted(p for p in work.glob(pattern) if p.is_file())
-        if paths:
-            sections.append((heading, [(p, caption.format(folder=p.parent.name, file=p.name)) for p in paths]))
-        else:
-            missing.append(pattern)
-    return sections, missing
+def write_report(page, table, picture_specs):
+    """The report page at page (report_html), written atomically -> the inputs not made: table (a
+    table1.md) when it is not a file, and each of picture_specs (a file or a glob) that matches none."""
+    page = Path(page)
+    sections, missing = report_parts(picture_specs)
+    if table and not Path(table).is_file():
+        missing.insert(0, table)
+    given = [page.parent, *([table] if table else []), *picture_specs]
+    run_folder = Path(os.path.commonpath([Path(path).resolve() for path in given]))
+    shown_table = Path(table) if table and Path(table).is_file() else None
+    write_atomic(page, report_html(page, shown_table, sections, missing, run_folder))
+    return missing
 
 
-def inline_markdown_html(text):
-    """One line of markdown as HTML: escaped, with **bold** and `code` kept."""
-    text = html.escape(text, quote=False)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+def report_parts(picture_specs):
+    """The pictures picture_specs name (each a file, or a glob of files, sorted), grouped by heading
+    in the order the headings first appear -> ([(heading, [(path, caption), ...]), ...], the specs
+    that match no file)."""
+    sections, missing = {}, []
+    for spec in picture_specs:
+        paths = [Path(spec)] if Path(spec).is_file() else sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        if not paths:
+            missing.append(spec)
+        for path in paths:
+            heading, caption = PICTURE_CAPTIONS.get(path.name) or PICTURE_CAPTIONS.get(path.parent.name, OTHER_PICTURES)
+            sections.setdefault(heading, []).append((path, caption.format(folder=path.parent.name, file=path.name)))
+    return list(sections.items()), missing
 
 
-def markdown_table_html(lines):
-    """A markdown pipe table (header, separator, rows) as an HTML table with a header row."""
-    rows = [[inline_markdown_html(cell.strip()) for cell in line.strip().strip("|").split("|")]
-            for line in lines if not set(line.strip()) <= set("|-: ")]
-    header, *body = rows
-    head = "".join(f'<th scope="col">{cell}</th>' for cell in header)
-    rows_html = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>\n" for row in body)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows_html}</tbody>\n</table>"
+def report_html(page, table, sections, missing, root):
+    """The report page (HTML5, no script, every link relative to the page): Table 1 from table (a
+    table1.md, or None), then the sections of report_parts, then the list of what was not made; paths
+    are named relative to root, the folder that holds every input (the run folder)."""
+    page_dir = page.resolve().parent
+    body = ["<h1>Genfusion report</h1>",
+            f"<p>Run folder <code>{html.escape(str(root))}</code>. Each picture links to its file.</p>"]
+    if table:
+        body += ["<section>", "<h2>Table 1</h2>", markdown_blocks_html(table.read_text(encoding="utf-8")), "</section>"]
+    for heading, pictures in sections:
+        body += ["<section>", f"<h2>{html.escape(heading)}</h2>",
+                 *(figure_html(path, caption, f"{heading}: {relative_name(path, root)}", page_dir)
+                   for path, caption in pictures), "</section>"]
+    if missing:
+        body += ["<section>", "<h2>Not made in this run</h2>", "<ul>",
+                 *(f"<li><code>{html.escape(relative_name(spec, root))}</code></li>" for spec in missing), "</ul>",
+                 "</section>"]
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+                      '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                      f"<title>Genfusion report: {html.escape(root.name)}</title>",
+                      f"<style>{REPORT_STYLE}</style>", "</head>", "<body>", *body, "</body>", "</html>", ""])
+
+
+def figure_html(path, caption, alt, page_dir):
+    """One picture as a figure: the image (alt text alt), linking to its file, and the caption beneath."""
+    url = html.escape(relative_url(path, page_dir))
+    return (f'<figure><a href="{url}"><img src="{url}" alt="{html.escape(alt)}"></a>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def relative_url(path, page_dir):
+    """The URL of path relative to the folder page_dir, percent-encoded, '/'-separated."""
+    return quote(Path(os.path.relpath(Path(path).resolve(), page_dir)).as_posix())
+
+
+def relative_name(path, root):
+    """path relative to the folder root, '/'-separated, when it lies inside root; else as given."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
 
 
 def markdown_blocks_html(text):
@@ -1090,60 +1081,103 @@ def markdown_blocks_html(text):
     return "\n".join(blocks)
 
 
-def relative_url(path, page_dir):
-    """The URL of path relative to the folder page_dir, percent-encoded, '/'-separated."""
-    return quote(Path(os.path.relpath(path, page_dir)).as_posix())
+def markdown_table_html(lines):
+    """A markdown pipe table (header, separator, rows) as an HTML table with a header row."""
+    rows = [[inline_markdown_html(cell.strip()) for cell in line.strip().strip("|").split("|")]
+            for line in lines if not set(line.strip()) <= set("|-: ")]
+    header, *body = rows
+    head = "".join(f'<th scope="col">{cell}</th>' for cell in header)
+    rows_html = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>\n" for row in body)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows_html}</tbody>\n</table>"
 
 
-def figure_html(path, caption, alt, page_dir):
-    """One picture as a figure: the image (alt text alt), linking to its file, and the caption beneath."""
-    url = html.escape(relative_url(path, page_dir))
-    return (f'<figure><a href="{url}"><img src="{url}" alt="{html.escape(alt)}"></a>'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+def inline_markdown_html(text):
+    """One line of markdown as HTML: escaped, with **bold** and `code` kept."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def report_html(work, sections, missing):
-    """The report page (HTML5, no script, every link relative to WORK/results): Table 1 from
-    REPORT_TABLE, then the sections of report_parts, then the list of what was not made."""
-    page_dir = work / Path(REPORT_PAGE).parent
-    table_path = work / REPORT_TABLE
-    body = ["<h1>Genfusion report</h1>",
-            f"<p>Run folder <code>{html.escape(str(work.resolve()))}</code>. Each picture links to its file.</p>"]
-    if table_path.is_file():
-        body += ["<section>", "<h2>Table 1</h2>", markdown_blocks_html(table_path.read_text(encoding="utf-8")),
-                 "</section>"]
-    for heading, pictures in sections:
-        body += ["<section>", f"<h2>{html.escape(heading)}</h2>",
-                 *(figure_html(path, caption, f"{heading}: {path.relative_to(work).as_posix()}", page_dir)
-                   for path, caption in pictures), "</section>"]
-    if missing:
-        body += ["<section>", "<h2>Not made in this run</h2>", "<ul>",
-                 *(f"<li><code>{html.escape(pattern)}</code></li>" for pattern in missing), "</ul>", "</section>"]
-    return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-                      '<meta name="viewport" content="width=device-width, initial-scale=1">',
-                      f"<title>Genfusion report: {html.escape(work.resolve().name)}</title>",
-                      f"<style>{REPORT_STYLE}</style>", "</head>", "<body>", *body, "</body>", "</html>", ""])
+# ---------------------------------------------------------------------------------------------
+# helpers: output checks and atomic writes
+# ---------------------------------------------------------------------------------------------
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
+    path = Path(path)
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
 
 
-def write_report(work):
-    """WORK/results/report.html (report_html), written atomically -> the patterns not made in this run."""
-    work = Path(work)
-    sections, missing = report_parts(work)
-    write_atomic(work / REPORT_PAGE, report_html(work, sections, missing))
-    return missing
+def check_output_file(path, flag):
+    """Check, before any work, that a file can be made at path: InputError 'FLAG PATH: problem' when
+    it is a folder, a file lies where a folder above it should be, or the nearest folder takes no file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder, not a file")
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise InputError(f"{flag} {path}: cannot create files in {existing} ({error.strerror or error})")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each flag's default where it has one worth showing: never '(default: None)',
-    '(default: [])' or '(default: False)', which would repeat or contradict what the help says."""
+@contextlib.contextmanager
+def output_errors_named(flag, path):
+    """An OSError while writing an output becomes InputError 'FLAG PATH: cannot write (...)'."""
+    try:
+        yield
+    except OSError as error:
+        raise InputError(f"{flag} {path}: cannot write ({error.strerror or error})") from error
+
+
+def create_atomic(path, write):
+    """Make path through write(temp path) and a rename, so path is either as before or complete;
+    the temp file (beside path, with its suffix) is removed when anything fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path, text):
+    """Write text to path through create_atomic."""
+    create_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
 
     def _get_help_string(self, action):
-        hidden = action.default is None or action.default is False or action.default == []
-        return action.help if hidden else super()._get_help_string(action)
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser():
-    """The command line: score, collect, table, datasets and report."""
+    """The command line: one subcommand per job, each run by the function of its name in COMMANDS."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     score_parser = commands.add_parser("score", help="COCO AP of YOLO predictions on a labelled split",
@@ -1184,9 +1218,63 @@ def build_parser():
     datasets_parser.add_argument("--out_dir", required=True, help="where datasets.csv and datasets.png go")
     report_parser = commands.add_parser("report", help="one HTML page of a run: Table 1, its chart and the run's "
                                         "pictures", formatter_class=HelpFormatter)
-    report_parser.add_argument("--work", required=True,
-                               help="run_all.sh's --work folder; the page goes to WORK/" + REPORT_PAGE)
+    report_parser.add_argument("--out", required=True, help="the page to write, e.g. WORK/results/report.html")
+    report_parser.add_argument("--table", help="table1.md (evaluate.py table) to show first")
+    report_parser.add_argument("--pictures", nargs="+", default=[], metavar="FILE_OR_GLOB",
+                               help="the pictures to show, in this order (quote a glob), each under the heading "
+                                    "and caption of its file name; any that matches no file is listed as not made")
     return parser
+
+
+def run_score(args):
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.export_coco:
+        check_output_folder(args.export_coco, "--export_coco")
+    metrics = score(args.gt, args.pred, args.max_dets, args.export_coco, echo=True)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        with output_errors_named("--out", args.out):
+            write_atomic(args.out, json.dumps(metrics, indent=2) + "\n")
+
+
+def run_collect(args):
+    check_output_file(args.out, "--out")
+    rows = collect(args.runs, args.gt, args.max_dets)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["dataset", "model", "seed", *METRICS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with output_errors_named("--out", args.out):
+        write_atomic(args.out, text.getvalue())
+    print(f"scored {len(rows)} runs -> {args.out}")
+
+
+def run_table(args):
+    check_output_folder(args.out_dir, "--out_dir")
+    with output_errors_named("--out_dir", args.out_dir):
+        write_table(args.results, args.out_dir, args.baseline, args.note, args.demo)
+    print((Path(args.out_dir) / "table1.md").read_text(encoding="utf-8"), end="")
+    print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
+
+
+def run_datasets(args):
+    named_yamls = parse_named_yamls(args.data)
+    check_output_folder(args.out_dir, "--out_dir")
+    with output_errors_named("--out_dir", args.out_dir):
+        write_datasets(named_yamls, args.out_dir)
+    print(f"wrote {Path(args.out_dir) / 'datasets.csv'}, datasets.png")
+
+
+def run_report(args):
+    check_output_file(args.out, "--out")
+    with output_errors_named("--out", args.out):
+        missing = write_report(args.out, args.table, args.pictures)
+    print(f"wrote {args.out}" + (f" (not made in this run: {', '.join(missing)})" if missing else ""))
+
+
+COMMANDS = {"score": run_score, "collect": run_collect, "table": run_table, "datasets": run_datasets,
+            "report": run_report}
 
 
 def main(argv=None):
@@ -1194,49 +1282,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command in ("score", "collect") and args.max_dets < 1:
         parser.error("--max_dets must be at least 1")
-
     try:
-        if args.command == "score":
-            if args.out:
-                check_output("--out", args.out)
-            if args.export_coco:
-                check_output("--export_coco", args.export_coco, folder=True)
-            metrics = score(args.gt, args.pred, args.max_dets, args.export_coco, echo=True)
-            print(json.dumps(metrics, indent=2))
-            if args.out:
-                with output_errors_named("--out", args.out):
-                    write_atomic(args.out, json.dumps(metrics, indent=2) + "\n")
-        elif args.command == "collect":
-            check_output("--out", args.out)
-            rows = collect(args.runs, args.gt, args.max_dets)
-            text = io.StringIO()
-            writer = csv.DictWriter(text, ["dataset", "model", "seed", *METRICS], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            with output_errors_named("--out", args.out):
-                write_atomic(args.out, text.getvalue())
-            print(f"scored {len(rows)} runs -> {args.out}")
-        elif args.command == "table":
-            check_output("--out_dir", args.out_dir, folder=True)
-            with output_errors_named("--out_dir", args.out_dir):
-                write_table(args.results, args.out_dir, args.baseline, args.note, args.demo)
-            print((Path(args.out_dir) / "table1.md").read_text(encoding="utf-8"), end="")
-            print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
-        elif args.command == "datasets":
-            named_yamls = parse_named_yamls(args.data)
-            check_output("--out_dir", args.out_dir, folder=True)
-            with output_errors_named("--out_dir", args.out_dir):
-                write_datasets(named_yamls, args.out_dir)
-            print(f"wrote {Path(args.out_dir) / 'datasets.csv'}, datasets.png")
-        else:
-            if not Path(args.work).is_dir():
-                raise EvaluationInputError(f"--work {args.work}: no such folder")
-            page = Path(args.work) / REPORT_PAGE
-            check_output("--work", page)
-            with output_errors_named("--work", page):
-                missing = write_report(args.work)
-            print(f"wrote {page}" + (f" (not made in this run: {', '.join(missing)})" if missing else ""))
-    except EvaluationInputError as error:
+        COMMANDS[args.command](args)
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

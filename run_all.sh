@@ -156,9 +156,7 @@ command_of() {  # command_of INPUT... -- COMMAND...: sets command_words
 }
 forced_by_from() { [ -n "$from" ] && [ "$(position "$1")" -ge "$(position "$from")" ]; }
 is_done() {  # is_done NAME OUTPUT RECORD: the stage finished with this command on these inputs, its output is there
-  # (a record of run_all.sh before 2026-11, which held the command alone, counts when the command is the same)
-  [ -e "$2" ] && [ -e "$work/.stages/$1" ] && { [ "$(cat "$work/.stages/$1")" = "$3" ] \
-    || [ "$(cat "$work/.stages/$1")" = "$(head -n 1 <<< "$3")" ]; }
+  [ -e "$2" ] && [ -e "$work/.stages/$1" ] && [ "$(cat "$work/.stages/$1")" = "$3" ]
 }
 will_run() {  # will_run NAME OUTPUT INPUT... -- COMMAND...: whether stage() below runs NAME, as seen before any stage ran
   local name="$1" output="$2"; shift 2
@@ -386,10 +384,13 @@ stage evaluate "$work/results/results.csv" "$work/detectors" "$work/data/real/te
 stage table "$work/results/table1.md" "$work/results/results.csv" -- "$python" "$root/evaluate.py" table \
   --results "$work/results/results.csv" --out_dir "$work/results" "${notes[@]}"
 
-pictures=("$work/results/table1.md" "$work/results/table1.png" "$work/results/datasets.png" "$work/generated/contact_sheet.png"
-          "$work/models/green/loss.png" "$work/models/red/loss.png" "$work/proposals/preview")
-[ "$annotation_channel" = 1 ] && pictures+=("$ac/filter/filter.png" "$ac/leakage/leakage.png")
-stage report "$work/results/report.html" "${pictures[@]}" -- "$python" "$root/evaluate.py" report --work "$work"
+pictures=("$work/results/table1.png" "$work/results/datasets.png" "$work/generated/contact_sheet.png"
+          "$work/models/green/loss.png" "$work/models/red/loss.png")
+channel_pictures=()
+[ "$annotation_channel" = 1 ] && channel_pictures=("$ac/filter/filter.png" "$ac/leakage/leakage.png")
+stage report "$work/results/report.html" "$work/results/table1.md" "${pictures[@]}" "$work/proposals/preview" \
+  "${channel_pictures[@]}" -- "$python" "$root/evaluate.py" report --out "$work/results/report.html" \
+  --table "$work/results/table1.md" --pictures "${pictures[@]}" "$work/proposals/preview/*.png" "${channel_pictures[@]}"
 
 cat "$work/results/table1.md"
 echo

@@ -56,61 +56,154 @@ RUN_FIELDS = ["dataset", "model", "seed", "epochs", "seconds", "status", "val_ma
 
 
 class InputError(Exception):
-    """Bad input; the message names the file or flag."""
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Offline-safe ultralytics
+# The matrix: plan every run, train and predict each
 # ---------------------------------------------------------------------------------------------
-def offline_safe_environment(project):
-    """Settings in PROJECT/.ultralytics, a local font as Arial, no auto-install, no events. Must
-    run before ultralytics is imported."""
-    config = Path(project).resolve() / ".ultralytics"
-    fonts = config / "Ultralytics"
-    fonts.mkdir(parents=True, exist_ok=True)
-    import matplotlib
-    local_font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        if not (fonts / name).exists():
-            shutil.copyfile(local_font, fonts / name)
-    os.environ.update(YOLO_CONFIG_DIR=str(config), YOLO_AUTOINSTALL="False", YOLO_OFFLINE="1")
-
-
-def offline_amp_check():
-    """ultralytics' AMP check downloads yolo26n.pt on every GPU run; without that file, a CUDA run skips
-    the check (AMP stays on) instead of reaching for the network. Off CUDA the answer is ultralytics'
-    own: no AMP, so a CPU run trains in fp32 (its autocast would be bfloat16, emulated on many CPUs)."""
-    import ultralytics.engine.trainer as trainer
-    from ultralytics.utils import WEIGHTS_DIR
-    from ultralytics.utils.checks import check_amp as check
-
-    def check_amp(model):
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        return check(model) if not on_cuda or (WEIGHTS_DIR / "yolo26n.pt").is_file() else True
-    trainer.check_amp = check_amp
-
-
-def use_threads(threads):
-    """ultralytics sets torch to min(8, cpu_count - 1) threads whenever it picks the CPU (one on a
-    2-core machine); use this many instead."""
-    import torch
-    import ultralytics.utils.torch_utils as torch_utils
-    torch_utils.NUM_THREADS = threads
-    torch.set_num_threads(threads)
-
-
-def available_cores():
-    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def online(timeout=3.0):
-    """Whether ultralytics' weight downloads are reachable."""
+def plan(args):
+    """Every (dataset, model, seed) run of this shard, after checking every input."""
+    data = parse_data_specs(args.data)
+    for parts in data.values():
+        for part in parts:
+            check_data_yaml(part)
+    unions = {name: union_data(parts) for name, parts in data.items() if len(parts) > 1}
+    models = parse_list(args.models, "--models")
+    unknown = [m for m in models if not MODEL_NAME.match(m)]
+    if unknown:
+        raise InputError(f"unknown model names {', '.join(unknown)}: use yolov8n..x, yolov5nu..xu or yolo11n..x")
     try:
-        socket.create_connection(("github.com", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+        seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
+    except ValueError:
+        raise InputError(f"--seeds {args.seeds!r}: expected whole numbers, e.g. 0,1,2,3,4")
+    if not Path(args.test_images).is_dir() or not list_images(args.test_images):
+        raise InputError(f"--test_images {args.test_images}: missing or holds no images")
+    shard = parse_shard(args.shard)
+    sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
+    check_output_folder(args.project, "--project")  # last: a bad input elsewhere creates no folder
+    project = Path(args.project).resolve()
+    data_yamls = {name: str(write_union_yaml(project / name / "data.yaml", unions[name])) if name in unions
+                  else parts[0] for name, parts in data.items()}
+    runs = [{"dataset": name, "data_yaml": data_yamls[name], "model": model, "seed": seed, "source": sources[model],
+             "union_of": [str(Path(part).resolve()) for part in data[name]] if name in unions else None,
+             "run_dir": str(project / name / model / f"seed{seed}"), "epochs": args.epochs,
+             "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,
+             "workers": args.workers, "test_images": args.test_images}
+            for name in data for model in models for seed in seeds]
+    return [run for index, run in enumerate(runs) if index % shard[1] == shard[0]]
+
+
+def run_one(spec, device):
+    """Train one (dataset, model, seed) from epoch 0 and predict on the test images -> its row. A
+    killed run's folder is deleted first (ultralytics' resume would not reproduce an unbroken run)."""
+    from ultralytics import YOLO
+    run_dir = Path(spec["run_dir"])
+    done = run_dir / "run.json"
+    if done.exists():
+        row = json.loads(done.read_text())
+        if row.get("config") != run_config(spec):
+            raise InputError(f"{run_dir} finished with other settings ({row.get('config')}); use another --project "
+                             f"or delete that run folder")
+        return {**row, "status": "skipped (done)"}
+    if run_dir.exists():
+        print(f"{run_dir} has no run.json (killed or failed): deleting it and training again from epoch 0")
+        shutil.rmtree(run_dir)
+    started = time.time()
+    arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
+                                spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
+    detector = YOLO(spec["source"])
+    detector.train(**arguments)
+    import torch
+    precision = {"amp": bool(detector.trainer.amp), "threads": torch.get_num_threads()}
+    predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
+                      run_dir / "test_predictions", spec["imgsz"], device)
+    row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
+           "seconds": round(time.time() - started, 1), "status": "done", "val_map50_95": best_val_map(run_dir),
+           "run_dir": str(run_dir), **precision, "config": run_config(spec)}
+    tmp = done.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, done)
+    return row
+
+
+def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers, augment, nbs):
+    """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off
+    (or ultralytics' defaults with augment), and the nominal batch size nbs."""
+    # cls_remap=False: a new head for our class, as the YOLO repositories of the paper's time did
+    # (ultralytics 8.4 would copy the COCO 'apple' row of a pretrained head into ours)
+    return {"data": str(Path(data_yaml).resolve()), "project": str(run_dir.parent.resolve()), "name": run_dir.name,
+            "exist_ok": True, "seed": seed, "deterministic": True, "epochs": epochs, "imgsz": imgsz,
+            "batch": batch, "nbs": nbs, "device": device, "workers": workers, "amp": True, "verbose": False,
+            "cls_remap": False, **PAPER_SETTINGS, **({} if augment else AUGMENTATIONS_OFF)}
+
+
+def run_config(spec):
+    """What defines a run's result; a finished run made otherwise is refused, not silently kept. A
+    union's config has its combined data YAML and the parts it was made of (union_of)."""
+    union = {"union_of": spec["union_of"]} if spec["union_of"] else {}
+    return {"data": str(Path(spec["data_yaml"]).resolve()), **union, "source": spec["source"],
+            "epochs": spec["epochs"], "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"],
+            "augment": spec["augment"]}
+
+
+def predict_to_folder(weights, images, out_dir, imgsz, device):
+    """One 'class cx cy w h conf' file per test image (empty when nothing is found), written to a
+    temporary folder that replaces out_dir at the end."""
+    from ultralytics import YOLO
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = YOLO(str(weights))
+    for result in model.predict(source=[str(p) for p in images], imgsz=imgsz, device=device, stream=True,
+                                verbose=False, **PREDICT_SETTINGS):
+        boxes = result.boxes
+        lines = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f} {s:.6f}\n"
+                 for c, (x, y, w, h), s in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), boxes.conf.tolist())]
+        (tmp / f"{Path(result.path).stem}.txt").write_text("".join(lines))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def best_val_map(run_dir):
+    """The best epoch's mAP50-95 on val, from ultralytics' results.csv."""
+    with open(Path(run_dir) / "results.csv", newline="") as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    return max(float(r["metrics/mAP50-95(B)"]) for r in rows) if rows else None
+
+
+def run_or_report(spec, device):
+    """run_one, with a failure reported as a row instead of ending the whole matrix."""
+    try:
+        return run_one(spec, device)
+    except Exception as error:
+        return {**{k: spec[k] for k in ("dataset", "model", "seed")}, "status": f"failed: {error!r}",
+                "val_map50_95": None}
+
+
+_DEVICE = None
+
+
+def _init_worker(devices):
+    global _DEVICE
+    _DEVICE = devices.get()
+
+
+def _run_on_worker_device(spec):
+    return run_or_report(spec, _DEVICE)
+
+
+def write_runs_csv(project):
+    """runs.csv from every finished run's run.json (so shards and parallel runs never collide)."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(project).glob("*/*/seed*/run.json"))]
+    tmp = Path(project) / f".runs.csv.{socket.gethostname()}.{os.getpid()}.tmp"  # shards may share the folder
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, RUN_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, Path(project) / "runs.csv")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,18 +224,34 @@ def parse_data_specs(specs):
     return data
 
 
-def list_images(folder):
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+def check_data_yaml(path):
+    """An ultralytics data YAML whose train and val splits (image folders, or .txt lists of images)
+    exist, hold images and have YOLO label files."""
+    data = read_data_yaml(path)
+    for split in ("train", "val"):
+        for entry in split_folders(path, data, split):
+            if entry.is_file() and entry.suffix == ".txt":
+                images = listed_images(entry)
+                missing = [str(image) for image in images if not image.is_file() or not label_file_of(image).is_file()]
+                if not images or missing:
+                    raise InputError(f"{path}: the {split} list {entry} is empty or names images without a file or "
+                                     f"a label file: {', '.join(missing[:3])}")
+                continue
+            if not entry.is_dir() or not list_images(entry):
+                raise InputError(f"{path}: the {split} folder {entry} is missing or holds no images")
+            if not any(label_file_of(image).is_file() for image in list_images(entry)):
+                raise InputError(f"{path}: no YOLO label files for the {split} images in {entry} (ultralytics looks "
+                                 f"for {label_file_of(entry / 'IMAGE.png')})")
 
 
 def read_data_yaml(path):
     """An ultralytics data YAML -> its dict, which must have train and val."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise InputError(f"{path}: not a readable data YAML ({error})")
     if not isinstance(data, dict) or "train" not in data or "val" not in data:
-        raise InputError(f"{path}: a data YAML needs 'train' and 'val' (and 'path', 'names')")
+        raise InputError(f"{path}: a data YAML is a mapping with train and val (and path, test, names)")
     return data
 
 
@@ -155,6 +264,10 @@ def split_folders(path, data, split):
     return [(root / entry).resolve() for entry in entries]
 
 
+def list_images(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def listed_images(list_file):
     """The images a .txt list names, one path a line, read as ultralytics reads it ('./x' from the
     list's folder)."""
@@ -162,29 +275,10 @@ def listed_images(list_file):
     return [Path(list_file).parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
 
 
-def labels_of(image):
-    """An image's YOLO label file by ultralytics' rule: the last /images/ becomes /labels/, suffix .txt."""
-    return Path("/labels/".join(str(image).rsplit("/images/", 1))).with_suffix(".txt")
-
-
-def check_data_yaml(path):
-    """An ultralytics data YAML whose train and val splits (image folders, or .txt lists of images)
-    exist, hold images and have YOLO label files."""
-    data = read_data_yaml(path)
-    for split in ("train", "val"):
-        for entry in split_folders(path, data, split):
-            if entry.is_file() and entry.suffix == ".txt":
-                images = listed_images(entry)
-                missing = [str(image) for image in images if not image.is_file() or not labels_of(image).is_file()]
-                if not images or missing:
-                    raise InputError(f"{path}: the {split} list {entry} is empty or names images without a file or "
-                                     f"a label file: {', '.join(missing[:3])}")
-                continue
-            if not entry.is_dir() or not list_images(entry):
-                raise InputError(f"{path}: the {split} folder {entry} is missing or holds no images")
-            labels = Path("/labels/".join(f"{entry}/".rsplit("/images/", 1)))  # ultralytics' images -> labels rule
-            if not labels.is_dir() or not any(labels.glob("*.txt")):
-                raise InputError(f"{path}: no YOLO label files in {labels} for the {split} images in {entry}")
+def label_file_of(image_path):
+    """ultralytics' label file of an image: the last /images/ of its path made /labels/, the suffix .txt."""
+    path = str(image_path)
+    return Path(f"{os.sep}labels{os.sep}".join(path.rsplit(f"{os.sep}images{os.sep}", 1)).rsplit(".", 1)[0] + ".txt")
 
 
 def union_data(parts):
@@ -247,140 +341,92 @@ def model_source(model, init, weights_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# One run
+# Offline-safe ultralytics on every core
 # ---------------------------------------------------------------------------------------------
-def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers, augment, nbs):
-    """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off
-    (or ultralytics' defaults with augment), and the nominal batch size nbs."""
-    # cls_remap=False: a new head for our class, as the YOLO repositories of the paper's time did
-    # (ultralytics 8.4 would copy the COCO 'apple' row of a pretrained head into ours)
-    return {"data": str(Path(data_yaml).resolve()), "project": str(run_dir.parent.resolve()), "name": run_dir.name,
-            "exist_ok": True, "seed": seed, "deterministic": True, "epochs": epochs, "imgsz": imgsz,
-            "batch": batch, "nbs": nbs, "device": device, "workers": workers, "amp": True, "verbose": False,
-            "cls_remap": False, **PAPER_SETTINGS, **({} if augment else AUGMENTATIONS_OFF)}
+def offline_safe_environment(project):
+    """Settings in PROJECT/.ultralytics, a local font as Arial, no auto-install, no events. Must
+    run before ultralytics is imported."""
+    config = Path(project).resolve() / ".ultralytics"
+    fonts = config / "Ultralytics"
+    fonts.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+    local_font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (fonts / name).exists():
+            shutil.copyfile(local_font, fonts / name)
+    os.environ.update(YOLO_CONFIG_DIR=str(config), YOLO_AUTOINSTALL="False", YOLO_OFFLINE="1")
 
 
-def predict_to_folder(weights, images, out_dir, imgsz, device):
-    """One 'class cx cy w h conf' file per test image (empty when nothing is found), written to a
-    temporary folder that replaces out_dir at the end."""
-    from ultralytics import YOLO
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model = YOLO(str(weights))
-    for result in model.predict(source=[str(p) for p in images], imgsz=imgsz, device=device, stream=True,
-                                verbose=False, **PREDICT_SETTINGS):
-        boxes = result.boxes
-        lines = [f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f} {s:.6f}\n"
-                 for c, (x, y, w, h), s in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), boxes.conf.tolist())]
-        (tmp / f"{Path(result.path).stem}.txt").write_text("".join(lines))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+def offline_amp_check():
+    """ultralytics' AMP check downloads yolo26n.pt on every GPU run; without that file, a CUDA run skips
+    the check (AMP stays on) instead of reaching for the network. Off CUDA the answer is ultralytics'
+    own: no AMP, so a CPU run trains in fp32 (its autocast would be bfloat16, emulated on many CPUs)."""
+    import ultralytics.engine.trainer as trainer
+    from ultralytics.utils import WEIGHTS_DIR
+    from ultralytics.utils.checks import check_amp as check
+
+    def check_amp(model):
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        return check(model) if not on_cuda or (WEIGHTS_DIR / "yolo26n.pt").is_file() else True
+    trainer.check_amp = check_amp
 
 
-def best_val_map(run_dir):
-    """The best epoch's mAP50-95 on val, from ultralytics' results.csv."""
-    with open(Path(run_dir) / "results.csv", newline="") as handle:
-        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
-    return max(float(r["metrics/mAP50-95(B)"]) for r in rows) if rows else None
-
-
-def run_config(spec):
-    """What defines a run's result; a finished run made otherwise is refused, not silently kept. A
-    union's config has its combined data YAML and the parts it was made of (union_of)."""
-    union = {"union_of": spec["union_of"]} if spec["union_of"] else {}
-    return {"data": str(Path(spec["data_yaml"]).resolve()), **union, "source": spec["source"],
-            "epochs": spec["epochs"], "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"],
-            "augment": spec["augment"]}
-
-
-def run_one(spec, device):
-    """Train one (dataset, model, seed) from epoch 0 and predict on the test images -> its row. A
-    killed run's folder is deleted first (ultralytics' resume would not reproduce an unbroken run)."""
-    from ultralytics import YOLO
-    run_dir = Path(spec["run_dir"])
-    done = run_dir / "run.json"
-    if done.exists():
-        row = json.loads(done.read_text())
-        if {"nbs": 64, "augment": False, **row.get("config", {})} != run_config(spec):  # runs from before the two knobs
-            raise InputError(f"{run_dir} finished with other settings ({row.get('config')}); use another --project "
-                             f"or delete that run folder")
-        return {**row, "status": "skipped (done)"}
-    if run_dir.exists():
-        print(f"{run_dir} has no run.json (killed or failed): deleting it and training again from epoch 0")
-        shutil.rmtree(run_dir)
-    started = time.time()
-    arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
-                                spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
-    detector = YOLO(spec["source"])
-    detector.train(**arguments)
+def use_threads(threads):
+    """ultralytics sets torch to min(8, cpu_count - 1) threads whenever it picks the CPU (one on a
+    2-core machine); use this many instead."""
     import torch
-    precision = {"amp": bool(detector.trainer.amp), "threads": torch.get_num_threads()}
-    predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
-                      run_dir / "test_predictions", spec["imgsz"], device)
-    row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
-           "seconds": round(time.time() - started, 1), "status": "done", "val_map50_95": best_val_map(run_dir),
-           "run_dir": str(run_dir), **precision, "config": run_config(spec)}
-    tmp = done.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, done)
-    return row
+    import ultralytics.utils.torch_utils as torch_utils
+    torch_utils.NUM_THREADS = threads
+    torch.set_num_threads(threads)
 
 
-_DEVICE = None
+def available_cores():
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _init_worker(devices):
-    global _DEVICE
-    _DEVICE = devices.get()
-
-
-def run_or_report(spec, device):
-    """run_one, with a failure reported as a row instead of ending the whole matrix."""
+def online(timeout=3.0):
+    """Whether ultralytics' weight downloads are reachable."""
     try:
-        return run_one(spec, device)
-    except Exception as error:
-        return {**{k: spec[k] for k in ("dataset", "model", "seed")}, "status": f"failed: {error!r}",
-                "val_map50_95": None}
+        socket.create_connection(("github.com", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
-def _run_on_worker_device(spec):
-    return run_or_report(spec, _DEVICE)
-
-
-def write_runs_csv(project):
-    """runs.csv from every finished run's run.json (so shards and parallel runs never collide)."""
-    rows = [json.loads(p.read_text()) for p in sorted(Path(project).glob("*/*/seed*/run.json"))]
-    tmp = Path(project) / f".runs.csv.{socket.gethostname()}.{os.getpid()}.tmp"  # shards may share the folder
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, RUN_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, Path(project) / "runs.csv")
-    return rows
-
-
-def check_output_folder(path, flag):
-    """Create the folder outputs go to (if need be) and write a probe file in it; InputError if either fails."""
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
     path = Path(path)
-    file_in_the_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if file_in_the_way:
-        raise InputError(f"{flag} {path}: {file_in_the_way} is a file, not a folder")
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
     except OSError as error:
-        raise InputError(f"{flag} {path}: cannot be created or written ({error.strerror or error})")
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each flag's default where it has one worth showing: never '(default: None)' or
-    '(default: False)', which would repeat or contradict what the help says."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
 
     def _get_help_string(self, action):
-        hidden = action.default is None or action.default is False
-        return action.help if hidden else super()._get_help_string(action)
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse_args(argv=None):
@@ -424,38 +470,6 @@ def parse_args(argv=None):
     if args.ddp and len([d for d in (args.devices or "").split(",") if d.strip()]) < 2:
         parser.error("--ddp needs two or more --devices")
     return args
-
-
-def plan(args):
-    """Every (dataset, model, seed) run of this shard, after checking every input."""
-    data = parse_data_specs(args.data)
-    for parts in data.values():
-        for part in parts:
-            check_data_yaml(part)
-    unions = {name: union_data(parts) for name, parts in data.items() if len(parts) > 1}
-    models = parse_list(args.models, "--models")
-    unknown = [m for m in models if not MODEL_NAME.match(m)]
-    if unknown:
-        raise InputError(f"unknown model names {', '.join(unknown)}: use yolov8n..x, yolov5nu..xu or yolo11n..x")
-    try:
-        seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
-    except ValueError:
-        raise InputError(f"--seeds {args.seeds!r}: expected whole numbers, e.g. 0,1,2,3,4")
-    if not Path(args.test_images).is_dir() or not list_images(args.test_images):
-        raise InputError(f"--test_images {args.test_images}: missing or holds no images")
-    shard = parse_shard(args.shard)
-    sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
-    check_output_folder(args.project, "--project")  # last: a bad input elsewhere creates no folder
-    project = Path(args.project).resolve()
-    data_yamls = {name: str(write_union_yaml(project / name / "data.yaml", unions[name])) if name in unions
-                  else parts[0] for name, parts in data.items()}
-    runs = [{"dataset": name, "data_yaml": data_yamls[name], "model": model, "seed": seed, "source": sources[model],
-             "union_of": [str(Path(part).resolve()) for part in data[name]] if name in unions else None,
-             "run_dir": str(project / name / model / f"seed{seed}"), "epochs": args.epochs,
-             "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,
-             "workers": args.workers, "test_images": args.test_images}
-            for name in data for model in models for seed in seeds]
-    return [run for index, run in enumerate(runs) if index % shard[1] == shard[0]]
 
 
 def main(argv=None):

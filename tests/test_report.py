@@ -95,9 +95,21 @@ def work(tmp_path):
     return work
 
 
+# What run_all.sh passes report, under WORK: the pictures of a run with the annotation channel.
+REPORT_PICTURES = ["results/table1.png", "results/datasets.png", "generated/contact_sheet.png", "models/green/loss.png",
+                   "models/red/loss.png", "proposals/preview/*.png", "annotation_channel/filter/filter.png",
+                   "annotation_channel/leakage/leakage.png"]
+
+
+def report_arguments(work):
+    """evaluate.py report's arguments for a run folder, as run_all.sh gives them."""
+    return ["report", "--out", str(work / "results" / "report.html"), "--table", str(work / "results" / "table1.md"),
+            "--pictures", *(str(work / picture) for picture in REPORT_PICTURES)]
+
+
 def run_report(work):
-    """evaluate.py report --work WORK as a command -> its completed process."""
-    return subprocess.run([sys.executable, str(REPO / "evaluate.py"), "report", "--work", str(work)],
+    """evaluate.py report on a run folder as a command -> its completed process."""
+    return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *report_arguments(work)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -111,7 +123,7 @@ def test_the_page_shows_table_1_and_every_picture_through_relative_links(work):
     assert result.returncode == 0, result.stderr
     page_path = work / "results" / "report.html"
     assert result.stdout.strip() == (f"wrote {page_path} (not made in this run: "
-                                     f"annotation_channel/leakage/leakage.png)")
+                                     f"{work / 'annotation_channel/leakage/leakage.png'})")
     assert sorted(p.name for p in page_path.parent.iterdir()) == [
         "datasets.png", "report.html", "results.csv", "table1.csv", "table1.md", "table1.png"]  # no temp file left
     text = page_path.read_text(encoding="utf-8")
@@ -174,19 +186,18 @@ def test_every_picture_on_the_page_loads_and_decodes_in_chromium(work, tmp_path)
 
 
 def test_a_bare_run_folder_makes_a_page_that_lists_everything_as_not_made(tmp_path, capsys):
-    assert ev.main(["report", "--work", str(tmp_path)]) == 0
+    assert ev.main(report_arguments(tmp_path)) == 0
     text = (tmp_path / "results" / "report.html").read_text()
     page = parse_page(text)
     assert page.images == [] and page.problems == [] and page.open == [] and "<table>" not in text
-    patterns = [ev.REPORT_TABLE, *(pattern for _, pattern, _ in ev.REPORT_PICTURES)]
-    assert re.findall(r"<li><code>(.*?)</code></li>", text) == patterns
+    assert re.findall(r"<li><code>(.*?)</code></li>", text) == ["results/table1.md", *REPORT_PICTURES]
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'results' / 'report.html'} (not made in this run: ")
 
 
-def test_report_refuses_a_run_folder_that_is_not_there(tmp_path, capsys):
-    assert ev.main(["report", "--work", str(tmp_path / "nowhere")]) == 2
-    assert capsys.readouterr().err == f"error: --work {tmp_path / 'nowhere'}: no such folder\n"
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "report.html").mkdir()
-    assert ev.main(["report", "--work", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"error: --work {tmp_path / 'results' / 'report.html'}: is a folder, not a file\n"
+def test_report_refuses_a_page_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "taken").write_text("keep")
+    assert ev.main(["report", "--out", str(tmp_path / "taken" / "report.html")]) == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'taken' / 'report.html'}: {tmp_path / 'taken'} is a file, not a folder\n"
+    (tmp_path / "results" / "report.html").mkdir(parents=True)
+    assert ev.main(["report", "--out", str(tmp_path / "results" / "report.html")]) == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'results' / 'report.html'}: is a folder, not a file\n"
