@@ -408,9 +408,9 @@ echo "  log:            $log"
 if [ -z "$reviewed" ] && [ "$demo" = 0 ]; then
   echo "Next: the Genfusion rows were trained on the proposals as they are. Review them: start Label Studio,"
   echo "  create a project with $work/proposals/label_studio_config.xml, import $work/proposals/label_studio_tasks.json"
-  echo "  (README, 'Proposals and review', step by step), export, then run this command again with"
+  echo "  (docs/review-with-label-studio.md, step by step), export, then run this command again with"
   echo "  --reviewed_labels EXPORT (the .json, the .zip or its folder): only what depends on the labels is redone."
 elif [ -z "$reviewed" ]; then
   echo "Next: open the report; for the paper's experiment, bash run_all.sh --minneapple DATA/detection --work WORK"
-  echo "  (README, 'Reproducing the paper')."
+  echo "  (docs/reproducing-the-paper.md)."
 fi

@@ -14,7 +14,7 @@ from conftest import REPO
 
 # The demo's plumbing as CI runs it: the untrained tiny-random model and 3 detector epochs instead of
 # 40 (the stages and their bookkeeping are what these tests look at; the default demo's learning is
-# measured by hand, see README and bench/RESULTS.md).
+# measured by hand, see docs/reproducing-the-paper.md and bench/RESULTS.md).
 DEMO = ["--demo", "--model", "tiny-random", "--epochs", "3"]
 
 
