@@ -107,7 +107,7 @@ ac="$work/annotation_channel"
 
 if [ "$demo" = 1 ] && [ "$model" = tiny-random ]; then  # the chain's plumbing in a minute: an untrained model
   dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
-              --max_train_steps 10 --validation_steps 10)
+              --max_train_steps 10 --validation_steps 10 --no-use_8bit_adam)  # bitsandbytes' CPU step: seconds
   ac_epochs=(--max_train_steps 10)
   generate=(--height 64 --width 64 --num_inference_steps 10)
 elif [ "$demo" = 1 ]; then
