@@ -61,115 +61,34 @@ CLUSTER_COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f
 THUMBNAILS_PER_GROUP = 2  # on the filter map, per cluster and decision (kept or rejected)
 THUMBNAIL_PX = 64
 THUMBNAIL_OFFSET = 18  # points between a dot and its thumbnail, towards the middle of the map
+LEAKAGE_AXIS = "leakage per image: mean red/green on the dots minus the ring around them (pixel values 0..255)"
 
 
 class InputError(Exception):
-    """Bad input; the message names the file."""
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
+# encode: boxes drawn into the blue channel
 # ---------------------------------------------------------------------------------------------
-def list_images(folder):
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not images:
-        raise InputError(f"{folder}: no images")
-    stems = {}
-    for image in images:  # outputs and labels go by the name stem: a.jpg and a.png would share them
-        if image.stem in stems:
-            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share an output "
-                             f"and a label file: rename one")
-        stems[image.stem] = image
-    return images
+def run_encode(args):
+    """encode: each image of --images with its --labels drawn into blue -> OUT/<stem>.png."""
+    images = list_images(args.images)
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, args.labels])
+    for path in progress(images, "encoding"):
+        image = read_rgb(path)
+        boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", image.shape[1], image.shape[0])
+        write_png(encode(image, boxes, args.mode, args.dot_size, args.line_width), out / f"{path.stem}.png")
+    print(f"encoded {len(images)} images ({args.mode}) -> {out}")
 
 
-def progress(items, description):
-    """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
-    pipes get no bar, and an error stays one line)."""
-    return tqdm(items, desc=description, unit="image", leave=False, disable=None)
-
-
-def prepare_output_dir(out, written, inputs):
-    """Create OUT and check it can be written, and that none of the folders this command writes
-    (OUT/<sub> for sub in written) is an input folder or lies inside one: its files would be replaced."""
-    out = Path(out)
-    for folder in inputs:
-        for target in (out / sub for sub in written):
-            if target.resolve() == Path(folder).resolve() or Path(folder).resolve() in target.resolve().parents:
-                raise InputError(f"--output_dir {out}: it would write into the input folder {folder}; give another "
-                                 f"folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=out, prefix=".write_test").close()
-    except OSError as error:
-        problem = "is a file, not a folder" if out.is_file() else "cannot be created or written"
-        raise InputError(f"--output_dir {out}: {problem} ({error.strerror or error})")
+def encode(image, boxes, mode, dot_size=5, line_width=2):
+    """RGB image -> the same image with the blue channel replaced by the annotations."""
+    out = image.copy()
+    out[:, :, BLUE] = draw_annotations(image.shape, boxes, mode, dot_size, line_width)
     return out
 
 
-def rgb_image(image, path):
-    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
-    convert("RGB") would clip every value above 255 to white."""
-    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
-        values = np.asarray(image, dtype=np.int64)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
-        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
-                      f"16-bit image")
-    return image.convert("RGB")
-
-
-def read_rgb(path):
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as error:  # PIL and its plugins raise many kinds
-        raise InputError(f"{path}: unreadable image ({error!r})")
-    return np.array(rgb_image(image, path))
-
-
-def write_png(array, path):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def read_boxes(path, width, height):
-    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a missing file, or a line that is not
-    'class cx cy w h' with class 0 and cx cy w h within 0..1, raises naming file:line."""
-    if not Path(path).exists():
-        raise InputError(f"{path}: no label file for this image (an empty file means no apples)")
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: unreadable text file ({error})")
-    boxes = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            raise InputError(f"{path}:{number}: expected 'class cx cy w h' numbers, got {line!r}")
-        if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):  # NaN fails this too
-            raise InputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h normalised to 0..1, "
-                             f"got {line!r}")
-        if values[0] != 0:
-            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
-        _, cx, cy, w, h = values
-        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
-
-
-# ---------------------------------------------------------------------------------------------
-# encode / decode / strip
-# ---------------------------------------------------------------------------------------------
 def draw_annotations(shape, boxes, mode, dot_size=5, line_width=2):
     """A uint8 (H, W) channel with the boxes drawn at 255 on 0."""
     channel = np.zeros(shape[:2], np.uint8)
@@ -192,17 +111,35 @@ def draw_annotations(shape, boxes, mode, dot_size=5, line_width=2):
     return channel
 
 
-def encode(image, boxes, mode, dot_size=5, line_width=2):
-    """RGB image -> the same image with the blue channel replaced by the annotations."""
-    out = image.copy()
-    out[:, :, BLUE] = draw_annotations(image.shape, boxes, mode, dot_size, line_width)
-    return out
-
-
-def strip(image):
-    out = image.copy()
-    out[:, :, BLUE] = 0
-    return out
+# ---------------------------------------------------------------------------------------------
+# decode: boxes read back from the blue channel
+# ---------------------------------------------------------------------------------------------
+def run_decode(args):
+    """decode: boxes from the blue channel -> OUT/labels/, OUT/images/ (RG0), OUT/data.yaml, OUT/decoded.csv."""
+    images = list_images(args.images)
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=("images", "labels"))
+    (out / "labels").mkdir(exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    rows = []
+    for path in progress(images, "decoding"):
+        image = read_rgb(path)
+        height, width = image.shape[:2]
+        found = decode(image, args.mode, args.threshold, args.dot_size, args.box_size, args.line_width)
+        write_png(strip(image), out / "images" / f"{path.stem}.png")
+        text = "".join(f"0 {d['cx'] / width:.6f} {d['cy'] / height:.6f} {min(d['w'] / width, 1):.6f} "
+                       f"{min(d['h'] / height, 1):.6f}\n" for d in found)
+        tmp = out / "labels" / f".{path.stem}.txt.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / "labels" / f"{path.stem}.txt")
+        rows += [{"file": path.name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}} for d in found]
+    write_csv(out / "decoded.csv", ["file", "cx", "cy", "w", "h", "size_known", "merged"], rows)
+    data = {"path": str(out.resolve()), "train": "images", "val": "images", "names": {0: "apple"}}
+    tmp = out / ".data.yaml.tmp"
+    tmp.write_text("# RG0 images (the annotation channel zeroed) with the labels decoded from it\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, out / "data.yaml")
+    merged = sum(r["merged"] == "yes" for r in rows)
+    print(f"decoded {len(rows)} objects ({merged} merged groups) -> {out}: labels/, images/ (RG0), data.yaml")
 
 
 def decode(image, mode, threshold=128, dot_size=5, box_size=20, line_width=2):
@@ -259,8 +196,50 @@ def decode_outlines(binary):
 
 
 # ---------------------------------------------------------------------------------------------
-# leakage
+# strip: the blue channel set to 0 (RG0)
 # ---------------------------------------------------------------------------------------------
+def run_strip(args):
+    """strip: each image with its blue channel set to 0 -> OUT/<stem>.png."""
+    images = list_images(args.images)
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images])
+    for path in progress(images, "stripping"):
+        write_png(strip(read_rgb(path)), out / f"{path.stem}.png")
+    print(f"stripped the blue channel of {len(images)} images -> {out}")
+
+
+def strip(image):
+    """RGB image -> the same image with the blue channel set to 0."""
+    out = image.copy()
+    out[:, :, BLUE] = 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# leakage: how much the dots show in red and green
+# ---------------------------------------------------------------------------------------------
+def run_leakage(args):
+    """leakage: OUT/leakage.csv and OUT/leakage.png -> the mean leakage over the images with dots."""
+    images = list_images(args.images)
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images])
+    rows = []
+    for path in progress(images, "measuring leakage"):
+        image = read_rgb(path)
+        height, width = image.shape[:2]
+        if args.labels:
+            boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", width, height)
+            centres = [((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in boxes]
+        else:
+            centres = [(d["cx"], d["cy"]) for d in decode(image, "dots", args.threshold, args.dot_size)]
+        value = leakage(image, centres, args.dot_size)
+        rows.append({"file": path.name, "dots": len(centres), "leakage": "" if value is None else round(value, 3)})
+    values = [r["leakage"] for r in rows if r["leakage"] != ""]
+    overall = float(np.mean(values)) if values else float("nan")
+    write_csv(out / "leakage.csv", ["file", "dots", "leakage"], rows)
+    save_figure(leakage_figure(values), out / "leakage.png")
+    print(f"leakage over {len(values)} images: mean {overall:.3f} (0..255 units) -> {out / 'leakage.csv'}")
+    return overall
+
+
 def leakage(image, centres, dot_size=5):
     """Mean over dots of (red and green on the dot) minus (red and green in the ring around it),
     in 0..255 units; None without dots. Freshly encoded images give about 0."""
@@ -280,9 +259,54 @@ def leakage(image, centres, dot_size=5):
     return float(np.mean(values)) if values else None
 
 
+def leakage_figure(values):
+    """leakage.png: a histogram of the per-image leakage, its mean in the title and as a dashed line.
+    -> the matplotlib figure."""
+    figure, axis = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
+    mean = float(np.mean(values)) if len(values) else float("nan")
+    axis.hist(values, bins=30, color="#4575b4")
+    axis.axvline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
+    axis.legend()
+    axis.set_xlabel(LEAKAGE_AXIS)
+    axis.set_ylabel("images")
+    axis.yaxis.get_major_locator().set_params(integer=True)
+    axis.set_title(f"annotation-channel leakage of {len(values)} images with dots: mean {mean:.2f}")
+    return figure
+
+
 # ---------------------------------------------------------------------------------------------
-# filter
+# filter: PCA -> t-SNE -> KMeans against off-domain images
 # ---------------------------------------------------------------------------------------------
+def run_filter(args):
+    """filter: OUT/kept/, OUT/rejected/, OUT/filter.csv and OUT/filter.png -> the filter.csv rows."""
+    images = list_images(args.images)
+    references = list_images(args.reference) if args.reference else []
+    if args.clusters < 2 or args.pca_dims < 2:
+        raise InputError("--clusters and --pca_dims must be at least 2")
+    if len(images) < 4 * args.clusters or (args.reference and len(references) < 2):
+        raise InputError(f"{args.images}: too few images ({len(images)}) to cluster into {args.clusters}, "
+                         f"or fewer than 2 reference photos")
+    inputs = [args.images, *([args.reference] if args.reference else [])]
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=inputs, written=("kept", "rejected"))
+    features = image_features(progress(images, "reading images"))
+    reference_features = image_features(progress(references, "reading reference photos")) if references else None
+    image_map, reference_map, labels, kept = cluster_filter(features, reference_features, args.pca_dims,
+                                                            args.clusters, args.seed)
+    for folder in ("kept", "rejected"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+        (out / folder).mkdir(parents=True)
+    rows = []
+    for path, cluster, keep in zip(images, labels, kept):
+        link_or_copy(path, out / ("kept" if keep else "rejected") / path.name)
+        rows.append({"file": path.name, "cluster": int(cluster), "kept": "yes" if keep else "no"})
+    write_csv(out / "filter.csv", ["file", "cluster", "kept"], rows)
+    save_figure(filter_figure(image_map, reference_map, labels, kept, images), out / "filter.png")
+    rejected = sum(r["kept"] == "no" for r in rows)
+    print(f"kept {len(rows) - rejected}, rejected {rejected} of {len(rows)} images "
+          f"({'near the reference photos' if references else 'the largest cluster'}) -> {out}")
+    return rows
+
+
 def image_features(paths):
     """What PCA sees of an image: the square root of its RGB colour histogram (8 bins a channel)
     and, weighted down to 0.05, a 16x16 thumbnail. Raw pixels alone let t-SNE mix sky and noise
@@ -325,53 +349,6 @@ def cluster_filter(features, reference_features=None, pca_dims=50, clusters=3, s
     between = np.linalg.norm(references[:, None] - references[None], axis=2)
     np.fill_diagonal(between, np.inf)
     return image_map, reference_map, labels, to_reference <= REFERENCE_REACH * np.median(between.min(axis=1))
-
-
-def pyplot():
-    """matplotlib.pyplot drawing to files only (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(figure, path):
-    """Write a matplotlib figure as a PNG at path, whole or not at all, and close it."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    figure.savefig(tmp, dpi=100, format="png")
-    pyplot().close(figure)
-    os.replace(tmp, path)
-
-
-def spread_out(points, count):
-    """Indices of up to `count` of the points, far apart: the one nearest their middle first, then
-    each time the one farthest from those taken (so that thumbnails overlap less)."""
-    chosen = [int(np.linalg.norm(points - points.mean(axis=0), axis=1).argmin())]
-    while len(chosen) < min(count, len(points)):
-        distance = np.linalg.norm(points[:, None] - points[chosen][None], axis=2).min(axis=1)
-        distance[chosen] = -1
-        chosen.append(int(distance.argmax()))
-    return chosen
-
-
-def thumbnail_choice(image_map, labels, kept):
-    """The images the filter map shows as thumbnails: THUMBNAILS_PER_GROUP spread-out ones among
-    each cluster's kept images, and as many among its rejected ones."""
-    chosen = []
-    for cluster in np.unique(labels):
-        for decision in (True, False):
-            members = np.where((labels == cluster) & (kept == decision))[0]
-            if len(members):
-                chosen += members[spread_out(image_map[members], THUMBNAILS_PER_GROUP)].tolist()
-    return chosen
-
-
-def towards_middle(point, middle):
-    """Where a thumbnail goes beside its dot: (offset in points, box alignment), on the side of the
-    map's middle in both x and y, so that it stays inside the axes."""
-    right, up = point[0] <= middle[0], point[1] <= middle[1]
-    offset = (THUMBNAIL_OFFSET if right else -THUMBNAIL_OFFSET, THUMBNAIL_OFFSET if up else -THUMBNAIL_OFFSET)
-    return offset, (0 if right else 1, 0 if up else 1)
 
 
 def filter_figure(image_map, reference_map, labels, kept, paths):
@@ -423,129 +400,111 @@ def filter_figure(image_map, reference_map, labels, kept, paths):
     return figure
 
 
-LEAKAGE_AXIS = "leakage per image: mean red/green on the dots minus the ring around them (pixel values 0..255)"
+def thumbnail_choice(image_map, labels, kept):
+    """The images the filter map shows as thumbnails: THUMBNAILS_PER_GROUP spread-out ones among
+    each cluster's kept images, and as many among its rejected ones."""
+    chosen = []
+    for cluster in np.unique(labels):
+        for decision in (True, False):
+            members = np.where((labels == cluster) & (kept == decision))[0]
+            if len(members):
+                chosen += members[spread_out(image_map[members], THUMBNAILS_PER_GROUP)].tolist()
+    return chosen
 
 
-def leakage_figure(values):
-    """leakage.png: a histogram of the per-image leakage, its mean in the title and as a dashed line.
-    -> the matplotlib figure."""
-    figure, axis = pyplot().subplots(figsize=(8, 4.5), layout="constrained")
-    mean = float(np.mean(values)) if len(values) else float("nan")
-    axis.hist(values, bins=30, color="#4575b4")
-    axis.axvline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
-    axis.legend()
-    axis.set_xlabel(LEAKAGE_AXIS)
-    axis.set_ylabel("images")
-    axis.yaxis.get_major_locator().set_params(integer=True)
-    axis.set_title(f"annotation-channel leakage of {len(values)} images with dots: mean {mean:.2f}")
-    return figure
+def spread_out(points, count):
+    """Indices of up to `count` of the points, far apart: the one nearest their middle first, then
+    each time the one farthest from those taken (so that thumbnails overlap less)."""
+    chosen = [int(np.linalg.norm(points - points.mean(axis=0), axis=1).argmin())]
+    while len(chosen) < min(count, len(points)):
+        distance = np.linalg.norm(points[:, None] - points[chosen][None], axis=2).min(axis=1)
+        distance[chosen] = -1
+        chosen.append(int(distance.argmax()))
+    return chosen
 
 
-def link_or_copy(source, target):
-    target.unlink(missing_ok=True)
+def towards_middle(point, middle):
+    """Where a thumbnail goes beside its dot: (offset in points, box alignment), on the side of the
+    map's middle in both x and y, so that it stays inside the axes."""
+    right, up = point[0] <= middle[0], point[1] <= middle[1]
+    offset = (THUMBNAIL_OFFSET if right else -THUMBNAIL_OFFSET, THUMBNAIL_OFFSET if up else -THUMBNAIL_OFFSET)
+    return offset, (0 if right else 1, 0 if up else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: files and figures
+# ---------------------------------------------------------------------------------------------
+def list_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise InputError(f"{folder}: no images")
+    stems = {}
+    for image in images:  # outputs and labels go by the name stem: a.jpg and a.png would share them
+        if image.stem in stems:
+            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share an output "
+                             f"and a label file: rename one")
+        stems[image.stem] = image
+    return images
+
+
+def read_rgb(path):
     try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{path}: unreadable image ({error!r})")
+    return np.array(rgb_image(image, path))
 
 
-# ---------------------------------------------------------------------------------------------
-# Commands
-# ---------------------------------------------------------------------------------------------
-def command_encode(args):
-    images = list_images(args.images)
-    out = prepare_output_dir(args.output_dir, [""], [args.images, args.labels])
-    for path in progress(images, "encoding"):
-        image = read_rgb(path)
-        boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", image.shape[1], image.shape[0])
-        write_png(encode(image, boxes, args.mode, args.dot_size, args.line_width), out / f"{path.stem}.png")
-    print(f"encoded {len(images)} images ({args.mode}) -> {out}")
+def rgb_image(image, path):
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
+    convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
+                      f"16-bit image")
+    return image.convert("RGB")
 
 
-def command_decode(args):
-    images = list_images(args.images)
-    out = prepare_output_dir(args.output_dir, ["", "images", "labels"], [args.images])
-    (out / "labels").mkdir(exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
-    rows = []
-    for path in progress(images, "decoding"):
-        image = read_rgb(path)
-        height, width = image.shape[:2]
-        found = decode(image, args.mode, args.threshold, args.dot_size, args.box_size, args.line_width)
-        write_png(strip(image), out / "images" / f"{path.stem}.png")
-        text = "".join(f"0 {d['cx'] / width:.6f} {d['cy'] / height:.6f} {min(d['w'] / width, 1):.6f} "
-                       f"{min(d['h'] / height, 1):.6f}\n" for d in found)
-        tmp = out / "labels" / f".{path.stem}.txt.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / "labels" / f"{path.stem}.txt")
-        rows += [{"file": path.name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}} for d in found]
-    write_csv(out / "decoded.csv", ["file", "cx", "cy", "w", "h", "size_known", "merged"], rows)
-    data = {"path": str(out.resolve()), "train": "images", "val": "images", "names": {0: "apple"}}
-    tmp = out / ".data.yaml.tmp"
-    tmp.write_text("# RG0 images (the annotation channel zeroed) with the labels decoded from it\n"
-                   + yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, out / "data.yaml")
-    merged = sum(r["merged"] == "yes" for r in rows)
-    print(f"decoded {len(rows)} objects ({merged} merged groups) -> {out}: labels/, images/ (RG0), data.yaml")
+def read_boxes(path, width, height):
+    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a missing file, or a line that is not
+    'class cx cy w h' with class 0 and cx cy w h within 0..1, raises naming file:line."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: no label file for this image (an empty file means no apples)")
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: unreadable text file ({error})")
+    boxes = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h' numbers, got {line!r}")
+        if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):  # NaN fails this too
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h normalised to 0..1, "
+                             f"got {line!r}")
+        if values[0] != 0:
+            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
+        _, cx, cy, w, h = values
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def command_strip(args):
-    images = list_images(args.images)
-    out = prepare_output_dir(args.output_dir, [""], [args.images])
-    for path in progress(images, "stripping"):
-        write_png(strip(read_rgb(path)), out / f"{path.stem}.png")
-    print(f"stripped the blue channel of {len(images)} images -> {out}")
-
-
-def command_leakage(args):
-    images = list_images(args.images)
-    out = prepare_output_dir(args.output_dir, [""], [args.images])
-    rows = []
-    for path in progress(images, "measuring leakage"):
-        image = read_rgb(path)
-        height, width = image.shape[:2]
-        if args.labels:
-            boxes = read_boxes(Path(args.labels) / f"{path.stem}.txt", width, height)
-            centres = [((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in boxes]
-        else:
-            centres = [(d["cx"], d["cy"]) for d in decode(image, "dots", args.threshold, args.dot_size)]
-        value = leakage(image, centres, args.dot_size)
-        rows.append({"file": path.name, "dots": len(centres), "leakage": "" if value is None else round(value, 3)})
-    values = [r["leakage"] for r in rows if r["leakage"] != ""]
-    overall = float(np.mean(values)) if values else float("nan")
-    write_csv(out / "leakage.csv", ["file", "dots", "leakage"], rows)
-    save_figure(leakage_figure(values), out / "leakage.png")
-    print(f"leakage over {len(values)} images: mean {overall:.3f} (0..255 units) -> {out / 'leakage.csv'}")
-    return overall
-
-
-def command_filter(args):
-    images = list_images(args.images)
-    references = list_images(args.reference) if args.reference else []
-    if args.clusters < 2 or args.pca_dims < 2:
-        raise InputError("--clusters and --pca_dims must be at least 2")
-    if len(images) < 4 * args.clusters or (args.reference and len(references) < 2):
-        raise InputError(f"{args.images}: too few images ({len(images)}) to cluster into {args.clusters}, "
-                         f"or fewer than 2 reference photos")
-    out = prepare_output_dir(args.output_dir, ["", "kept", "rejected"],
-                             [args.images, *([args.reference] if args.reference else [])])
-    features = image_features(progress(images, "reading images"))
-    reference_features = image_features(progress(references, "reading reference photos")) if references else None
-    image_map, reference_map, labels, kept = cluster_filter(features, reference_features, args.pca_dims,
-                                                            args.clusters, args.seed)
-    for folder in ("kept", "rejected"):
-        shutil.rmtree(out / folder, ignore_errors=True)
-        (out / folder).mkdir(parents=True)
-    rows = []
-    for path, cluster, keep in zip(images, labels, kept):
-        link_or_copy(path, out / ("kept" if keep else "rejected") / path.name)
-        rows.append({"file": path.name, "cluster": int(cluster), "kept": "yes" if keep else "no"})
-    write_csv(out / "filter.csv", ["file", "cluster", "kept"], rows)
-    save_figure(filter_figure(image_map, reference_map, labels, kept, images), out / "filter.png")
-    rejected = sum(r["kept"] == "no" for r in rows)
-    print(f"kept {len(rows) - rejected}, rejected {rejected} of {len(rows)} images "
-          f"({'near the reference photos' if references else 'the largest cluster'}) -> {out}")
-    return rows
+def write_png(array, path):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def write_csv(path, fields, rows):
@@ -557,12 +516,69 @@ def write_csv(path, fields, rows):
     os.replace(tmp, path)
 
 
+def link_or_copy(source, target):
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(figure, path):
+    """Write a matplotlib figure as a PNG at path, whole or not at all, and close it."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    figure.savefig(tmp, dpi=100, format="png")
+    pyplot().close(figure)
+    os.replace(tmp, path)
+
+
+def progress(items, description):
+    """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
+    pipes get no bar, and an error stays one line)."""
+    return tqdm(items, desc=description, unit="image", leave=False, disable=None)
+
+
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
+    path = Path(path)
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with each flag's default where it has one (never '(default: None)', which would repeat
-    or contradict what the help says), and the descriptions and examples kept as written."""
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser():
@@ -647,8 +663,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        {"encode": command_encode, "decode": command_decode, "strip": command_strip,
-         "leakage": command_leakage, "filter": command_filter}[args.command](args)
+        {"encode": run_encode, "decode": run_decode, "strip": run_strip, "leakage": run_leakage,
+         "filter": run_filter}[args.command](args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

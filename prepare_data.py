@@ -72,15 +72,261 @@ BOX_CORE_FRACTION = 0.8
 # MinneApple's 331 of 1001 photos are test; the synthetic source keeps that share.
 SYNTHETIC_TEST_SHARE = 331 / 1001
 SYNTHETIC_SIZE = (720, 1280)  # width, height, as MinneApple
+MANIFEST_FIELDS = ["split", "file", "source_file", "colour", "red_fraction", "labelled",
+                   "boxes_kept", "boxes_dropped", "instance"]
+# What prepare() moves into OUT, stats.json last: it marks a finished output.
+OUTPUT_ENTRIES = ("real", "instances", "manifest.csv", "real.yaml", "fewshot.txt", "fewshot.yaml", "stats.json")
 
 
-class BadInputError(Exception):
-    """Input that cannot be prepared; the message names the file and what was expected."""
+class InputError(Exception):
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Boxes
+# The whole dataset: prepare() builds OUT from the jobs
 # ---------------------------------------------------------------------------------------------
+def prepare(jobs, config, out_dir, workers=1):
+    """Build the whole output in out_dir/.prepare_tmp, then move it into place. -> stats dict."""
+    out_dir = Path(out_dir).resolve()
+    tmp = out_dir / ".prepare_tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    rows, skipped = prepare_photos(jobs, config, tmp / "pool", workers)
+    move_val_photos(rows, config)
+    place_photos(rows, tmp / "pool", tmp)
+    instances, warnings = pick_instances(rows, config, tmp)
+    unlabelled = [r["file"] for r in rows if r["labelled"] == "no"]
+    if unlabelled:
+        warnings.append(f"{len(unlabelled)} test photos have no labels (no test/masks/, not in "
+                        f"--test_annotations): they are written without label files, and "
+                        f"evaluate.py refuses them")
+    rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["file"]))
+    write_manifest(tmp / "manifest.csv", rows)
+    data_yaml = {"path": str(out_dir / "real"), "train": "train/images", "val": "val/images",
+                 "test": "test/images", "names": {0: "apple"}}
+    (tmp / "real.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+    fewshot_listing, fewshot_yaml = fewshot_files(out_dir, instances)
+    (tmp / "fewshot.txt").write_text(fewshot_listing)
+    (tmp / "fewshot.yaml").write_text(fewshot_yaml)
+    stats = dataset_stats(rows, config, instances, skipped, warnings, len(unlabelled))
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+    move_into_place(tmp, out_dir)
+    return stats
+
+
+def prepare_photos(jobs, config, pool_dir, workers):
+    """process_photo for every job, in `workers` processes, into pool_dir/{images,labels}/ ->
+    (manifest rows, the problems of the photos --skip_bad skipped). Bad input stops it, naming the
+    photo, unless --skip_bad; so does a source left without one good train photo."""
+    for kind in ("images", "labels"):
+        (pool_dir / kind).mkdir(parents=True)
+    work = [(job, config, str(pool_dir)) for job in jobs]
+    rows, skipped = [], []
+    # one worker runs in this process: simpler tracebacks, no forking
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap(_process_or_report, work, chunksize=4) if pool else map(_process_or_report, work)
+        for row, error in tqdm(results, total=len(work), desc="preparing photos", unit="photo"):
+            if error is None:
+                rows.append(row)
+            elif config["skip_bad"]:
+                skipped.append(error)
+            else:
+                raise InputError(error + "\n(--skip_bad skips such photos and lists them)")
+    if not rows:
+        raise InputError("every photo was skipped as bad input: " + "; ".join(skipped[:3]))
+    if not any(r["split"] == "train" for r in rows):
+        raise InputError("no train photo could be prepared: " + "; ".join(skipped[:3]))
+    return rows, skipped
+
+
+def move_val_photos(rows, config):
+    """A source without its own val: move --num_val train photos (choose_val) to val. Val is chosen
+    among the photos that were prepared, so --skip_bad cannot shrink it."""
+    if any(r["split"] == "val" for r in rows):
+        return
+    train_stems = [r["stem"] for r in rows if r["split"] == "train"]
+    num_val = config["num_val"] if config["num_val"] is not None else round(0.2 * len(train_stems))
+    val = choose_val(train_stems, num_val, config["seed"], config["split_by"])
+    for row in rows:
+        if row["split"] == "train" and row["stem"] in val:
+            row["split"] = "val"
+
+
+def place_photos(rows, pool_dir, tmp):
+    """Move each prepared photo and its label file from pool_dir into tmp/real/<split>/; sets each
+    row's file."""
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            (tmp / "real" / split / kind).mkdir(parents=True)
+    for row in rows:
+        row["file"] = f"real/{row['split']}/images/{row['image_name']}"
+        os.replace(pool_dir / "images" / row["image_name"], tmp / row["file"])
+        if row["labelled"] == "yes":
+            os.replace(pool_dir / "labels" / f"{row['stem']}.txt",
+                       tmp / "real" / row["split"] / "labels" / f"{row['stem']}.txt")
+    shutil.rmtree(pool_dir)
+
+
+def pick_instances(rows, config, tmp):
+    """The DreamBooth instance photos: per colour, --num_instances train photos spread out in
+    appearance (farthest_point_sampling), copied to tmp/instances/<colour>/; marks their rows.
+    -> ({colour: [file name]}, warnings when a colour has fewer train photos than asked for)."""
+    warnings, instances = [], {}
+    for colour in COLOURS:
+        (tmp / "instances" / colour).mkdir(parents=True)
+        candidates = [r for r in rows if r["split"] == "train" and r["colour"] == colour]
+        picks = farthest_point_sampling([r["embedding"] for r in candidates],
+                                        config["num_instances"], config["seed"])
+        if len(picks) < config["num_instances"]:
+            warnings.append(f"only {len(picks)} {colour} train photos for the {config['num_instances']} "
+                            f"{colour} instance photos asked for")
+        instances[colour] = []
+        for index in picks:
+            row = candidates[index]
+            row["instance"] = colour
+            shutil.copyfile(tmp / row["file"], tmp / "instances" / colour / Path(row["file"]).name)
+            instances[colour].append(Path(row["file"]).name)
+    return instances, warnings
+
+
+def write_manifest(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "instance": row.get("instance", "")})
+
+
+def fewshot_files(out_dir, instances):
+    """(fewshot.txt, fewshot.yaml) texts: the few-shot control's ultralytics train list, the
+    absolute paths of the instance photos in OUT/real/train/images/ (ultralytics finds each label
+    by replacing /images/ with /labels/), and its data YAML, validated on the baseline's val."""
+    train_images = out_dir / "real" / "train" / "images"
+    listing = "".join(f"{train_images / name}\n" for colour in COLOURS for name in instances[colour])
+    data_yaml = {"path": str(out_dir), "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+    return listing, yaml.safe_dump(data_yaml, sort_keys=False)
+
+
+def dataset_stats(rows, config, instances, skipped, warnings, unlabelled):
+    """stats.json's content: the config, and per split the photos, boxes kept and dropped, colours."""
+    stats = {"config": config, "photos": {}, "boxes_kept": {}, "boxes_dropped": {},
+             "colours": {}, "unlabelled_test_photos": unlabelled, "instances": instances,
+             "skipped": skipped, "warnings": warnings}
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        stats["photos"][split] = len(split_rows)
+        stats["boxes_kept"][split] = sum(r["boxes_kept"] for r in split_rows)
+        stats["boxes_dropped"][split] = sum(r["boxes_dropped"] for r in split_rows)
+        stats["colours"][split] = {c: sum(r["colour"] == c for r in split_rows) for c in (*COLOURS, "none")}
+    return stats
+
+
+def move_into_place(tmp, out_dir):
+    """Replace OUT's entries by tmp's. stats.json marks a finished output: removed first, moved in last."""
+    (out_dir / "stats.json").unlink(missing_ok=True)
+    for entry in OUTPUT_ENTRIES:
+        target = out_dir / entry
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp / entry, target)
+    shutil.rmtree(tmp)
+
+
+def up_to_date(out_dir, config):
+    """True when out_dir holds a finished output made with this exact config."""
+    try:
+        stats = json.loads((Path(out_dir) / "stats.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stats.get("config") == config and all((Path(out_dir) / entry).exists() for entry in OUTPUT_ENTRIES)
+
+
+def summary(stats):
+    lines = ["photos: " + ", ".join(f"{s} {stats['photos'][s]}" for s in SPLITS)]
+    for split in SPLITS:
+        colours = stats["colours"][split]
+        lines.append(f"  {split}: {stats['boxes_kept'][split]} boxes kept, "
+                     f"{stats['boxes_dropped'][split]} dropped; green {colours['green']}, "
+                     f"red {colours['red']}, no apples {colours['none']}")
+    lines.append("instances: " + ", ".join(f"{c} {len(v)}" for c, v in stats["instances"].items()))
+    lines += [f"warning: {w}" for w in stats["warnings"]]
+    lines += [f"skipped: {s}" for s in stats["skipped"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# One photo: crop, resize, boxes, colour
+# ---------------------------------------------------------------------------------------------
+def process_photo(job, config, pool):
+    """Crop, resize, write one photo and its labels to pool/{images,labels}/ -> manifest row."""
+    image = rgb_image(ImageOps.exif_transpose(open_image(job["image"])), job["image"])
+    width, height = image.size
+    crop = config["crop_size"] or min(width, height)
+    try:
+        left, top = centre_crop_window(width, height, crop)
+    except ValueError as error:
+        raise InputError(f"{job['image']}: {error}")
+    row = {"split": job["split"], "source_file": job["image"], "colour": "none", "red_fraction": "",
+           "labelled": "yes" if job["labels"] else "no", "boxes_kept": 0, "boxes_dropped": 0}
+    if job["labels"]:
+        boxes, apple_pixels, degenerate = load_source_boxes(job, image)
+        kept, cropped_out = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
+                                              config["min_visible"], pixel_boxes=job["labels"][0] == "mask")
+        fraction = red_fraction(image, apple_pixels)
+        row.update(colour=colour_label(fraction, config["red_threshold"]),
+                   red_fraction="" if np.isnan(fraction) else round(fraction, 4),
+                   boxes_kept=len(kept), boxes_dropped=cropped_out + degenerate)
+    resized = image.crop((left, top, left + crop, top + crop)).resize(
+        (config["resolution"], config["resolution"]), Image.BICUBIC)
+    image_name = f"{job['stem']}.{config['image_format']}"
+    resized.save(Path(pool, "images", image_name), **({"quality": 95} if config["image_format"] == "jpg" else {}))
+    if job["labels"]:
+        Path(pool, "labels", f"{job['stem']}.txt").write_text(
+            yolo_label_text(kept, config["resolution"], config["resolution"]))
+    row.update(stem=job["stem"], image_name=image_name, embedding=diversity_embedding(resized))
+    return row
+
+
+def _process_or_report(args):
+    job, config, pool = args
+    try:
+        return process_photo(job, config, pool), None
+    except InputError as error:
+        return None, str(error)
+
+
+def load_source_boxes(job, image):
+    """-> (boxes in source pixels, pixels to read the colour from, boxes dropped as degenerate)."""
+    kind, value = job["labels"][:2]
+    width, height = image.size
+    if kind == "mask":
+        if not Path(value).exists():
+            raise InputError(f"{job['image']}: no mask: expected {value}")
+        mask_image = open_image(value)
+        if mask_image.mode not in ("L", "P", "I", "I;16"):
+            raise InputError(f"{value}: expected a single-channel instance-id mask (8 or 16 bit), "
+                                f"got mode {mask_image.mode}")
+        if mask_image.size != image.size:
+            raise InputError(f"{value}: mask is {mask_image.size[0]}x{mask_image.size[1]} but "
+                                f"its image {job['image']} is {width}x{height}")
+        mask = np.asarray(mask_image)
+        boxes, degenerate = boxes_from_mask(mask)
+        return boxes, mask > 0, degenerate
+    if kind == "yolo":
+        if not Path(value).exists():
+            raise InputError(f"{job['image']}: no label file: expected {value} (an empty file "
+                                f"means no apples)")
+        boxes = read_yolo_boxes(value, width, height)
+    else:
+        boxes, coco_size, problem = job["labels"][2:]
+        if problem:
+            raise InputError(problem)
+        if coco_size is not None and tuple(coco_size) != (width, height):
+            raise InputError(f"{job['image']}: the COCO annotations give {coco_size[0]}x{coco_size[1]} "
+                                f"but the photo is {width}x{height}")
+    return boxes, boxes_core_mask((height, width), boxes), 0
+
+
 def boxes_from_mask(mask):
     """Instance-id mask (H, W) -> (boxes float (N, 4) x1 y1 x2 y2 in order of id, degenerate).
 
@@ -99,6 +345,43 @@ def boxes_from_mask(mask):
     boxes = boxes.astype(np.float64)
     usable = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return boxes[usable], int((~usable).sum())
+
+
+def read_yolo_boxes(path, width, height):
+    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a malformed line raises naming file:line."""
+    boxes = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h' numbers, got {line!r}")
+        if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h "
+                                f"normalised to 0..1, got {line!r}")
+        if values[0] != 0:
+            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, "
+                                f"0 = apple")
+        _, cx, cy, w, h = values
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
+                      (cx + w / 2) * width, (cy + h / 2) * height])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def boxes_core_mask(shape, boxes):
+    """Boolean (H, W) mask of the central ellipse of every box: the pixels most likely apple."""
+    mask = np.zeros(shape, dtype=bool)
+    for x1, y1, x2, y2 in boxes:
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        rx = max((x2 - x1) / 2 * BOX_CORE_FRACTION, 0.5)
+        ry = max((y2 - y1) / 2 * BOX_CORE_FRACTION, 0.5)
+        r0, r1 = max(int(cy - ry), 0), min(int(np.ceil(cy + ry)) + 1, shape[0])
+        c0, c1 = max(int(cx - rx), 0), min(int(np.ceil(cx + rx)) + 1, shape[1])
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        mask[r0:r1, c0:c1] |= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    return mask
 
 
 def centre_crop_window(width, height, crop_size):
@@ -133,57 +416,6 @@ def yolo_label_text(boxes, width, height):
     return "".join(lines)
 
 
-def read_text(path):
-    try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(f"{path}: unreadable text file ({error})")
-
-
-def read_yolo_boxes(path, width, height):
-    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a malformed line raises naming file:line."""
-    boxes = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            values = [float(v) for v in fields]
-        except ValueError:
-            raise BadInputError(f"{path}:{number}: expected 'class cx cy w h' numbers, got {line!r}")
-        if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):
-            raise BadInputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h "
-                                f"normalised to 0..1, got {line!r}")
-        if values[0] != 0:
-            raise BadInputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, "
-                                f"0 = apple")
-        _, cx, cy, w, h = values
-        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
-                      (cx + w / 2) * width, (cy + h / 2) * height])
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
-
-
-def boxes_core_mask(shape, boxes):
-    """Boolean (H, W) mask of the central ellipse of every box: the pixels most likely apple."""
-    mask = np.zeros(shape, dtype=bool)
-    for x1, y1, x2, y2 in boxes:
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        rx = max((x2 - x1) / 2 * BOX_CORE_FRACTION, 0.5)
-        ry = max((y2 - y1) / 2 * BOX_CORE_FRACTION, 0.5)
-        r0, r1 = max(int(cy - ry), 0), min(int(np.ceil(cy + ry)) + 1, shape[0])
-        c0, c1 = max(int(cx - rx), 0), min(int(np.ceil(cx + rx)) + 1, shape[1])
-        yy, xx = np.mgrid[r0:r1, c0:c1]
-        mask[r0:r1, c0:c1] |= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-    return mask
-
-
-# ---------------------------------------------------------------------------------------------
-# Colour and diversity
-# ---------------------------------------------------------------------------------------------
-def _in_ranges(hue, ranges):
-    return np.logical_or.reduce([(hue >= lo) & (hue < hi) for lo, hi in ranges])
-
-
 def red_fraction(image, apple_pixels):
     """Share of red among the red or green chromatic apple pixels (0..1; NaN with none)."""
     pixels = np.asarray(image)[apple_pixels].reshape(1, -1, 3)
@@ -195,6 +427,10 @@ def red_fraction(image, apple_pixels):
     red = np.count_nonzero(chromatic & _in_ranges(hue, RED_HUES))
     green = np.count_nonzero(chromatic & _in_ranges(hue, GREEN_HUES))
     return red / (red + green) if red + green else float("nan")
+
+
+def _in_ranges(hue, ranges):
+    return np.logical_or.reduce([(hue >= lo) & (hue < hi) for lo, hi in ranges])
 
 
 def colour_label(fraction, red_threshold):
@@ -210,6 +446,39 @@ def diversity_embedding(image):
     hsv = np.asarray(image.resize((64, 64), Image.BOX).convert("HSV")).reshape(-1, 3)
     histograms = [np.bincount(hsv[:, c] // 32, minlength=8) / len(hsv) for c in range(3)]
     return np.concatenate([thumbnail, *histograms])
+
+
+# ---------------------------------------------------------------------------------------------
+# The val split and the instance photos
+# ---------------------------------------------------------------------------------------------
+def choose_val(stems, num_val, seed, split_by):
+    """The stems that go to val. 'random': num_val photos; 'sequence': whole sequences, shuffled,
+    until at least num_val photos (so val can be a little larger)."""
+    stems = sorted(stems)
+    if num_val >= len(stems):
+        raise InputError(f"--num_val {num_val} leaves no training photos: only {len(stems)} "
+                            f"train photos were found")
+    rng = np.random.default_rng(seed)
+    if split_by == "random":
+        return {stems[i] for i in rng.permutation(len(stems))[:num_val]}
+    groups = {}
+    for stem in stems:
+        groups.setdefault(sequence_of(stem), []).append(stem)
+    val = set()
+    for key in [sorted(groups)[i] for i in rng.permutation(len(groups))]:
+        if len(val) >= num_val:
+            break
+        val.update(groups[key])
+    if len(val) == len(stems):
+        raise InputError(f"--split_by sequence: the {len(groups)} sequences cannot be split "
+                            f"into train and val with --num_val {num_val}")
+    return val
+
+
+def sequence_of(stem):
+    """The video sequence of a photo: its name without the trailing frame number
+    ('20150919_174151_image12' -> '20150919_174151', 'DSC_1342_17kv39r15k_1' -> 'DSC_1342_17kv39r15k')."""
+    return re.sub(r"[_-]?(image|frame|img)?\d+$", "", stem, flags=re.IGNORECASE) or stem
 
 
 def farthest_point_sampling(features, count, seed):
@@ -231,41 +500,306 @@ def farthest_point_sampling(features, count, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Splits
+# Sources: the photos of each --source, as jobs
 # ---------------------------------------------------------------------------------------------
-def sequence_of(stem):
-    """The video sequence of a photo: its name without the trailing frame number
-    ('20150919_174151_image12' -> '20150919_174151', 'DSC_1342_17kv39r15k_1' -> 'DSC_1342_17kv39r15k')."""
-    return re.sub(r"[_-]?(image|frame|img)?\d+$", "", stem, flags=re.IGNORECASE) or stem
+def collect_jobs(args, out_dir):
+    """The jobs of --source (see collect_minneapple), checked before any work: unique name stems,
+    and enough train photos for --num_val. Warns of a kept val split and a missing test split."""
+    if args.source == "synthetic":
+        jobs = collect_minneapple(make_synthetic_source(out_dir, args))
+    elif args.source == "minneapple":
+        jobs = collect_minneapple(args.input, args.test_annotations)
+    elif args.source == "coco":
+        jobs, unlisted_warnings = collect_coco(args.input, args.annotations)
+        for warning in unlisted_warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        jobs = collect_yolo(args.input)
+    check_unique_stems(jobs)
+    if any(job["split"] == "val" for job in jobs):
+        if args.num_val is not None or args.split_by != "random":
+            print(f"warning: {args.input} has its own val split, which is kept: --num_val and "
+                  f"--split_by do not apply", file=sys.stderr)
+    elif (args.num_val or 1) >= sum(job["split"] == "train" for job in jobs):
+        raise InputError(f"--num_val {args.num_val or 1} leaves no training photos: only "
+                         f"{sum(job['split'] == 'train' for job in jobs)} train photos were found")
+    if not any(job["split"] == "test" for job in jobs):
+        print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
+              file=sys.stderr)
+    return jobs
 
 
-def choose_val(stems, num_val, seed, split_by):
-    """The stems that go to val. 'random': num_val photos; 'sequence': whole sequences, shuffled,
-    until at least num_val photos (so val can be a little larger)."""
-    stems = sorted(stems)
-    if num_val >= len(stems):
-        raise BadInputError(f"--num_val {num_val} leaves no training photos: only {len(stems)} "
-                            f"train photos were found")
+def collect_minneapple(root, test_annotations=None):
+    """Jobs for MinneApple's detection/ layout. A job: split, stem, image, and its labels as
+    ('mask', path), ('yolo', path), ('coco', path, boxes, size, problem) (see read_coco), or None
+    (an unlabelled test photo). --test_annotations images are matched by file name stem."""
+    root = Path(root)
+    train_images = root / "train" / "images"
+    if not train_images.is_dir():
+        raise InputError(f"{root}: wrong layout: expected {train_images}/ with the photos "
+                            f"(point --input at MinneApple's detection/ folder)")
+    if not (root / "train" / "masks").is_dir():
+        raise InputError(f"{root}: wrong layout: expected {root / 'train' / 'masks'}/ with one "
+                            f"instance-id mask PNG per photo")
+    if test_annotations and (root / "test" / "masks").is_dir():
+        raise InputError(f"{root / 'test' / 'masks'} and --test_annotations both label the test "
+                            f"photos: give one of them")
+    coco = {}
+    if test_annotations:
+        coco = {Path(name).stem: labels for name, labels in read_coco(test_annotations).items()}
+    jobs = []
+    for split in ("train", "test"):
+        folder = root / split / "images"
+        if not folder.is_dir():
+            continue
+        masks = root / split / "masks"
+        mask_files = {p.stem: p for p in list_images(masks)} if masks.is_dir() else {}
+        for image in list_images(folder):
+            if split == "train" or masks.is_dir():
+                labels = ("mask", mask_files.get(image.stem, masks / f"{image.stem}.png"))
+            elif image.stem in coco:
+                labels = coco[image.stem]
+            else:
+                labels = None
+            jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
+    if not any(job["split"] == "train" for job in jobs):
+        raise InputError(f"{train_images}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    if coco and not any(job["labels"] and job["labels"][0] == "coco" for job in jobs):
+        raise InputError(f"{test_annotations}: none of its {len(coco)} images is in "
+                            f"{root / 'test' / 'images'} (matched by file name stem)")
+    return jobs
+
+
+def collect_yolo(root):
+    """Jobs for images/ + labels/ (all train) or {train,val,test}/{images,labels}. A missing label
+    file is an error in train and val, and an unlabelled photo in test."""
+    root = Path(root)
+    if (root / "images").is_dir():
+        layout = {"train": root}
+    else:
+        layout = {split: root / split for split in SPLITS if (root / split / "images").is_dir()}
+    if "train" not in layout:
+        raise InputError(f"{root}: wrong layout: expected images/ + labels/, or "
+                            f"train/images/ + train/labels/ (and optionally val/ and test/)")
+    jobs = []
+    for split, folder in layout.items():
+        for image in list_images(folder / "images"):
+            label = folder / "labels" / f"{image.stem}.txt"
+            labels = ("yolo", label) if split != "test" or label.exists() else None
+            jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
+    if not any(job["split"] == "train" for job in jobs):
+        raise InputError(f"{layout['train'] / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return jobs
+
+
+def collect_coco(root, annotations=None):
+    """Jobs for photos labelled by COCO JSON, and warnings: the photos in root labelled by
+    `annotations` (all train), or root/{train,val,test}/ (see coco_split_folders).
+
+    Photos are matched with the JSON's images by base name. A photo the JSON lists but its folder
+    lacks is an error; a photo in the folder that the JSON does not list is left out with a warning
+    (the JSON says which photos were labelled: listed without annotations = no apples)."""
+    if annotations:
+        if not Path(root).is_dir():
+            raise InputError(f"{root}: not a folder: --input is the folder of the photos that "
+                                f"--annotations {annotations} labels")
+        layout = {"train": (Path(root), Path(annotations))}
+    else:
+        layout = coco_split_folders(root)
+    jobs, warnings = [], []
+    for split, (folder, json_file) in layout.items():
+        labels = read_coco(json_file)
+        photos = list_images(folder)
+        missing = sorted(set(labels) - {photo.name for photo in photos})
+        if missing:
+            raise InputError(f"{json_file}: {len(missing)} of its images are not photos in {folder} "
+                                f"({', '.join(IMAGE_EXTENSIONS)}; matched by base name): {name_list(missing)}")
+        unlisted = [photo.name for photo in photos if photo.name not in labels]
+        if unlisted:
+            warnings.append(f"{len(unlisted)} photos in {folder} are not in {json_file} and are left out "
+                            f"(list them there without annotations for photos with no apples): "
+                            f"{name_list(unlisted)}")
+        jobs += [{"split": split, "stem": photo.stem, "image": str(photo), "labels": labels[photo.name]}
+                 for photo in photos if photo.name in labels]
+    if not any(job["split"] == "train" for job in jobs):
+        raise InputError(f"{layout['train'][1]}: lists no images")
+    return jobs, warnings
+
+
+def coco_split_folders(root):
+    """{split: (folder, its COCO JSON)} of root/{train,val,test}/ (val may be Roboflow's valid/),
+    each holding its photos and exactly one *.json; train is required."""
+    root = Path(root)
+    layout = {}
+    for split, names in SPLIT_FOLDERS.items():
+        folders = [root / name for name in names if (root / name).is_dir()]
+        if len(folders) > 1:
+            raise InputError(f"{root}: both {folders[0].name}/ and {folders[1].name}/ hold val photos: keep one")
+        if folders:
+            json_files = sorted(folders[0].glob("*.json"))
+            if len(json_files) != 1:
+                found = f"{len(json_files)}: {name_list([f.name for f in json_files])}" if json_files else "none"
+                raise InputError(f"{folders[0]}: expected exactly one COCO *.json beside the photos, found {found}")
+            layout[split] = (folders[0], json_files[0])
+    if "train" not in layout:
+        raise InputError(f"{root}: wrong layout: expected --annotations FILE.json with the photos in "
+                            f"{root}, or train/ (and optionally val/ or valid/, and test/) each holding its "
+                            f"photos and one COCO *.json")
+    return layout
+
+
+def read_coco(path):
+    """COCO detection JSON -> {image base name: ('coco', path, boxes x1 y1 x2 y2, (width, height)
+    or None, problem)}, the labels of a job.
+
+    An image without annotations has no apples. problem is None, or why the image's annotations
+    cannot be used (see coco_image_boxes): it is raised when the photo is prepared, so that
+    --skip_bad can skip that photo alone. A file that is not a COCO JSON, two images with one base
+    name, or categories that leave apple unclear raise here."""
+    try:
+        data = json.loads(read_text(path))
+        ids = [image["id"] for image in data["images"]]
+        base_names = [coco_base_name(image["file_name"]) for image in data["images"]]
+        annotations = {image_id: [] for image_id in ids}
+        for annotation in data.get("annotations", []):
+            if annotation["image_id"] not in annotations:
+                raise InputError(f"{path}: annotation {annotation.get('id', '?')} refers to image_id "
+                                    f"{annotation['image_id']}, which 'images' does not list")
+            annotations[annotation["image_id"]].append(annotation)
+        categories = {category["id"]: str(category["name"]) for category in data.get("categories", [])}
+        used_ids = {annotation["category_id"] for annotation in data.get("annotations", [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{path}: expected a COCO JSON with 'images' (id, file_name, width, height), "
+                            f"'annotations' (image_id, category_id, bbox) and 'categories' (id, name): "
+                            f"{error!r}")
+    repeated = [str(value) for counts in (Counter(ids), Counter(base_names)) for value, count in counts.items()
+                if count > 1]
+    if repeated:
+        raise InputError(f"{path}: images listed more than once (the same id, or the same file name's base "
+                            f"name, by which photos are matched): {name_list(repeated)}")
+    apple_id = apple_category(categories, used_ids, path)
+    labels = {}
+    for image_id, image, base_name in zip(ids, data["images"], base_names):
+        size = (image["width"], image["height"]) if "width" in image and "height" in image else None
+        try:
+            boxes, problem = coco_image_boxes(annotations[image_id], apple_id, categories,
+                                              f"{path}: image {image['file_name']}"), None
+        except InputError as error:
+            boxes, problem = np.zeros((0, 4)), str(error)
+        labels[base_name] = ("coco", str(path), boxes, size, problem)
+    return labels
+
+
+def apple_category(categories, used_ids, path):
+    """The category id that is apple: the one named 'apple' (any case), else the only one the
+    annotations use; None when there are no annotations. Several used, none named 'apple', raises."""
+    named = [category_id for category_id, name in categories.items() if name.strip().lower() == "apple"]
+    if len(named) > 1:
+        raise InputError(f"{path}: categories {named} are all named 'apple': keep one")
+    if named:
+        return named[0]
+    if len(used_ids) > 1:
+        listed = ", ".join(f"'{categories.get(i, '?')}' (id {i})" for i in sorted(used_ids, key=str))
+        raise InputError(f"{path}: the annotations use {len(used_ids)} categories, {listed}, and none "
+                            f"is named 'apple': this toolkit has one class; keep the apples only, or "
+                            f"name their category 'apple'")
+    return next(iter(used_ids), None)
+
+
+def coco_image_boxes(annotations, apple_id, categories, where):
+    """One image's COCO annotations -> boxes x1 y1 x2 y2 in pixels. An annotation of another
+    category than apple_id, or a bbox that is not [x, y, width, height] with width and height >= 0,
+    raises naming `where` (the file and the image) and the annotation."""
+    boxes = []
+    for annotation in annotations:
+        which = f"{where}: annotation {annotation.get('id', '?')}"
+        if annotation["category_id"] != apple_id:
+            raise InputError(f"{which} is category '{categories.get(annotation['category_id'], '?')}' (id "
+                                f"{annotation['category_id']}), not '{categories.get(apple_id, '?')}' (id {apple_id}): "
+                                f"this toolkit has one class, apple")
+        bbox = annotation.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
+                and bbox[2] >= 0 and bbox[3] >= 0):
+            raise InputError(f"{which}: expected bbox [x, y, width, height] in pixels with width and "
+                                f"height >= 0, got {bbox!r}")
+        x, y, w, h = bbox
+        boxes.append([x, y, x + w, y + h])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def coco_base_name(file_name):
+    """An image's file_name in a COCO JSON -> its base name ('images/train/x.jpg', 'x.jpg' and
+    'C:\\data\\x.jpg' -> 'x.jpg'), by which it is matched with the photos in a folder."""
+    return PureWindowsPath(str(file_name)).name
+
+
+def check_unique_stems(jobs):
+    seen = {}
+    for job in jobs:
+        if job["stem"] in seen:
+            raise InputError(f"{job['image']}: another photo has the same name stem "
+                                f"({seen[job['stem']]}); output files are named by stem")
+        seen[job["stem"]] = job["image"]
+
+
+def input_fingerprint(jobs):
+    """Hash of every input file's path, size and modification time: photos, masks, label files
+    and COCO JSON files."""
+    digest = hashlib.sha256()
+    paths = {job["image"] for job in jobs} | {str(job["labels"][1]) for job in jobs if job["labels"]}
+    for path in sorted(paths):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic source
+# ---------------------------------------------------------------------------------------------
+def make_synthetic_source(out_dir, args):
+    """OUT/synthetic_source/detection/ (write_synthetic_source), kept when made_with.json says it was
+    made with the same --num_images, --seed, --apple_scale and --bare_share. -> that folder."""
+    marker = {"num_images": args.num_images, "seed": args.seed, "apple_scale": args.apple_scale,
+              "bare_share": args.bare_share}
+    marker_file = out_dir / "synthetic_source" / "made_with.json"
+    if not (marker_file.exists() and json.loads(marker_file.read_text()) == marker):
+        staging = out_dir / ".synthetic_tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        write_synthetic_source(staging / "detection", args.num_images, args.seed, args.apple_scale,
+                               args.bare_share)
+        (staging / "made_with.json").write_text(json.dumps(marker))
+        shutil.rmtree(out_dir / "synthetic_source", ignore_errors=True)
+        os.replace(staging, out_dir / "synthetic_source")
+    return out_dir / "synthetic_source" / "detection"
+
+
+def write_synthetic_source(folder, num_images, seed, apple_scale=1.0, bare_share=0.0):
+    """MinneApple-layout folder {train,test}/{images,masks}/*.png."""
     rng = np.random.default_rng(seed)
-    if split_by == "random":
-        return {stems[i] for i in rng.permutation(len(stems))[:num_val]}
-    groups = {}
-    for stem in stems:
-        groups.setdefault(sequence_of(stem), []).append(stem)
-    val = set()
-    for key in [sorted(groups)[i] for i in rng.permutation(len(groups))]:
-        if len(val) >= num_val:
-            break
-        val.update(groups[key])
-    if len(val) == len(stems):
-        raise BadInputError(f"--split_by sequence: the {len(groups)} sequences cannot be split "
-                            f"into train and val with --num_val {num_val}")
-    return val
+    num_test = max(1, round(num_images * SYNTHETIC_TEST_SHARE)) if num_images > 1 else 0
+    for index in tqdm(range(num_images), desc="synthetic photos", unit="photo"):
+        split = "test" if index >= num_images - num_test else "train"
+        colour = synthetic_colour(index, bare_share)
+        image, mask = draw_synthetic_photo(rng, colour, apple_scale=apple_scale)
+        stem = f"synthetic_{colour}_{index:04d}"
+        for kind, array in (("images", image), ("masks", mask)):
+            out = Path(folder, split, kind)
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(out / f"{stem}.png")
 
 
-# ---------------------------------------------------------------------------------------------
-# Synthetic source
-# ---------------------------------------------------------------------------------------------
+def synthetic_colour(index, bare_share):
+    """The apples of synthetic photo number index: bare_share of the photos, evenly spread, have
+    none ('none'); of the others, one in three is green, the rest red."""
+    if int((index + 1) * bare_share) > int(index * bare_share):
+        return "none"
+    return "green" if index % 3 == 0 else "red"
+
+
 def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_SIZE[1], apple_scale=1.0):
     """A procedural tree photo -> (RGB uint8 image, uint8 instance-id mask); colour 'green', 'red',
     or 'none' for a tree without apples.
@@ -321,31 +855,8 @@ def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def synthetic_colour(index, bare_share):
-    """The apples of synthetic photo number index: bare_share of the photos, evenly spread, have
-    none ('none'); of the others, one in three is green, the rest red."""
-    if int((index + 1) * bare_share) > int(index * bare_share):
-        return "none"
-    return "green" if index % 3 == 0 else "red"
-
-
-def write_synthetic_source(folder, num_images, seed, apple_scale=1.0, bare_share=0.0):
-    """MinneApple-layout folder {train,test}/{images,masks}/*.png."""
-    rng = np.random.default_rng(seed)
-    num_test = max(1, round(num_images * SYNTHETIC_TEST_SHARE)) if num_images > 1 else 0
-    for index in tqdm(range(num_images), desc="synthetic photos", unit="photo"):
-        split = "test" if index >= num_images - num_test else "train"
-        colour = synthetic_colour(index, bare_share)
-        image, mask = draw_synthetic_photo(rng, colour, apple_scale=apple_scale)
-        stem = f"synthetic_{colour}_{index:04d}"
-        for kind, array in (("images", image), ("masks", mask)):
-            out = Path(folder, split, kind)
-            out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array).save(out / f"{stem}.png")
-
-
 # ---------------------------------------------------------------------------------------------
-# Collecting the photos of a source
+# Helpers
 # ---------------------------------------------------------------------------------------------
 def list_images(folder):
     """The photos in a folder (by extension), sorted by name."""
@@ -358,244 +869,20 @@ def name_list(names, shown=5):
     return ", ".join(names[:shown]) + more
 
 
-def coco_base_name(file_name):
-    """An image's file_name in a COCO JSON -> its base name ('images/train/x.jpg', 'x.jpg' and
-    'C:\\data\\x.jpg' -> 'x.jpg'), by which it is matched with the photos in a folder."""
-    return PureWindowsPath(str(file_name)).name
-
-
-def apple_category(categories, used_ids, path):
-    """The category id that is apple: the one named 'apple' (any case), else the only one the
-    annotations use; None when there are no annotations. Several used, none named 'apple', raises."""
-    named = [category_id for category_id, name in categories.items() if name.strip().lower() == "apple"]
-    if len(named) > 1:
-        raise BadInputError(f"{path}: categories {named} are all named 'apple': keep one")
-    if named:
-        return named[0]
-    if len(used_ids) > 1:
-        listed = ", ".join(f"'{categories.get(i, '?')}' (id {i})" for i in sorted(used_ids, key=str))
-        raise BadInputError(f"{path}: the annotations use {len(used_ids)} categories, {listed}, and none "
-                            f"is named 'apple': this toolkit has one class; keep the apples only, or "
-                            f"name their category 'apple'")
-    return next(iter(used_ids), None)
-
-
-def coco_image_boxes(annotations, apple_id, categories, where):
-    """One image's COCO annotations -> boxes x1 y1 x2 y2 in pixels. An annotation of another
-    category than apple_id, or a bbox that is not [x, y, width, height] with width and height >= 0,
-    raises naming `where` (the file and the image) and the annotation."""
-    boxes = []
-    for annotation in annotations:
-        which = f"{where}: annotation {annotation.get('id', '?')}"
-        if annotation["category_id"] != apple_id:
-            raise BadInputError(f"{which} is category '{categories.get(annotation['category_id'], '?')}' (id "
-                                f"{annotation['category_id']}), not '{categories.get(apple_id, '?')}' (id {apple_id}): "
-                                f"this toolkit has one class, apple")
-        bbox = annotation.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
-                and bbox[2] >= 0 and bbox[3] >= 0):
-            raise BadInputError(f"{which}: expected bbox [x, y, width, height] in pixels with width and "
-                                f"height >= 0, got {bbox!r}")
-        x, y, w, h = bbox
-        boxes.append([x, y, x + w, y + h])
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
-
-
-def read_coco(path):
-    """COCO detection JSON -> {image base name: ('coco', path, boxes x1 y1 x2 y2, (width, height)
-    or None, problem)}, the labels of a job.
-
-    An image without annotations has no apples. problem is None, or why the image's annotations
-    cannot be used (see coco_image_boxes): it is raised when the photo is prepared, so that
-    --skip_bad can skip that photo alone. A file that is not a COCO JSON, two images with one base
-    name, or categories that leave apple unclear raise here."""
+def read_text(path):
     try:
-        data = json.loads(read_text(path))
-        ids = [image["id"] for image in data["images"]]
-        base_names = [coco_base_name(image["file_name"]) for image in data["images"]]
-        annotations = {image_id: [] for image_id in ids}
-        for annotation in data.get("annotations", []):
-            if annotation["image_id"] not in annotations:
-                raise BadInputError(f"{path}: annotation {annotation.get('id', '?')} refers to image_id "
-                                    f"{annotation['image_id']}, which 'images' does not list")
-            annotations[annotation["image_id"]].append(annotation)
-        categories = {category["id"]: str(category["name"]) for category in data.get("categories", [])}
-        used_ids = {annotation["category_id"] for annotation in data.get("annotations", [])}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise BadInputError(f"{path}: expected a COCO JSON with 'images' (id, file_name, width, height), "
-                            f"'annotations' (image_id, category_id, bbox) and 'categories' (id, name): "
-                            f"{error!r}")
-    repeated = [str(value) for counts in (Counter(ids), Counter(base_names)) for value, count in counts.items()
-                if count > 1]
-    if repeated:
-        raise BadInputError(f"{path}: images listed more than once (the same id, or the same file name's base "
-                            f"name, by which photos are matched): {name_list(repeated)}")
-    apple_id = apple_category(categories, used_ids, path)
-    labels = {}
-    for image_id, image, base_name in zip(ids, data["images"], base_names):
-        size = (image["width"], image["height"]) if "width" in image and "height" in image else None
-        try:
-            boxes, problem = coco_image_boxes(annotations[image_id], apple_id, categories,
-                                              f"{path}: image {image['file_name']}"), None
-        except BadInputError as error:
-            boxes, problem = np.zeros((0, 4)), str(error)
-        labels[base_name] = ("coco", str(path), boxes, size, problem)
-    return labels
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: unreadable text file ({error})")
 
 
-def collect_minneapple(root, test_annotations=None):
-    """Jobs for MinneApple's detection/ layout. A job: split, stem, image, and its labels as
-    ('mask', path), ('yolo', path), ('coco', path, boxes, size, problem) (see read_coco), or None
-    (an unlabelled test photo). --test_annotations images are matched by file name stem."""
-    root = Path(root)
-    train_images = root / "train" / "images"
-    if not train_images.is_dir():
-        raise BadInputError(f"{root}: wrong layout: expected {train_images}/ with the photos "
-                            f"(point --input at MinneApple's detection/ folder)")
-    if not (root / "train" / "masks").is_dir():
-        raise BadInputError(f"{root}: wrong layout: expected {root / 'train' / 'masks'}/ with one "
-                            f"instance-id mask PNG per photo")
-    if test_annotations and (root / "test" / "masks").is_dir():
-        raise BadInputError(f"{root / 'test' / 'masks'} and --test_annotations both label the test "
-                            f"photos: give one of them")
-    coco = {}
-    if test_annotations:
-        coco = {Path(name).stem: labels for name, labels in read_coco(test_annotations).items()}
-    jobs = []
-    for split in ("train", "test"):
-        folder = root / split / "images"
-        if not folder.is_dir():
-            continue
-        masks = root / split / "masks"
-        mask_files = {p.stem: p for p in list_images(masks)} if masks.is_dir() else {}
-        for image in list_images(folder):
-            if split == "train" or masks.is_dir():
-                labels = ("mask", mask_files.get(image.stem, masks / f"{image.stem}.png"))
-            elif image.stem in coco:
-                labels = coco[image.stem]
-            else:
-                labels = None
-            jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
-    if not any(job["split"] == "train" for job in jobs):
-        raise BadInputError(f"{train_images}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    if coco and not any(job["labels"] and job["labels"][0] == "coco" for job in jobs):
-        raise BadInputError(f"{test_annotations}: none of its {len(coco)} images is in "
-                            f"{root / 'test' / 'images'} (matched by file name stem)")
-    return jobs
-
-
-def collect_yolo(root):
-    """Jobs for images/ + labels/ (all train) or {train,val,test}/{images,labels}. A missing label
-    file is an error in train and val, and an unlabelled photo in test."""
-    root = Path(root)
-    if (root / "images").is_dir():
-        layout = {"train": root}
-    else:
-        layout = {split: root / split for split in SPLITS if (root / split / "images").is_dir()}
-    if "train" not in layout:
-        raise BadInputError(f"{root}: wrong layout: expected images/ + labels/, or "
-                            f"train/images/ + train/labels/ (and optionally val/ and test/)")
-    jobs = []
-    for split, folder in layout.items():
-        for image in list_images(folder / "images"):
-            label = folder / "labels" / f"{image.stem}.txt"
-            labels = ("yolo", label) if split != "test" or label.exists() else None
-            jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
-    if not any(job["split"] == "train" for job in jobs):
-        raise BadInputError(f"{layout['train'] / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return jobs
-
-
-def coco_split_folders(root):
-    """{split: (folder, its COCO JSON)} of root/{train,val,test}/ (val may be Roboflow's valid/),
-    each holding its photos and exactly one *.json; train is required."""
-    root = Path(root)
-    layout = {}
-    for split, names in SPLIT_FOLDERS.items():
-        folders = [root / name for name in names if (root / name).is_dir()]
-        if len(folders) > 1:
-            raise BadInputError(f"{root}: both {folders[0].name}/ and {folders[1].name}/ hold val photos: keep one")
-        if folders:
-            json_files = sorted(folders[0].glob("*.json"))
-            if len(json_files) != 1:
-                found = f"{len(json_files)}: {name_list([f.name for f in json_files])}" if json_files else "none"
-                raise BadInputError(f"{folders[0]}: expected exactly one COCO *.json beside the photos, found {found}")
-            layout[split] = (folders[0], json_files[0])
-    if "train" not in layout:
-        raise BadInputError(f"{root}: wrong layout: expected --annotations FILE.json with the photos in "
-                            f"{root}, or train/ (and optionally val/ or valid/, and test/) each holding its "
-                            f"photos and one COCO *.json")
-    return layout
-
-
-def collect_coco(root, annotations=None):
-    """Jobs for photos labelled by COCO JSON, and warnings: the photos in root labelled by
-    `annotations` (all train), or root/{train,val,test}/ (see coco_split_folders).
-
-    Photos are matched with the JSON's images by base name. A photo the JSON lists but its folder
-    lacks is an error; a photo in the folder that the JSON does not list is left out with a warning
-    (the JSON says which photos were labelled: listed without annotations = no apples)."""
-    if annotations:
-        if not Path(root).is_dir():
-            raise BadInputError(f"{root}: not a folder: --input is the folder of the photos that "
-                                f"--annotations {annotations} labels")
-        layout = {"train": (Path(root), Path(annotations))}
-    else:
-        layout = coco_split_folders(root)
-    jobs, warnings = [], []
-    for split, (folder, json_file) in layout.items():
-        labels = read_coco(json_file)
-        photos = list_images(folder)
-        missing = sorted(set(labels) - {photo.name for photo in photos})
-        if missing:
-            raise BadInputError(f"{json_file}: {len(missing)} of its images are not photos in {folder} "
-                                f"({', '.join(IMAGE_EXTENSIONS)}; matched by base name): {name_list(missing)}")
-        unlisted = [photo.name for photo in photos if photo.name not in labels]
-        if unlisted:
-            warnings.append(f"{len(unlisted)} photos in {folder} are not in {json_file} and are left out "
-                            f"(list them there without annotations for photos with no apples): "
-                            f"{name_list(unlisted)}")
-        jobs += [{"split": split, "stem": photo.stem, "image": str(photo), "labels": labels[photo.name]}
-                 for photo in photos if photo.name in labels]
-    if not any(job["split"] == "train" for job in jobs):
-        raise BadInputError(f"{layout['train'][1]}: lists no images")
-    return jobs, warnings
-
-
-def check_unique_stems(jobs):
-    seen = {}
-    for job in jobs:
-        if job["stem"] in seen:
-            raise BadInputError(f"{job['image']}: another photo has the same name stem "
-                                f"({seen[job['stem']]}); output files are named by stem")
-        seen[job["stem"]] = job["image"]
-
-
-def input_fingerprint(jobs):
-    """Hash of every input file's path, size and modification time: photos, masks, label files
-    and COCO JSON files."""
-    digest = hashlib.sha256()
-    paths = {job["image"] for job in jobs} | {str(job["labels"][1]) for job in jobs if job["labels"]}
-    for path in sorted(paths):
-        try:
-            stat = os.stat(path)
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}|missing\n".encode())
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# One photo
-# ---------------------------------------------------------------------------------------------
 def open_image(path):
     try:
         with Image.open(path) as image:
             image.load()
             return image
     except Exception as error:  # PIL and its plugins raise many kinds
-        raise BadInputError(f"{path}: unreadable image file ({error!r})")
+        raise InputError(f"{path}: unreadable image file ({error!r})")
 
 
 def rgb_image(image, path):
@@ -604,234 +891,47 @@ def rgb_image(image, path):
     if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
         values = np.asarray(image, dtype=np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise BadInputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
+            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
         return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
-        raise BadInputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
-                      f"16-bit image")
+        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
+                         f"16-bit image")
     return image.convert("RGB")
 
 
-def load_source_boxes(job, image):
-    """-> (boxes in source pixels, pixels to read the colour from, boxes dropped as degenerate)."""
-    kind, value = job["labels"][:2]
-    width, height = image.size
-    if kind == "mask":
-        if not Path(value).exists():
-            raise BadInputError(f"{job['image']}: no mask: expected {value}")
-        mask_image = open_image(value)
-        if mask_image.mode not in ("L", "P", "I", "I;16"):
-            raise BadInputError(f"{value}: expected a single-channel instance-id mask (8 or 16 bit), "
-                                f"got mode {mask_image.mode}")
-        if mask_image.size != image.size:
-            raise BadInputError(f"{value}: mask is {mask_image.size[0]}x{mask_image.size[1]} but "
-                                f"its image {job['image']} is {width}x{height}")
-        mask = np.asarray(mask_image)
-        boxes, degenerate = boxes_from_mask(mask)
-        return boxes, mask > 0, degenerate
-    if kind == "yolo":
-        if not Path(value).exists():
-            raise BadInputError(f"{job['image']}: no label file: expected {value} (an empty file "
-                                f"means no apples)")
-        boxes = read_yolo_boxes(value, width, height)
-    else:
-        boxes, coco_size, problem = job["labels"][2:]
-        if problem:
-            raise BadInputError(problem)
-        if coco_size is not None and tuple(coco_size) != (width, height):
-            raise BadInputError(f"{job['image']}: the COCO annotations give {coco_size[0]}x{coco_size[1]} "
-                                f"but the photo is {width}x{height}")
-    return boxes, boxes_core_mask((height, width), boxes), 0
-
-
-def process_photo(job, config, pool):
-    """Crop, resize, write one photo and its labels to pool/{images,labels}/ -> manifest row."""
-    image = rgb_image(ImageOps.exif_transpose(open_image(job["image"])), job["image"])
-    width, height = image.size
-    crop = config["crop_size"] or min(width, height)
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
+    path = Path(path)
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
     try:
-        left, top = centre_crop_window(width, height, crop)
-    except ValueError as error:
-        raise BadInputError(f"{job['image']}: {error}")
-    row = {"split": job["split"], "source_file": job["image"], "colour": "none", "red_fraction": "",
-           "labelled": "yes" if job["labels"] else "no", "boxes_kept": 0, "boxes_dropped": 0}
-    if job["labels"]:
-        boxes, apple_pixels, degenerate = load_source_boxes(job, image)
-        kept, cropped_out = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
-                                              config["min_visible"], pixel_boxes=job["labels"][0] == "mask")
-        fraction = red_fraction(image, apple_pixels)
-        row.update(colour=colour_label(fraction, config["red_threshold"]),
-                   red_fraction="" if np.isnan(fraction) else round(fraction, 4),
-                   boxes_kept=len(kept), boxes_dropped=cropped_out + degenerate)
-    resized = image.crop((left, top, left + crop, top + crop)).resize(
-        (config["resolution"], config["resolution"]), Image.BICUBIC)
-    image_name = f"{job['stem']}.{config['image_format']}"
-    resized.save(Path(pool, "images", image_name), **({"quality": 95} if config["image_format"] == "jpg" else {}))
-    if job["labels"]:
-        Path(pool, "labels", f"{job['stem']}.txt").write_text(
-            yolo_label_text(kept, config["resolution"], config["resolution"]))
-    row.update(stem=job["stem"], image_name=image_name, embedding=diversity_embedding(resized))
-    return row
-
-
-def _process_or_report(args):
-    job, config, pool = args
-    try:
-        return process_photo(job, config, pool), None
-    except BadInputError as error:
-        return None, str(error)
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole dataset
+# Command line
 # ---------------------------------------------------------------------------------------------
-MANIFEST_FIELDS = ["split", "file", "source_file", "colour", "red_fraction", "labelled",
-                   "boxes_kept", "boxes_dropped", "instance"]
-
-
-def fewshot_files(out_dir, instances):
-    """(fewshot.txt, fewshot.yaml) texts: the few-shot control's ultralytics train list, the
-    absolute paths of the instance photos in OUT/real/train/images/ (ultralytics finds each label
-    by replacing /images/ with /labels/), and its data YAML, validated on the baseline's val."""
-    train_images = out_dir / "real" / "train" / "images"
-    listing = "".join(f"{train_images / name}\n" for colour in COLOURS for name in instances[colour])
-    data_yaml = {"path": str(out_dir), "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
-    return listing, yaml.safe_dump(data_yaml, sort_keys=False)
-
-
-# What prepare() moves into OUT, stats.json last: it marks a finished output.
-OUTPUT_ENTRIES = ("real", "instances", "manifest.csv", "real.yaml", "fewshot.txt", "fewshot.yaml", "stats.json")
-
-
-def prepare(jobs, config, out_dir, workers=1):
-    """Build the whole output in out_dir/.prepare_tmp, then move it into place. -> stats dict."""
-    out_dir = Path(out_dir).resolve()
-    tmp = out_dir / ".prepare_tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pool_dir = tmp / "pool"
-    for kind in ("images", "labels"):
-        (pool_dir / kind).mkdir(parents=True)
-    work = [(job, config, str(pool_dir)) for job in jobs]
-    rows, skipped = [], []
-    # one worker runs in this process: simpler tracebacks, no forking
-    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        results = pool.imap(_process_or_report, work, chunksize=4) if pool else map(_process_or_report, work)
-        for row, error in tqdm(results, total=len(work), desc="preparing photos", unit="photo"):
-            if error is None:
-                rows.append(row)
-            elif config["skip_bad"]:
-                skipped.append(error)
-            else:
-                raise BadInputError(error + "\n(--skip_bad skips such photos and lists them)")
-    if not rows:
-        raise BadInputError("every photo was skipped as bad input: " + "; ".join(skipped[:3]))
-    if not any(r["split"] == "train" for r in rows):
-        raise BadInputError("no train photo could be prepared: " + "; ".join(skipped[:3]))
-
-    # Val is chosen among the photos that were prepared, so --skip_bad cannot shrink it.
-    if not any(r["split"] == "val" for r in rows):
-        train_stems = [r["stem"] for r in rows if r["split"] == "train"]
-        num_val = config["num_val"] if config["num_val"] is not None else round(0.2 * len(train_stems))
-        val = choose_val(train_stems, num_val, config["seed"], config["split_by"])
-        for row in rows:
-            if row["split"] == "train" and row["stem"] in val:
-                row["split"] = "val"
-    for split in SPLITS:
-        for kind in ("images", "labels"):
-            (tmp / "real" / split / kind).mkdir(parents=True)
-    for row in rows:
-        row["file"] = f"real/{row['split']}/images/{row['image_name']}"
-        os.replace(pool_dir / "images" / row["image_name"], tmp / row["file"])
-        if row["labelled"] == "yes":
-            os.replace(pool_dir / "labels" / f"{row['stem']}.txt",
-                       tmp / "real" / row["split"] / "labels" / f"{row['stem']}.txt")
-    shutil.rmtree(pool_dir)
-
-    warnings, instances = [], {}
-    for colour in COLOURS:
-        (tmp / "instances" / colour).mkdir(parents=True)
-        candidates = [r for r in rows if r["split"] == "train" and r["colour"] == colour]
-        picks = farthest_point_sampling([r["embedding"] for r in candidates],
-                                        config["num_instances"], config["seed"])
-        if len(picks) < config["num_instances"]:
-            warnings.append(f"only {len(picks)} {colour} train photos for the {config['num_instances']} "
-                            f"{colour} instance photos asked for")
-        instances[colour] = []
-        for index in picks:
-            row = candidates[index]
-            row["instance"] = colour
-            shutil.copyfile(tmp / row["file"], tmp / "instances" / colour / Path(row["file"]).name)
-            instances[colour].append(Path(row["file"]).name)
-
-    unlabelled = [r["file"] for r in rows if r["labelled"] == "no"]
-    if unlabelled:
-        warnings.append(f"{len(unlabelled)} test photos have no labels (no test/masks/, not in "
-                        f"--test_annotations): they are written without label files, and "
-                        f"evaluate.py refuses them")
-    rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["file"]))
-    with open(tmp / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, MANIFEST_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "instance": row.get("instance", "")})
-    data_yaml = {"path": str(out_dir / "real"), "train": "train/images", "val": "val/images",
-                 "test": "test/images", "names": {0: "apple"}}
-    (tmp / "real.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-    fewshot_listing, fewshot_yaml = fewshot_files(out_dir, instances)
-    (tmp / "fewshot.txt").write_text(fewshot_listing)
-    (tmp / "fewshot.yaml").write_text(fewshot_yaml)
-
-    stats = {"config": config, "photos": {}, "boxes_kept": {}, "boxes_dropped": {},
-             "colours": {}, "unlabelled_test_photos": len(unlabelled), "instances": instances,
-             "skipped": skipped, "warnings": warnings}
-    for split in SPLITS:
-        split_rows = [r for r in rows if r["split"] == split]
-        stats["photos"][split] = len(split_rows)
-        stats["boxes_kept"][split] = sum(r["boxes_kept"] for r in split_rows)
-        stats["boxes_dropped"][split] = sum(r["boxes_dropped"] for r in split_rows)
-        stats["colours"][split] = {c: sum(r["colour"] == c for r in split_rows) for c in (*COLOURS, "none")}
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-
-    # stats.json marks a finished output: remove it first, move it in last.
-    (out_dir / "stats.json").unlink(missing_ok=True)
-    for entry in OUTPUT_ENTRIES:
-        target = out_dir / entry
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp / entry, target)
-    shutil.rmtree(tmp)
-    return stats
-
-
-def up_to_date(out_dir, config):
-    """True when out_dir holds a finished output made with this exact config."""
-    try:
-        stats = json.loads((Path(out_dir) / "stats.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return stats.get("config") == config and all((Path(out_dir) / entry).exists() for entry in OUTPUT_ENTRIES)
-
-
-def summary(stats):
-    lines = ["photos: " + ", ".join(f"{s} {stats['photos'][s]}" for s in SPLITS)]
-    for split in SPLITS:
-        colours = stats["colours"][split]
-        lines.append(f"  {split}: {stats['boxes_kept'][split]} boxes kept, "
-                     f"{stats['boxes_dropped'][split]} dropped; green {colours['green']}, "
-                     f"red {colours['red']}, no apples {colours['none']}")
-    lines.append("instances: " + ", ".join(f"{c} {len(v)}" for c, v in stats["instances"].items()))
-    lines += [f"warning: {w}" for w in stats["warnings"]]
-    lines += [f"skipped: {s}" for s in stats["skipped"]]
-    return "\n".join(lines)
-
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with each flag's default where it has one (never '(default: None)', which would repeat
-    or contradict what the help says), and the examples kept as written."""
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 EXAMPLES = """examples:
@@ -921,66 +1021,13 @@ def parse_args(argv=None):
     return args
 
 
-def prepare_output_dir(out_dir, input_dir):
-    """Create OUT and check it can be written, that the input is not OUT nor lies in what OUT's
-    build replaces (real/, instances/, ...), and that OUT does not lie inside the input."""
-    out_dir = Path(out_dir).resolve()
-    if input_dir is not None:
-        source = Path(input_dir).resolve()
-        written = [out_dir / entry for entry in ("real", "instances", "synthetic_source", ".prepare_tmp")]
-        if source == out_dir or source in out_dir.parents or any(w == source or w in source.parents for w in written):
-            raise BadInputError(f"--output_dir {out_dir}: it overlaps the input folder {source}, whose files it would "
-                                f"replace or mix with its own; give another folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write_test").close()
-    except OSError as error:
-        problem = "is a file, not a folder" if out_dir.is_file() else "cannot be created or written"
-        raise BadInputError(f"--output_dir {out_dir}: {problem} ({error.strerror or error})")
-    return out_dir
-
-
 def main(argv=None):
     args = parse_args(argv)
     out_dir = Path(args.output_dir).resolve()
-    tmp = out_dir / ".prepare_tmp"
     try:
-        prepare_output_dir(out_dir, args.input)
-        if args.source == "synthetic":
-            source_dir = out_dir / "synthetic_source" / "detection"
-            marker = {"num_images": args.num_images, "seed": args.seed, "apple_scale": args.apple_scale,
-                      "bare_share": args.bare_share}
-            marker_file = out_dir / "synthetic_source" / "made_with.json"
-            if not (marker_file.exists() and json.loads(marker_file.read_text()) == marker):
-                staging = out_dir / ".synthetic_tmp"
-                shutil.rmtree(staging, ignore_errors=True)
-                write_synthetic_source(staging / "detection", args.num_images, args.seed, args.apple_scale,
-                                       args.bare_share)
-                (staging / "made_with.json").write_text(json.dumps(marker))
-                shutil.rmtree(out_dir / "synthetic_source", ignore_errors=True)
-                os.replace(staging, out_dir / "synthetic_source")
-            jobs = collect_minneapple(source_dir)
-        elif args.source == "minneapple":
-            jobs = collect_minneapple(args.input, args.test_annotations)
-        elif args.source == "coco":
-            jobs, unlisted_warnings = collect_coco(args.input, args.annotations)
-            for warning in unlisted_warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-        else:
-            jobs = collect_yolo(args.input)
-        check_unique_stems(jobs)
-
-        if any(job["split"] == "val" for job in jobs):
-            if args.num_val is not None or args.split_by != "random":
-                print(f"warning: {args.input} has its own val split, which is kept: --num_val and "
-                      f"--split_by do not apply", file=sys.stderr)
-        elif (args.num_val or 1) >= sum(job["split"] == "train" for job in jobs):  # before any work
-            raise BadInputError(f"--num_val {args.num_val or 1} leaves no training photos: only "
-                                f"{sum(job['split'] == 'train' for job in jobs)} train photos were found")
-        if not any(job["split"] == "test" for job in jobs):
-            print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
-                  file=sys.stderr)
-
+        check_output_folder(out_dir, "--output_dir", inputs=[args.input] if args.input else [],
+                            written=("real", "instances", "synthetic_source", ".prepare_tmp"))
+        jobs = collect_jobs(args, out_dir)
         config = {key: value for key, value in vars(args).items() if key not in ("workers",)}
         config.update(input=str(Path(args.input).resolve()) if args.input else None,
                       output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs))
@@ -988,8 +1035,8 @@ def main(argv=None):
             print(f"{out_dir} is up to date (same arguments, same input files): nothing to do")
             return 0
         stats = prepare(jobs, config, out_dir, args.workers)
-    except BadInputError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except InputError as error:
+        shutil.rmtree(out_dir / ".prepare_tmp", ignore_errors=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary(stats))

@@ -57,431 +57,26 @@ BOX_COLOUR = (255, 221, 0)  # preview boxes: yellow with a dark rim (EDGE_COLOUR
 SHEET_BACKGROUND, TEXT_COLOUR, EDGE_COLOUR = (32, 32, 32), (240, 240, 240), (0, 0, 0)
 SHEET_GAP, HEADER_PX, CAPTION_PX = 8, 30, 22  # contact sheet layout, px
 HEADER_FONT_PX, CAPTION_FONT_PX, SCORE_FONT_PX = 16, 14, 12
-
-
-class InputError(Exception):
-    """Bad input; the message names the file."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Boxes and formats (boxes are x1 y1 x2 y2 in pixels)
-# ---------------------------------------------------------------------------------------------
-def yolo_text(boxes, width, height):
-    return "".join(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-                   f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n" for x1, y1, x2, y2 in boxes)
-
-
-def read_yolo(path, width, height):
-    boxes = []
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: unreadable label file ({error})")
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            label, cx, cy, w, h = (float(v) for v in fields)
-        except ValueError:
-            raise InputError(f"{path}:{number}: expected a box 'class cx cy w h' (no polygons), got {line!r}")
-        if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
-            raise InputError(f"{path}:{number}: cx cy w h must be normalised to 0..1, got {line!r}")
-        if label != 0:
-            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
-        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-    return boxes
-
-
-def label_studio_task(image_ref, width, height, boxes, scores, model_version):
-    """A Label Studio task for one image with the proposals as a prediction (values in percent);
-    scores None: boxes from labels, with no confidence."""
-    result = []
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        region = {"id": f"p{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
-                  "original_width": width, "original_height": height, "image_rotation": 0,
-                  "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
-                            "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [LABEL]}}
-        if scores is not None:
-            region["score"] = float(scores[i])
-        result.append(region)
-    prediction = {"model_version": model_version, "result": result}
-    if scores is not None:
-        prediction["score"] = float(np.mean(scores)) if len(scores) else 0.0
-    return {"data": {"image": image_ref}, "predictions": [prediction]}
-
-
+OUTPUT_FOLDERS = ("images", "labels", "preview")  # the folders of OUT that propose replaces (import: the first two)
+# Label Studio names an exported image '<first 8 hex of md5(url)>__<name>' and an uploaded one '<8 hex>-<name>'.
+LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}(__|-)")
+OVERSHOOT = 0.005  # a box may overshoot the image by this share of its side (rounding); it is clipped
+# Label Studio regions that are not boxes: an error, not passed over
 REGION_TYPES = {"polygonlabels", "polygon", "keypointlabels", "keypoint", "brushlabels", "brush", "ellipselabels",
                 "ellipse"}
 
 
-def label_studio_boxes(results, width, height, where):
-    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image
-    (checked_box). Other region kinds, other labels, rotated boxes and a review made at another
-    image size are errors naming `where`; non-region results (choices, text) are passed over."""
-    boxes = []
-    for item in results:
-        kind = item.get("type")
-        if kind in REGION_TYPES:
-            raise InputError(f"{where}: a {kind} region cannot become a box; draw rectangles")
-        if kind not in ("rectanglelabels", "rectangle"):
-            continue
-        got = (item.get("original_width", width), item.get("original_height", height))
-        if got != (width, height):
-            raise InputError(f"{where}: reviewed at {got[0]}x{got[1]}, but the image is {width}x{height}")
-        v = item["value"]
-        labels = v.get("rectanglelabels", [LABEL])
-        if labels != [LABEL]:
-            raise InputError(f"{where}: a box labelled {labels}; the only class is {LABEL!r}")
-        rotation = v.get("rotation", 0) % 360
-        if min(rotation, 360 - rotation) > 1e-6:
-            raise InputError(f"{where}: a box rotated by {v['rotation']} degrees cannot become a YOLO box")
-        try:
-            x1, y1 = v["x"] / 100 * width, v["y"] / 100 * height
-            box = [x1, y1, x1 + v["width"] / 100 * width, y1 + v["height"] / 100 * height]
-        except TypeError:
-            raise InputError(f"{where}: a box whose x, y, width, height are not all numbers: {v!r}")
-        boxes.append(checked_box(box, width, height, where))
-    return boxes
-
-
-def label_studio_config():
-    """The labelling config the tasks are made for: their image under data 'image', their boxes
-    from 'label' to 'image', one label."""
-    return (f'<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
-            f'  <RectangleLabels name="label" toName="image">\n    <Label value="{LABEL}" background="red"/>\n'
-            f'  </RectangleLabels>\n</View>\n')
-
-
-def coco_document(entries):
-    """[(file_name, width, height, boxes, scores or None)] -> a COCO dataset dict (ids from 1)."""
-    images, annotations = [], []
-    for image_id, (name, width, height, boxes, scores) in enumerate(entries, start=1):
-        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
-        for k, (x1, y1, x2, y2) in enumerate(boxes):
-            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
-                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-            if scores is not None:
-                annotation["score"] = float(scores[k])
-            annotations.append(annotation)
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": LABEL}]}
-
-
-def iou_matrix(a, b):
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    left, top = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
-    right, bottom = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
-def best_f1_threshold(predictions, truths, iou=0.5):
-    """The confidence threshold with the best F1 at this IoU -> (threshold, f1, table of (t, p, r, f1)).
-
-    predictions: {image: [(x1, y1, x2, y2, conf)]}; truths: {image: [(x1, y1, x2, y2)]}. Detections
-    are matched greedily by descending confidence, so the detections above any threshold match as
-    they would alone, and one pass over the sorted confidences gives F1 at every threshold."""
-    confidences, hits = [], []
-    total = sum(len(t) for t in truths.values())
-    for image, dets in predictions.items():
-        dets = sorted(dets, key=lambda d: -d[4])
-        gt = truths.get(image, [])
-        overlaps = iou_matrix([d[:4] for d in dets], gt) if dets and gt else np.zeros((len(dets), 0))
-        taken = np.zeros(len(gt), bool)
-        for k, det in enumerate(dets):
-            candidates = np.where(~taken & (overlaps[k] >= iou))[0] if len(gt) else []
-            hit = len(candidates) > 0
-            if hit:
-                taken[candidates[np.argmax(overlaps[k][candidates])]] = True
-            confidences.append(det[4])
-            hits.append(hit)
-    if not confidences or not total:
-        raise InputError("no detections, or no ground-truth boxes, on the calibration images: cannot pick a threshold")
-    order = np.argsort(-np.asarray(confidences), kind="stable")
-    conf = np.asarray(confidences)[order]
-    tp = np.cumsum(np.asarray(hits)[order])
-    fp = np.arange(1, len(conf) + 1) - tp
-    f1 = 2 * tp / np.maximum(2 * tp + fp + (total - tp), 1)
-    last_of_each = np.r_[conf[1:] != conf[:-1], True]  # a threshold keeps every detection of equal confidence
-    table = [(float(c), float(t / (t + f)), float(t / max(total, 1)), float(s))
-             for c, t, f, s, keep in zip(conf, tp, fp, f1, last_of_each) if keep]
-    best = max(table, key=lambda row: row[3])
-    return best[0], best[3], table
+class InputError(Exception):
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
+# propose: proposals for a person to review
 # ---------------------------------------------------------------------------------------------
-def list_images(folder):
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not images:
-        raise InputError(f"{folder}: no images")
-    stems = {}
-    for image in images:
-        if image.stem in stems:
-            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share a label file")
-        stems[image.stem] = image
-    return images
-
-
-def progress(items, description, total=None, unit="image"):
-    """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
-    pipes get no bar, and an error stays one line)."""
-    return tqdm(items, total=total, desc=description, unit=unit, leave=False, disable=None)
-
-
-def check_images(images):
-    """Decode every image whole, so that a truncated or broken one is named here, before ultralytics
-    meets it."""
-    for path in progress(images, "checking images"):
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except Exception as error:  # PIL and its plugins raise many kinds
-            raise InputError(f"{path}: unreadable image ({error!r})")
-
-
-def check_output_dir(out, images_dir):
-    """Create OUT and check it can be written, and that neither OUT nor the OUT/images/, OUT/labels/
-    and OUT/preview/ this writes is the input folder or lies inside it."""
-    out, images_dir = Path(out), Path(images_dir).resolve()
-    for target in (out, out / "images", out / "labels", out / "preview"):
-        if target.resolve() == images_dir or images_dir in target.resolve().parents:
-            raise InputError(f"--output_dir {out}: it would write into the input folder {images_dir}; give another "
-                             f"folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=out, prefix=".write_test").close()
-    except OSError as error:
-        problem = "is a file, not a folder" if out.is_file() else "cannot be created or written"
-        raise InputError(f"--output_dir {out}: {problem} ({error.strerror or error})")
-
-
-def image_size(path):
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception as error:  # PIL and its plugins raise many kinds
-        raise InputError(f"{path}: unreadable image ({error!r})")
-
-
-def link_or_copy(source, target):
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-def write_dataset(out_dir, labelled, note):
-    """out_dir/{images,labels}/ and data.yaml from [(image path, boxes)], built in a temporary folder
-    that replaces the old one, so a crash leaves no half dataset."""
-    out_dir = Path(out_dir)
-    tmp = out_dir / ".dataset_tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "labels").mkdir()
-    for image, boxes in labelled:
-        width, height = image_size(image)
-        link_or_copy(image, tmp / "images" / image.name)
-        (tmp / "labels" / f"{image.stem}.txt").write_text(yolo_text(boxes, width, height))
-    data = {"path": str(out_dir.resolve()), "train": "images", "val": "images", "names": {0: LABEL}}
-    (tmp / "data.yaml").write_text(f"# {note}\n# val = train: model selection sees no real photo\n"
-                                   + yaml.safe_dump(data, sort_keys=False))
-    (out_dir / "data.yaml").unlink(missing_ok=True)
-    for entry in ("images", "labels", "data.yaml"):
-        if (out_dir / entry).is_dir():
-            shutil.rmtree(out_dir / entry)
-        os.replace(tmp / entry, out_dir / entry)
-    tmp.rmdir()
-
-
-def write_atomic(path, text):
-    """path's new text, through a temporary file: a crash leaves the old file or the new one."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path, document):
-    write_atomic(path, json.dumps(document, indent=1))
-
-
-# ---------------------------------------------------------------------------------------------
-# propose
-# ---------------------------------------------------------------------------------------------
-def detect(weights, images, imgsz, iou, device):
-    """{image path: (boxes in pixels, confidences)} at confidence >= 0.001."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    from ultralytics import YOLO
-    try:
-        model = YOLO(str(weights))
-    except Exception as error:
-        raise InputError(f"{weights}: not a YOLO weights file ultralytics can load ({error!r})")
-    found = {}
-    results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
-                            device=device, stream=True, verbose=False)
-    for result in progress(results, "detecting", total=len(images)):
-        found[Path(result.path)] = (result.boxes.xyxy.tolist(), result.boxes.conf.tolist())
-    return found
-
-
-def calibration_split(data_yaml):
-    """The val images of a data YAML and their ground-truth boxes (from the sibling labels/)."""
-    try:
-        data = yaml.safe_load(Path(data_yaml).read_text())
-        root = Path(data.get("path") or Path(data_yaml).parent)  # relative: from the working folder, as ultralytics
-        folder = root / data["val"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML with a 'val' folder ({error!r})")
-    images = list_images(folder)
-    truths = {}
-    labels = Path("/labels/".join(f"{folder}/".rsplit("/images/", 1)))  # ultralytics' images -> labels rule
-    for image in images:
-        label = labels / f"{image.stem}.txt"
-        truths[image] = read_yolo(label, *image_size(image)) if label.exists() else []
-    return images, truths
-
-
-def proposals_from_detector(args, images):
-    """{image: (boxes, scores)} from --weights at the chosen confidence, and what chose it."""
-    if not Path(args.weights).is_file():
-        raise InputError(f"{args.weights}: no such weights file")
-    meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
-    val_images, truths = calibration_split(args.calibrate_data) if args.calibrate_data else ([], {})
-    check_images(images + val_images)
-    if args.calibrate_data:
-        found = detect(args.weights, val_images, args.imgsz, args.iou, args.device)
-        predictions = {image: [(*box, conf) for box, conf in zip(*found[image])] for image in val_images}
-        threshold, f1, table = best_f1_threshold(predictions, truths)
-        meta.update(conf=threshold, chosen_by=f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} val",
-                    calibration=[dict(zip(("threshold", "precision", "recall", "f1"), row)) for row in table])
-        print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real val split)")
-        if f1 < 0.1:
-            print(f"WARNING: the best F1 on the real val split is {f1:.3f}: this detector finds almost no apples, "
-                  f"so its proposals will be nearly all wrong or missing and the review nearly all manual. "
-                  f"Train it longer or on more photos (train_detectors.py --epochs), or check its data",
-                  file=sys.stderr)
-    else:
-        meta.update(conf=args.conf, chosen_by="--conf")
-    found = detect(args.weights, images, args.imgsz, args.iou, args.device)
-    kept = {}
-    for image in images:
-        pairs = [(box, conf) for box, conf in zip(*found[image]) if conf >= meta["conf"]]
-        kept[image] = ([box for box, _ in pairs], [conf for _, conf in pairs])
-    return kept, meta, Path(args.weights).name
-
-
-def proposals_from_labels(folder, images):
-    """{image: (boxes, None)} from YOLO labels (--labels: no detector), one <stem>.txt per image."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"--labels {folder}: no such folder")
-    check_images(images)
-    kept = {}
-    for image in images:
-        label = folder / f"{image.stem}.txt"
-        if not label.exists():
-            raise InputError(f"{label}: no label file for {image.name} (an empty file means no apples)")
-        width, height = image_size(image)
-        kept[image] = ([checked_box(box, width, height, f"{label}") for box in read_yolo(label, width, height)], None)
-    return kept, {"labels": str(folder.resolve()), "chosen_by": "--labels (no detector)"}, f"labels from {folder.name}"
-
-
-def draw_proposals(image, boxes, scores, cell, font):
-    """One image of a contact sheet: scaled so that its longer side is `cell` px, each box drawn in
-    BOX_COLOUR 2 px wide inside its edges with a 1 px EDGE_COLOUR rim around that, and its confidence
-    (when there is one) on a dark label just above its top-left corner (below it, inside the box, at
-    the image's top edge)."""
-    scale = cell / max(image.size)
-    picture = image.convert("RGB").resize((max(round(image.width * scale), 1), max(round(image.height * scale), 1)),
-                                          Image.LANCZOS)
-    draw = ImageDraw.Draw(picture)
-    for k, (x1, y1, x2, y2) in enumerate(boxes):
-        left, top, right, bottom = round(x1 * scale), round(y1 * scale), round(x2 * scale) - 1, round(y2 * scale) - 1
-        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], outline=EDGE_COLOUR, width=1)
-        draw.rectangle([left, top, right, bottom], outline=BOX_COLOUR, width=2)
-        if scores is not None:
-            text = f"{scores[k]:.2f}"
-            height = font.getbbox(text)[3]
-            corner = (left, top - height - 1 if top > height else top + 2)
-            draw.rectangle(draw.textbbox(corner, text, font=font), fill=EDGE_COLOUR)
-            draw.text(corner, text, fill=BOX_COLOUR, font=font)
-    return picture
-
-
-def fit_text(text, font, width):
-    """text, shortened in the middle with '…' until it fits `width` px in this font."""
-    while font.getlength(text) > width and len(text) > 1:
-        middle = len(text) // 2
-        text = text[:middle - 1] + "…" + text[middle + 1:]
-    return text
-
-
-def sheet_columns(per_sheet):
-    """Columns of a contact sheet of per_sheet images: a near-square grid."""
-    return math.ceil(math.sqrt(per_sheet))
-
-
-def cell_origin(index, columns, cell):
-    """Top-left pixel of the index-th image on a contact sheet: cells of cell x cell px, each with a
-    caption line below, SHEET_GAP px apart, under a header line of HEADER_PX."""
-    row, column = divmod(index, columns)
-    return SHEET_GAP + column * (cell + SHEET_GAP), HEADER_PX + row * (cell + CAPTION_PX + SHEET_GAP)
-
-
-def contact_sheet(pictures, captions, columns, cell, header):
-    """The pictures (draw_proposals) on a grid of `columns`, top-left in their cells, each captioned
-    below, under a header line. -> the sheet image."""
-    rows = math.ceil(len(pictures) / columns)
-    sheet = Image.new("RGB", (SHEET_GAP + columns * (cell + SHEET_GAP),
-                              HEADER_PX + rows * (cell + CAPTION_PX + SHEET_GAP)), SHEET_BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    header_font = ImageFont.load_default(size=HEADER_FONT_PX)
-    caption_font = ImageFont.load_default(size=CAPTION_FONT_PX)
-    draw.text((SHEET_GAP, HEADER_PX // 2), fit_text(header, header_font, sheet.width - 2 * SHEET_GAP),
-              fill=TEXT_COLOUR, font=header_font, anchor="lm")
-    for index, (picture, caption) in enumerate(zip(pictures, captions)):
-        x, y = cell_origin(index, columns, cell)
-        sheet.paste(picture, (x, y))
-        draw.text((x, y + cell + CAPTION_PX // 2), fit_text(caption, caption_font, cell), fill=TEXT_COLOUR,
-                  font=caption_font, anchor="lm")
-    return sheet
-
-
-def write_previews(out, proposals, per_sheet, cell, title):
-    """OUT/preview/sheet_000.png, sheet_001.png ...: contact sheets of per_sheet images each, in the
-    order given, with their proposals drawn (draw_proposals) and captioned with the file name and the
-    number of boxes; built in a temporary folder that then replaces preview/, so that no sheet of an
-    earlier run stays. proposals: [(image path, boxes, scores or None)]. -> the number of sheets."""
-    tmp = Path(out) / ".preview_tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    starts = range(0, len(proposals), per_sheet)
-    score_font = ImageFont.load_default(size=SCORE_FONT_PX)
-    for number, start in enumerate(progress(starts, "drawing previews", unit="sheet")):
-        chunk = proposals[start:start + per_sheet]
-        pictures = []
-        for path, boxes, scores in chunk:
-            with Image.open(path) as image:
-                pictures.append(draw_proposals(image, boxes, scores, cell, score_font))
-        captions = [f"{path.name}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}" for path, boxes, _ in chunk]
-        header = (f"{title}: sheet {number + 1} of {len(starts)}, images {start + 1}-{start + len(chunk)} "
-                  f"of {len(proposals)}")
-        contact_sheet(pictures, captions, sheet_columns(per_sheet), cell, header).save(tmp / f"sheet_{number:03d}.png")
-    shutil.rmtree(Path(out) / "preview", ignore_errors=True)
-    os.replace(tmp, Path(out) / "preview")
-    return len(starts)
-
-
-def propose(args):
+def run_propose(args):
+    """propose: boxes on --images from --weights (or --labels), in every form the review needs."""
     images = list_images(args.images)
-    check_output_dir(args.output_dir, args.images)
+    check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
     if args.labels:
         kept, meta, source = proposals_from_labels(args.labels, images)
     else:
@@ -519,12 +114,287 @@ def propose(args):
           f"as it is")
 
 
+def proposals_from_detector(args, images):
+    """{image: (boxes, scores)} from --weights at the chosen confidence, and what chose it."""
+    if not Path(args.weights).is_file():
+        raise InputError(f"{args.weights}: no such weights file")
+    meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
+    val_images, truths = calibration_split(args.calibrate_data) if args.calibrate_data else ([], {})
+    check_images(images + val_images)
+    if args.calibrate_data:
+        found = detect(args.weights, val_images, args.imgsz, args.iou, args.device)
+        predictions = {image: [(*box, conf) for box, conf in zip(*found[image])] for image in val_images}
+        threshold, f1, table = best_f1_threshold(predictions, truths)
+        meta.update(conf=threshold, chosen_by=f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} val",
+                    calibration=[dict(zip(("threshold", "precision", "recall", "f1"), row)) for row in table])
+        print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real val split)")
+        if f1 < 0.1:
+            print(f"WARNING: the best F1 on the real val split is {f1:.3f}: this detector finds almost no apples, "
+                  f"so its proposals will be nearly all wrong or missing and the review nearly all manual. "
+                  f"Train it longer or on more photos (train_detectors.py --epochs), or check its data",
+                  file=sys.stderr)
+    else:
+        meta.update(conf=args.conf, chosen_by="--conf")
+    found = detect(args.weights, images, args.imgsz, args.iou, args.device)
+    kept = {}
+    for image in images:
+        pairs = [(box, conf) for box, conf in zip(*found[image]) if conf >= meta["conf"]]
+        kept[image] = ([box for box, _ in pairs], [conf for _, conf in pairs])
+    return kept, meta, Path(args.weights).name
+
+
+def detect(weights, images, imgsz, iou, device):
+    """{image path: (boxes in pixels, confidences)} at confidence >= 0.001."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+    try:
+        model = YOLO(str(weights))
+    except Exception as error:
+        raise InputError(f"{weights}: not a YOLO weights file ultralytics can load ({error!r})")
+    found = {}
+    results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
+                            device=device, stream=True, verbose=False)
+    for result in progress(results, "detecting", total=len(images)):
+        found[Path(result.path)] = (result.boxes.xyxy.tolist(), result.boxes.conf.tolist())
+    return found
+
+
+def calibration_split(data_yaml):
+    """The val images of a data YAML and their ground-truth boxes (from ultralytics' labels/ of them)."""
+    data = read_data_yaml(data_yaml)
+    try:
+        root = Path(data.get("path") or Path(data_yaml).parent)  # relative: from the working folder, as ultralytics
+        folder = root / data["val"]
+    except TypeError as error:
+        raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML whose path and val are folders ({error})")
+    images = list_images(folder)
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported, as in detect()
+    from ultralytics.data.utils import img2label_paths
+    truths = {}
+    for image, label in zip(images, map(Path, img2label_paths([str(image) for image in images]))):
+        truths[image] = read_yolo(label, *image_size(image)) if label.exists() else []
+    return images, truths
+
+
+def best_f1_threshold(predictions, truths, iou=0.5):
+    """The confidence threshold with the best F1 at this IoU -> (threshold, f1, table of (t, p, r, f1)).
+
+    predictions: {image: [(x1, y1, x2, y2, conf)]}; truths: {image: [(x1, y1, x2, y2)]}. Detections
+    are matched greedily by descending confidence, so the detections above any threshold match as
+    they would alone, and one pass over the sorted confidences gives F1 at every threshold."""
+    confidences, hits = [], []
+    total = sum(len(t) for t in truths.values())
+    for image, dets in predictions.items():
+        dets = sorted(dets, key=lambda d: -d[4])
+        gt = truths.get(image, [])
+        overlaps = iou_matrix([d[:4] for d in dets], gt) if dets and gt else np.zeros((len(dets), 0))
+        taken = np.zeros(len(gt), bool)
+        for k, det in enumerate(dets):
+            candidates = np.where(~taken & (overlaps[k] >= iou))[0] if len(gt) else []
+            hit = len(candidates) > 0
+            if hit:
+                taken[candidates[np.argmax(overlaps[k][candidates])]] = True
+            confidences.append(det[4])
+            hits.append(hit)
+    if not confidences or not total:
+        raise InputError("no detections, or no ground-truth boxes, on the calibration images: cannot pick a threshold")
+    order = np.argsort(-np.asarray(confidences), kind="stable")
+    conf = np.asarray(confidences)[order]
+    tp = np.cumsum(np.asarray(hits)[order])
+    fp = np.arange(1, len(conf) + 1) - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + (total - tp), 1)
+    last_of_each = np.r_[conf[1:] != conf[:-1], True]  # a threshold keeps every detection of equal confidence
+    table = [(float(c), float(t / (t + f)), float(t / max(total, 1)), float(s))
+             for c, t, f, s, keep in zip(conf, tp, fp, f1, last_of_each) if keep]
+    best = max(table, key=lambda row: row[3])
+    return best[0], best[3], table
+
+
+def proposals_from_labels(folder, images):
+    """{image: (boxes, None)} from YOLO labels (--labels: no detector), one <stem>.txt per image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--labels {folder}: no such folder")
+    check_images(images)
+    kept = {}
+    for image in images:
+        label = folder / f"{image.stem}.txt"
+        if not label.exists():
+            raise InputError(f"{label}: no label file for {image.name} (an empty file means no apples)")
+        width, height = image_size(image)
+        kept[image] = ([checked_box(box, width, height, f"{label}") for box in read_yolo(label, width, height)], None)
+    return kept, {"labels": str(folder.resolve()), "chosen_by": "--labels (no detector)"}, f"labels from {folder.name}"
+
+
+def label_studio_task(image_ref, width, height, boxes, scores, model_version):
+    """A Label Studio task for one image with the proposals as a prediction (values in percent);
+    scores None: boxes from labels, with no confidence."""
+    result = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        region = {"id": f"p{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                  "original_width": width, "original_height": height, "image_rotation": 0,
+                  "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
+                            "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [LABEL]}}
+        if scores is not None:
+            region["score"] = float(scores[i])
+        result.append(region)
+    prediction = {"model_version": model_version, "result": result}
+    if scores is not None:
+        prediction["score"] = float(np.mean(scores)) if len(scores) else 0.0
+    return {"data": {"image": image_ref}, "predictions": [prediction]}
+
+
+def label_studio_config():
+    """The labelling config the tasks are made for: their image under data 'image', their boxes
+    from 'label' to 'image', one label."""
+    return (f'<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
+            f'  <RectangleLabels name="label" toName="image">\n    <Label value="{LABEL}" background="red"/>\n'
+            f'  </RectangleLabels>\n</View>\n')
+
+
+def coco_document(entries):
+    """[(file_name, width, height, boxes, scores or None)] -> a COCO dataset dict (ids from 1)."""
+    images, annotations = [], []
+    for image_id, (name, width, height, boxes, scores) in enumerate(entries, start=1):
+        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+            if scores is not None:
+                annotation["score"] = float(scores[k])
+            annotations.append(annotation)
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": LABEL}]}
+
+
+def write_previews(out, proposals, per_sheet, cell, title):
+    """OUT/preview/sheet_000.png, sheet_001.png ...: contact sheets of per_sheet images each, in the
+    order given, with their proposals drawn (draw_proposals) and captioned with the file name and the
+    number of boxes; built in a temporary folder that then replaces preview/, so that no sheet of an
+    earlier run stays. proposals: [(image path, boxes, scores or None)]. -> the number of sheets."""
+    tmp = Path(out) / ".preview_tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    starts = range(0, len(proposals), per_sheet)
+    score_font = ImageFont.load_default(size=SCORE_FONT_PX)
+    for number, start in enumerate(progress(starts, "drawing previews", unit="sheet")):
+        chunk = proposals[start:start + per_sheet]
+        pictures = []
+        for path, boxes, scores in chunk:
+            with Image.open(path) as image:
+                pictures.append(draw_proposals(image, boxes, scores, cell, score_font))
+        captions = [f"{path.name}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}" for path, boxes, _ in chunk]
+        header = (f"{title}: sheet {number + 1} of {len(starts)}, images {start + 1}-{start + len(chunk)} "
+                  f"of {len(proposals)}")
+        contact_sheet(pictures, captions, sheet_columns(per_sheet), cell, header).save(tmp / f"sheet_{number:03d}.png")
+    shutil.rmtree(Path(out) / "preview", ignore_errors=True)
+    os.replace(tmp, Path(out) / "preview")
+    return len(starts)
+
+
+def draw_proposals(image, boxes, scores, cell, font):
+    """One image of a contact sheet: scaled so that its longer side is `cell` px, each box drawn in
+    BOX_COLOUR 2 px wide inside its edges with a 1 px EDGE_COLOUR rim around that, and its confidence
+    (when there is one) on a dark label just above its top-left corner (below it, inside the box, at
+    the image's top edge)."""
+    scale = cell / max(image.size)
+    picture = image.convert("RGB").resize((max(round(image.width * scale), 1), max(round(image.height * scale), 1)),
+                                          Image.LANCZOS)
+    draw = ImageDraw.Draw(picture)
+    for k, (x1, y1, x2, y2) in enumerate(boxes):
+        left, top, right, bottom = round(x1 * scale), round(y1 * scale), round(x2 * scale) - 1, round(y2 * scale) - 1
+        right, bottom = max(right, left), max(bottom, top)  # a box under a pixel wide on the sheet: one pixel
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], outline=EDGE_COLOUR, width=1)
+        draw.rectangle([left, top, right, bottom], outline=BOX_COLOUR, width=2)
+        if scores is not None:
+            text = f"{scores[k]:.2f}"
+            height = font.getbbox(text)[3]
+            corner = (left, top - height - 1 if top > height else top + 2)
+            draw.rectangle(draw.textbbox(corner, text, font=font), fill=EDGE_COLOUR)
+            draw.text(corner, text, fill=BOX_COLOUR, font=font)
+    return picture
+
+
+def contact_sheet(pictures, captions, columns, cell, header):
+    """The pictures (draw_proposals) on a grid of `columns`, top-left in their cells, each captioned
+    below, under a header line. -> the sheet image."""
+    rows = math.ceil(len(pictures) / columns)
+    sheet = Image.new("RGB", (SHEET_GAP + columns * (cell + SHEET_GAP),
+                              HEADER_PX + rows * (cell + CAPTION_PX + SHEET_GAP)), SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    header_font = ImageFont.load_default(size=HEADER_FONT_PX)
+    caption_font = ImageFont.load_default(size=CAPTION_FONT_PX)
+    draw.text((SHEET_GAP, HEADER_PX // 2), fit_text(header, header_font, sheet.width - 2 * SHEET_GAP),
+              fill=TEXT_COLOUR, font=header_font, anchor="lm")
+    for index, (picture, caption) in enumerate(zip(pictures, captions)):
+        x, y = cell_origin(index, columns, cell)
+        sheet.paste(picture, (x, y))
+        draw.text((x, y + cell + CAPTION_PX // 2), fit_text(caption, caption_font, cell), fill=TEXT_COLOUR,
+                  font=caption_font, anchor="lm")
+    return sheet
+
+
+def sheet_columns(per_sheet):
+    """Columns of a contact sheet of per_sheet images: a near-square grid."""
+    return math.ceil(math.sqrt(per_sheet))
+
+
+def cell_origin(index, columns, cell):
+    """Top-left pixel of the index-th image on a contact sheet: cells of cell x cell px, each with a
+    caption line below, SHEET_GAP px apart, under a header line of HEADER_PX."""
+    row, column = divmod(index, columns)
+    return SHEET_GAP + column * (cell + SHEET_GAP), HEADER_PX + row * (cell + CAPTION_PX + SHEET_GAP)
+
+
+def fit_text(text, font, width):
+    """text, shortened in the middle with '…' until it fits `width` px in this font."""
+    while font.getlength(text) > width and len(text) > 1:
+        middle = len(text) // 2
+        text = text[:middle - 1] + "…" + text[middle + 1:]
+    return text
+
+
 # ---------------------------------------------------------------------------------------------
-# import
+# import: the reviewed labels back
 # ---------------------------------------------------------------------------------------------
-# Label Studio names an exported image '<first 8 hex of md5(url)>__<name>' and an uploaded one '<8 hex>-<name>'.
-LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}(__|-)")
-OVERSHOOT = 0.005  # a box may overshoot the image by this share of its side (rounding); it is clipped
+def run_import(args):
+    """import: a person's review of --images -> a YOLO dataset (and with --proposals, what the review changed)."""
+    images = list_images(args.images)
+    check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
+    sizes = {image.name: image_size(image) for image in images}
+    review = read_review(args.reviewed, sizes)
+    if not review.boxes:
+        raise InputError(f"{args.reviewed} ({review.kind}) reviews none of the images in {args.images} "
+                         f"(matched by file name)")
+    report = review_report(args.proposals, review, sizes) if args.proposals else None
+    unreviewed = [image.name for image in images if image.name not in review.boxes]
+    out = Path(args.output_dir)
+    write_dataset(out, [(image, review.boxes[image.name]) for image in images if image.name in review.boxes],
+                  f"reviewed labels from {args.reviewed} ({review.kind})")
+    write_atomic(out / "unreviewed.txt", "".join(f"{name}\n" for name in unreviewed))
+    (out / "review_report.json").unlink(missing_ok=True)
+    if report:
+        write_json(out / "review_report.json", report)
+    print(f"{len(review.boxes)} reviewed images ({sum(len(b) for b in review.boxes.values())} boxes) from the "
+          f"{review.kind} -> {out / 'data.yaml'}")
+    if report:
+        t = report["totals"]
+        print(f"the review: {t['proposals']} proposals -> {t['reviewed']} boxes on {report['reviewed_images']} images: "
+              f"{t['unchanged']} unchanged, {t['adjusted']} adjusted, {t['deleted']} deleted, {t['added']} added "
+              f"-> {out / 'review_report.json'}")
+        if t["unchanged"] == t["proposals"] == t["reviewed"]:
+            print("warning: the reviewed boxes equal the proposals on every reviewed image: was the review "
+                  "exported before anyone changed a box, or were the predictions exported instead of the "
+                  "annotations?", file=sys.stderr)
+    if review.empty_listed:
+        print(f"warning: {len(review.empty_listed)} images are listed in the {review.kind} with no boxes, so they "
+              f"count as reviewed with no apples: {', '.join(review.empty_listed[:5])}"
+              f"{' ...' if len(review.empty_listed) > 5 else ''}. A {review.kind.split(' (')[0]} cannot tell them "
+              f"from images nobody opened: if this export holds every task (Label Studio's 'all tasks'), export "
+              f"the annotated tasks only, or Label Studio's JSON, which says which tasks a person annotated",
+              file=sys.stderr)
+    if unreviewed:
+        print(f"warning: {len(unreviewed)} images have no review and are left out (listed in "
+              f"{out / 'unreviewed.txt'}): {', '.join(unreviewed[:5])}{' ...' if len(unreviewed) > 5 else ''}")
 
 
 class Review:
@@ -536,33 +406,50 @@ class Review:
         self.kind, self.boxes, self.empty_listed = kind, {}, []
 
 
-def review_name(reference, names):
-    """A file name, path or Label Studio URL in a review -> the image of --images it names (as is,
-    or without Label Studio's prefix), or None."""
-    name = Path(unquote(str(reference).split("?d=")[-1])).name
-    if name in names:
-        return name
-    stripped = LABEL_STUDIO_PREFIX.sub("", name)
-    return stripped if stripped in names else None
+def read_review(source, sizes):
+    """--reviewed FILE.json | FILE.zip | DIR -> Review. A zip (as Label Studio hands its exports
+    out) or a folder holds a COCO export (result.json), YOLO labels, or one JSON file."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    if source.is_file() and zipfile.is_zipfile(source):
+        with tempfile.TemporaryDirectory() as unpacked:
+            try:
+                with zipfile.ZipFile(source) as archive:
+                    archive.extractall(unpacked)
+            except (OSError, zipfile.BadZipFile) as error:
+                raise InputError(f"{source}: a broken zip ({error})")
+            review = read_review(unpacked, sizes)
+            review.kind += " (zip)"
+            return review
+    if source.is_file():
+        return review_from_json(source, sizes)
+    if (source / "result.json").is_file():
+        return review_from_json(source / "result.json", sizes)
+    if (source / "labels").is_dir() or any(source.glob("*.txt")):
+        return review_from_yolo(source, sizes)
+    documents = sorted(source.glob("*.json"))
+    if len(documents) == 1:
+        return review_from_json(documents[0], sizes)
+    raise InputError(f"{source}: a folder with neither result.json (COCO), labels/ or .txt files (YOLO), nor one "
+                     f"JSON file (Label Studio)")
 
 
-def checked_box(box, width, height, where):
-    """x1 y1 x2 y2 in pixels -> the box, clipped to the image when it overshoots by a rounding's
-    worth (under OVERSHOOT of the image's side); InputError naming `where` for a box with a
-    non-finite value, no area, or beyond the image."""
+def review_from_json(path, sizes):
     try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: a box that is not four numbers: {box!r}")
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise InputError(f"{where}: a box with a value that is not a finite number: {box!r}")
-    if x2 <= x1 or y2 <= y1:
-        raise InputError(f"{where}: a box of width {x2 - x1:g} and height {y2 - y1:g} px: it has no area")
-    slack_x, slack_y = OVERSHOOT * width, OVERSHOOT * height
-    if x1 < -slack_x or y1 < -slack_y or x2 > width + slack_x or y2 > height + slack_y:
-        raise InputError(f"{where}: the box x {x1:g}..{x2:g}, y {y1:g}..{y2:g} px lies outside the "
-                         f"{width}x{height} image")
-    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+        document = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({error})")
+    try:
+        if isinstance(document, list) and all(isinstance(t, dict) and "data" in t for t in document):
+            return review_from_label_studio(document, sizes, path)
+        if isinstance(document, list):
+            return review_from_label_studio_min(document, sizes, path)
+        if isinstance(document, dict) and "images" in document:
+            return review_from_coco(document, sizes, path)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise InputError(f"{path}: malformed review file ({type(error).__name__}: {error})")
+    raise InputError(f"{path}: neither a Label Studio export (JSON or JSON-MIN) nor a COCO JSON")
 
 
 def review_from_label_studio(tasks, sizes, source):
@@ -605,6 +492,36 @@ def review_from_label_studio_min(items, sizes, source):
                     "original_height": region.get("original_height", height)} for region in regions]
         review.boxes[name] = label_studio_boxes(results, width, height, where)
     return review
+
+
+def label_studio_boxes(results, width, height, where):
+    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image
+    (checked_box). Other region kinds, other labels, rotated boxes and a review made at another
+    image size are errors naming `where`; non-region results (choices, text) are passed over."""
+    boxes = []
+    for item in results:
+        kind = item.get("type")
+        if kind in REGION_TYPES:
+            raise InputError(f"{where}: a {kind} region cannot become a box; draw rectangles")
+        if kind not in ("rectanglelabels", "rectangle"):
+            continue
+        got = (item.get("original_width", width), item.get("original_height", height))
+        if got != (width, height):
+            raise InputError(f"{where}: reviewed at {got[0]}x{got[1]}, but the image is {width}x{height}")
+        v = item["value"]
+        labels = v.get("rectanglelabels", [LABEL])
+        if labels != [LABEL]:
+            raise InputError(f"{where}: a box labelled {labels}; the only class is {LABEL!r}")
+        rotation = v.get("rotation", 0) % 360
+        if min(rotation, 360 - rotation) > 1e-6:
+            raise InputError(f"{where}: a box rotated by {v['rotation']} degrees cannot become a YOLO box")
+        try:
+            x1, y1 = v["x"] / 100 * width, v["y"] / 100 * height
+            box = [x1, y1, x1 + v["width"] / 100 * width, y1 + v["height"] / 100 * height]
+        except TypeError:
+            raise InputError(f"{where}: a box whose x, y, width, height are not all numbers: {v!r}")
+        boxes.append(checked_box(box, width, height, where))
+    return boxes
 
 
 def review_from_coco(document, sizes, source):
@@ -661,67 +578,14 @@ def review_from_yolo(folder, sizes):
     return review
 
 
-def review_from_json(path, sizes):
-    try:
-        document = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise InputError(f"{path}: not a readable JSON file ({error})")
-    try:
-        if isinstance(document, list) and all(isinstance(t, dict) and "data" in t for t in document):
-            return review_from_label_studio(document, sizes, path)
-        if isinstance(document, list):
-            return review_from_label_studio_min(document, sizes, path)
-        if isinstance(document, dict) and "images" in document:
-            return review_from_coco(document, sizes, path)
-    except (KeyError, TypeError, AttributeError) as error:
-        raise InputError(f"{path}: malformed review file ({type(error).__name__}: {error})")
-    raise InputError(f"{path}: neither a Label Studio export (JSON or JSON-MIN) nor a COCO JSON")
-
-
-def read_review(source, sizes):
-    """--reviewed FILE.json | FILE.zip | DIR -> Review. A zip (as Label Studio hands its exports
-    out) or a folder holds a COCO export (result.json), YOLO labels, or one JSON file."""
-    source = Path(source)
-    if not source.exists():
-        raise InputError(f"{source}: no such file or folder")
-    if source.is_file() and zipfile.is_zipfile(source):
-        with tempfile.TemporaryDirectory() as unpacked:
-            try:
-                with zipfile.ZipFile(source) as archive:
-                    archive.extractall(unpacked)
-            except (OSError, zipfile.BadZipFile) as error:
-                raise InputError(f"{source}: a broken zip ({error})")
-            review = read_review(unpacked, sizes)
-            review.kind += " (zip)"
-            return review
-    if source.is_file():
-        return review_from_json(source, sizes)
-    if (source / "result.json").is_file():
-        return review_from_json(source / "result.json", sizes)
-    if (source / "labels").is_dir() or any(source.glob("*.txt")):
-        return review_from_yolo(source, sizes)
-    documents = sorted(source.glob("*.json"))
-    if len(documents) == 1:
-        return review_from_json(documents[0], sizes)
-    raise InputError(f"{source}: a folder with neither result.json (COCO), labels/ or .txt files (YOLO), nor one "
-                     f"JSON file (Label Studio)")
-
-
-def match_review(proposed, reviewed, iou=0.5, same=0.95):
-    """How a person changed one image's proposals: one-to-one matching, highest-IoU pairs first, at
-    IoU >= iou -> {proposals, reviewed, unchanged (IoU >= same), adjusted, deleted, added}."""
-    overlaps = iou_matrix(proposed, reviewed) if len(proposed) and len(reviewed) else np.zeros((len(proposed), 0))
-    pairs = sorted(((overlaps[i, j], i, j) for i in range(len(proposed)) for j in range(len(reviewed))
-                    if overlaps[i, j] >= iou), reverse=True)
-    used_proposed, used_reviewed, unchanged, adjusted = set(), set(), 0, 0
-    for overlap, i, j in pairs:
-        if i in used_proposed or j in used_reviewed:
-            continue
-        used_proposed.add(i)
-        used_reviewed.add(j)
-        unchanged, adjusted = unchanged + int(overlap >= same), adjusted + int(overlap < same)
-    return {"proposals": len(proposed), "reviewed": len(reviewed), "unchanged": unchanged, "adjusted": adjusted,
-            "deleted": len(proposed) - len(used_proposed), "added": len(reviewed) - len(used_reviewed)}
+def review_name(reference, names):
+    """A file name, path or Label Studio URL in a review -> the image of --images it names (as is,
+    or without Label Studio's prefix), or None."""
+    name = Path(unquote(str(reference).split("?d=")[-1])).name
+    if name in names:
+        return name
+    stripped = LABEL_STUDIO_PREFIX.sub("", name)
+    return stripped if stripped in names else None
 
 
 def review_report(proposals_dir, review, sizes):
@@ -743,52 +607,208 @@ def review_report(proposals_dir, review, sizes):
             "images": images}
 
 
-def import_reviewed(args):
-    images = list_images(args.images)
-    check_output_dir(args.output_dir, args.images)
-    sizes = {image.name: image_size(image) for image in images}
-    review = read_review(args.reviewed, sizes)
-    if not review.boxes:
-        raise InputError(f"{args.reviewed} ({review.kind}) reviews none of the images in {args.images} "
-                         f"(matched by file name)")
-    report = review_report(args.proposals, review, sizes) if args.proposals else None
-    unreviewed = [image.name for image in images if image.name not in review.boxes]
-    out = Path(args.output_dir)
-    write_dataset(out, [(image, review.boxes[image.name]) for image in images if image.name in review.boxes],
-                  f"reviewed labels from {args.reviewed} ({review.kind})")
-    write_atomic(out / "unreviewed.txt", "".join(f"{name}\n" for name in unreviewed))
-    (out / "review_report.json").unlink(missing_ok=True)
-    if report:
-        write_json(out / "review_report.json", report)
-    print(f"{len(review.boxes)} reviewed images ({sum(len(b) for b in review.boxes.values())} boxes) from the "
-          f"{review.kind} -> {out / 'data.yaml'}")
-    if report:
-        t = report["totals"]
-        print(f"the review: {t['proposals']} proposals -> {t['reviewed']} boxes on {report['reviewed_images']} images: "
-              f"{t['unchanged']} unchanged, {t['adjusted']} adjusted, {t['deleted']} deleted, {t['added']} added "
-              f"-> {out / 'review_report.json'}")
-        if t["unchanged"] == t["proposals"] == t["reviewed"]:
-            print("warning: the reviewed boxes equal the proposals on every reviewed image: was the review "
-                  "exported before anyone changed a box, or were the predictions exported instead of the "
-                  "annotations?", file=sys.stderr)
-    if review.empty_listed:
-        print(f"warning: {len(review.empty_listed)} images are listed in the {review.kind} with no boxes, so they "
-              f"count as reviewed with no apples: {', '.join(review.empty_listed[:5])}"
-              f"{' ...' if len(review.empty_listed) > 5 else ''}. A {review.kind.split(' (')[0]} cannot tell them "
-              f"from images nobody opened: if this export holds every task (Label Studio's 'all tasks'), export "
-              f"the annotated tasks only, or Label Studio's JSON, which says which tasks a person annotated",
-              file=sys.stderr)
-    if unreviewed:
-        print(f"warning: {len(unreviewed)} images have no review and are left out (listed in "
-              f"{out / 'unreviewed.txt'}): {', '.join(unreviewed[:5])}{' ...' if len(unreviewed) > 5 else ''}")
+def match_review(proposed, reviewed, iou=0.5, same=0.95):
+    """How a person changed one image's proposals: one-to-one matching, highest-IoU pairs first, at
+    IoU >= iou -> {proposals, reviewed, unchanged (IoU >= same), adjusted, deleted, added}."""
+    overlaps = iou_matrix(proposed, reviewed) if len(proposed) and len(reviewed) else np.zeros((len(proposed), 0))
+    pairs = sorted(((overlaps[i, j], i, j) for i in range(len(proposed)) for j in range(len(reviewed))
+                    if overlaps[i, j] >= iou), reverse=True)
+    used_proposed, used_reviewed, unchanged, adjusted = set(), set(), 0, 0
+    for overlap, i, j in pairs:
+        if i in used_proposed or j in used_reviewed:
+            continue
+        used_proposed.add(i)
+        used_reviewed.add(j)
+        unchanged, adjusted = unchanged + int(overlap >= same), adjusted + int(overlap < same)
+    return {"proposals": len(proposed), "reviewed": len(reviewed), "unchanged": unchanged, "adjusted": adjusted,
+            "deleted": len(proposed) - len(used_proposed), "added": len(reviewed) - len(used_reviewed)}
 
 
+# ---------------------------------------------------------------------------------------------
+# Shared by both: boxes (x1 y1 x2 y2 in pixels), images, the dataset written
+# ---------------------------------------------------------------------------------------------
+def checked_box(box, width, height, where):
+    """x1 y1 x2 y2 in pixels -> the box, clipped to the image when it overshoots by a rounding's
+    worth (under OVERSHOOT of the image's side); InputError naming `where` for a box with a
+    non-finite value, no area, or beyond the image."""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: a box that is not four numbers: {box!r}")
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise InputError(f"{where}: a box with a value that is not a finite number: {box!r}")
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"{where}: a box of width {x2 - x1:g} and height {y2 - y1:g} px: it has no area")
+    slack_x, slack_y = OVERSHOOT * width, OVERSHOOT * height
+    if x1 < -slack_x or y1 < -slack_y or x2 > width + slack_x or y2 > height + slack_y:
+        raise InputError(f"{where}: the box x {x1:g}..{x2:g}, y {y1:g}..{y2:g} px lies outside the "
+                         f"{width}x{height} image")
+    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+
+
+def iou_matrix(a, b):
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    left, top = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
+    right, bottom = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def read_yolo(path, width, height):
+    boxes = []
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: unreadable label file ({error})")
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            label, cx, cy, w, h = (float(v) for v in fields)
+        except ValueError:
+            raise InputError(f"{path}:{number}: expected a box 'class cx cy w h' (no polygons), got {line!r}")
+        if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
+            raise InputError(f"{path}:{number}: cx cy w h must be normalised to 0..1, got {line!r}")
+        if label != 0:
+            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    return boxes
+
+
+def yolo_text(boxes, width, height):
+    return "".join(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                   f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n" for x1, y1, x2, y2 in boxes)
+
+
+def list_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder of images")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise InputError(f"{folder}: no images")
+    stems = {}
+    for image in images:
+        if image.stem in stems:
+            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share a label file")
+        stems[image.stem] = image
+    return images
+
+
+def check_images(images):
+    """Decode every image whole, so that a truncated or broken one is named here, before ultralytics
+    meets it."""
+    for path in progress(images, "checking images"):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as error:  # PIL and its plugins raise many kinds
+            raise InputError(f"{path}: unreadable image ({error!r})")
+
+
+def image_size(path):
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{path}: unreadable image ({error!r})")
+
+
+def write_dataset(out_dir, labelled, note):
+    """out_dir/{images,labels}/ and data.yaml from [(image path, boxes)], built in a temporary folder
+    that replaces the old one, so a crash leaves no half dataset."""
+    out_dir = Path(out_dir)
+    tmp = out_dir / ".dataset_tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "labels").mkdir()
+    for image, boxes in labelled:
+        width, height = image_size(image)
+        link_or_copy(image, tmp / "images" / image.name)
+        (tmp / "labels" / f"{image.stem}.txt").write_text(yolo_text(boxes, width, height))
+    data = {"path": str(out_dir.resolve()), "train": "images", "val": "images", "names": {0: LABEL}}
+    (tmp / "data.yaml").write_text(f"# {note}\n# val = train: model selection sees no real photo\n"
+                                   + yaml.safe_dump(data, sort_keys=False))
+    (out_dir / "data.yaml").unlink(missing_ok=True)
+    for entry in ("images", "labels", "data.yaml"):
+        if (out_dir / entry).is_dir():
+            shutil.rmtree(out_dir / entry)
+        os.replace(tmp / entry, out_dir / entry)
+    tmp.rmdir()
+
+
+def link_or_copy(source, target):
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_atomic(path, text):
+    """path's new text, through a temporary file: a crash leaves the old file or the new one."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, document):
+    write_atomic(path, json.dumps(document, indent=1))
+
+
+def progress(items, description, total=None, unit="image"):
+    """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
+    pipes get no bar, and an error stays one line)."""
+    return tqdm(items, total=total, desc=description, unit=unit, leave=False, disable=None)
+
+
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
+    path = Path(path)
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
+
+
+def read_data_yaml(path):
+    """An ultralytics data YAML -> its dict, which must have train and val."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"{path}: not a readable data YAML ({error})")
+    if not isinstance(data, dict) or "train" not in data or "val" not in data:
+        raise InputError(f"{path}: a data YAML is a mapping with train and val (and path, test, names)")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with each flag's default where it has one (never '(default: None)', which would repeat
-    or contradict what the help says), and the descriptions and examples kept as written."""
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser():
@@ -855,7 +875,7 @@ def main(argv=None):
     if args.command == "propose" and (args.preview_per_sheet < 1 or args.preview_cell < 32):
         parser.error("--preview_per_sheet must be at least 1 and --preview_cell at least 32 px")
     try:
-        propose(args) if args.command == "propose" else import_reviewed(args)
+        {"propose": run_propose, "import": run_import}[args.command](args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

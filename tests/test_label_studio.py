@@ -1,5 +1,5 @@
 """The review loop against the real Label Studio (pinned in tests/label_studio_requirements.txt,
-installed into .label_studio/, a virtualenv of its own): README's server command on 127.0.0.1,
+installed into .label_studio/, a virtualenv of its own): the server command of docs/review-with-label-studio.md on 127.0.0.1,
 a project with propose's label_studio_config.xml, the tasks imported, one image served, a person's
 edits made through the HTTP API, every export format imported back and compared with the edits."""
 import copy
@@ -51,7 +51,7 @@ def free_port():
 
 
 class Server:
-    """A Label Studio server started as README says, talked to with the user's token."""
+    """A Label Studio server started as docs/review-with-label-studio.md says, talked to with the user's token."""
 
     def __init__(self, data_dir):
         self.port = free_port()

@@ -152,7 +152,7 @@ def test_sequence_split_keeps_sequences_whole():
     assert len(val) == 8 and all(f"{seq}_image{f}" in val for seq in sequences for f in range(1, 5))
     random_val = pd.choose_val(stems, 6, seed=3, split_by="random")
     assert len(random_val) == 6 and random_val == pd.choose_val(stems, 6, seed=3, split_by="random")
-    with pytest.raises(pd.BadInputError, match="no training photos"):
+    with pytest.raises(pd.InputError, match="no training photos"):
         pd.choose_val(stems, 20, seed=0, split_by="random")
 
 

@@ -157,7 +157,7 @@ def test_label_studio_edge_cases(proposals, tmp_path, capsys):
                     "--output_dir", str(tmp_path / "out")]) == 2
     assert "again" in capsys.readouterr().err
     assert pb.main(["import", "--reviewed", str(out), "--images", str(out / "images"), "--output_dir", str(out)]) == 2
-    assert "would write into the input folder" in capsys.readouterr().err
+    assert "overlaps the input folder" in capsys.readouterr().err
 
 
 def test_a_truncated_image_is_named_before_any_detection(tiny_detector, proposals, tmp_path, capsys):
@@ -179,7 +179,7 @@ def test_an_output_folder_that_is_a_file_or_inside_the_images_is_refused(tiny_de
     weights = str(tiny_detector / "weights" / "best.pt")
     for out, problem in ((tmp_path / "taken", "is a file, not a folder"),
                          (tmp_path / "taken" / "below", "cannot be created or written"),
-                         (images / "proposals", "would write into the input folder")):
+                         (images / "proposals", "overlaps the input folder")):
         assert pb.main(["propose", "--weights", weights, "--images", str(images), "--output_dir", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--output_dir {out}: " in err[0] and problem in err[0]
