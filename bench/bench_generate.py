@@ -67,7 +67,7 @@ def time_setting(pipeline, setting, resolution, steps, images, work):
         unet.to(memory_format=torch.channels_last)
     if compile_unet:
         pipeline.unet = torch.compile(unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
-    gen.load_pipeline = lambda location, dtype_, scheduler: pipeline
+    gen.drawing_pipeline = lambda location, dtype_, scheduler: pipeline
     common = ["--height", str(resolution), "--width", str(resolution), "--num_inference_steps", str(steps),
               "--batch_size", str(batch), "--mixed_precision", precision]
     gen.main(["--model", f"bench/warmup:{batch}", "--output_dir", str(work / "warmup"), *common])
@@ -104,7 +104,7 @@ def main(argv=None):
     peak = peak_tflops(device_name, args.peak_tflops)
 
     rows = []
-    real_loader, real_check = gen.load_pipeline, gen.model_scheduler
+    real_loader, real_check = gen.drawing_pipeline, gen.model_scheduler
     gen.model_scheduler = lambda location: type(pipeline.scheduler).__name__
     try:
         for name, setting in settings.items():
@@ -112,7 +112,7 @@ def main(argv=None):
                 seconds = time_setting(pipeline, setting, resolution, steps, args.images, Path(tmp))
             rows.append((name, seconds))
     finally:
-        gen.load_pipeline, gen.model_scheduler = real_loader, real_check
+        gen.drawing_pipeline, gen.model_scheduler = real_loader, real_check
 
     baseline = dict(rows).get("one at a time")
     header = ("| date | device | setting | s/image | images/s | speed-up | TFLOP/image | % bf16 peak |\n"

@@ -505,8 +505,8 @@ def test_unusable_output_folders_are_one_line_errors(instance_dir, class_dir, tm
     cases = [("--output_dir", tmp_path / "taken", class_dir, "is a file, not a folder"),
              ("--output_dir", tmp_path / "taken" / "below", class_dir, "cannot be created or written"),
              ("--class_data_dir", tmp_path / "out", tmp_path / "taken", "is a file, not a folder"),
-             ("--output_dir", instance_dir / "model", class_dir, "lies in the instance folder"),
-             ("--class_data_dir", tmp_path / "out", instance_dir, "lies in the instance folder")]
+             ("--output_dir", instance_dir / "model", class_dir, "it overlaps the input folder"),
+             ("--class_data_dir", tmp_path / "out", instance_dir, "it overlaps the input folder")]
     for flag, output, classes, problem in cases:
         code = tdb.main([*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(classes),
                          "--output_dir", str(output)])
