@@ -17,7 +17,7 @@ In (one of):
                                     OUT/synthetic_source/ and then prepared like MinneApple
                                     (--apple_scale: larger, fewer apples)
 
-Out (the folder contract, see README.md):
+Out (the folder contract, see docs/folder-contract.md):
   OUT/real/{train,val,test}/{images,labels}/  centre crop -> resize; YOLO txt, class 0 = apple
   OUT/real.yaml                               ultralytics data YAML with an absolute path
   OUT/instances/{green,red}/                  train photos picked for diversity, for DreamBooth

@@ -110,7 +110,7 @@ def run_propose(args):
     write_json(out / "proposals.json", meta)
     print(f"{len(rows)} boxes proposed on {len(images)} images{threshold}; look at {out / 'preview'} ({sheets} "
           f"contact sheets), then review {out / 'label_studio_tasks.json'} in Label Studio (labelling config "
-          f"{out / 'label_studio_config.xml'}; README: 'Proposals and review'), or train on {out / 'data.yaml'} "
+          f"{out / 'label_studio_config.xml'}; docs/review-with-label-studio.md), or train on {out / 'data.yaml'} "
           f"as it is")
 
 
