@@ -262,8 +262,8 @@ def model_scheduler(location):
     """Check a model before any image is drawn -> the class name of its own scheduler. A local
     folder must be a complete diffusers pipeline; a hub id (or a single file's config repository)
     must be in the hub cache or reachable."""
-    from diffusers import StableDiffusionPipeline
     kind, local_files_only = locate_model(location, None)  # as load_pipeline asks: one lookup, cached
+    from diffusers import StableDiffusionPipeline  # after the lookup: a model that cannot be had fails in seconds
     source = location
     if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
         source, local_files_only = locate_single_file_config(location)

@@ -8,7 +8,7 @@ import evaluate
 import prepare_data
 import train_detectors
 
-IMGSZ = 256
+IMGSZ = 192
 
 
 def grid_predictions(folder, names, box_side):
@@ -38,5 +38,5 @@ def test_yolov8n_from_scratch_beats_the_mean_size_grid_by_far(orchard_real, tmp_
     grid = grid_predictions(tmp_path / "grid", [p.stem for p in (test / "images").iterdir()], float(np.mean(sides)))
     assert evaluate.main(["score", "--gt", str(test), "--pred", str(grid), "--out", str(tmp_path / "grid.json")]) == 0
     ap, grid_ap = (json.loads((tmp_path / f"{name}.json").read_text())["ap"] for name in ("learned", "grid"))
-    # measured: AP 0.22 (AP50 0.52) in about 90 s on 2 CPU cores, against 0.0002 for the grid
+    # measured: AP 0.16 in about 50 s on 2 CPU cores (0.21 at 256 px, 65 s), against 0.0002 for the grid
     assert ap >= 0.1 and ap >= 10 * grid_ap, (ap, grid_ap)

@@ -88,41 +88,42 @@ def test_second_run_does_nothing_and_a_deleted_output_redoes_only_what_depends_o
     assert stages_run(stdout) == [] and seconds < 30
     assert dry_run(work)[0] == []
     records = sorted(p.name for p in (work / ".stages").iterdir())
-    shutil.rmtree(work / "proposals")
+    (work / "proposals").rename(work / "proposals.aside")
     stages, stdout = dry_run(work)
     assert stages == ["propose", "detectors_genfusion", "detectors_mixed", "datasets", "evaluate", "table", "report"]
     assert f"== propose: would run ({work / 'proposals'} is not there)" in stdout
     assert sorted(p.name for p in (work / ".stages").iterdir()) == records and not (work / "proposals").exists()
+    (work / "proposals.aside").rename(work / "proposals")  # put back as it was: nothing to redo
+    assert dry_run(work)[0] == []
 
 
-def test_a_hand_edited_train_label_redoes_the_baseline_detectors_and_what_follows_and_nothing_before(demo):
+def test_a_hand_edited_label_redoes_the_baseline_detectors_and_after_and_the_annotation_channel_adds_its_stages(demo):
     work, _, _ = demo
+    stages = list_stages("--annotation_channel")
+    ac_stages = [name for name in stages if name.startswith("ac_")]
+    # the annotation-channel branch adds its own stages only: the training sets are the same
+    assert dry_run(work, "--annotation_channel")[0] == ac_stages + ["evaluate", "table", "report"]
     instances = {p.stem for colour in ("green", "red") for p in (work / "data" / "instances" / colour).iterdir()}
     label = next(p for p in sorted((work / "data" / "real" / "train" / "labels").glob("*.txt"))
-                 if p.stem not in instances)  # the few-shot row reads the instance photos' labels only
+                 if p.stem not in instances)  # the few-shot row and the annotation channel read the instances' only
     label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
     expected = ["detectors_baseline", "propose", "propose_prior", "detectors_genfusion", "detectors_mixed",
                 "detectors_prior", "datasets", "evaluate", "table", "report"]
-    stages, stdout = dry_run(work)
-    assert stages == expected and f"detectors_baseline: would run ({label} changed)" in stdout
+    dry_stages, stdout = dry_run(work)
+    assert dry_stages == expected and f"detectors_baseline: would run ({label} changed)" in stdout
     best = work / "detectors" / "baseline" / "yolov8n" / "seed0" / "weights" / "best.pt"
     assert f"propose: would run (detectors_baseline would make {best} again)" in stdout
-    stdout, _ = run_demo(work)  # the run does what the dry run said
-    assert stages_run(stdout) == expected
+    both = expected[:6] + ac_stages + expected[6:]
+    assert dry_run(work, "--annotation_channel")[0] == both
+    stdout, _ = run_demo(work, "--annotation_channel")  # one real run does what the dry run said, branch and all
+    assert stages_run(stdout) == both
     assert f"detectors_baseline: {label} changed since it last ran" in stdout
-
-
-def test_the_annotation_channel_branch_adds_its_stages_and_from_redoes_a_stage_and_all_after_it(demo):
-    work, _, _ = demo
-    stdout, _ = run_demo(work, "--annotation_channel")
-    stages = list_stages("--annotation_channel")
-    ac_stages = [name for name in stages if name.startswith("ac_")]
-    assert stages_run(stdout) == ac_stages + ["evaluate", "table", "report"]  # the training sets are the same
     for path in ("annotation_channel/decoded/data.yaml", "annotation_channel/filter/filter.png",
                  "annotation_channel/leakage/leakage.png"):
         assert (work / path).exists(), path
     with open(work / "results" / "results.csv", newline="") as handle:
         assert "annotation_rg0" in {r["dataset"] for r in csv.DictReader(handle)}
+    assert dry_run(work, "--annotation_channel")[0] == []
     assert dry_run(work, "--annotation_channel", "--from", "ac_decode")[0] == stages[stages.index("ac_decode"):]
 
 

@@ -1,6 +1,6 @@
 """The real SD 2.1-768 shapes (1024-wide text encoder, linear projections, per-block head dims) go
 through train_dreambooth.py and generate.py on the CPU, at 64 px with random weights, before they
-meet a user's GPU. About 100 s and 13 GB of memory on 2 cores; each step runs in its own process."""
+meet a user's GPU. About 3 minutes and 13 GB of memory on 2 cores; each step runs in its own process."""
 import csv
 import subprocess
 import sys
