@@ -133,7 +133,7 @@ def run_decode(args):
         os.replace(tmp, out / "labels" / f"{path.stem}.txt")
         rows += [{"file": path.name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}} for d in found]
     write_csv(out / "decoded.csv", ["file", "cx", "cy", "w", "h", "size_known", "merged"], rows)
-    data = {"path": str(out.resolve()), "train": "images", "val": "images", "names": {0: "apple"}}
+    data = {"train": "images", "val": "images", "names": {0: "apple"}}  # from the YAML's folder, wherever it moves
     tmp = out / ".data.yaml.tmp"
     tmp.write_text("# RG0 images (the annotation channel zeroed) with the labels decoded from it\n"
                    + yaml.safe_dump(data, sort_keys=False))

@@ -39,6 +39,7 @@ created, is refused) and written through a temp file that never stays behind.
 """
 import argparse
 import contextlib
+import copy
 import csv
 import glob
 import html
@@ -411,7 +412,7 @@ def cocoeval_metrics(gt, detections, max_dets=100):
     (coco_figure); the recall is named ar<max_dets>."""
     results = [{**det, "id": i, "area": det["bbox"][2] * det["bbox"][3], "iscrowd": 0}
                for i, det in enumerate(detections, start=1)]
-    coco_gt = _quiet_coco(gt)
+    coco_gt = _quiet_coco(copy.deepcopy(gt))  # COCOeval writes its scoring state (ignore) into the dicts it reads
     coco_dt = _quiet_coco({"images": gt["images"], "categories": gt["categories"], "annotations": results})
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
     evaluator.params.maxDets = [max_dets]                # COCOeval keeps the top maxDets[-1] per image
@@ -436,7 +437,8 @@ def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False):
         print(summary, end="")
     if export_coco:
         folder = Path(export_coco)
-        write_atomic(folder / "gt.json", json.dumps(gt))
+        info = {"description": f"{gt_dir}: YOLO labels as COCO, written by evaluate.py score --export_coco"}
+        write_atomic(folder / "gt.json", json.dumps({"info": info, "licenses": [], **gt}))
         write_atomic(folder / "predictions.json", json.dumps(detections))
     return metrics
 

@@ -102,10 +102,13 @@ def prepare(jobs, config, out_dir, workers=1):
                         f"evaluate.py refuses them")
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["file"]))
     write_manifest(tmp / "manifest.csv", rows)
-    data_yaml = {"path": str(out_dir / "real"), "train": "train/images", "val": "val/images",
-                 "test": "test/images", "names": {0: "apple"}}
+    # no `path`: ultralytics reads the entries from the YAML's own folder, so a moved dataset still works;
+    # a flat source has no test photos, and no test split to list
+    data_yaml = {"train": "real/train/images", "val": "real/val/images",
+                 **({"test": "real/test/images"} if any(r["split"] == "test" for r in rows) else {}),
+                 "names": {0: "apple"}}
     (tmp / "real.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-    fewshot_listing, fewshot_yaml = fewshot_files(out_dir, instances)
+    fewshot_listing, fewshot_yaml = fewshot_files(instances)
     (tmp / "fewshot.txt").write_text(fewshot_listing)
     (tmp / "fewshot.yaml").write_text(fewshot_yaml)
     stats = dataset_stats(rows, config, instances, skipped, warnings, len(unlabelled))
@@ -197,13 +200,13 @@ def write_manifest(path, rows):
             writer.writerow({**row, "instance": row.get("instance", "")})
 
 
-def fewshot_files(out_dir, instances):
+def fewshot_files(instances):
     """(fewshot.txt, fewshot.yaml) texts: the few-shot control's ultralytics train list, the
-    absolute paths of the instance photos in OUT/real/train/images/ (ultralytics finds each label
-    by replacing /images/ with /labels/), and its data YAML, validated on the baseline's val."""
-    train_images = out_dir / "real" / "train" / "images"
-    listing = "".join(f"{train_images / name}\n" for colour in COLOURS for name in instances[colour])
-    data_yaml = {"path": str(out_dir), "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+    instance photos in OUT/real/train/images/ as ./ paths (ultralytics reads them from the list's
+    folder, and finds each label by replacing /images/ with /labels/), and its data YAML, validated
+    on the baseline's val; both relative, so a moved OUT still works."""
+    listing = "".join(f"./real/train/images/{name}\n" for colour in COLOURS for name in instances[colour])
+    data_yaml = {"train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
     return listing, yaml.safe_dump(data_yaml, sort_keys=False)
 
 
@@ -680,7 +683,7 @@ def read_coco(path):
     apple_id = apple_category(categories, used_ids, path)
     labels = {}
     for image_id, image, base_name in zip(ids, data["images"], base_names):
-        size = (image["width"], image["height"]) if "width" in image and "height" in image else None
+        size = (image["width"], image["height"]) if image.get("width") and image.get("height") else None
         try:
             boxes, problem = coco_image_boxes(annotations[image_id], apple_id, categories,
                                               f"{path}: image {image['file_name']}"), None

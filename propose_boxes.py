@@ -534,7 +534,7 @@ def review_from_coco(document, sizes, source):
         if name is None:
             continue
         width, height = sizes[name]
-        if (image.get("width", width), image.get("height", height)) != (width, height):
+        if (image.get("width") or width, image.get("height") or height) != (width, height):  # null: not given
             raise InputError(f"{source}: image {image['id']} ({name}) is {image.get('width')}x{image.get('height')} "
                              f"there, but {width}x{height} in --images")
         names[image["id"]] = name
@@ -729,7 +729,7 @@ def write_dataset(out_dir, labelled, note):
         width, height = image_size(image)
         link_or_copy(image, tmp / "images" / image.name)
         (tmp / "labels" / f"{image.stem}.txt").write_text(yolo_text(boxes, width, height))
-    data = {"path": str(out_dir.resolve()), "train": "images", "val": "images", "names": {0: LABEL}}
+    data = {"train": "images", "val": "images", "names": {0: LABEL}}  # from the YAML's folder, wherever it moves
     (tmp / "data.yaml").write_text(f"# {note}\n# val = train: model selection sees no real photo\n"
                                    + yaml.safe_dump(data, sort_keys=False))
     (out_dir / "data.yaml").unlink(missing_ok=True)

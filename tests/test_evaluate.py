@@ -118,6 +118,9 @@ def test_score_equals_a_direct_cocoeval_run(orchard_real, tmp_path):
     assert 0.1 < ours["ap"] < 0.9
     assert min(a["id"] for a in coco_gt.dataset["annotations"]) == 1
     assert ours["images"] == 32
+    exported = json.loads((tmp_path / "coco" / "gt.json").read_text())  # as written, before pycocotools read it
+    assert {"info", "licenses", "images", "annotations", "categories"} <= exported.keys()
+    assert all(not {"ignore", "_ignore"} & a.keys() for a in exported["annotations"])  # FiftyOne would skip those
 
 
 def test_bad_inputs_are_named(tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import evaluate
 import prepare_data as pd
 from conftest import REPO
 
@@ -193,8 +194,8 @@ def test_synthetic_end_to_end_contract(synthetic_out):
         assert len(label_rows(label)) == int(row["boxes_kept"]) > 0
         assert row["colour"] == ("green" if "_green_" in row["file"] else "red")
     data = yaml.safe_load((out / "real.yaml").read_text())
-    assert data["path"] == str(out / "real") and data["names"] == {0: "apple"}
-    assert all((out / "real" / data[s]).is_dir() for s in ("train", "val", "test"))
+    assert "path" not in data and data["names"] == {0: "apple"}  # entries count from the YAML's folder
+    assert all((out / data[s]).is_dir() for s in ("train", "val", "test"))
     train_files = {r["file"].split("/")[-1] for r in rows if r["split"] == "train"}
     for colour in pd.COLOURS:
         picked = sorted(p.name for p in (out / "instances" / colour).iterdir())
@@ -611,10 +612,17 @@ def test_coco_boxes_equal_yolo_boxes_on_a_hand_made_set(tmp_path):
     flat.mkdir()
     for name, *_ in HANDMADE["train"]:
         (flat / name).write_bytes((yolo / "train" / "images" / name).read_bytes())
-    (tmp_path / "flat.json").write_text(json.dumps(coco_json(HANDMADE["train"], file_prefix="images/train/")))
+    flat_json = coco_json(HANDMADE["train"], file_prefix="images/train/")
+    flat_json["images"][0].update(width=None, height=None)  # as Label Studio 1.23.2 writes some: the photo has the size
+    (tmp_path / "flat.json").write_text(json.dumps(flat_json))
     flat_yolo = tmp_path / "flat_yolo"
     shutil.copytree(yolo / "train", flat_yolo)
     assert pd.main(prepare_args("yolo", flat_yolo, tmp_path / "flat_from_yolo", "--num_val", "2")) == 0
+    assert "test" not in yaml.safe_load((tmp_path / "flat_from_yolo" / "real.yaml").read_text())  # no test photos
+    assert evaluate.main(["datasets", "--data", f"real={tmp_path / 'flat_from_yolo' / 'real.yaml'}",
+                          "--out_dir", str(tmp_path / "flat_datasets")]) == 0
+    with open(tmp_path / "flat_datasets" / "datasets.csv", newline="") as handle:
+        assert [(r["split"], r["images"]) for r in csv.DictReader(handle)] == [("train", "3"), ("val", "2")]
     assert pd.main(prepare_args("coco", flat, tmp_path / "flat_from_coco", "--num_val", "2",
                                 "--annotations", str(tmp_path / "flat.json"))) == 0
     assert_same_outputs(tmp_path / "flat_from_yolo", tmp_path / "flat_from_coco")
@@ -716,18 +724,20 @@ def test_coco_photos_and_json_must_agree(tmp_path, capsys):
     assert code == 2 and "wrong layout" in err and "--annotations" in err
 
 
-def test_fewshot_yaml_trains_on_the_instance_photos(tmp_path):
+def test_fewshot_yaml_trains_on_the_instance_photos_and_a_moved_dataset_still_loads(tmp_path):
     yolo, _ = make_handmade_pair(tmp_path)
     out = tmp_path / "out"
     assert pd.main(prepare_args("yolo", yolo, out, "--num_instances", "2")) == 0
     listed = (out / "fewshot.txt").read_text().splitlines()
     instances = sorted(p.name for p in (out / "instances").glob("*/*"))
     assert len(instances) == 4 and sorted(Path(p).name for p in listed) == instances
-    for path in map(Path, listed):
-        assert path.is_absolute() and path.parent == out / "real" / "train" / "images" and path.exists()
-        assert (out / "real" / "train" / "labels" / f"{path.stem}.txt").exists()
+    for line in listed:  # ./ paths, which ultralytics reads from the list's folder
+        assert line.startswith("./real/train/images/") and (out / line).exists()
+        assert (out / "real" / "train" / "labels" / f"{Path(line).stem}.txt").exists()
     assert yaml.safe_load((out / "fewshot.yaml").read_text()) == {
-        "path": str(out), "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+        "train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+    moved = tmp_path / "moved"  # a dataset folder that is moved reads its new place, not the old one
+    shutil.move(out, moved)
 
     config = tmp_path / "ultralytics"   # offline: a local font as ultralytics' Arial, no settings of the user's
     (config / "Ultralytics").mkdir(parents=True)
@@ -742,13 +752,15 @@ def test_fewshot_yaml_trains_on_the_instance_photos(tmp_path):
              "dataset = YOLODataset(img_path=data['train'], data=data, imgsz=32, augment=False)\n"
              "print(json.dumps({'val': str(data['val']), 'names': data['names'],\n"
              "                  'boxes': {Path(l['im_file']).name: len(l['bboxes']) for l in dataset.labels}}))\n")
-    result = subprocess.run([sys.executable, "-c", check, str(out / "fewshot.yaml")], capture_output=True,
-                            text=True, env={**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(config)})
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded["val"] == str(out / "real" / "val" / "images") and loaded["names"] == {"0": "apple"}
-    assert loaded["boxes"] == {Path(p).name: len(label_rows(out / "real" / "train" / "labels" / f"{Path(p).stem}.txt"))
-                               for p in listed}
+    for data_yaml, train in (("fewshot.yaml", [Path(line).name for line in listed]),
+                             ("real.yaml", sorted(p.name for p in (moved / "real" / "train" / "images").iterdir()))):
+        result = subprocess.run([sys.executable, "-c", check, str(moved / data_yaml)], capture_output=True,
+                                text=True, env={**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(config)})
+        assert result.returncode == 0, result.stderr
+        loaded = json.loads(result.stdout.strip().splitlines()[-1])
+        assert loaded["val"] == str(moved / "real" / "val" / "images") and loaded["names"] == {"0": "apple"}
+        assert loaded["boxes"] == {name: len(label_rows(moved / "real" / "train" / "labels" / f"{Path(name).stem}.txt"))
+                                   for name in train}
 
 
 def test_help_has_no_flag_with_two_defaults(capsys):
