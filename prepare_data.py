@@ -18,22 +18,31 @@ In (one of):
                                     (--apple_scale: larger, fewer apples)
 
 Out (the folder contract, see docs/folder-contract.md):
-  OUT/real/{train,val,test}/{images,labels}/  centre crop -> resize; YOLO txt, class 0 = apple
-  OUT/real.yaml                               ultralytics data YAML with an absolute path
+  OUT/real/{train,val,test}/{images,labels}/  centre crop -> resize; YOLO txt, classes 0..K-1
+  OUT/real.yaml                               ultralytics data YAML (relative to its folder) with
+                                              the class names
   OUT/instances/{green,red}/                  train photos picked for diversity, for DreamBooth
   OUT/fewshot.txt, OUT/fewshot.yaml           the few-shot control: ultralytics data YAML training
-                                              on the instance photos (their absolute paths in
+                                              on the instance photos (their paths in
                                               OUT/real/train/images/, listed in fewshot.txt) and
                                               validating on OUT/real/val/images
   OUT/manifest.csv                            one row per photo
-  OUT/stats.json                              counts, colours, dropped boxes, skipped files, config
+  OUT/stats.json                              counts (boxes per class too), colours, dropped
+                                              boxes, skipped files, config
+
+Classes come from the data: MinneApple and the synthetic photos have one, apple; a YOLO folder
+names its classes in data.yaml (`names`, a list or {id: name}) or classes.txt (one a line, Label
+Studio's YOLO export), and without either its labels may only use class 0, apple; a COCO JSON's
+categories are its classes, matched by name across the JSON files, in the order first listed
+(a category that no annotation uses is left out, with a warning). --classes a,b keeps those, in
+that order; the boxes of the others are dropped and counted. The kept classes are renumbered
+0..K-1, and their names go into every YAML.
 
 COCO: boxes are bbox [x, y, width, height] in pixels; a JSON image is matched with a photo by
-its file_name's base name, and its width and height must be the photo's. Its annotations must
-all be one category, or the category named 'apple' (any case): an annotation of another is an
-error naming the file, the image and the category. An image listed without annotations has no
-apples; an image listed but not in the folder is an error; a photo in the folder that the JSON
-does not list is left out, with a warning on every run.
+its file_name's base name, and its width and height must be the photo's. An image listed without
+annotations has no boxes; an image listed but not in the folder is an error; a photo in the
+folder that the JSON does not list is left out, with a warning on every run. MinneApple's
+--test_annotations are apples: one category, or the one named 'apple' (any case).
 
 Boxes from masks follow MinneApple's own loader: x1 = smallest, x2 = largest pixel x of the id
 (so a 3-px-wide apple is 2 px wide), boxes with zero width or height are dropped. The whole output
@@ -73,7 +82,7 @@ BOX_CORE_FRACTION = 0.8
 SYNTHETIC_TEST_SHARE = 331 / 1001
 SYNTHETIC_SIZE = (720, 1280)  # width, height, as MinneApple
 MANIFEST_FIELDS = ["split", "file", "source_file", "colour", "red_fraction", "labelled",
-                   "boxes_kept", "boxes_dropped", "instance"]
+                   "boxes_kept", "boxes_dropped", "boxes_per_class", "instance"]
 # What prepare() moves into OUT, stats.json last: it marks a finished output.
 OUTPUT_ENTRIES = ("real", "instances", "manifest.csv", "real.yaml", "fewshot.txt", "fewshot.yaml", "stats.json")
 
@@ -106,9 +115,9 @@ def prepare(jobs, config, out_dir, workers=1):
     # a flat source has no test photos, and no test split to list
     data_yaml = {"train": "real/train/images", "val": "real/val/images",
                  **({"test": "real/test/images"} if any(r["split"] == "test" for r in rows) else {}),
-                 "names": {0: "apple"}}
+                 "names": dict(enumerate(config["classes"]))}
     (tmp / "real.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-    fewshot_listing, fewshot_yaml = fewshot_files(instances)
+    fewshot_listing, fewshot_yaml = fewshot_files(instances, config["classes"])
     (tmp / "fewshot.txt").write_text(fewshot_listing)
     (tmp / "fewshot.yaml").write_text(fewshot_yaml)
     stats = dataset_stats(rows, config, instances, skipped, warnings, len(unlabelled))
@@ -197,29 +206,34 @@ def write_manifest(path, rows):
         writer = csv.DictWriter(handle, MANIFEST_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "instance": row.get("instance", "")})
+            writer.writerow({**row, "instance": row.get("instance", ""),
+                             "boxes_per_class": ";".join(f"{name}={n}" for name, n in row["boxes_per_class"].items())})
 
 
-def fewshot_files(instances):
+def fewshot_files(instances, classes):
     """(fewshot.txt, fewshot.yaml) texts: the few-shot control's ultralytics train list, the
     instance photos in OUT/real/train/images/ as ./ paths (ultralytics reads them from the list's
     folder, and finds each label by replacing /images/ with /labels/), and its data YAML, validated
     on the baseline's val; both relative, so a moved OUT still works."""
     listing = "".join(f"./real/train/images/{name}\n" for colour in COLOURS for name in instances[colour])
-    data_yaml = {"train": "fewshot.txt", "val": "real/val/images", "names": {0: "apple"}}
+    data_yaml = {"train": "fewshot.txt", "val": "real/val/images", "names": dict(enumerate(classes))}
     return listing, yaml.safe_dump(data_yaml, sort_keys=False)
 
 
 def dataset_stats(rows, config, instances, skipped, warnings, unlabelled):
-    """stats.json's content: the config, and per split the photos, boxes kept and dropped, colours."""
-    stats = {"config": config, "photos": {}, "boxes_kept": {}, "boxes_dropped": {},
-             "colours": {}, "unlabelled_test_photos": unlabelled, "instances": instances,
-             "skipped": skipped, "warnings": warnings}
+    """stats.json's content: the config, the classes, and per split the photos, the boxes kept (in
+    all and per class), dropped by the crop and of classes left out, and the colours."""
+    stats = {"config": config, "classes": config["classes"], "photos": {}, "boxes_kept": {}, "boxes_per_class": {},
+             "boxes_dropped": {}, "boxes_other_classes": {}, "colours": {}, "unlabelled_test_photos": unlabelled,
+             "instances": instances, "skipped": skipped, "warnings": warnings}
     for split in SPLITS:
         split_rows = [r for r in rows if r["split"] == split]
         stats["photos"][split] = len(split_rows)
         stats["boxes_kept"][split] = sum(r["boxes_kept"] for r in split_rows)
+        stats["boxes_per_class"][split] = {name: sum(r["boxes_per_class"].get(name, 0) for r in split_rows)
+                                           for name in config["classes"]}
         stats["boxes_dropped"][split] = sum(r["boxes_dropped"] for r in split_rows)
+        stats["boxes_other_classes"][split] = sum(r["boxes_other_classes"] for r in split_rows)
         stats["colours"][split] = {c: sum(r["colour"] == c for r in split_rows) for c in (*COLOURS, "none")}
     return stats
 
@@ -248,8 +262,12 @@ def summary(stats):
     lines = ["photos: " + ", ".join(f"{s} {stats['photos'][s]}" for s in SPLITS)]
     for split in SPLITS:
         colours = stats["colours"][split]
-        lines.append(f"  {split}: {stats['boxes_kept'][split]} boxes kept, "
-                     f"{stats['boxes_dropped'][split]} dropped; green {colours['green']}, "
+        per_class = (" (" + ", ".join(f"{name} {n}" for name, n in stats["boxes_per_class"][split].items()) + ")"
+                     if len(stats["classes"]) > 1 else "")
+        other = (f", {stats['boxes_other_classes'][split]} of classes left out"
+                 if stats["boxes_other_classes"][split] else "")
+        lines.append(f"  {split}: {stats['boxes_kept'][split]} boxes kept{per_class}, "
+                     f"{stats['boxes_dropped'][split]} dropped{other}; green {colours['green']}, "
                      f"red {colours['red']}, no apples {colours['none']}")
     lines.append("instances: " + ", ".join(f"{c} {len(v)}" for c, v in stats["instances"].items()))
     lines += [f"warning: {w}" for w in stats["warnings"]]
@@ -270,22 +288,30 @@ def process_photo(job, config, pool):
     except ValueError as error:
         raise InputError(f"{job['image']}: {error}")
     row = {"split": job["split"], "source_file": job["image"], "colour": "none", "red_fraction": "",
-           "labelled": "yes" if job["labels"] else "no", "boxes_kept": 0, "boxes_dropped": 0}
+           "labelled": "yes" if job["labels"] else "no", "boxes_kept": 0, "boxes_dropped": 0,
+           "boxes_per_class": {}, "boxes_other_classes": 0}
     if job["labels"]:
-        boxes, apple_pixels, degenerate = load_source_boxes(job, image)
-        kept, cropped_out = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
-                                              config["min_visible"], pixel_boxes=job["labels"][0] == "mask")
+        boxes, box_classes, mask_pixels, degenerate = load_source_boxes(job, image)
+        selected = np.array([name in config["classes"] for name in box_classes], dtype=bool)
+        boxes, box_classes = boxes[selected], [name for name in box_classes if name in config["classes"]]
+        kept, keep = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
+                                       config["min_visible"], pixel_boxes=job["labels"][0] == "mask")
+        class_ids = [config["classes"].index(name) for name, k in zip(box_classes, keep) if k]
+        apple_pixels = mask_pixels if mask_pixels is not None else boxes_core_mask((height, width), boxes)
         fraction = red_fraction(image, apple_pixels)
         row.update(colour=colour_label(fraction, config["red_threshold"]),
                    red_fraction="" if np.isnan(fraction) else round(fraction, 4),
-                   boxes_kept=len(kept), boxes_dropped=cropped_out + degenerate)
+                   boxes_kept=len(kept), boxes_dropped=int((~keep).sum()) + degenerate,
+                   boxes_per_class={name: n for name in config["classes"]
+                                    if (n := sum(config["classes"][i] == name for i in class_ids))},
+                   boxes_other_classes=int((~selected).sum()))
     resized = image.crop((left, top, left + crop, top + crop)).resize(
         (config["resolution"], config["resolution"]), Image.BICUBIC)
     image_name = f"{job['stem']}.{config['image_format']}"
     resized.save(Path(pool, "images", image_name), **({"quality": 95} if config["image_format"] == "jpg" else {}))
     if job["labels"]:
         Path(pool, "labels", f"{job['stem']}.txt").write_text(
-            yolo_label_text(kept, config["resolution"], config["resolution"]))
+            yolo_label_text(kept, class_ids, config["resolution"], config["resolution"]))
     row.update(stem=job["stem"], image_name=image_name, embedding=diversity_embedding(resized))
     return row
 
@@ -299,7 +325,8 @@ def _process_or_report(args):
 
 
 def load_source_boxes(job, image):
-    """-> (boxes in source pixels, pixels to read the colour from, boxes dropped as degenerate)."""
+    """-> (boxes in source pixels, the class name of each, the mask's pixels to read the colour from
+    or None (then the boxes' cores are read), boxes dropped as degenerate)."""
     kind, value = job["labels"][:2]
     width, height = image.size
     if kind == "mask":
@@ -314,20 +341,20 @@ def load_source_boxes(job, image):
                                 f"its image {job['image']} is {width}x{height}")
         mask = np.asarray(mask_image)
         boxes, degenerate = boxes_from_mask(mask)
-        return boxes, mask > 0, degenerate
+        return boxes, ["apple"] * len(boxes), mask > 0, degenerate
     if kind == "yolo":
         if not Path(value).exists():
             raise InputError(f"{job['image']}: no label file: expected {value} (an empty file "
-                                f"means no apples)")
-        boxes = read_yolo_boxes(value, width, height)
+                                f"means no boxes)")
+        boxes, box_classes = read_yolo_boxes(value, width, height, job["labels"][2])
     else:
-        boxes, coco_size, problem = job["labels"][2:]
+        boxes, box_classes, coco_size, problem = job["labels"][2:]
         if problem:
             raise InputError(problem)
         if coco_size is not None and tuple(coco_size) != (width, height):
             raise InputError(f"{job['image']}: the COCO annotations give {coco_size[0]}x{coco_size[1]} "
                                 f"but the photo is {width}x{height}")
-    return boxes, boxes_core_mask((height, width), boxes), 0
+    return boxes, box_classes, None, 0
 
 
 def boxes_from_mask(mask):
@@ -350,9 +377,11 @@ def boxes_from_mask(mask):
     return boxes[usable], int((~usable).sum())
 
 
-def read_yolo_boxes(path, width, height):
-    """YOLO label file -> boxes x1 y1 x2 y2 in pixels; a malformed line raises naming file:line."""
-    boxes = []
+def read_yolo_boxes(path, width, height, names):
+    """YOLO label file -> (boxes x1 y1 x2 y2 in pixels, the class name of each, from names: the
+    source's names by class id, or None when it names none and only class 0, apple, is known); a
+    malformed line or an unnamed class raises naming file:line."""
+    boxes, box_classes = [], []
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -364,13 +393,16 @@ def read_yolo_boxes(path, width, height):
         if len(values) != 5 or not all(0.0 <= v <= 1.0 for v in values[1:]):
             raise InputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h "
                                 f"normalised to 0..1, got {line!r}")
-        if values[0] != 0:
-            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, "
-                                f"0 = apple")
-        _, cx, cy, w, h = values
+        known = names or ["apple"]
+        if values[0] != int(values[0]) or not 0 <= values[0] < len(known):
+            raise InputError(f"{path}:{number}: class {fields[0]}: " + (
+                f"the classes are 0..{len(known) - 1} ({name_list(known)})" if names else
+                "the folder names no classes (data.yaml or classes.txt), so only class 0, apple, is known"))
+        class_id, cx, cy, w, h = values
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
                       (cx + w / 2) * width, (cy + h / 2) * height])
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+        box_classes.append(known[int(class_id)])
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4), box_classes
 
 
 def boxes_core_mask(shape, boxes):
@@ -395,7 +427,7 @@ def centre_crop_window(width, height, crop_size):
 
 
 def crop_resize_boxes(boxes, left, top, crop_size, resolution, min_visible, pixel_boxes=False):
-    """Boxes in source pixels -> (boxes in output pixels, number dropped).
+    """Boxes in source pixels -> (the kept boxes in output pixels, which boxes were kept).
 
     Each box is shifted into the crop, clipped to it, and kept when the clipped area is at least
     min_visible of its full area; kept boxes are scaled by resolution / crop_size. pixel_boxes:
@@ -407,14 +439,14 @@ def crop_resize_boxes(boxes, left, top, crop_size, resolution, min_visible, pixe
     full_area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
     visible_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = (full_area > 0) & (visible_area >= min_visible * full_area) & (visible_area > 0)
-    return clipped[keep] * (resolution / crop_size), int((~keep).sum())
+    return clipped[keep] * (resolution / crop_size), keep
 
 
-def yolo_label_text(boxes, width, height):
-    """Boxes x1 y1 x2 y2 in pixels -> YOLO label text (class 0, normalised centre and size)."""
+def yolo_label_text(boxes, class_ids, width, height):
+    """Boxes x1 y1 x2 y2 in pixels and their class ids -> YOLO label text (normalised centre and size)."""
     lines = []
-    for x1, y1, x2, y2 in boxes:
-        lines.append(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+    for (x1, y1, x2, y2), class_id in zip(boxes, class_ids):
+        lines.append(f"{class_id} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
                      f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n")
     return "".join(lines)
 
@@ -506,18 +538,22 @@ def farthest_point_sampling(features, count, seed):
 # Sources: the photos of each --source, as jobs
 # ---------------------------------------------------------------------------------------------
 def collect_jobs(args, out_dir):
-    """The jobs of --source (see collect_minneapple), checked before any work: unique name stems,
-    and enough train photos for --num_val. Warns of a kept val split and a missing test split."""
+    """(the jobs of --source (see collect_minneapple), the classes kept (select_classes)), checked
+    before any work: unique name stems, and enough train photos for --num_val. Warns of a kept val
+    split, a missing test split, and COCO categories that no annotation uses."""
+    available, used = ["apple"], None
     if args.source == "synthetic":
         jobs = collect_minneapple(make_synthetic_source(out_dir, args))
     elif args.source == "minneapple":
         jobs = collect_minneapple(args.input, args.test_annotations)
     elif args.source == "coco":
-        jobs, unlisted_warnings = collect_coco(args.input, args.annotations)
+        jobs, unlisted_warnings, (available, used) = collect_coco(args.input, args.annotations)
         for warning in unlisted_warnings:
             print(f"warning: {warning}", file=sys.stderr)
     else:
-        jobs = collect_yolo(args.input)
+        jobs, names = collect_yolo(args.input)
+        available = names or available
+    classes = select_classes(available, used, args.classes, args.input or "the source")
     check_unique_stems(jobs)
     if any(job["split"] == "val" for job in jobs):
         if args.num_val is not None or args.split_by != "random":
@@ -529,13 +565,34 @@ def collect_jobs(args, out_dir):
     if not any(job["split"] == "test" for job in jobs):
         print(f"warning: {args.input or 'the source'} has no test photos: the test split is empty",
               file=sys.stderr)
-    return jobs
+    return jobs, classes
+
+
+def select_classes(available, used, requested, where):
+    """The classes kept, in order: --classes (requested, 'a,b'), each one of the available names;
+    else every available class that the annotations use (used; None: all of them), with a warning
+    naming the ones left out."""
+    if requested:
+        classes = [name.strip() for name in requested.split(",") if name.strip()]
+        unknown = [name for name in classes if name not in available]
+        if unknown or len(set(classes)) != len(classes) or not classes:
+            raise InputError(f"--classes {requested!r}: give distinct names among {where}'s classes: "
+                             f"{name_list(available, shown=20)}")
+        return classes
+    classes = [name for name in available if used is None or name in used]
+    if len(classes) < len(available):
+        print(f"warning: {where}: no annotation uses the categories {name_list([n for n in available if n not in classes])}"
+              f", which are left out", file=sys.stderr)
+    if not classes:
+        raise InputError(f"{where}: no annotation uses any category: there are no boxes to learn from")
+    return classes
 
 
 def collect_minneapple(root, test_annotations=None):
     """Jobs for MinneApple's detection/ layout. A job: split, stem, image, and its labels as
-    ('mask', path), ('yolo', path), ('coco', path, boxes, size, problem) (see read_coco), or None
-    (an unlabelled test photo). --test_annotations images are matched by file name stem."""
+    ('mask', path), ('yolo', path, names), ('coco', path, boxes, their class names, size, problem)
+    (see read_coco), or None (an unlabelled test photo). --test_annotations images are matched by
+    file name stem; their apples are the category apple_names finds."""
     root = Path(root)
     train_images = root / "train" / "images"
     if not train_images.is_dir():
@@ -549,7 +606,10 @@ def collect_minneapple(root, test_annotations=None):
                             f"photos: give one of them")
     coco = {}
     if test_annotations:
-        coco = {Path(name).stem: labels for name, labels in read_coco(test_annotations).items()}
+        labels, _, used = read_coco(test_annotations)
+        rename = apple_names(used, test_annotations)
+        coco = {Path(name).stem: (*label[:3], [rename.get(c, c) for c in label[3]], *label[4:])
+                for name, label in labels.items()}
     jobs = []
     for split in ("train", "test"):
         folder = root / split / "images"
@@ -574,8 +634,9 @@ def collect_minneapple(root, test_annotations=None):
 
 
 def collect_yolo(root):
-    """Jobs for images/ + labels/ (all train) or {train,val,test}/{images,labels}. A missing label
-    file is an error in train and val, and an unlabelled photo in test."""
+    """(jobs, class names (yolo_class_names)) for images/ + labels/ (all train) or
+    {train,val,test}/{images,labels}. A missing label file is an error in train and val, and an
+    unlabelled photo in test."""
     root = Path(root)
     if (root / "images").is_dir():
         layout = {"train": root}
@@ -584,20 +645,48 @@ def collect_yolo(root):
     if "train" not in layout:
         raise InputError(f"{root}: wrong layout: expected images/ + labels/, or "
                             f"train/images/ + train/labels/ (and optionally val/ and test/)")
+    names = yolo_class_names(root)
     jobs = []
     for split, folder in layout.items():
         for image in list_images(folder / "images"):
             label = folder / "labels" / f"{image.stem}.txt"
-            labels = ("yolo", label) if split != "test" or label.exists() else None
+            labels = ("yolo", label, names) if split != "test" or label.exists() else None
             jobs.append({"split": split, "stem": image.stem, "image": str(image), "labels": labels})
     if not any(job["split"] == "train" for job in jobs):
         raise InputError(f"{layout['train'] / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return jobs
+    return jobs, names
+
+
+def yolo_class_names(root):
+    """The class names of a YOLO folder by id: data.yaml's `names` (a list, or {id: name} with ids
+    0..K-1), else classes.txt's lines (Label Studio's YOLO export); None when it has neither."""
+    root = Path(root)
+    if (root / "data.yaml").is_file():
+        try:
+            names = yaml.safe_load(read_text(root / "data.yaml"))["names"]
+        except (yaml.YAMLError, TypeError, KeyError) as error:
+            raise InputError(f"{root / 'data.yaml'}: expected a data YAML with names, a list or "
+                             f"{{id: name}} ({error!r})")
+        if isinstance(names, dict):
+            if sorted(names) != list(range(len(names))):
+                raise InputError(f"{root / 'data.yaml'}: names' ids must be 0..{len(names) - 1}, got "
+                                 f"{name_list([str(k) for k in names])}")
+            names = [names[k] for k in range(len(names))]
+        if not isinstance(names, list) or not names:
+            raise InputError(f"{root / 'data.yaml'}: names must be a list or {{id: name}}, got {names!r}")
+        return [str(name) for name in names]
+    if (root / "classes.txt").is_file():
+        names = [line.strip() for line in read_text(root / "classes.txt").splitlines() if line.strip()]
+        if not names:
+            raise InputError(f"{root / 'classes.txt'}: names no class")
+        return names
+    return None
 
 
 def collect_coco(root, annotations=None):
-    """Jobs for photos labelled by COCO JSON, and warnings: the photos in root labelled by
-    `annotations` (all train), or root/{train,val,test}/ (see coco_split_folders).
+    """(jobs for photos labelled by COCO JSON, warnings, (the category names in the order first
+    listed, the names annotations use)): the photos in root labelled by `annotations` (all
+    train), or root/{train,val,test}/ (see coco_split_folders).
 
     Photos are matched with the JSON's images by base name. A photo the JSON lists but its folder
     lacks is an error; a photo in the folder that the JSON does not list is left out with a warning
@@ -609,9 +698,11 @@ def collect_coco(root, annotations=None):
         layout = {"train": (Path(root), Path(annotations))}
     else:
         layout = coco_split_folders(root)
-    jobs, warnings = [], []
+    jobs, warnings, available, used = [], [], [], set()
     for split, (folder, json_file) in layout.items():
-        labels = read_coco(json_file)
+        labels, names, used_names = read_coco(json_file)
+        available += [name for name in names if name not in available]
+        used |= used_names
         photos = list_images(folder)
         missing = sorted(set(labels) - {photo.name for photo in photos})
         if missing:
@@ -626,7 +717,7 @@ def collect_coco(root, annotations=None):
                  for photo in photos if photo.name in labels]
     if not any(job["split"] == "train" for job in jobs):
         raise InputError(f"{layout['train'][1]}: lists no images")
-    return jobs, warnings
+    return jobs, warnings, (available, used)
 
 
 def coco_split_folders(root):
@@ -652,13 +743,14 @@ def coco_split_folders(root):
 
 
 def read_coco(path):
-    """COCO detection JSON -> {image base name: ('coco', path, boxes x1 y1 x2 y2, (width, height)
-    or None, problem)}, the labels of a job.
+    """COCO detection JSON -> ({image base name: ('coco', path, boxes x1 y1 x2 y2, their category
+    names, (width, height) or None, problem)}, the labels of a job; the category names in the
+    JSON's order; the names that annotations use).
 
-    An image without annotations has no apples. problem is None, or why the image's annotations
+    An image without annotations has no boxes. problem is None, or why the image's annotations
     cannot be used (see coco_image_boxes): it is raised when the photo is prepared, so that
-    --skip_bad can skip that photo alone. A file that is not a COCO JSON, two images with one base
-    name, or categories that leave apple unclear raise here."""
+    --skip_bad can skip that photo alone. A file that is not a COCO JSON, or two images with one
+    base name, raise here."""
     try:
         data = json.loads(read_text(path))
         ids = [image["id"] for image in data["images"]]
@@ -669,8 +761,8 @@ def read_coco(path):
                 raise InputError(f"{path}: annotation {annotation.get('id', '?')} refers to image_id "
                                     f"{annotation['image_id']}, which 'images' does not list")
             annotations[annotation["image_id"]].append(annotation)
-        categories = {category["id"]: str(category["name"]) for category in data.get("categories", [])}
-        used_ids = {annotation["category_id"] for annotation in data.get("annotations", [])}
+        categories = {category["id"]: str(category["name"]).strip() for category in data.get("categories", [])}
+        used = {categories[a["category_id"]] for a in data.get("annotations", []) if a["category_id"] in categories}
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{path}: expected a COCO JSON with 'images' (id, file_name, width, height), "
                             f"'annotations' (image_id, category_id, bbox) and 'categories' (id, name): "
@@ -680,46 +772,41 @@ def read_coco(path):
     if repeated:
         raise InputError(f"{path}: images listed more than once (the same id, or the same file name's base "
                             f"name, by which photos are matched): {name_list(repeated)}")
-    apple_id = apple_category(categories, used_ids, path)
     labels = {}
     for image_id, image, base_name in zip(ids, data["images"], base_names):
         size = (image["width"], image["height"]) if image.get("width") and image.get("height") else None
         try:
-            boxes, problem = coco_image_boxes(annotations[image_id], apple_id, categories,
-                                              f"{path}: image {image['file_name']}"), None
+            boxes, names = coco_image_boxes(annotations[image_id], categories, f"{path}: image {image['file_name']}")
+            problem = None
         except InputError as error:
-            boxes, problem = np.zeros((0, 4)), str(error)
-        labels[base_name] = ("coco", str(path), boxes, size, problem)
-    return labels
+            boxes, names, problem = np.zeros((0, 4)), [], str(error)
+        labels[base_name] = ("coco", str(path), boxes, names, size, problem)
+    return labels, list(dict.fromkeys(categories.values())), used
 
 
-def apple_category(categories, used_ids, path):
-    """The category id that is apple: the one named 'apple' (any case), else the only one the
-    annotations use; None when there are no annotations. Several used, none named 'apple', raises."""
-    named = [category_id for category_id, name in categories.items() if name.strip().lower() == "apple"]
+def apple_names(used, path):
+    """{category name: 'apple'} for MinneApple's test annotations: the category named 'apple' (any
+    case), else the only one the annotations use. Several used, none named 'apple', raises."""
+    named = [name for name in used if name.lower() == "apple"]
     if len(named) > 1:
-        raise InputError(f"{path}: categories {named} are all named 'apple': keep one")
-    if named:
-        return named[0]
-    if len(used_ids) > 1:
-        listed = ", ".join(f"'{categories.get(i, '?')}' (id {i})" for i in sorted(used_ids, key=str))
-        raise InputError(f"{path}: the annotations use {len(used_ids)} categories, {listed}, and none "
-                            f"is named 'apple': this toolkit has one class; keep the apples only, or "
-                            f"name their category 'apple'")
-    return next(iter(used_ids), None)
+        raise InputError(f"{path}: categories {', '.join(sorted(named))} are all apple: keep one")
+    if not named and len(used) > 1:
+        raise InputError(f"{path}: the annotations use {len(used)} categories, {', '.join(sorted(used))}, and "
+                         f"none is named 'apple': MinneApple's test boxes are apples; keep the apples only, or "
+                         f"name their category 'apple'")
+    return {(named or list(used) or ["apple"])[0]: "apple"}
 
 
-def coco_image_boxes(annotations, apple_id, categories, where):
-    """One image's COCO annotations -> boxes x1 y1 x2 y2 in pixels. An annotation of another
-    category than apple_id, or a bbox that is not [x, y, width, height] with width and height >= 0,
-    raises naming `where` (the file and the image) and the annotation."""
-    boxes = []
+def coco_image_boxes(annotations, categories, where):
+    """One image's COCO annotations -> (boxes x1 y1 x2 y2 in pixels, their category names). A
+    category that 'categories' does not list, or a bbox that is not [x, y, width, height] with
+    width and height >= 0, raises naming `where` (the file and the image) and the annotation."""
+    boxes, names = [], []
     for annotation in annotations:
         which = f"{where}: annotation {annotation.get('id', '?')}"
-        if annotation["category_id"] != apple_id:
-            raise InputError(f"{which} is category '{categories.get(annotation['category_id'], '?')}' (id "
-                                f"{annotation['category_id']}), not '{categories.get(apple_id, '?')}' (id {apple_id}): "
-                                f"this toolkit has one class, apple")
+        if annotation["category_id"] not in categories:
+            raise InputError(f"{which}: category_id {annotation['category_id']!r} is not in 'categories'")
+        names.append(categories[annotation["category_id"]])
         bbox = annotation.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4
                 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
@@ -728,7 +815,7 @@ def coco_image_boxes(annotations, apple_id, categories, where):
                                 f"height >= 0, got {bbox!r}")
         x, y, w, h = bbox
         boxes.append([x, y, x + w, y + h])
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4), names
 
 
 def coco_base_name(file_name):
@@ -963,6 +1050,9 @@ def parse_args(argv=None):
                         "all train (val is chosen with --num_val)")
     parser.add_argument("--test_annotations", help="COCO JSON with the MinneApple test boxes "
                         "(when test/masks/ is absent)")
+    parser.add_argument("--classes", help="comma-separated class names to keep, in this order, e.g. "
+                        "green_apple,red_apple; the others' boxes are dropped and counted (default: every "
+                        "class: YOLO's data.yaml or classes.txt names, COCO's categories in use, MinneApple's apple)")
     parser.add_argument("--num_images", type=int,
                         help="synthetic photos in all, default 48 (a third become test, as "
                              "MinneApple's 331/1001); only for --source synthetic")
@@ -1030,9 +1120,9 @@ def main(argv=None):
     try:
         check_output_folder(out_dir, "--output_dir", inputs=[args.input] if args.input else [],
                             written=("real", "instances", "synthetic_source", ".prepare_tmp"))
-        jobs = collect_jobs(args, out_dir)
+        jobs, classes = collect_jobs(args, out_dir)
         config = {key: value for key, value in vars(args).items() if key not in ("workers",)}
-        config.update(input=str(Path(args.input).resolve()) if args.input else None,
+        config.update(classes=classes, input=str(Path(args.input).resolve()) if args.input else None,
                       output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs))
         if up_to_date(out_dir, config):
             print(f"{out_dir} is up to date (same arguments, same input files): nothing to do")

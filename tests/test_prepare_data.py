@@ -81,12 +81,12 @@ def test_crop_resize_arithmetic_near_the_crop_edge():
              [200, 990, 240, 1010],   # bottom edge: 10 of 20 rows inside, kept
              [300, 250, 340, 290],    # 10 of 40 rows inside: dropped
              [0, 0, 10, 10]]          # outside the crop: dropped
-    kept, dropped = pd.crop_resize_boxes(boxes, left, top, 720, 768, min_visible=0.5)
+    kept, keep = pd.crop_resize_boxes(boxes, left, top, 720, 768, min_visible=0.5)
     scale = 768 / 720
     np.testing.assert_allclose(kept, np.array([[100, 0, 140, 20], [200, 710, 240, 720]]) * scale)
-    assert dropped == 2
-    kept, dropped = pd.crop_resize_boxes(boxes, left, top, 720, 768, min_visible=0.6)
-    assert len(kept) == 0 and dropped == 4
+    assert keep.tolist() == [True, True, False, False]
+    kept, keep = pd.crop_resize_boxes(boxes, left, top, 720, 768, min_visible=0.6)
+    assert len(kept) == 0 and (~keep).sum() == 4
 
 
 def test_mask_boxes_end_at_the_crops_last_pixel():
@@ -104,8 +104,8 @@ def label_rows_from_text(text):
 
 
 def test_yolo_label_text_normalises_centre_and_size():
-    rows = label_rows_from_text(pd.yolo_label_text(np.array([[10, 20, 30, 60]]), 100, 200))
-    assert rows == [[0, 0.2, 0.2, 0.2, 0.2]]
+    rows = label_rows_from_text(pd.yolo_label_text(np.array([[10, 20, 30, 60], [0, 0, 50, 200]]), [0, 2], 100, 200))
+    assert rows == [[0, 0.2, 0.2, 0.2, 0.2], [2, 0.25, 0.5, 0.5, 1.0]]
 
 
 def test_min_visible_drop_is_counted(tmp_path):
@@ -402,14 +402,48 @@ def test_command_line_error_is_a_message_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "wrong layout" in result.stderr
 
 
-def test_unreadable_label_and_non_apple_class_are_named(tmp_path, capsys):
+def test_unreadable_label_and_unnamed_class_are_named(tmp_path, capsys):
     root = make_yolo(tmp_path / "yolo", 3)
     (root / "labels" / "p2.txt").write_bytes(b"\xff\xfe0 0.5 0.5 0.1 0.1\n")
     code, err = run_bad(tmp_path, capsys, root, source="yolo")
     assert code == 2 and "p2.txt" in err and "unreadable" in err
     (root / "labels" / "p2.txt").write_text("3 0.5 0.5 0.2 0.2\n")
     code, err = run_bad(tmp_path, capsys, root, source="yolo")
-    assert code == 2 and "p2.txt:1" in err and "0 = apple" in err
+    assert code == 2 and "p2.txt:1" in err and "names no classes" in err and "only class 0, apple" in err
+    (root / "classes.txt").write_text("pear\nplum\n")
+    code, err = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 2 and "p2.txt:1" in err and "0..1 (pear, plum)" in err
+
+
+def test_yolo_classes_come_from_data_yaml_or_classes_txt_and_classes_selects_and_orders(tmp_path, capsys):
+    root = make_yolo(tmp_path / "yolo", 5, size=(80, 60), label="0 0.5 0.5 0.25 0.25\n1 0.5 0.5 0.1 0.1\n")
+    (root / "labels" / "p0.txt").write_text("1 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n")
+    (root / "classes.txt").write_text("green_apple\nred_apple\n")  # Label Studio's YOLO export
+    code, _ = run_bad(tmp_path, capsys, root, "--num_val", "2", source="yolo")
+    out = tmp_path / "out"
+    stats = json.loads((out / "stats.json").read_text())
+    assert code == 0 and stats["classes"] == ["green_apple", "red_apple"]
+    totals = {name: sum(stats["boxes_per_class"][s][name] for s in ("train", "val")) for name in stats["classes"]}
+    assert totals == {"green_apple": 4, "red_apple": 6}
+    for data_yaml in ("real.yaml", "fewshot.yaml"):
+        assert yaml.safe_load((out / data_yaml).read_text())["names"] == {0: "green_apple", 1: "red_apple"}
+    p0 = next((out / "real").glob("*/labels/p0.txt"))
+    assert [row[0] for row in label_rows(p0)] == [1, 1]
+    assert {r["file"].split("/")[-1]: r["boxes_per_class"] for r in read_manifest(out)}["p0.png"] == "red_apple=2"
+
+    (root / "data.yaml").write_text("names:\n  0: green\n  1: red\n")  # data.yaml wins over classes.txt
+    code, _ = run_bad(tmp_path, capsys, root, "--num_val", "2", "--classes", "red,green", source="yolo")
+    assert code == 0 and yaml.safe_load((out / "real.yaml").read_text())["names"] == {0: "red", 1: "green"}
+    assert [row[0] for row in label_rows(p0)] == [0, 0]
+    code, _ = run_bad(tmp_path, capsys, root, "--num_val", "2", "--classes", "red", source="yolo")
+    stats = json.loads((out / "stats.json").read_text())
+    assert code == 0 and sum(stats["boxes_other_classes"].values()) == 4 and sum(stats["boxes_kept"].values()) == 6
+    assert all(row[0] == 0 for p in (out / "real").glob("*/labels/*.txt") for row in label_rows(p))
+    code, err = run_bad(tmp_path, capsys, root, "--classes", "pear", source="yolo")
+    assert code == 2 and "--classes 'pear'" in err and "green, red" in err
+    (root / "data.yaml").write_text("names:\n  0: green\n  2: red\n")
+    code, err = run_bad(tmp_path, capsys, root, source="yolo")
+    assert code == 2 and "data.yaml" in err and "0..1" in err
 
 
 def test_flat_yolo_layout_becomes_train_and_val(tmp_path, capsys):
@@ -643,7 +677,7 @@ def orchard_as_coco(source, root):
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 0,
                                     "bbox": [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]})
         (target / f"instances_{split_dir.name}.json").write_text(json.dumps(
-            {"images": images, "annotations": annotations, "categories": [{"id": 0, "name": "Apple"}]}))
+            {"images": images, "annotations": annotations, "categories": [{"id": 0, "name": "apple"}]}))
     return root
 
 
@@ -661,28 +695,47 @@ def run_coco(tmp_path, capsys, input_dir, *extra):
     return code, capsys.readouterr().err
 
 
-def test_coco_categories(tmp_path, capsys):
-    _, coco = make_handmade_pair(tmp_path, {"train": HANDMADE["train"]})
-    json_file = coco / "train" / "_annotations.coco.json"
+def test_coco_categories_are_the_classes_matched_by_name(tmp_path, capsys):
+    _, coco = make_handmade_pair(tmp_path, {"train": HANDMADE["train"], "val": HANDMADE["val"]})
+    json_file, val_json = coco / "train" / "_annotations.coco.json", coco / "valid" / "_annotations.coco.json"
     roboflow = [{"id": 0, "name": "apples-xyz", "supercategory": "none"},
                 {"id": 1, "name": "fruit", "supercategory": "apples-xyz"}]
     json_file.write_text(json.dumps(coco_json(HANDMADE["train"], categories=roboflow)))
-    assert run_coco(tmp_path, capsys, coco)[0] == 0  # one category used, whatever its name
+    val_json.write_text(json.dumps(coco_json(HANDMADE["val"], categories=roboflow)))
+    code, err = run_coco(tmp_path, capsys, coco)
+    out = tmp_path / "out"
+    assert code == 0 and "apples-xyz" in err and "left out" in err  # Roboflow's unused supercategory
+    assert yaml.safe_load((out / "real.yaml").read_text())["names"] == {0: "fruit"}
 
-    data = coco_json(HANDMADE["train"], categories=[{"id": 1, "name": "Apple"}, {"id": 2, "name": "leaf"}])
-    data["annotations"][2]["category_id"] = 2   # a1.jpg's first box
+    data = coco_json(HANDMADE["train"], categories=[{"id": 7, "name": "leaf"}, {"id": 1, "name": "Apple"}])
+    data["annotations"][4]["category_id"] = 7   # a3.png's first box
+    json_file.write_text(json.dumps(data))
+    val = coco_json(HANDMADE["val"], categories=[{"id": 3, "name": "Apple"}, {"id": 4, "name": "leaf"}], category_id=3)
+    val["annotations"][2]["category_id"] = 4   # b1.png's second box: the same class by name, another id
+    val_json.write_text(json.dumps(val))
+    code, err = run_coco(tmp_path, capsys, coco)
+    stats = json.loads((out / "stats.json").read_text())
+    assert code == 0 and yaml.safe_load((out / "real.yaml").read_text())["names"] == {0: "leaf", 1: "Apple"}
+    assert [row[0] for row in label_rows(out / "real" / "val" / "labels" / "b1.txt")] == [1, 0]
+    a3 = next((out / "real").glob("*/labels/a3.txt"))
+    assert [row[0] for row in label_rows(a3)] == [0]  # its second box is cropped out
+    assert stats["boxes_per_class"]["val"] == {"leaf": 1, "Apple": 2}
+
+    code, err = run_coco(tmp_path, capsys, coco, "--classes", "Apple")
+    stats = json.loads((out / "stats.json").read_text())
+    assert code == 0 and stats["classes"] == ["Apple"] and sum(stats["boxes_other_classes"].values()) == 2
+    assert label_rows(a3) == []
+    code, err = run_coco(tmp_path, capsys, coco, "--classes", "pear")
+    assert code == 2 and "'pear'" in err and "leaf, Apple" in err
+
+    data["annotations"][2]["category_id"] = 9   # a1.jpg's first box: a category the JSON does not list
     json_file.write_text(json.dumps(data))
     code, err = run_coco(tmp_path, capsys, coco)
-    assert code == 2 and str(json_file) in err and "image a1.jpg" in err and "'leaf' (id 2)" in err
+    assert code == 2 and str(json_file) in err and "image a1.jpg" in err and "category_id 9" in err
     code, err = run_coco(tmp_path, capsys, coco, "--skip_bad")
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
     assert code == 0 and len(stats["skipped"]) == 1 and "a1.jpg" in stats["skipped"][0]
-    assert len(read_manifest(tmp_path / "out")) == 4
-
-    data["categories"][0]["name"] = "fruit"   # two categories used, neither named apple
-    json_file.write_text(json.dumps(data))
-    code, err = run_coco(tmp_path, capsys, coco)
-    assert code == 2 and str(json_file) in err and "'fruit' (id 1)" in err and "'leaf' (id 2)" in err
+    assert len(read_manifest(out)) == 6
 
 
 def test_coco_photos_and_json_must_agree(tmp_path, capsys):
