@@ -21,7 +21,8 @@ Out (the folder contract, see docs/folder-contract.md):
   OUT/real/{train,val,test}/{images,labels}/  centre crop -> resize; YOLO txt, classes 0..K-1
   OUT/real.yaml                               ultralytics data YAML (relative to its folder) with
                                               the class names
-  OUT/instances/{green,red}/                  train photos picked for diversity, for DreamBooth
+  OUT/instances/<group>/                      train photos picked for diversity, for DreamBooth: one
+                                              folder per --group_by group (green and red by default)
   OUT/fewshot.txt, OUT/fewshot.yaml           the few-shot control: ultralytics data YAML training
                                               on the instance photos (their paths in
                                               OUT/real/train/images/, listed in fewshot.txt) and
@@ -70,6 +71,7 @@ from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOURS = ("green", "red")
+GROUP_RULES = ("colour", "class", "none")  # --group_by's rules; anything else is a CSV file
 SPLITS = ("train", "val", "test")
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}  # Roboflow: valid/
 # Hue ranges in degrees, read on chromatic pixels only (saturation and value above the floors).
@@ -94,8 +96,9 @@ class InputError(Exception):
 # ---------------------------------------------------------------------------------------------
 # The whole dataset: prepare() builds OUT from the jobs
 # ---------------------------------------------------------------------------------------------
-def prepare(jobs, config, out_dir, workers=1):
-    """Build the whole output in out_dir/.prepare_tmp, then move it into place. -> stats dict."""
+def prepare(jobs, config, out_dir, workers=1, group_file=None):
+    """Build the whole output in out_dir/.prepare_tmp, then move it into place (group_file: see
+    photo_groups). -> stats dict."""
     out_dir = Path(out_dir).resolve()
     tmp = out_dir / ".prepare_tmp"
     if tmp.exists():
@@ -103,7 +106,11 @@ def prepare(jobs, config, out_dir, workers=1):
     rows, skipped = prepare_photos(jobs, config, tmp / "pool", workers)
     move_val_photos(rows, config)
     place_photos(rows, tmp / "pool", tmp)
-    instances, warnings = pick_instances(rows, config, tmp)
+    groups = photo_groups(rows, config, group_file)
+    instances, warnings = pick_instances(rows, groups, config, tmp)
+    ungrouped = sum(r["split"] == "train" and r.get("group") is None for r in rows)
+    if ungrouped and config["group_by"] != "colour":  # colour: the photos without apples, as ever
+        warnings.append(f"{ungrouped} train photos are in no --group_by {config['group_by']} group")
     unlabelled = [r["file"] for r in rows if r["labelled"] == "no"]
     if unlabelled:
         warnings.append(f"{len(unlabelled)} test photos have no labels (no test/masks/, not in "
@@ -179,26 +186,88 @@ def place_photos(rows, pool_dir, tmp):
     shutil.rmtree(pool_dir)
 
 
-def pick_instances(rows, config, tmp):
-    """The DreamBooth instance photos: per colour, --num_instances train photos spread out in
-    appearance (farthest_point_sampling), copied to tmp/instances/<colour>/; marks their rows.
-    -> ({colour: [file name]}, warnings when a colour has fewer train photos than asked for)."""
+def pick_instances(rows, groups, config, tmp):
+    """The DreamBooth instance photos: per group (photo_groups), --num_instances of its train photos
+    spread out in appearance (farthest_point_sampling), copied to tmp/instances/<group>/; marks their
+    rows. -> ({group: [file name]}, warnings when a group has fewer train photos than asked for)."""
     warnings, instances = [], {}
-    for colour in COLOURS:
-        (tmp / "instances" / colour).mkdir(parents=True)
-        candidates = [r for r in rows if r["split"] == "train" and r["colour"] == colour]
+    for group in groups:
+        (tmp / "instances" / group).mkdir(parents=True)
+        candidates = [r for r in rows if r["split"] == "train" and r.get("group") == group]
         picks = farthest_point_sampling([r["embedding"] for r in candidates],
                                         config["num_instances"], config["seed"])
         if len(picks) < config["num_instances"]:
-            warnings.append(f"only {len(picks)} {colour} train photos for the {config['num_instances']} "
-                            f"{colour} instance photos asked for")
-        instances[colour] = []
+            warnings.append(f"only {len(picks)} {group} train photos for the {config['num_instances']} "
+                            f"{group} instance photos asked for")
+        instances[group] = []
         for index in picks:
             row = candidates[index]
-            row["instance"] = colour
-            shutil.copyfile(tmp / row["file"], tmp / "instances" / colour / Path(row["file"]).name)
-            instances[colour].append(Path(row["file"]).name)
+            row["instance"] = group
+            shutil.copyfile(tmp / row["file"], tmp / "instances" / group / Path(row["file"]).name)
+            instances[group].append(Path(row["file"]).name)
     return instances, warnings
+
+
+def photo_groups(rows, config, group_file):
+    """Set each train row's DreamBooth group by --group_by: colour (green or red; a photo without
+    coloured boxes has none), class (the class with most boxes, the first on a tie; none without
+    boxes), none (one group, all) or the CSV's group (group_file: {file name: group}; a photo it
+    does not list has none). -> the group names, in order."""
+    train = [r for r in rows if r["split"] == "train"]
+    if config["group_by"] == "colour":
+        groups = list(COLOURS)
+        for row in train:
+            row["group"] = row["colour"] if row["colour"] in COLOURS else None
+    elif config["group_by"] == "class":
+        groups = [folder_name(name) for name in config["classes"]]
+        if len(set(groups)) < len(groups):
+            raise InputError(f"--group_by class: the classes {name_list(config['classes'])} give the folder "
+                             f"names {name_list(groups)}, not all distinct: group them with a CSV")
+        for row in train:
+            counts = [row["boxes_per_class"].get(name, 0) for name in config["classes"]]
+            row["group"] = groups[counts.index(max(counts))] if max(counts) else None
+    elif config["group_by"] == "none":
+        groups = ["all"]
+        for row in train:
+            row["group"] = "all"
+    else:
+        groups = list(dict.fromkeys(group_file.values()))
+        for row in train:
+            row["group"] = group_file.get(Path(row["source_file"]).name)
+    return groups
+
+
+def folder_name(name):
+    """A class name as a group folder's name: runs of characters other than letters, digits, '_', '.'
+    and '-' become '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "_"
+
+
+def read_group_file(path, jobs):
+    """--group_by FILE.csv (columns file, group: a photo's file name in --input and its group) ->
+    {file name: group}. A file that is not one of the photos, a photo listed twice, or a group name
+    that cannot be a folder name is an error naming the line."""
+    names = {Path(job["image"]).name for job in jobs}
+    groups = {}
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"file", "group"} <= set(reader.fieldnames or ()):
+                raise InputError(f"{path}: expected a CSV with the columns file and group, got {reader.fieldnames}")
+            for number, row in enumerate(reader, start=2):
+                file, group = (row["file"] or "").strip(), (row["group"] or "").strip()
+                if file not in names:
+                    raise InputError(f"{path}:{number}: {file!r} is not a photo of the source (a file name, e.g. IMG_1.jpg)")
+                if file in groups:
+                    raise InputError(f"{path}:{number}: {file} is listed twice")
+                if not group or folder_name(group) != group:
+                    raise InputError(f"{path}:{number}: group {group!r}: use letters, digits, '_', '.' and '-'")
+                groups[file] = group
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path}: unreadable CSV ({error})")
+    if not groups:
+        raise InputError(f"{path}: lists no photo")
+    return groups
 
 
 def write_manifest(path, rows):
@@ -215,15 +284,18 @@ def fewshot_files(instances, classes):
     instance photos in OUT/real/train/images/ as ./ paths (ultralytics reads them from the list's
     folder, and finds each label by replacing /images/ with /labels/), and its data YAML, validated
     on the baseline's val; both relative, so a moved OUT still works."""
-    listing = "".join(f"./real/train/images/{name}\n" for colour in COLOURS for name in instances[colour])
+    listing = "".join(f"./real/train/images/{name}\n" for names in instances.values() for name in names)
     data_yaml = {"train": "fewshot.txt", "val": "real/val/images", "names": dict(enumerate(classes))}
     return listing, yaml.safe_dump(data_yaml, sort_keys=False)
 
 
 def dataset_stats(rows, config, instances, skipped, warnings, unlabelled):
-    """stats.json's content: the config, the classes, and per split the photos, the boxes kept (in
-    all and per class), dropped by the crop and of classes left out, and the colours."""
-    stats = {"config": config, "classes": config["classes"], "photos": {}, "boxes_kept": {}, "boxes_per_class": {},
+    """stats.json's content: the config, the classes, the groups (their train photos), and per split
+    the photos, the boxes kept (in all and per class), dropped by the crop and of classes left
+    out, and the colours."""
+    groups = {group: sum(r["split"] == "train" and r.get("group") == group for r in rows) for group in instances}
+    stats = {"config": config, "classes": config["classes"], "groups": groups, "photos": {}, "boxes_kept": {},
+             "boxes_per_class": {},
              "boxes_dropped": {}, "boxes_other_classes": {}, "colours": {}, "unlabelled_test_photos": unlabelled,
              "instances": instances, "skipped": skipped, "warnings": warnings}
     for split in SPLITS:
@@ -269,6 +341,7 @@ def summary(stats):
         lines.append(f"  {split}: {stats['boxes_kept'][split]} boxes kept{per_class}, "
                      f"{stats['boxes_dropped'][split]} dropped{other}; green {colours['green']}, "
                      f"red {colours['red']}, no apples {colours['none']}")
+    lines.append("groups (train photos): " + ", ".join(f"{g} {n}" for g, n in stats["groups"].items()))
     lines.append("instances: " + ", ".join(f"{c} {len(v)}" for c, v in stats["instances"].items()))
     lines += [f"warning: {w}" for w in stats["warnings"]]
     lines += [f"skipped: {s}" for s in stats["skipped"]]
@@ -1073,7 +1146,11 @@ def parse_args(argv=None):
     parser.add_argument("--split_by", choices=["random", "sequence"], default="random",
                         help="sequence keeps the frames of one video sequence in one split")
     parser.add_argument("--num_instances", type=int, default=10,
-                        help="instance photos picked per colour for DreamBooth")
+                        help="instance photos picked per group for DreamBooth")
+    parser.add_argument("--group_by", default="colour",
+                        help="the DreamBooth groups, one instances/<group>/ each: colour (green and red apples, "
+                             "the paper's), class (each photo's most frequent class), none (one group, all), or "
+                             "a CSV with columns file,group (a photo's file name and its group)")
     parser.add_argument("--red_threshold", type=float, default=0.4,
                         help="a photo is red when at least this share of its red-or-green apple "
                              "pixels is red")
@@ -1122,12 +1199,14 @@ def main(argv=None):
                             written=("real", "instances", "synthetic_source", ".prepare_tmp"))
         jobs, classes = collect_jobs(args, out_dir)
         config = {key: value for key, value in vars(args).items() if key not in ("workers",)}
+        group_file = read_group_file(args.group_by, jobs) if args.group_by not in GROUP_RULES else None
         config.update(classes=classes, input=str(Path(args.input).resolve()) if args.input else None,
-                      output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs))
+                      output_dir=str(out_dir), input_fingerprint=input_fingerprint(jobs),
+                      group_file=group_file)
         if up_to_date(out_dir, config):
             print(f"{out_dir} is up to date (same arguments, same input files): nothing to do")
             return 0
-        stats = prepare(jobs, config, out_dir, args.workers)
+        stats = prepare(jobs, config, out_dir, args.workers, group_file)
     except InputError as error:
         shutil.rmtree(out_dir / ".prepare_tmp", ignore_errors=True)
         print(f"error: {error}", file=sys.stderr)

@@ -823,3 +823,55 @@ def test_help_has_no_flag_with_two_defaults(capsys):
     flags = re.split(r"\n  (?=-)", help_text.split("options:")[1].split("examples:")[0])
     assert "--annotations" in help_text and "default: None" not in help_text
     assert all(flag.count("default") <= 1 for flag in flags), [f for f in flags if f.count("default") > 1]
+
+
+def two_class_orchard(source, root):
+    """orchard-real as a two-class YOLO folder: every box of a green photo is green_apple (0), of a red
+    one red_apple (1), named by classes.txt as Label Studio's YOLO export does. -> (root, {file: colour})."""
+    with open(source / "manifest.csv", newline="") as handle:
+        colour = {r["file"]: r["color"] for r in csv.DictReader(handle)}
+    for split in ("train", "val", "test"):
+        (root / split / "labels").mkdir(parents=True)
+        (root / split / "images").symlink_to(source / split / "images")
+        for label in (source / split / "labels").glob("*.txt"):
+            class_id = {"green": "0", "red": "1"}[colour[f"{label.stem}.jpg"]]
+            (root / split / "labels" / label.name).write_text(
+                "".join(f"{class_id} {line.split(maxsplit=1)[1]}\n" for line in label.read_text().splitlines()
+                        if line.strip()))
+    (root / "classes.txt").write_text("green_apple\nred_apple\n")
+    return root, colour
+
+
+def test_groups_by_colour_class_none_or_a_csv(tmp_path, capsys):
+    from conftest import shared_path
+    root, colour = two_class_orchard(shared_path("data/orchard-real"), tmp_path / "two_class")
+    common = ["--source", "yolo", "--input", str(root), "--resolution", "64", "--num_instances", "3", "--workers", "2"]
+    assert pd.main([*common, "--output_dir", str(tmp_path / "by_class"), "--group_by", "class"]) == 0
+    stats = json.loads((tmp_path / "by_class" / "stats.json").read_text())
+    assert stats["classes"] == ["green_apple", "red_apple"]
+    assert stats["groups"] == {"green_apple": 24, "red_apple": 24}  # orchard-real's train split: 24 + 24
+    for group, photo_colour in (("green_apple", "green"), ("red_apple", "red")):
+        picked = sorted(p.name for p in (tmp_path / "by_class" / "instances" / group).iterdir())
+        assert len(picked) == 3 and all(colour[name.replace(".png", ".jpg")] == photo_colour for name in picked)
+    assert stats["boxes_per_class"]["test"]["green_apple"] + stats["boxes_per_class"]["test"]["red_apple"] == \
+        stats["boxes_kept"]["test"] > 0
+
+    assert pd.main([*common, "--output_dir", str(tmp_path / "one"), "--group_by", "none"]) == 0
+    stats = json.loads((tmp_path / "one" / "stats.json").read_text())
+    assert stats["groups"] == {"all": 48} and [p.name for p in (tmp_path / "one" / "instances").iterdir()] == ["all"]
+    assert len(list((tmp_path / "one" / "instances" / "all").iterdir())) == 3
+
+    train = sorted(p.name for p in (root / "train" / "images").iterdir())
+    groups = tmp_path / "groups.csv"
+    groups.write_text("file,group\n" + "".join(f"{name},{'near' if k % 3 else 'far'}\n"
+                                               for k, name in enumerate(train[:30])))
+    assert pd.main([*common, "--output_dir", str(tmp_path / "csv"), "--group_by", str(groups)]) == 0
+    stats = json.loads((tmp_path / "csv" / "stats.json").read_text())
+    assert stats["groups"] == {"far": 10, "near": 20}
+    assert any("18 train photos are in no --group_by" in w for w in stats["warnings"])
+    groups.write_text("file,group\nnot_a_photo.jpg,far\n")
+    assert pd.main([*common, "--output_dir", str(tmp_path / "csv"), "--group_by", str(groups)]) == 2
+    assert f"{groups}:2" in capsys.readouterr().err
+    groups.write_text(f"file,group\n{train[0]},in the snow\n")
+    assert pd.main([*common, "--output_dir", str(tmp_path / "csv"), "--group_by", str(groups)]) == 2
+    assert "'in the snow'" in capsys.readouterr().err
