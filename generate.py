@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """generate.py: draw the synthetic Genfusion dataset from fine-tuned Stable Diffusion models.
 
-In:  --model MODEL:COUNT, repeated: a diffusers pipeline folder (what train_dreambooth.py writes), a
-     hub id or a single .safetensors/.ckpt file, and how many images to draw from it (the paper:
-     green:54 and red:482).
+In:  --model MODEL:COUNT[:PROMPT], repeated: a diffusers pipeline folder (what train_dreambooth.py
+     writes), a hub id or a single .safetensors/.ckpt file, how many images to draw from it (the
+     paper: green:54 and red:482), and its prompt (else --prompt, or its line in --prompts).
+     --total N instead draws N in all, split over the models by --split_total: the COUNTs as
+     weights, equally, or by the train photos of each group in prepare_data.py's stats.json.
+     --prompt_variants: templates, one drawn per image ("{}" is the model's prompt: "{} at dusk";
+     without it the template is the whole prompt: "a sks tree in the snow").
 Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's (or file's) name, index counts per model
      OUT/manifest.csv                      file, model, prompt, negative_prompt, seed, steps,
                                            guidance, scheduler, height, width, seconds
@@ -12,7 +16,8 @@ Out: OUT/images/<model>_<index:05d>.png   <model> is the folder's (or file's) na
 No labels: propose_boxes.py makes them.
 
 Image k (k counts over all models, in --model order) is drawn from its own generator seeded with
-seed + k, so it is the same image alone, in a batch, on any shard or after a crash. Each PNG
+seed + k, and its variant is drawn from seed + k too, so it is the same image with the same prompt
+alone, in a batch, on any shard or after a crash. Each PNG
 carries its manifest row in a text chunk and is written atomically: a re-run skips the images on
 disk and rebuilds manifest.csv and the contact sheet from them. --shard i/n and
 `accelerate launch --num_processes N` split the images; the union of the parts is one run.
@@ -23,6 +28,7 @@ import functools
 import json
 import math
 import os
+import random
 import re
 import sys
 import tempfile
@@ -64,12 +70,21 @@ def generate(args):
     from accelerate import PartialState
 
     models = [parse_model_spec(spec) for spec in args.model]
-    models = [(str(Path(location).resolve()) if Path(location).exists() else location, count)
-              for location, count in models]
-    own = {location: model_scheduler(location) for location, _ in models}  # every model checked first
+    models = [(str(Path(location).resolve()) if Path(location).exists() else location, count, prompt)
+              for location, count, prompt in models]
+    if args.total is not None:
+        counts = split_total(args.total, [count for _, count, _ in models], weights_of(args.split_total, models))
+        models = [(location, count, prompt) for (location, _, prompt), count in zip(models, counts)]
+        for location, count, _ in models:
+            if not count:
+                print(f"{model_name(location)}: no images in the split of --total {args.total}: skipped")
+        models = [model for model in models if model[1]]
+    prompts = read_prompts(args.prompts) if args.prompts else {}
+    models = [(location, count, prompt or prompts.get(model_name(location), args.prompt))
+              for location, count, prompt in models]
+    own = {location: model_scheduler(location) for location, _, _ in models}  # every model checked first
     schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
-    variants = [v.strip() for v in args.prompt_variants.split(";") if v.strip()]
-    jobs = plan(models, args.prompt, variants)
+    jobs = plan(models, read_variants(args.prompt_variants), args.seed)
     shard = parse_shard(args.shard)
     state = PartialState()
     output_dir = check_output_folder(args.output_dir, "--output_dir")
@@ -108,19 +123,83 @@ def generate(args):
     return 0
 
 
-def plan(models, prompt, variants):
-    """[(location, COUNT)] -> one job per image: global index k, model, file name, prompt."""
-    names = [model_name(location) for location, _ in models]
+def plan(models, variants, seed):
+    """[(location, COUNT, prompt)] -> one job per image: global index k, model, file name, prompt
+    (image_prompt)."""
+    names = [model_name(location) for location, _, _ in models]
     if len(set(names)) != len(names):
         raise InputError(f"two --model folders share a name ({', '.join(names)}): image files are "
                          f"named after the folder, so give them distinct names")
     jobs, k = [], 0
-    for (location, count), name in zip(models, names):
+    for (location, count, prompt), name in zip(models, names):
         for index in range(count):
-            text = f"{prompt} {variants[k % len(variants)]}" if variants else prompt
-            jobs.append({"k": k, "model": location, "file": f"{name}_{index:05d}.png", "prompt": text})
+            jobs.append({"k": k, "model": location, "file": f"{name}_{index:05d}.png",
+                         "prompt": image_prompt(prompt, variants, seed + k)})
             k += 1
     return jobs
+
+
+def image_prompt(prompt, variants, image_seed):
+    """The prompt of one image: a variant drawn with the image's own seed, "{}" in it replaced by
+    the model's prompt (no "{}": the variant is the whole prompt); no variants: the model's prompt."""
+    if not variants:
+        return prompt
+    return random.Random(image_seed).choice(variants).replace("{}", prompt)
+
+
+def split_total(total, counts, weights):
+    """--total images over the models in proportion to weights (None: the COUNTs), rounded by
+    largest remainder so that they add up to total exactly (ties: the earlier model)."""
+    weights = counts if weights is None else weights
+    if sum(weights) <= 0:
+        raise InputError(f"--total {total}: the weights {weights} add up to nothing")
+    shares = [total * w / sum(weights) for w in weights]
+    result = [math.floor(share) for share in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (-(shares[i] - result[i]), i))
+    for i in by_remainder[:total - sum(result)]:
+        result[i] += 1
+    return result
+
+
+def weights_of(split, models):
+    """--split_total -> the weights of the models: None (the COUNTs), equal, or each model's group's
+    train photos in prepare_data.py's stats.json (the group named as the model)."""
+    if split == "given":
+        return None
+    if split == "equal":
+        return [1] * len(models)
+    try:
+        groups = json.loads(Path(split).read_text())["groups"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"--split_total {split}: expected given, equal or prepare_data.py's stats.json ({error!r})")
+    missing = [model_name(location) for location, _, _ in models if model_name(location) not in groups]
+    if missing:
+        raise InputError(f"--split_total {split}: no group named {', '.join(missing)} (its groups: "
+                         f"{', '.join(groups)}); a model's name must be its group's")
+    return [groups[model_name(location)] for location, _, _ in models]
+
+
+def read_prompts(path):
+    """--prompts FILE.csv (columns model, prompt; model: the model's name, as its images are named)
+    -> {model name: prompt}."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"--prompts {path}: unreadable CSV ({error})")
+    if not rows or not {"model", "prompt"} <= set(rows[0]):
+        raise InputError(f"--prompts {path}: expected a CSV with the columns model and prompt")
+    return {row["model"].strip(): row["prompt"].strip() for row in rows}
+
+
+def read_variants(text):
+    """--prompt_variants: a file with one template a line, or ';'-separated templates -> the list."""
+    if text and Path(text).is_file():
+        try:
+            text = Path(text).read_text().replace("\n", ";")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"--prompt_variants {text}: unreadable ({error})")
+    return [v.strip() for v in (text or "").split(";") if v.strip()]
 
 
 def my_part(jobs, shard, process_index, num_processes):
@@ -239,11 +318,14 @@ def contact_sheet(blocks, columns=SHEET_COLUMNS):
 # Helpers
 # ---------------------------------------------------------------------------------------------
 def parse_model_spec(spec):
-    """'MODEL:COUNT' -> (MODEL, COUNT)."""
-    location, sep, count = spec.rpartition(":")
-    if not sep or not location or not re.fullmatch(r"\d+", count) or int(count) < 1:
-        raise InputError(f"--model {spec!r}: expected MODEL:COUNT with COUNT a positive whole number")
-    return location, int(count)
+    """'MODEL:COUNT[:PROMPT]' -> (MODEL, COUNT, PROMPT or None). COUNT is the first part after
+    MODEL that is a whole number, so the prompt may hold ':' and a Windows path its drive's."""
+    parts = spec.split(":")
+    at = next((i for i in range(1, len(parts)) if re.fullmatch(r"\d+", parts[i])), None)
+    if at is None or int(parts[at]) < 1:
+        raise InputError(f"--model {spec!r}: expected MODEL:COUNT[:PROMPT] with COUNT a positive whole number")
+    prompt = ":".join(parts[at + 1:]).strip() if len(parts) > at + 1 else None
+    return ":".join(parts[:at]), int(parts[at]), prompt or None
 
 
 def model_name(location):
@@ -420,6 +502,13 @@ EXAMPLES = """examples:
   python generate.py --model WORK/models/green:54 --model WORK/models/red:482 \\
       --output_dir WORK/generated --shard 0/2    # and --shard 1/2 on the other
 
+  # 536 images split by the train photos of prepare_data.py's groups, each with its own prompt and
+  # a variant drawn per image
+  python generate.py --model "WORK/models/green:1:a sks tree with green apples" \
+      --model "WORK/models/red:1:a sks tree with red apples" --total 536 \
+      --split_total WORK/data/stats.json --prompt_variants "{};{} in the snow;{} at dusk" \
+      --output_dir WORK/generated
+
   # a smoke run in seconds on the CPU: 4 images from train_dreambooth.py's smoke-run model
   python generate.py --model /tmp/red:4 --output_dir /tmp/smoke --height 64 --width 64 \\
       --num_inference_steps 4
@@ -429,16 +518,25 @@ EXAMPLES = """examples:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Draw the synthetic dataset from fine-tuned Stable Diffusion models.",
                                      epilog=EXAMPLES, formatter_class=HelpFormatter)
-    parser.add_argument("--model", action="append", required=True, metavar="MODEL:COUNT",
-                        help="pipeline folder, hub id or .safetensors/.ckpt file, and the images to draw from it; "
-                             "repeat it (the paper: green:54, red:482)")
+    parser.add_argument("--model", action="append", required=True, metavar="MODEL:COUNT[:PROMPT]",
+                        help="pipeline folder, hub id or .safetensors/.ckpt file, the images to draw from it, and "
+                             "its prompt (else --prompts' or --prompt); repeat it (the paper: green:54, red:482)")
+    parser.add_argument("--total", type=int,
+                        help="draw this many images in all instead of the COUNTs, split by --split_total")
+    parser.add_argument("--split_total", default="given",
+                        help="how --total is split: given (the COUNTs as weights), equal, or a prepare_data.py "
+                             "stats.json (each model's group's train photos; a model is named as its group)")
+    parser.add_argument("--prompts", help="a CSV with the columns model and prompt: each model's prompt, by "
+                                          "its name (the folder's or file's)")
     parser.add_argument("--output_dir", required=True,
                         help="where images/, manifest.csv and contact_sheet.png go; a re-run continues there")
-    parser.add_argument("--prompt", default="a sks tree", help="what the fine-tuned models learned")
+    parser.add_argument("--prompt", default="a sks tree", help="what the fine-tuned models learned (for a "
+                                                                  "model without a prompt of its own)")
     parser.add_argument("--negative_prompt", default="", help="what the images should not show (none if not given)")
     parser.add_argument("--prompt_variants", default="",
-                        help="';'-separated endings cycled over the images, e.g. 'in the snow;at dusk' "
-                             "(none if not given)")
+                        help="prompt templates, one drawn per image from its seed: a file with one a line, or "
+                             "';'-separated, e.g. '{} in the snow;{} at dusk' ({} is the model's prompt; without "
+                             "it a template is the whole prompt) (none if not given)")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
     parser.add_argument("--height", type=int, default=768, help="image height, a multiple of 8")
@@ -454,6 +552,10 @@ def parse_args(argv=None):
         parser.error("--height and --width must be positive multiples of 8")
     if args.batch_size < 1 or args.num_inference_steps < 1:
         parser.error("--batch_size and --num_inference_steps must be at least 1")
+    if args.total is not None and args.total < 1:
+        parser.error("--total must be at least 1")
+    if args.split_total != "given" and args.total is None:
+        parser.error("--split_total splits --total: give --total")
     return args
 
 

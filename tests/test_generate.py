@@ -100,10 +100,52 @@ def test_killed_run_completes_without_duplicates(reference, models, tmp_path, mo
     assert len(manifest(tmp_path)) == 5
 
 
-def test_prompt_variants_cycle_and_are_recorded(models, tmp_path):
-    assert run(models, tmp_path, "--prompt_variants", "in the snow; at dusk", green=2, red=1) == 0
-    assert [r["prompt"] for r in manifest(tmp_path)] == [
-        "a sks tree in the snow", "a sks tree at dusk", "a sks tree in the snow"]
+def test_prompts_per_model_and_variants_drawn_per_image_are_recorded(models, tmp_path):
+    variants = ["{} in the snow", "{} at dusk", "a photo of {}", "an orchard at noon"]
+    (tmp_path / "variants.txt").write_text("\n".join(variants) + "\n")
+    assert gen.main(["--model", f"{models / 'green'}:3:a sks tree with green apples", "--model", f"{models / 'red'}:2",
+                     "--prompt_variants", str(tmp_path / "variants.txt"), "--output_dir", str(tmp_path / "a"), *FAST]) == 0
+    rows = manifest(tmp_path / "a")
+    expected = [gen.image_prompt(prompt, variants, 7 + k) for k, prompt in
+                enumerate(["a sks tree with green apples"] * 3 + ["a sks tree"] * 2)]
+    assert [r["prompt"] for r in rows] == expected
+    # drawn from each image's own seed, not cycled: the same prompt alone in a shard, as in the whole run
+    assert all(gen.image_prompt("P", variants, s) == gen.image_prompt("P", variants, s) for s in range(20))
+    assert len({gen.image_prompt("P", variants, s) for s in range(40)}) == 4
+    assert {gen.image_prompt("P", variants, s) for s in range(40)} == {"P in the snow", "P at dusk", "a photo of P",
+                                                                       "an orchard at noon"}
+    assert gen.main(["--model", f"{models / 'green'}:3:a sks tree with green apples", "--model", f"{models / 'red'}:2",
+                     "--prompt_variants", ";".join(variants), "--output_dir", str(tmp_path / "b"), "--shard", "1/2",
+                     *FAST]) == 0
+    assert {r["file"]: r["prompt"] for r in manifest(tmp_path / "b")} == \
+        {r["file"]: r["prompt"] for r in rows if int(r["seed"]) % 2 == 0}  # k odd: seed 7 + k even
+    (tmp_path / "prompts.csv").write_text("model,prompt\nred,a sks tree with red apples\n")
+    assert gen.main(["--model", f"{models / 'red'}:1", "--prompts", str(tmp_path / "prompts.csv"),
+                     "--output_dir", str(tmp_path / "c"), *FAST]) == 0
+    assert manifest(tmp_path / "c")[0]["prompt"] == "a sks tree with red apples"
+
+
+def test_model_specs_and_total_split():
+    assert gen.parse_model_spec("models/green:54") == ("models/green", 54, None)
+    assert gen.parse_model_spec("C:/w/green:5:a sks tree: in the snow") == ("C:/w/green", 5, "a sks tree: in the snow")
+    assert gen.split_total(536, [54, 482], None) == [54, 482]
+    assert gen.split_total(10, [1, 1, 1], None) == [4, 3, 3]  # largest remainder, ties to the earlier model
+    assert gen.split_total(7, [0, 0], [3, 1]) == [5, 2]  # 5.25 and 1.75: the larger remainder gets the last image
+    assert sum(gen.split_total(536, [1] * 7, [3, 5, 8, 13, 1, 2, 40])) == 536
+
+
+def test_total_is_split_by_the_groups_of_prepare_stats(models, tmp_path, capsys):
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"groups": {"green": 1, "red": 3}}')
+    assert run(models, tmp_path / "out", "--total", "8", "--split_total", str(stats), green=1, red=1) == 0
+    assert sorted(r["file"].split("_")[0] for r in manifest(tmp_path / "out")) == ["green"] * 2 + ["red"] * 6
+    stats.write_text('{"groups": {"green": 0, "red": 3}}')  # an empty group: its model draws nothing, said so
+    assert run(models, tmp_path / "empty", "--total", "2", "--split_total", str(stats), green=1, red=1) == 0
+    assert "green: no images" in capsys.readouterr().out
+    assert [r["file"] for r in manifest(tmp_path / "empty")] == ["red_00000.png", "red_00001.png"]
+    stats.write_text('{"groups": {"pear": 3}}')
+    assert run(models, tmp_path / "bad", "--total", "2", "--split_total", str(stats)) == 2
+    assert "no group named green, red" in capsys.readouterr().err
 
 
 def test_other_settings_in_the_same_folder_are_refused(reference, models, capsys):
@@ -224,7 +266,7 @@ def test_help_gives_every_flag_a_help_text_and_at_most_one_default(capsys):
     options = {option: help for entries in help_sections(text).values() for option, help in entries.items()}
     usage_flags = set(re.findall(r"--\w+", text.split("\n\n")[0])) | {"--help"}
     assert usage_flags == {flag for option in options for flag in re.findall(r"--\w+", option)}
-    assert len(usage_flags) == 15  # 14 flags and --help
+    assert len(usage_flags) == 18  # 17 flags and --help
     assert all(options.values()), [option for option, help in options.items() if not help]
     assert all(help.lower().count("default") <= 1 for help in options.values())
     assert "(default: None)" not in text and "(default: )" not in text
@@ -235,7 +277,7 @@ def test_help_gives_every_flag_a_help_text_and_at_most_one_default(capsys):
 def test_help_examples_are_valid_commands(capsys):
     examples = help_text(capsys).split("examples:\n", 1)[1].replace("\\\n", " ")
     commands = [shlex.split(line, comments=True) for line in examples.splitlines() if "generate.py" in line]
-    assert len(commands) == 3
+    assert len(commands) == 4
     for words in commands:
         args = gen.parse_args(words[words.index("generate.py") + 1:])
         assert args.model and args.output_dir
