@@ -2,24 +2,31 @@
 """evaluate.py: COCO box AP of YOLO-format predictions, the paper's Table 1 from many runs, a run's report.
 
   score  In:  --gt DIR (images/ + labels/, YOLO txt) or --gt FILE.json (COCO: images by the base
-              name of file_name, boxes [x, y, w, h] in pixels, the category named apple or the only
-              one), and --pred DIR (one YOLO txt per image, named by its stem, with a 6th column, the
-              confidence; a missing file means no detections on that image).
+              name of file_name, boxes [x, y, w, h] in pixels), and --pred DIR (one YOLO txt per
+              image, named by its stem, with a 6th column, the confidence; a missing file means no
+              detections on that image). Class ids 0..K-1 are the classes of --data YAML's names (a
+              COCO file's categories matched to them by name); without it, a COCO file's categories
+              that its boxes use, in the order of its list, and a YOLO folder's one class 0, apple.
          Out: AP@0.5:0.95, AP50, AP75, AP small/medium/large and AR, all at --max_dets detections
-              per image, printed and as JSON (--out); --export_coco DIR writes gt.json and
-              predictions.json.
+              per image, over all classes (mAP), and with several classes each class's AP@0.5:0.95
+              and AP50 (pycocotools' per-category value; none for a class without ground truth),
+              printed and as JSON (--out); --export_coco DIR writes gt.json and predictions.json.
               AP is pycocotools' COCOeval, the scorer MinneApple's official evaluation uses; every
               figure is read from its accumulated arrays at --max_dets, as faster-coco-eval does
               (COCOeval.summarize takes AP@0.5:0.95 at 100 whatever the limit). Zero-size and
               duplicate ground-truth boxes are warned of (stderr) and count as COCOeval counts them.
   collect In: --runs DIR (train_detectors.py's project: DIR/<dataset>/<model>/seed<k>/test_predictions/)
-              and --gt DIR or FILE.json (the real test split, as score reads it).
-         Out: --out CSV, one row per run: dataset, model, seed, ap, ap50, ap75 (what table reads).
-  table  In:  --results CSV, one row per trained detector: dataset, model, seed, ap, ap50, ap75.
+              and --gt DIR or FILE.json (the real test split) and --data YAML, as score reads them.
+         Out: --out CSV, one row per run: dataset, model, seed, ap, ap50, ap75 (what table reads), and
+              with several classes ap_<name> then ap50_<name> per class (empty: no ground truth).
+  table  In:  --results CSV, one row per trained detector: dataset, model, seed, ap, ap50, ap75 (and
+              any ap_<name>, ap50_<name> per class).
          Out: table1.csv, table1.md, table1.png in --out_dir: mean and sample std over seeds, the
-              gap of every dataset to --baseline, and the paper's Table 1 beside ours. The --note
-              lines go under the table and the chart, with a note naming the rows that scored 0 on
-              every seed and the likely causes (--demo: a note on why a demo's numbers are near 0).
+              gap of every dataset to --baseline (per class too, in the csv and md; the chart shows
+              the mAP), and the paper's Table 1 beside ours for a MinneApple run (--data_stats) or
+              with --paper. The --note lines go under the table and the chart, with a note naming
+              the rows that scored 0 on every seed and the likely causes (--demo: a note on why a
+              demo's numbers are near 0).
   datasets In: --data NAME=YAML, repeatable (ultralytics data YAMLs: train/val/test each a folder
               of images, a .txt list of image paths, or a list of those; labels by ultralytics' rule,
               /images/ -> /labels/, .txt). Out: --out_dir DIR/datasets.csv, a row per dataset and
@@ -51,6 +58,7 @@ import re
 import sys
 import tempfile
 import textwrap
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
@@ -64,6 +72,8 @@ from tqdm import tqdm
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 METRICS = ("ap", "ap50", "ap75")
 METRIC_TITLES = {"ap": "AP@0.5:0.95", "ap50": "AP@0.5", "ap75": "AP@0.75"}
+CLASS_METRICS = ("ap", "ap50")                      # the figures given per class when there are several
+DEFAULT_CLASS_NAMES = ("apple",)                   # the classes when no names are given: class 0 only
 PAPER_MARKER = "D"                                   # the paper's values on table1.png: hollow diamonds
 # The figures score reports, each as COCOeval's summary defines it but at the chosen max-dets limit:
 # name -> (COCOeval's array, IoU threshold or None for the mean over 0.50:0.95, area range).
@@ -106,8 +116,10 @@ class InputError(Exception):
 # ---------------------------------------------------------------------------------------------
 # score
 # ---------------------------------------------------------------------------------------------
-def read_yolo_rows(path, with_confidence):
-    """YOLO txt -> {line number: [class, cx, cy, w, h(, conf)]}; any malformed line raises naming file:line."""
+def read_yolo_rows(path, with_confidence, names):
+    """YOLO txt -> {line number: [class, cx, cy, w, h(, conf)]}; any malformed line, or a class id
+    that is not one of names' (ids 0..K-1; None: no names were given, so class 0 only), raises
+    naming file:line."""
     columns = 6 if with_confidence else 5
     expected = "class cx cy w h" + (" conf" if with_confidence else "")
     rows = {}
@@ -126,13 +138,29 @@ def read_yolo_rows(path, with_confidence):
         if len(values) != columns:
             raise InputError(f"{path}:{number}: expected {columns} columns ({expected}), "
                                        f"got {len(values)}: {line!r}")
-        if values[0] != 0:
-            raise InputError(f"{path}:{number}: class {fields[0]}: one class is scored, 0 = apple")
+        if not (values[0].is_integer() and 0 <= values[0] < len(names or DEFAULT_CLASS_NAMES)):
+            raise InputError(f"{path}:{number}: class {fields[0]}: {unknown_class_problem(names)}")
         if not all(0.0 <= v <= 1.0 for v in values[1:]):
             raise InputError(f"{path}:{number}: values out of range: cx cy w h"
                                        f"{' conf' if with_confidence else ''} must lie in 0..1, got {line!r}")
         rows[number] = values
     return rows
+
+
+def known_classes(names):
+    """The class names as a message names them: 'one class is scored, 0 = apple' or 'the classes
+    are 0 = apple, 1 = pear'."""
+    if len(names) == 1:
+        return f"one class is scored, 0 = {names[0]}"
+    return "the classes are " + ", ".join(f"{k} = {name}" for k, name in enumerate(names))
+
+
+def unknown_class_problem(names):
+    """What a message says of a class id beyond names (None: no names were given)."""
+    if names is None:
+        return (f"no class names are given, so {known_classes(DEFAULT_CLASS_NAMES)}; "
+                f"--data YAML names the classes (its names)")
+    return known_classes(names)
 
 
 def to_coco_bbox(row, width, height):
@@ -143,16 +171,18 @@ def to_coco_bbox(row, width, height):
 
 
 def suspect_gt_boxes(boxes):
-    """{place: COCO [x, y, w, h] px} of one image's ground truth -> (places of zero-size boxes (w or
-    h <= 0 px), {place of a duplicate (the same box as an earlier place): place of its first copy})."""
+    """{place: (class id, COCO [x, y, w, h] px)} of one image's ground truth -> (places of zero-size
+    boxes (w or h <= 0 px), {place of a duplicate (the same class and box as an earlier place): place
+    of its first copy})."""
     zero_size, duplicates, first_copy = [], {}, {}
-    for place, box in boxes.items():
+    for place, (class_id, box) in boxes.items():
+        key = (class_id, *box)
         if box[2] <= 0 or box[3] <= 0:
             zero_size.append(place)
-        elif tuple(box) in first_copy:
-            duplicates[place] = first_copy[tuple(box)]
+        elif key in first_copy:
+            duplicates[place] = first_copy[key]
         else:
-            first_copy[tuple(box)] = place
+            first_copy[key] = place
     return zero_size, duplicates
 
 
@@ -187,19 +217,26 @@ def warn_gt_boxes(file_warnings, shown_files=10):
     print(GT_BOX_NOTE, file=sys.stderr)
 
 
-def read_ground_truth(gt):
+def read_ground_truth(gt, names=None):
     """The ground truth at gt, a YOLO split folder (read_yolo_ground_truth) or a COCO JSON file
-    (read_coco_ground_truth), as a COCO dict {images, annotations, categories}."""
-    return read_coco_ground_truth(gt) if Path(gt).is_file() else read_yolo_ground_truth(gt)
+    (read_coco_ground_truth), as a COCO dict {images, annotations, categories}: category k + 1 is
+    class k, named as names (a data YAML's, read_class_names) or, without them, as those readers say."""
+    return read_coco_ground_truth(gt, names) if Path(gt).is_file() else read_yolo_ground_truth(gt, names)
 
 
-def read_yolo_ground_truth(gt_dir):
+def class_categories(names):
+    """The COCO categories of class names: class k is category k + 1."""
+    return [{"id": k + 1, "name": name} for k, name in enumerate(names)]
+
+
+def read_yolo_ground_truth(gt_dir, names=None):
     """The YOLO split in gt_dir (images/ and labels/) as a COCO dict {images, annotations, categories};
     zero-size and duplicate boxes are warned of on stderr and kept.
 
     Image ids follow the sorted file names from 1; annotation ids start at 1 (COCOeval takes id 0
-    for 'unmatched', so a ground-truth box with id 0 could never count as found). One category,
-    apple (YOLO class 0): any other class is an error."""
+    for 'unmatched', so a ground-truth box with id 0 could never count as found). The categories
+    are the classes of names (class_categories); without names one, apple (YOLO class 0), and
+    any other class is an error that names the flag that names them."""
     gt_dir = Path(gt_dir)
     images_dir, labels_dir = gt_dir / "images", gt_dir / "labels"
     for folder in (images_dir, labels_dir):
@@ -229,10 +266,10 @@ def read_yolo_ground_truth(gt_dir):
             raise InputError(f"{path}: unreadable image ({error!r})")
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
         label_path = labels_dir / f"{stem}.txt"
-        boxes = {line: to_coco_bbox(row, width, height)
-                 for line, row in read_yolo_rows(label_path, with_confidence=False).items()}
-        for box in boxes.values():
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+        boxes = {line: (int(row[0]), to_coco_bbox(row, width, height))
+                 for line, row in read_yolo_rows(label_path, with_confidence=False, names=names).items()}
+        for class_id, box in boxes.values():
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": class_id + 1,
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
         warning = gt_box_warning(label_path, *suspect_gt_boxes(boxes))
         if warning:
@@ -240,7 +277,7 @@ def read_yolo_ground_truth(gt_dir):
     if not annotations:
         raise InputError(f"{labels_dir}: no ground-truth boxes at all: AP is undefined")
     warn_gt_boxes(box_warnings)
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
+    return {"images": images, "annotations": annotations, "categories": class_categories(names or DEFAULT_CLASS_NAMES)}
 
 
 def load_coco_json(path):
@@ -255,15 +292,33 @@ def load_coco_json(path):
     return data
 
 
-def apple_category_id(path, categories):
-    """The id of the category scored: the one named apple (any case), else the only category."""
+def coco_classes(path, categories, annotations, names):
+    """A COCO file's categories -> ({category id: class id, or None for a category that is not a
+    class}, the class names). With names (a data YAML's), a category named as class k is class k (any
+    case; a class no category is named as has no ground truth); without, the categories the
+    annotations use are classes 0..K-1 in the order of the list, named by their names."""
     if not all(isinstance(c, dict) and "id" in c for c in categories):
         raise InputError(f"{path}: every category needs an id")
-    apples = [c["id"] for c in categories if str(c.get("name", "")).lower() == "apple"]
-    if len(apples) == 1 or (not apples and len(categories) == 1):
-        return apples[0] if apples else categories[0]["id"]
-    names = ", ".join(repr(c.get("name")) for c in categories) or "none"
-    raise InputError(f"{path}: one category is scored, apple (or the only one); categories: {names}")
+    ids = [c["id"] for c in categories]
+    if len(set(ids)) < len(ids):
+        raise InputError(f"{path}: two categories share an id (ids: {listed(ids, 20)})")
+    if names is None:
+        used = {a.get("category_id") for a in annotations if isinstance(a, dict)}
+        chosen = [c for c in categories if c["id"] in used]
+        names = check_class_names(path, [str(c.get("name") or c["id"]) for c in chosen])
+        classes = {c["id"]: k for k, c in enumerate(chosen)}
+        return {c["id"]: classes.get(c["id"]) for c in categories}, names
+    wanted = {name.casefold(): k for k, name in enumerate(names)}
+    classes, named = {}, {}
+    for category in categories:
+        k = wanted.get(str(category.get("name", "")).casefold())
+        if k is not None:
+            if k in named:
+                raise InputError(f"{path}: categories {named[k]!r} and {category['id']!r} are both named "
+                                 f"{names[k]!r}: which one is the class is not clear")
+            named[k] = category["id"]
+        classes[category["id"]] = k
+    return classes, list(names)
 
 
 def is_number(value):
@@ -297,20 +352,24 @@ def coco_image_entries(path, images):
     return entries
 
 
-def coco_image_boxes(path, annotations, images, category_id):
-    """COCO annotations -> {image id: {'annotations[i]': [x, y, w, h] px, ...}} (with each box's
-    iscrowd in a second dict of the same keys), checked as YOLO lines are: of the apple category,
-    on a known image, four finite numbers, w and h at least 0 and at most the image's, the centre
-    inside the image. A bad annotation stops with FILE: annotations[i]: problem."""
+def coco_image_boxes(path, annotations, images, classes, names):
+    """COCO annotations -> {image id: {'annotations[i]': (class id, [x, y, w, h] px), ...}} (with
+    each box's iscrowd in a second dict of the same keys), checked as YOLO lines are: of a category
+    that is a class (classes and names: coco_classes), on a known image, four finite numbers, w and
+    h at least 0 and at most the image's, the centre inside the image. A bad annotation stops with
+    FILE: annotations[i]: problem."""
     boxes, crowd = {image_id: {} for image_id in images}, {}
     for index, annotation in enumerate(annotations):
         place = f"annotations[{index}]"
         where = f"{path}: {place}"
         if not isinstance(annotation, dict) or not {"image_id", "category_id", "bbox"} <= annotation.keys():
             raise InputError(f"{where}: an annotation needs image_id, category_id and bbox")
-        if annotation["category_id"] != category_id:
-            raise InputError(f"{where}: category {annotation['category_id']!r}: one category is "
-                                       f"scored, apple (id {category_id!r})")
+        category_id = annotation["category_id"]
+        if category_id not in classes:
+            raise InputError(f"{where}: category {category_id!r} is not among the categories")
+        if classes[category_id] is None:
+            raise InputError(f"{where}: category {category_id!r} is not named as a class of the data "
+                             f"YAML: {known_classes(names)}")
         image = images.get(annotation["image_id"])
         if image is None:
             raise InputError(f"{where}: image_id {annotation['image_id']!r} is not among the images")
@@ -323,40 +382,42 @@ def coco_image_boxes(path, annotations, images, category_id):
             raise InputError(f"{where}: bbox out of range for the {width}x{height} image "
                                        f"{image['file_name']}: w and h must lie in 0..the image's, the centre "
                                        f"inside it, got {bbox!r}")
-        boxes[annotation["image_id"]][place] = [x, y, w, h]
+        boxes[annotation["image_id"]][place] = (classes[category_id], [x, y, w, h])
         crowd[place] = 1 if annotation.get("iscrowd") else 0
     return boxes, crowd
 
 
-def read_coco_ground_truth(path):
+def read_coco_ground_truth(path, names=None):
     """A COCO JSON file as the COCO dict read_yolo_ground_truth makes of a YOLO split: images by
-    their base file name (ids from 1 in the order of the name stems, as there), the apple category's
-    boxes (apple_category_id) as category 1 with area w * h and ids from 1, iscrowd kept; zero-size
-    and duplicate boxes are warned of on stderr and kept."""
+    their base file name (ids from 1 in the order of the name stems, as there), the boxes of the
+    classes (coco_classes: the categories named as names, or those the boxes use) as categories
+    k + 1 (class_categories) with area w * h and ids from 1, iscrowd kept; zero-size and duplicate
+    boxes are warned of on stderr and kept."""
     data = load_coco_json(path)
-    category_id = apple_category_id(path, data["categories"])
+    classes, names = coco_classes(path, data["categories"], data["annotations"], names)
     entries = coco_image_entries(path, data["images"])
-    boxes, crowd = coco_image_boxes(path, data["annotations"], entries, category_id)
+    boxes, crowd = coco_image_boxes(path, data["annotations"], entries, classes, names)
     images, annotations, box_warnings = [], [], []
     ordered = sorted(entries, key=lambda source_id: Path(entries[source_id]["file_name"]).stem)
     for image_id, source_id in enumerate(ordered, start=1):
         images.append({"id": image_id, **entries[source_id]})
-        for place, box in boxes[source_id].items():
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+        for place, (class_id, box) in boxes[source_id].items():
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": class_id + 1,
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": crowd[place]})
         warning = gt_box_warning(f"{path}: image {entries[source_id]['file_name']}",
                                  *suspect_gt_boxes(boxes[source_id]), places="", place="")
         if warning:
             box_warnings.append(warning)
     if not annotations:
-        raise InputError(f"{path}: no ground-truth boxes of the apple category: AP is undefined")
+        raise InputError(f"{path}: no ground-truth boxes at all: AP is undefined")
     warn_gt_boxes(box_warnings)
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "apple"}]}
+    return {"images": images, "annotations": annotations, "categories": class_categories(names)}
 
 
 def read_predictions(pred_dir, gt):
     """pred_dir's YOLO txt files with a confidence column, one per image of gt (read_ground_truth),
-    named by its stem (a missing file means no detections) -> COCO detections."""
+    named by its stem (a missing file means no detections), class k of gt's categories -> COCO
+    detections (of category k + 1)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: no such folder (--pred needs one YOLO txt per image)")
@@ -365,12 +426,13 @@ def read_predictions(pred_dir, gt):
     if orphans:
         raise InputError(f"{pred_dir}: prediction files for images that are not in the "
                                    f"ground truth: {', '.join(orphans[:10])}")
+    names = [category["name"] for category in gt["categories"]]
     detections = []
     for stem, image in images.items():
         pred_file = pred_dir / f"{stem}.txt"
         if pred_file.exists():
-            for row in read_yolo_rows(pred_file, with_confidence=True).values():
-                detections.append({"image_id": image["id"], "category_id": 1, "score": row[5],
+            for row in read_yolo_rows(pred_file, with_confidence=True, names=names).values():
+                detections.append({"image_id": image["id"], "category_id": int(row[0]) + 1, "score": row[5],
                                    "bbox": to_coco_bbox(row, image["width"], image["height"])})
     return detections
 
@@ -383,13 +445,16 @@ def _quiet_coco(dataset):
     return coco
 
 
-def coco_figure(evaluator, array, iou, area, max_dets):
+def coco_figure(evaluator, array, iou, area, max_dets, category=None):
     """One summary figure of an accumulated COCOeval at a limit in its params.maxDets, taken as
     COCOeval.summarize takes it: the mean of the defined (> -1) values of eval[array] (precision
     [T,R,K,A,M] or recall [T,K,A,M]) at IoU threshold iou (None: all) in area range `area`, over all
-    categories; None when no value is defined (no ground truth of that size)."""
+    categories, or of the one at index `category` of params.catIds (a category's own AP, as
+    pycocotools takes it); None when no value is defined (no ground truth of that size)."""
     params = evaluator.params
     values = evaluator.eval[array][..., params.areaRngLbl.index(area), params.maxDets.index(max_dets)]
+    if category is not None:
+        values = values[..., category]                   # K is the last axis left
     if iou is not None:
         values = values[np.isclose(params.iouThrs, iou)]
     defined = values[values > -1]
@@ -424,13 +489,42 @@ def cocoeval_metrics(gt, detections, max_dets=100):
     metrics = {(f"ar{max_dets}" if name == "ar" else name): value for name, value in figures.items()}
     metrics.update(images=len(gt["images"]), gt_boxes=len(gt["annotations"]),
                    predictions=len(detections), max_dets=max_dets)
+    if len(gt["categories"]) > 1:
+        metrics["classes"] = class_figures(evaluator, gt, max_dets)
+        summary += class_summary(metrics["classes"], max_dets)
     return metrics, summary
 
 
-def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False):
-    """COCO box metrics of the predictions in pred_dir against the YOLO dataset in gt_dir.
-    export_coco: a folder for gt.json and predictions.json; echo: print the COCOeval-style summary."""
-    gt = read_ground_truth(gt_dir)
+def class_figures(evaluator, gt, max_dets):
+    """{class name: {ap, ap50, gt_boxes}} of an accumulated COCOeval on gt, in the order of gt's
+    categories: each class's AP@0.5:0.95 and AP50 at area all and max_dets (coco_figure of its
+    category; None without ground-truth boxes, a class COCOeval's mAP leaves out) and its boxes."""
+    boxes = Counter(annotation["category_id"] for annotation in gt["annotations"])
+    figures = {}
+    for category in gt["categories"]:
+        index = evaluator.params.catIds.index(category["id"])          # its place on COCOeval's K axis
+        figures[category["name"]] = {**{metric: coco_figure(evaluator, *FIGURES[metric], max_dets, category=index)
+                                        for metric in CLASS_METRICS}, "gt_boxes": boxes[category["id"]]}
+    return figures
+
+
+def class_summary(classes, max_dets):
+    """The lines score prints of class_figures: each class's AP@0.5:0.95 and AP50, or that it has none."""
+    lines = [f"AP per class (pycocotools' per-category AP, area all, maxDets={max_dets}):"]
+    for name, figures in classes.items():
+        if figures["ap"] is None:
+            lines.append(f"  {name}: no ground-truth boxes, so no AP (the mAP leaves it out)")
+        else:
+            lines.append(f"  {name}: AP@0.5:0.95 {figures['ap']:0.3f}, AP@0.5 {figures['ap50']:0.3f} "
+                         f"({figures['gt_boxes']} ground-truth boxes)")
+    return "".join(line + "\n" for line in lines)
+
+
+def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False, names=None):
+    """COCO box metrics of the predictions in pred_dir against the ground truth at gt_dir (a YOLO
+    split or a COCO JSON, read_ground_truth, with the class names, if given). export_coco: a
+    folder for gt.json and predictions.json; echo: print the COCOeval-style summary."""
+    gt = read_ground_truth(gt_dir, names)
     detections = read_predictions(pred_dir, gt)
     metrics, summary = cocoeval_metrics(gt, detections, max_dets)
     if echo:
@@ -446,20 +540,28 @@ def score(gt_dir, pred_dir, max_dets=100, export_coco=None, echo=False):
 # ---------------------------------------------------------------------------------------------
 # collect
 # ---------------------------------------------------------------------------------------------
-def collect(runs_dir, gt_dir, max_dets=100):
-    """Score every DIR/<dataset>/<model>/seed<k>/test_predictions/ -> result rows (the ground truth
-    is read, and warned about, once)."""
+def collect(runs_dir, gt_dir, max_dets=100, names=None):
+    """Score every DIR/<dataset>/<model>/seed<k>/test_predictions/ -> result rows: dataset, model,
+    seed, METRICS, then class_cells (the ground truth, read as score reads it, is read and warned
+    about once)."""
     folders = sorted(Path(runs_dir).glob("*/*/seed*/test_predictions"))
     if not folders:
         raise InputError(f"{runs_dir}: no <dataset>/<model>/seed<k>/test_predictions/ folders")
-    gt = read_ground_truth(gt_dir)
+    gt = read_ground_truth(gt_dir, names)
     rows = []
     for folder in tqdm(folders, desc="scoring runs", unit="run"):
         metrics, _ = cocoeval_metrics(gt, read_predictions(folder, gt), max_dets)
         run = folder.parent
         rows.append({"dataset": run.parent.parent.name, "model": run.parent.name, "seed": run.name[len("seed"):],
-                     **{m: metrics[m] for m in METRICS}})
+                     **{m: metrics[m] for m in METRICS}, **class_cells(metrics)})
     return rows
+
+
+def class_cells(metrics):
+    """The per-class cells of a results row from score's metrics: ap_<name> for every class, then
+    ap50_<name> (None: the class has no ground truth); none for a one-class score."""
+    classes = metrics.get("classes", {})
+    return {f"{metric}_{name}": figures[metric] for metric in CLASS_METRICS for name, figures in classes.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +577,8 @@ def paper_model_name(model):
 
 
 def read_results(path):
-    """Results CSV -> list of dicts with dataset, model, seed and float ap, ap50, ap75."""
+    """Results CSV -> list of dicts with dataset, model, seed and float ap, ap50, ap75, then the
+    per-class columns (result_class_columns) as floats, NaN where empty (a class without ground truth)."""
     required = ("dataset", "model", "seed", *METRICS)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -485,6 +588,7 @@ def read_results(path):
             if missing:
                 raise InputError(f"{path}: missing columns {', '.join(missing)} "
                                            f"(needs {', '.join(required)})")
+            class_columns = result_class_columns(path, reader.fieldnames)
             rows, seen = [], set()
             for number, raw in enumerate(reader, start=2):
                 row = {name: (raw[header[name]] or "").strip() for name in required}
@@ -492,13 +596,10 @@ def read_results(path):
                     if not row[name]:
                         raise InputError(f"{path}:{number}: the {name} column is empty")
                 for metric in METRICS:
-                    try:
-                        row[metric] = float(row[metric])
-                    except ValueError:
-                        row[metric] = math.nan
-                    if not 0 <= row[metric] <= 1:
-                        raise InputError(f"{path}:{number}: {metric} must be a number in 0..1, "
-                                                   f"got {raw[header[metric]]!r}")
+                    row[metric] = result_value(f"{path}:{number}", metric, raw[header[metric]])
+                for key, column in class_columns.items():
+                    text = raw[column] or ""
+                    row[key] = result_value(f"{path}:{number}", key, text) if text.strip() else math.nan
                 key = (row["dataset"], row["model"], row["seed"])
                 if key in seen:
                     raise InputError(f"{path}:{number}: a second row for dataset {key[0]}, "
@@ -512,31 +613,103 @@ def read_results(path):
     return rows
 
 
-def summarise(rows, baseline="baseline"):
-    """One entry per (dataset, model) in order of first appearance: n, mean and sample std (ddof=1,
-    0 for a single seed) of each metric, the gap to the baseline's mean for the same model
-    (ours minus baseline, negative = worse), and the paper's values where it has that pair."""
+def result_value(where, column, text):
+    """A results CSV cell of a metric column -> its number, which must lie in 0..1 (where: path:line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise InputError(f"{where}: {column} must be a number in 0..1, got {text!r}")
+    return value
+
+
+def result_class_columns(path, fieldnames):
+    """The per-class columns of a results CSV's header, collect's ap_<name> and ap50_<name> (the
+    prefix in any case) -> {their key in a row (the prefix in lower case, the name as written): the
+    header's name}; a class with one of the two columns only is an error."""
+    columns = {}
+    for field in fieldnames:
+        for metric in CLASS_METRICS:
+            prefix, name = f"{metric}_", field.strip()
+            if name.lower().startswith(prefix) and len(name) > len(prefix):
+                columns[prefix + name[len(prefix):]] = field
+    classes = dict.fromkeys(key.split("_", 1)[1] for key in columns)
+    missing = [f"{metric}_{name}" for name in classes for metric in CLASS_METRICS if f"{metric}_{name}" not in columns]
+    if missing:
+        raise InputError(f"{path}: missing columns {', '.join(missing)} (a class has an ap_<name> and an "
+                         f"ap50_<name> column)")
+    return columns
+
+
+def result_columns(rows):
+    """The metric columns of result rows (read_results), in order: METRICS, then the per-class ones."""
+    return [key for key in rows[0] if key not in ("dataset", "model", "seed")]
+
+
+def mean_and_std(values):
+    """(mean, sample std (ddof=1; 0 for one value)) of the values that are not NaN; (None, None) when
+    none is (a class without ground truth)."""
+    values = [value for value in values if not math.isnan(value)]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+
+
+def summarise(rows, baseline="baseline", paper=False):
+    """One entry per (dataset, model) in order of first appearance: n, then per metric column
+    (result_columns) the mean and sample std over seeds (mean_and_std) and the gap to the baseline's
+    mean for the same model (ours minus baseline, negative = worse; None where either is missing),
+    then, with paper, the paper's values where it has that pair (paper_values)."""
     groups = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["model"]), []).append(row)
-    means = {key: {m: float(np.mean([r[m] for r in group])) for m in METRICS}
-             for key, group in groups.items()}
+    columns = result_columns(rows)
+    stats = {key: {c: mean_and_std([r[c] for r in group]) for c in columns} for key, group in groups.items()}
     table = []
     for (dataset, model), group in groups.items():
         entry = {"dataset": dataset, "model": model, "seeds": len(group)}
-        for metric in METRICS:
-            values = [r[metric] for r in group]
-            entry[f"{metric}_mean"] = means[(dataset, model)][metric]
-            entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            base = means.get((baseline, model))
-            entry[f"{metric}_gap"] = (entry[f"{metric}_mean"] - base[metric]
-                                      if base is not None and dataset != baseline else None)
-        paper = PAPER_TABLE1.get((dataset.lower(), paper_model_name(model)))
-        for i, metric in enumerate(METRICS):
-            entry[f"paper_{metric}_mean"] = paper[2 * i] if paper else None
-            entry[f"paper_{metric}_std"] = paper[2 * i + 1] if paper else None
+        base = stats.get((baseline, model)) if dataset != baseline else None
+        for column in columns:
+            mean, std = stats[(dataset, model)][column]
+            base_mean = base[column][0] if base else None
+            entry[f"{column}_mean"], entry[f"{column}_std"] = mean, std
+            entry[f"{column}_gap"] = mean - base_mean if mean is not None and base_mean is not None else None
+        if paper:
+            entry.update(paper_values(dataset, model))
         table.append(entry)
     return table
+
+
+def paper_values(dataset, model):
+    """The paper's Table 1 cells of a (dataset, model): paper_<metric>_mean and _std, None where the
+    paper has no such pair."""
+    paper = PAPER_TABLE1.get((dataset.lower(), paper_model_name(model)))
+    return {f"paper_{metric}_{part}": paper[2 * i + j] if paper else None
+            for i, metric in enumerate(METRICS) for j, part in enumerate(("mean", "std"))}
+
+
+def table_columns(table):
+    """The metric columns of Table 1 entries (summarise), as result_columns gave them."""
+    return [key[:-len("_mean")] for key in table[0] if key.endswith("_mean") and not key.startswith("paper_")]
+
+
+def shows_paper(table):
+    """Whether Table 1 entries (summarise) carry the paper's values."""
+    return "paper_ap_mean" in table[0]
+
+
+def per_class(table):
+    """Whether Table 1 entries (summarise) carry per-class columns."""
+    return len(table_columns(table)) > len(METRICS)
+
+
+def column_title(column):
+    """A metric column's title: METRIC_TITLES', and for a per-class column that title and the class."""
+    for metric in CLASS_METRICS:
+        if column.startswith(f"{metric}_"):
+            return f"{METRIC_TITLES[metric]} {column[len(metric) + 1:]}"
+    return METRIC_TITLES[column]
 
 
 def _cell(mean, std, gap=None):
@@ -544,18 +717,28 @@ def _cell(mean, std, gap=None):
     return text + (f" **{gap:+.3f}**" if gap is not None else "")
 
 
-def table_caption(baseline):
-    """The line under Table 1 that says what its cells are."""
-    return (f"Mean ± sample std over seeds; in bold the gap to `{baseline}` for the same model "
-            f"(ours minus {baseline}). Paper: Table 1 of Voetman et al., MinneApple test set; our "
-            f"yolov5*u models stand for the paper's anchor-based YOLOv5.")
+PAPER_SOURCE = ("Table 1 of Voetman et al., MinneApple test set; our yolov5*u models stand for the paper's "
+                "anchor-based YOLOv5.")
+PER_CLASS_NOTE = ("AP@0.5:0.95, AP@0.5 and AP@0.75 are over all classes (mAP); then AP@0.5:0.95 and AP@0.5 of "
+                  "each class (pycocotools' per-category AP; – for a class without ground-truth boxes, which the "
+                  "mAP leaves out).")
 
 
-def chart_caption():
-    """The line under table1.png that says what its marks are."""
-    return ("Bars: mean over seeds, written on each bar with ± the sample std when several seeds; error bars: "
-            "the sample std. Diamonds: Table 1 of Voetman et al., MinneApple test set; our yolov5*u models "
-            "stand for the paper's anchor-based YOLOv5.")
+def table_caption(baseline, paper, per_class):
+    """The line under Table 1 that says what its cells are: with the paper's source (paper) and what
+    the per-class columns are (per_class)."""
+    return " ".join([f"Mean ± sample std over seeds; in bold the gap to `{baseline}` for the same model "
+                     f"(ours minus {baseline}).", *([PER_CLASS_NOTE] if per_class else []),
+                     *([f"Paper: {PAPER_SOURCE}"] if paper else [])])
+
+
+def chart_caption(paper, per_class):
+    """The line under table1.png that says what its marks are: with the paper's diamonds (paper), and
+    that the bars are the mAP, the per-class AP in table1.md (per_class)."""
+    return " ".join(["Bars: mean over seeds, written on each bar with ± the sample std when several seeds; error "
+                     "bars: the sample std.", *(["The AP over all classes (mAP); each class's is in table1.md."]
+                                                if per_class else []),
+                     *([f"Diamonds: {PAPER_SOURCE}"] if paper else [])])
 
 
 def found_nothing(entry):
@@ -580,6 +763,20 @@ def demo_note():
             "detectors trained briefly; the generated images are labelled by the baseline's proposals, unreviewed.")
 
 
+def is_minneapple_run(stats_path):
+    """Whether prepare_data.py's stats.json at stats_path is of MinneApple, the paper's data (its
+    config.source); an unreadable file, or one without a source, is an error."""
+    try:
+        stats = json.loads(Path(stats_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"--data_stats {stats_path}: not a readable stats.json ({error})")
+    config = stats.get("config") if isinstance(stats, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("source"), str):
+        raise InputError(f"--data_stats {stats_path}: no config.source, where prepare_data.py's stats.json "
+                         f"names the source of the data")
+    return config["source"] == "minneapple"
+
+
 def table_notes(table, baseline, notes=(), demo=False):
     """The notes under Table 1: the given ones, then the demo note (demo) or a found-nothing note
     on the entries that scored 0 on every seed (when there are any)."""
@@ -590,16 +787,19 @@ def table_notes(table, baseline, notes=(), demo=False):
 
 
 def table_markdown(table, baseline, notes=()):
-    """Table 1 as markdown: the table, its caption, then each note as a paragraph of its own."""
-    lines = [f"| Dataset | Model | Seeds | {' | '.join(METRIC_TITLES.values())} | "
-             f"{' | '.join('Paper ' + t for t in METRIC_TITLES.values())} |",
-             "|" + "---|" * (3 + 2 * len(METRICS))]
+    """Table 1 as markdown: the table (the metric columns of table_columns, then the paper's when the
+    entries carry them), its caption, then each note as a paragraph of its own."""
+    columns, paper = table_columns(table), shows_paper(table)
+    titles = [column_title(c) for c in columns] + ([f"Paper {METRIC_TITLES[m]}" for m in METRICS] if paper else [])
+    lines = [f"| Dataset | Model | Seeds | {' | '.join(titles)} |", "|" + "---|" * (3 + len(titles))]
     for e in table:
-        ours = [_cell(e[f"{m}_mean"], e[f"{m}_std"], e[f"{m}_gap"]) for m in METRICS]
-        paper = [f"{e[f'paper_{m}_mean']:.2f} ± {e[f'paper_{m}_std']:.3f}"
-                 if e[f"paper_{m}_mean"] is not None else "–" for m in METRICS]
-        lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {' | '.join(ours)} | {' | '.join(paper)} |")
-    for paragraph in (table_caption(baseline), *notes):
+        cells = [_cell(e[f"{c}_mean"], e[f"{c}_std"], e[f"{c}_gap"]) if e[f"{c}_mean"] is not None else "–"
+                 for c in columns]
+        if paper:
+            cells += [f"{e[f'paper_{m}_mean']:.2f} ± {e[f'paper_{m}_std']:.3f}"
+                      if e[f"paper_{m}_mean"] is not None else "–" for m in METRICS]
+        lines.append(f"| {e['dataset']} | {e['model']} | {e['seeds']} | {' | '.join(cells)} |")
+    for paragraph in (table_caption(baseline, paper, per_class(table)), *notes):
         lines += ["", paragraph]
     return "\n".join(lines) + "\n"
 
@@ -624,10 +824,11 @@ def wrapped_notes(paragraphs, width_inches, fontsize):
 
 
 def table_figure(table, notes=()):
-    """Table 1 as a matplotlib figure, one metric a row: one bar per (model, dataset) with its value
-    written up from its foot (bar_value_label, clear of error bars and the paper's marks) and the
-    std as an error bar, the paper's values as hollow diamonds, one legend above, and the notes
-    (markdown code marks dropped) wrapped beneath. The figure widens with the number of bars."""
+    """Table 1 as a matplotlib figure, one metric (of METRICS: over all classes) a row: one bar per
+    (model, dataset) with its value written up from its foot (bar_value_label, clear of error bars and
+    the paper's marks) and the std as an error bar, the paper's values as hollow diamonds when the
+    entries carry them, one legend above, and the notes (markdown code marks dropped) wrapped
+    beneath. The figure widens with the number of bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -653,15 +854,16 @@ def table_figure(table, notes=()):
                     axis.text(o, 0.02, bar_value_label(mean, std, e["seeds"]), rotation=90, ha="center",
                               va="bottom", fontsize=7, path_effects=[withStroke(linewidth=2, foreground="white")])
             paper = [(o, e[f"paper_{metric}_mean"]) for o, e in zip(offset, entries)
-                     if e and e[f"paper_{metric}_mean"] is not None]
+                     if e and e.get(f"paper_{metric}_mean") is not None]
             if paper:
                 axis.scatter(*zip(*paper), marker=PAPER_MARKER, s=30, facecolors="none", edgecolors="black",
                              zorder=3)
         axis.set_ylabel(f"{METRIC_TITLES[metric]}\non the real test set")
         axis.set_ylim(0, 1)
     axes[-1, 0].set_xticks(x, models, rotation=45, ha="right")
-    any_paper_value = any(e["paper_ap_mean"] is not None for e in table)
-    handles = [*axes[0, 0].get_legend_handles_labels()[0], paper_legend_handle(any_paper_value)]
+    handles = axes[0, 0].get_legend_handles_labels()[0]
+    if shows_paper(table):
+        handles.append(paper_legend_handle(any(e["paper_ap_mean"] is not None for e in table)))
     figure.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))
     text = wrapped_notes([note.replace("`", "") for note in notes], figure_width - 0.4, 8)
@@ -677,15 +879,15 @@ def plot_table(table, path, notes=()):
     plt.close(figure)
 
 
-def write_table(results_csv, out_dir, baseline="baseline", notes=(), demo=False):
+def write_table(results_csv, out_dir, baseline="baseline", notes=(), demo=False, paper=False):
     """results CSV -> out_dir/table1.csv, table1.md, table1.png (the notes of table_notes under the
-    markdown and the chart); returns the table."""
+    markdown and the chart), with the paper's values beside ours when paper; returns the table."""
     rows = read_results(results_csv)
     if not any(r["dataset"] == baseline for r in rows):
         datasets = sorted({r["dataset"] for r in rows})
         raise InputError(f"{results_csv}: no rows of the baseline dataset {baseline!r} "
                                    f"(datasets: {', '.join(datasets)}); choose one with --baseline")
-    table = summarise(rows, baseline)
+    table = summarise(rows, baseline, paper)
     all_notes = table_notes(table, baseline, notes, demo)
     out_dir = Path(out_dir)
     text = io.StringIO()
@@ -695,7 +897,7 @@ def write_table(results_csv, out_dir, baseline="baseline", notes=(), demo=False)
     write_atomic(out_dir / "table1.csv", text.getvalue())
     write_atomic(out_dir / "table1.md", table_markdown(table, baseline, all_notes))
     create_atomic(out_dir / "table1.png",
-                  lambda tmp: plot_table(table, tmp, [chart_caption(), *all_notes]))
+                  lambda tmp: plot_table(table, tmp, [chart_caption(paper, per_class(table)), *all_notes]))
     return table
 
 
@@ -735,6 +937,41 @@ def read_data_yaml(path):
     if not isinstance(data, dict) or "train" not in data or "val" not in data:
         raise InputError(f"{path}: a data YAML is a mapping with train and val (and path, test, names)")
     return data
+
+
+def read_class_names(path):
+    """A data YAML (read_data_yaml) -> its class names in the order of the class ids (class_names_of);
+    a YAML without names is an error."""
+    names = class_names_of(path, read_data_yaml(path))
+    if names is None:
+        raise InputError(f"{path}: no names: a data YAML names its classes, e.g. names: {{0: apple}}")
+    return names
+
+
+def class_names_of(path, data):
+    """A data YAML's dict -> its names, a list or a mapping {0: name, 1: name, ...} of the ids 0..K-1,
+    as a list in id order (checked: check_class_names), or None when it has no names."""
+    names = data.get("names")
+    if names is None:
+        return None
+    if isinstance(names, dict) and set(names) == set(range(len(names))):
+        names = [names[k] for k in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise InputError(f"{path}: names must be a list or a mapping {{0: name, 1: name, ...}} of the class "
+                         f"ids 0..K-1, got {names!r}")
+    return check_class_names(path, [str(name) for name in names])
+
+
+def check_class_names(path, names):
+    """Class names, checked: none empty, none repeated (in any case, as categories are matched to them
+    by name); an error names path."""
+    seen = {}
+    for k, name in enumerate(names):
+        if not name.strip() or name.casefold() in seen:
+            problem = "is empty" if not name.strip() else f"repeats class {seen[name.casefold()]}'s"
+            raise InputError(f"{path}: the name of class {k}, {name!r}, {problem}")
+        seen[name.casefold()] = k
+    return names
 
 
 def split_entries(yaml_path, data):
@@ -791,9 +1028,10 @@ def label_file_of(image_path):
     return Path(f"{os.sep}labels{os.sep}".join(path.rsplit(f"{os.sep}images{os.sep}", 1)).rsplit(".", 1)[0] + ".txt")
 
 
-def image_record(image_path):
+def image_record(image_path, names):
     """One image of a dataset: {width, height, labelled (it has a label file), boxes: [(w, h)
-    normalised, ...]}; label lines are checked as read_yolo_rows checks them (FILE:LINE errors)."""
+    normalised, ...]}; label lines are checked as read_yolo_rows checks them, against the dataset's
+    class names (None: class 0 only), with FILE:LINE errors."""
     try:
         with Image.open(image_path) as image:
             width, height = image.size
@@ -801,7 +1039,7 @@ def image_record(image_path):
         raise InputError(f"{image_path}: unreadable image ({error!r})")
     label_file = label_file_of(image_path)
     labelled = label_file.is_file()
-    rows = read_yolo_rows(label_file, with_confidence=False).values() if labelled else []
+    rows = read_yolo_rows(label_file, with_confidence=False, names=names).values() if labelled else []
     return {"width": width, "height": height, "labelled": labelled, "boxes": [(row[3], row[4]) for row in rows]}
 
 
@@ -861,6 +1099,7 @@ def dataset_statistics(name, yaml_path):
     """One data YAML -> ([datasets.csv row per split it lists], {resolved image path: image_record}
     of all its images, each read once however many splits list it)."""
     data = read_data_yaml(yaml_path)
+    names = class_names_of(yaml_path, data)
     colours = manifest_colours(yaml_path)
     rows, records = [], {}
     for split, entries in split_entries(yaml_path, data).items():
@@ -868,7 +1107,7 @@ def dataset_statistics(name, yaml_path):
         keys = [image.resolve() for image in images]
         for image, key in tqdm(list(zip(images, keys)), desc=f"{name} {split}", unit="image"):
             if key not in records:
-                records[key] = image_record(image)
+                records[key] = image_record(image, names)
         rows.append({"dataset": name, "split": split,
                      **split_figures([records[key] for key in keys], colour_counts(keys, colours))})
     return rows, records
@@ -970,7 +1209,7 @@ def write_datasets(named_yamls, out_dir):
 PICTURE_CAPTIONS = {
     "table1.png": ("Table 1 as a chart",
                    "Table 1 as bars: the mean over seeds on each bar (± the sample std when several seeds), the "
-                   "paper's values as hollow diamonds, the table's notes beneath."),
+                   "paper's values as hollow diamonds on a MinneApple run, the table's notes beneath."),
     "datasets.png": ("The datasets side by side",
                      "Boxes per image and box sizes of every training set (evaluate.py datasets): do the generated "
                      "trees carry as many and as large apples as the real ones? The figures are in datasets.csv "
@@ -1178,6 +1417,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+DATA_HELP = ("the data YAML whose names name the class ids 0..K-1 of the label and prediction files (a COCO "
+             "--gt's categories are matched to them by name); without it, a COCO --gt's categories that its "
+             "boxes use, in its order, or for a YOLO --gt one class 0, apple")
+
+
 def build_parser():
     """The command line: one subcommand per job, each run by the function of its name in COMMANDS."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
@@ -1188,6 +1432,7 @@ def build_parser():
                               "(YOLO txt), or a COCO JSON file (images matched to predictions by file name stem)")
     score_parser.add_argument("--pred", required=True,
                               help="folder with one 'class cx cy w h conf' txt per image")
+    score_parser.add_argument("--data", metavar="YAML", help=DATA_HELP)
     score_parser.add_argument("--out", help="write the metrics to this JSON file")
     score_parser.add_argument("--max_dets", type=int, default=100,
                               help="detections per image that count, for every figure (COCO's and MinneApple's "
@@ -1198,13 +1443,20 @@ def build_parser():
     collect_parser.add_argument("--runs", required=True, help="train_detectors.py's --project folder")
     collect_parser.add_argument("--gt", required=True, help="the labelled test split: a folder with images/ and "
                                 "labels/, or a COCO JSON file")
+    collect_parser.add_argument("--data", metavar="YAML", help=DATA_HELP)
     collect_parser.add_argument("--out", required=True, help="the results CSV to write")
     collect_parser.add_argument("--max_dets", type=int, default=100,
                                 help="detections per image that count, for every figure")
     table_parser = commands.add_parser("table", help="Table 1 from one row per trained detector",
                                        formatter_class=HelpFormatter)
     table_parser.add_argument("--results", required=True,
-                              help="CSV with columns dataset, model, seed, ap, ap50, ap75")
+                              help="CSV with columns dataset, model, seed, ap, ap50, ap75 (and ap_<name>, "
+                                   "ap50_<name> per class, as collect writes them for several classes)")
+    table_parser.add_argument("--data_stats", metavar="STATS.json",
+                              help="prepare_data.py's stats.json of the data scored: the paper's Table 1 is "
+                                   "shown beside ours when its source is minneapple (the paper's data)")
+    table_parser.add_argument("--paper", action="store_true",
+                              help="show the paper's Table 1 beside ours whatever the data")
     table_parser.add_argument("--out_dir", required=True, help="where table1.csv/.md/.png go")
     table_parser.add_argument("--baseline", default="baseline", help="dataset the gaps are measured to")
     table_parser.add_argument("--note", action="append", default=[], help="a line added under table1.md and "
@@ -1233,7 +1485,8 @@ def run_score(args):
         check_output_file(args.out, "--out")
     if args.export_coco:
         check_output_folder(args.export_coco, "--export_coco")
-    metrics = score(args.gt, args.pred, args.max_dets, args.export_coco, echo=True)
+    names = read_class_names(args.data) if args.data else None
+    metrics = score(args.gt, args.pred, args.max_dets, args.export_coco, echo=True, names=names)
     print(json.dumps(metrics, indent=2))
     if args.out:
         with output_errors_named("--out", args.out):
@@ -1242,9 +1495,9 @@ def run_score(args):
 
 def run_collect(args):
     check_output_file(args.out, "--out")
-    rows = collect(args.runs, args.gt, args.max_dets)
+    rows = collect(args.runs, args.gt, args.max_dets, read_class_names(args.data) if args.data else None)
     text = io.StringIO()
-    writer = csv.DictWriter(text, ["dataset", "model", "seed", *METRICS], lineterminator="\n")
+    writer = csv.DictWriter(text, list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     with output_errors_named("--out", args.out):
@@ -1253,9 +1506,10 @@ def run_collect(args):
 
 
 def run_table(args):
+    paper = args.paper or bool(args.data_stats and is_minneapple_run(args.data_stats))
     check_output_folder(args.out_dir, "--out_dir")
     with output_errors_named("--out_dir", args.out_dir):
-        write_table(args.results, args.out_dir, args.baseline, args.note, args.demo)
+        write_table(args.results, args.out_dir, args.baseline, args.note, args.demo, paper)
     print((Path(args.out_dir) / "table1.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {Path(args.out_dir) / 'table1.csv'}, table1.md, table1.png")
 

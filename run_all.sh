@@ -411,9 +411,10 @@ done
 stage datasets "$work/results/datasets.csv" "${dataset_inputs[@]}" -- "$python" "$root/evaluate.py" datasets \
   "${dataset_specs[@]}" --out_dir "$work/results"
 stage evaluate "$work/results/results.csv" "$work/detectors" "$work/data/real/test" -- "$python" \
-  "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" --out "$work/results/results.csv"
+  "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" --data "$work/data/real.yaml" \
+  --out "$work/results/results.csv"
 stage table "$work/results/table1.md" "$work/results/results.csv" -- "$python" "$root/evaluate.py" table \
-  --results "$work/results/results.csv" --out_dir "$work/results" "${notes[@]}"
+  --results "$work/results/results.csv" --data_stats "$work/data/stats.json" --out_dir "$work/results" "${notes[@]}"
 
 pictures=("$work/results/table1.png" "$work/results/datasets.png" "$work/generated/contact_sheet.png"
           "$work/models/green/loss.png" "$work/models/red/loss.png")

@@ -24,10 +24,11 @@ def write_split(root, images):
     return root
 
 
-def yolo_lines(boxes, width, height, scores=None):
+def yolo_lines(boxes, width, height, scores=None, classes=None):
     lines = []
     for i, (x1, y1, x2, y2) in enumerate(boxes):
-        line = f"0 {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} {(x2 - x1) / width} {(y2 - y1) / height}"
+        line = (f"{classes[i] if classes else 0} {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} "
+                f"{(x2 - x1) / width} {(y2 - y1) / height}")
         lines.append(line + (f" {scores[i]}" if scores is not None else "") + "\n")
     return "".join(lines)
 
@@ -163,7 +164,7 @@ def test_table_means_stds_gaps_and_files(tmp_path):
         ("baseline", "yolov8n", 0, 0.40, 0.70, 0.40), ("baseline", "yolov8n", 1, 0.42, 0.74, 0.44),
         ("genfusion", "yolov8n", 0, 0.30, 0.60, 0.25), ("genfusion", "yolov8n", 1, 0.34, 0.64, 0.29),
         ("genfusion", "yolov5nu", 0, 0.20, 0.50, 0.10)])
-    table = ev.write_table(results, tmp_path / "out")
+    table = ev.write_table(results, tmp_path / "out", paper=True)
     by_key = {(e["dataset"], e["model"]): e for e in table}
     base, ours = by_key[("baseline", "yolov8n")], by_key[("genfusion", "yolov8n")]
     assert base["ap_mean"] == pytest.approx(0.41) and base["ap_std"] == pytest.approx(0.02 / np.sqrt(2))
@@ -202,7 +203,8 @@ def test_table_command_line_with_another_baseline(tmp_path, capsys):
                        "genfusion,YOLOv8n,0,0.3,0.6,0.3\n")
     assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out")]) == 2
     assert "no rows of the baseline dataset 'baseline'" in capsys.readouterr().err
-    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out"), "--baseline", "real"]) == 0
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "out"), "--baseline", "real",
+                    "--paper"]) == 0
     with open(tmp_path / "out" / "table1.csv", newline="") as handle:
         rows = {r["dataset"]: r for r in csv.DictReader(handle)}
     assert float(rows["genfusion"]["ap_gap"]) == pytest.approx(-0.1)
@@ -227,12 +229,18 @@ def chart_texts(figure):
     return texts + [t.get_text() for axis in figure.axes for t in axis.texts]
 
 
-def test_chart_writes_every_value_names_its_axes_and_always_shows_the_paper_marker():
+def paper_marks(figure):
+    """The number of hollow-diamond marks (the paper's values) drawn on a Table 1 figure."""
+    from matplotlib.collections import PathCollection
+    return sum(len(c.get_offsets()) for axis in figure.axes for c in axis.collections if isinstance(c, PathCollection))
+
+
+def test_chart_writes_every_value_names_its_axes_and_shows_the_paper_marker_with_the_paper():
     rows = [{"dataset": d, "model": "yolov8n", "seed": str(s), "ap": ap, "ap50": ap + 0.3, "ap75": ap}
             for d, s, ap in (("annotation_rg0", 0, 0.2), ("annotation_rg0", 1, 0.24),   # no paper value,
                              ("baseline", 0, 0.4), ("genfusion", 0, 0.3))]             # and listed first
     notes = ["Generated labels: the proposals, `NOT` reviewed.", "Scorer: pycocotools COCOeval, $100$ dets. " * 12]
-    figure = ev.table_figure(ev.summarise(rows), notes)
+    figure = ev.table_figure(ev.summarise(rows, paper=True), notes)
     legend, = figure.legends
     assert [t.get_text() for t in legend.get_texts()] == ["annotation_rg0", "baseline", "genfusion", "paper's Table 1"]
     assert [axis.get_ylabel() for axis in figure.axes] == [
@@ -243,8 +251,12 @@ def test_chart_writes_every_value_names_its_axes_and_always_shows_the_paper_mark
     notes_text, = [t for t in figure.texts]
     assert notes_text.get_text().split() == " ".join(notes).replace("`", "").split()     # wrapped, not cut
     assert max(len(line) for line in notes_text.get_text().splitlines()) < len(notes[1])
-    lonely = ev.table_figure(ev.summarise([{**rows[0], "dataset": "real"}], baseline="real"))
+    assert paper_marks(figure) == 2 * 3                               # baseline and genfusion, every metric
+    lonely = ev.table_figure(ev.summarise([{**rows[0], "dataset": "real"}], baseline="real", paper=True))
     assert [t.get_text() for t in lonely.legends[0].get_texts()][-1] == "paper's Table 1 (no row of it here)"
+    without = ev.table_figure(ev.summarise(rows), notes)
+    assert [t.get_text() for t in without.legends[0].get_texts()] == ["annotation_rg0", "baseline", "genfusion"]
+    assert paper_marks(without) == 0 and "0.22±0.03" in chart_texts(without)
 
 
 def test_bar_value_label_shows_the_std_only_over_several_seeds():
@@ -525,8 +537,11 @@ def test_a_crowd_box_of_a_coco_json_is_ignored_as_cocoeval_ignores_it(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("not json", r"gt.json: not a readable COCO JSON"),
     ("no annotations list", r"gt.json: a COCO JSON needs 'images', 'annotations' and 'categories' lists"),
-    ("a leaf box", r"gt.json: annotations\[1\]: category 2: one category is scored, apple \(id 1\)"),
-    ("two categories, no apple", r"one category is scored, apple \(or the only one\); categories: 'leaf', 'twig'"),
+    ("a leaf box", r"gt.json: annotations\[1\]: category 2 is not named as a class of the data YAML: one class is "
+                   r"scored, 0 = apple$"),                                                # with names [apple]
+    ("a category not in the list", r"gt.json: annotations\[0\]: category 1 is not among the categories$"),
+    ("two categories named as one class", r"gt.json: categories 1 and 2 are both named 'apple'"),
+    ("two categories, one id", r"gt.json: two categories share an id \(ids: 1, 1\)"),
     ("a box beyond the image", r"gt.json: annotations\[0\]: bbox out of range for the 300x300 image a.png"),
     ("a negative width", r"annotations\[0\]: bbox out of range"),
     ("a NaN", r"annotations\[0\]: bbox must be four finite numbers"),
@@ -534,7 +549,7 @@ def test_a_crowd_box_of_a_coco_json_is_ignored_as_cocoeval_ignores_it(tmp_path):
     ("an unknown image", r"annotations\[0\]: image_id 7 is not among the images"),
     ("two images, one stem", r"gt.json: images\[1\]: a.jpg shares the stem 'a' with a.png"),
     ("no width", r"gt.json: images\[0\]: an image needs id, file_name, width and height"),
-    ("no apple at all", r"gt.json: no ground-truth boxes of the apple category"),
+    ("no box at all", r"gt.json: no ground-truth boxes at all: AP is undefined"),
 ])
 def test_bad_coco_ground_truth_is_named(tmp_path, case, message):
     path = tmp_path / "gt.json"
@@ -546,8 +561,12 @@ def test_bad_coco_ground_truth_is_named(tmp_path, case, message):
         path.write_text(json.dumps({"images": [], "categories": []}))
     elif case == "a leaf box":
         write_coco(path, [*one_box, *coco_boxes(GT[1:2], category_id=2)], [apple, leaf])
-    elif case == "two categories, no apple":
+    elif case == "a category not in the list":
         write_coco(path, one_box, [leaf, twig])
+    elif case == "two categories named as one class":
+        write_coco(path, one_box, [apple, {"id": 2, "name": "Apple"}])
+    elif case == "two categories, one id":
+        write_coco(path, one_box, [apple, {**leaf, "id": 1}])
     elif case == "a box beyond the image":
         write_coco(path, coco_boxes([[250, 250, 400, 400]]))
     elif case == "a negative width":
@@ -568,8 +587,9 @@ def test_bad_coco_ground_truth_is_named(tmp_path, case, message):
     else:
         write_coco(path, [], [leaf, apple])
     (tmp_path / "pred").mkdir()
+    names = ["apple"] if case in ("a leaf box", "two categories named as one class") else None
     with pytest.raises(ev.InputError, match=message):
-        ev.score(path, tmp_path / "pred")
+        ev.score(path, tmp_path / "pred", names=names)
 
 
 def test_zero_size_and_duplicate_boxes_of_a_coco_json_are_warned_of(tmp_path, capsys):
@@ -578,6 +598,223 @@ def test_zero_size_and_duplicate_boxes_of_a_coco_json_are_warned_of(tmp_path, ca
     assert ev.score(path, tmp_path / "pred")["gt_boxes"] == 4
     assert (f"warning: {path}: image a.png: zero-size boxes (w or h is 0 px) on annotations[1]; duplicate boxes "
             f"on annotations[3] (= annotations[0])\n") in capsys.readouterr().err
+
+
+# ---- several classes ----------------------------------------------------------------------------------
+# Image a holds three apples (class 0), image b three leaves (class 1); pear (class 2) has no ground truth.
+# Rows are (x1, y1, x2, y2, score, class). Seed 0: every apple found, under a top-scored pear on an apple
+# box (another class: it must not count for the apples); on b the ranking of test_hand_computed_case,
+# so leaf AP50 = 56/101, AP75 = 34/101, AP = 90/202. Seed 1: b without its false positive, so for IoU
+# 0.50..0.70 both hits come first (67/101) and for 0.75..0.95 only the exact one (34/101): AP = 1/2.
+NAMES = ["apple", "leaf", "pear"]
+SCENES = ({"a": [(*GT[0], 0.95, 2), *((*box, 0.9, 0) for box in GT)],
+           "b": [(10, 10, 50, 50, 0.9, 1), (250, 250, 290, 290, 0.8, 1), (100, 100, 200, 172, 0.7, 1)]},
+          {"a": [(*box, 0.9, 0) for box in GT], "b": [(10, 10, 50, 50, 0.9, 1), (100, 100, 200, 172, 0.7, 1)]})
+LEAF_AP = (90 / 202, 1 / 2)
+
+
+def write_class_predictions(root, scene):
+    """scene: {stem: [(x1, y1, x2, y2, score, class), ...]} on 300x300 images -> the predictions folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, rows in scene.items():
+        (root / f"{stem}.txt").write_text(yolo_lines([r[:4] for r in rows], 300, 300, scores=[r[4] for r in rows],
+                                                     classes=[r[5] for r in rows]))
+    return root
+
+
+def write_scene(tmp_path):
+    """The two-class ground truth (a YOLO folder), seed 0's predictions and a data YAML naming the
+    three classes -> (gt dir, predictions dir, data YAML)."""
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, []), "b": (300, 300, [])})
+    (gt / "labels" / "a.txt").write_text(yolo_lines(GT, 300, 300, classes=[0, 0, 0]))
+    (gt / "labels" / "b.txt").write_text(yolo_lines(GT, 300, 300, classes=[1, 1, 1]))
+    data = tmp_path / "data.yaml"
+    data.write_text("train: images\nval: images\nnames: {0: apple, 1: leaf, 2: pear}\n")
+    return gt, write_class_predictions(tmp_path / "pred", SCENES[0]), data
+
+
+def hand_built_cocoeval(scene):
+    """pycocotools' COCOeval on COCO dicts built here from the scene (not evaluate's), with image and
+    category ids of their own -> ({class name: (its AP@0.5:0.95, AP50)}, stats[0]): a category's AP as
+    pycocotools takes it, the mean of its defined precision at area all and 100 detections."""
+    category = {"apple": 7, "leaf": 3, "pear": 12}
+    image_id = {"a": 10, "b": 20}
+    ground_truth = [("a", box, "apple") for box in GT] + [("b", box, "leaf") for box in GT]
+    dataset = {"images": [{"id": i, "file_name": f"{stem}.png", "width": 300, "height": 300}
+                          for stem, i in image_id.items()],
+               "categories": [{"id": i, "name": name} for name, i in category.items()],
+               "annotations": [{"id": n + 1, "image_id": image_id[stem], "category_id": category[name],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+                               for n, (stem, (x1, y1, x2, y2), name) in enumerate(ground_truth)]}
+    detections = [{"image_id": image_id[stem], "category_id": category[NAMES[c]], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                   "score": s} for stem, rows in scene.items() for x1, y1, x2, y2, s, c in rows]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        direct = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
+        direct.evaluate()
+        direct.accumulate()
+        direct.summarize()
+    name_of = {i: name for name, i in category.items()}
+    precision = direct.eval["precision"][:, :, :, 0, -1]                  # [IoU, recall, category], all, 100
+    per_class = {name_of[i]: (defined_mean(precision[:, :, k]), defined_mean(precision[0, :, k]))
+                 for k, i in enumerate(direct.params.catIds)}
+    return per_class, float(direct.stats[0])
+
+
+def test_per_class_ap_equals_pycocotools_per_category_ap_beside_the_map(tmp_path, capsys):
+    gt, pred, data = write_scene(tmp_path)
+    assert ev.main(["score", "--gt", str(gt), "--pred", str(pred), "--data", str(data),
+                    "--out", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    ours = json.loads((tmp_path / "m.json").read_text())
+    per_class, map_direct = hand_built_cocoeval(SCENES[0])
+    assert list(ours["classes"]) == NAMES
+    assert per_class["pear"] == (None, None) and ours["classes"]["pear"] == {"ap": None, "ap50": None, "gt_boxes": 0}
+    for name in ("apple", "leaf"):
+        assert (ours["classes"][name]["ap"], ours["classes"][name]["ap50"]) == pytest.approx(per_class[name])
+    assert ours["classes"]["apple"] == {"ap": 1.0, "ap50": 1.0, "gt_boxes": 3}      # the pear on an apple: no harm
+    assert (ours["classes"]["leaf"]["ap"], ours["classes"]["leaf"]["ap50"]) == pytest.approx((LEAF_AP[0], 56 / 101))
+    assert ours["ap"] == pytest.approx(map_direct) == pytest.approx((1 + LEAF_AP[0]) / 2)      # pear left out
+    assert "  apple: AP@0.5:0.95 1.000, AP@0.5 1.000 (3 ground-truth boxes)\n" in printed
+    assert f"  leaf: AP@0.5:0.95 {LEAF_AP[0]:.3f}, AP@0.5 {56 / 101:.3f} (3 ground-truth boxes)\n" in printed
+    assert "  pear: no ground-truth boxes, so no AP (the mAP leaves it out)\n" in printed
+
+
+def test_coco_categories_are_matched_to_the_data_yaml_names_by_name(tmp_path, capsys):
+    gt, pred, data = write_scene(tmp_path)
+    boxes = [(1, box, 2) for box in GT] + [(2, box, 5) for box in GT]
+    coco = write_coco(tmp_path / "gt.json",
+                      [{"id": n, "image_id": image, "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+                       for n, (image, (x1, y1, x2, y2), c) in enumerate(boxes)],
+                      [{"id": 5, "name": "Leaf"}, {"id": 2, "name": "apple"}, {"id": 9, "name": "twig"}],
+                      [{"id": i, "file_name": f"{stem}.png", "width": 300, "height": 300}
+                       for i, stem in ((1, "a"), (2, "b"))])
+    names = ev.read_class_names(data)
+    assert names == NAMES
+    assert ev.score(coco, pred, names=names) == ev.score(gt, pred, names=names)           # identical, not close
+    # without the YAML the classes are the categories the boxes use, in the file's order: 0 = Leaf, 1 = apple
+    assert ev.main(["score", "--gt", str(coco), "--pred", str(pred)]) == 2
+    assert capsys.readouterr().err == f"error: {pred / 'a.txt'}:1: class 2: the classes are 0 = Leaf, 1 = apple\n"
+    (pred / "a.txt").write_text(yolo_lines(GT, 300, 300, scores=[0.9] * 3, classes=[1, 1, 1]))
+    assert ev.score(coco, pred)["classes"]["apple"]["ap"] == pytest.approx(1.0)   # class 1 of this file is apple
+
+
+@pytest.mark.parametrize("case, message", [
+    ("a predicted class beyond the names", "{pred}/a.txt:2: class 3: the classes are 0 = apple, 1 = leaf, 2 = pear"),
+    ("a label class beyond the names", "{gt}/labels/b.txt:1: class 7: the classes are 0 = apple, 1 = leaf, 2 = pear"),
+    ("a fractional class", "{gt}/labels/b.txt:1: class 1.5: the classes are 0 = apple, 1 = leaf, 2 = pear"),
+    ("several classes, no names", "{gt}/labels/b.txt:1: class 1: no class names are given, so one class is scored, "
+                                  "0 = apple; --data YAML names the classes (its names)"),
+    ("names with a gap", "{data}: names must be a list or a mapping {0: name, 1: name, ...} of the class ids 0..K-1, "
+                         "got {0: 'apple', 2: 'leaf'}"),
+    ("a repeated name", "{data}: the name of class 1, 'Apple', repeats class 0's"),
+    ("no names", "{data}: no names: a data YAML names its classes, e.g. names: {0: apple}"),
+])
+def test_class_ids_and_names_that_do_not_fit_are_one_line_errors(tmp_path, capsys, case, message):
+    gt, pred, data = write_scene(tmp_path)
+    with_data = ["--data", str(data)]
+    if case == "a predicted class beyond the names":
+        (pred / "a.txt").write_text("0 0.5 0.5 0.1 0.1 0.9\n3 0.5 0.5 0.1 0.1 0.9\n")
+    elif case in ("a label class beyond the names", "a fractional class"):
+        (gt / "labels" / "b.txt").write_text(f"{'7' if 'beyond' in case else '1.5'} 0.5 0.5 0.1 0.1\n")
+    elif case == "several classes, no names":
+        with_data = []
+    else:
+        names = {"names with a gap": "names: {0: apple, 2: leaf}\n", "a repeated name": "names: [apple, Apple]\n",
+                 "no names": ""}[case]
+        data.write_text(f"train: images\nval: images\n{names}")
+    assert ev.main(["score", "--gt", str(gt), "--pred", str(pred), *with_data]) == 2
+    expected = message.replace("{gt}", str(gt)).replace("{pred}", str(pred)).replace("{data}", str(data))
+    assert capsys.readouterr().err == f"error: {expected}\n"
+
+
+def test_one_class_scores_and_writes_as_before_with_or_without_its_data_yaml(tmp_path, capsys):
+    gt = write_split(tmp_path / "gt", {"a": (300, 300, GT)})
+    runs = tmp_path / "runs"
+    pred = write_predictions(runs / "baseline" / "yolov8n" / "seed0" / "test_predictions",
+                             {"a": [(*GT[0], 0.9), (250, 250, 290, 290, 0.8)]}, {"a": (300, 300)})
+    (tmp_path / "data.yaml").write_text("train: images\nval: images\nnames: {0: apple}\n")
+    outputs = []
+    for data in ([], ["--data", str(tmp_path / "data.yaml")]):
+        assert ev.main(["score", "--gt", str(gt), "--pred", str(pred), "--out", str(tmp_path / "m.json"), *data]) == 0
+        assert ev.main(["collect", "--runs", str(runs), "--gt", str(gt), "--out", str(tmp_path / "r.csv"), *data]) == 0
+        outputs.append((capsys.readouterr().out, (tmp_path / "m.json").read_text(), (tmp_path / "r.csv").read_text()))
+    assert outputs[0] == outputs[1]
+    printed, metrics, results = outputs[0]
+    assert "per class" not in printed and "classes" not in json.loads(metrics)
+    assert results.splitlines()[0] == "dataset,model,seed,ap,ap50,ap75" and len(results.splitlines()) == 2
+
+
+def test_collect_writes_a_column_per_class_and_table_a_mean_and_std_per_class(tmp_path):
+    gt, _, data = write_scene(tmp_path)
+    runs = tmp_path / "runs"
+    for dataset, seed, scene in (("baseline", 0, SCENES[0]), ("baseline", 1, SCENES[1]), ("genfusion", 0, SCENES[1])):
+        write_class_predictions(runs / dataset / "yolov8n" / f"seed{seed}" / "test_predictions", scene)
+    assert ev.main(["collect", "--runs", str(runs), "--gt", str(gt), "--data", str(data),
+                    "--out", str(tmp_path / "r.csv")]) == 0
+    with open(tmp_path / "r.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == ["dataset", "model", "seed", "ap", "ap50", "ap75", "ap_apple", "ap_leaf", "ap_pear",
+                                 "ap50_apple", "ap50_leaf", "ap50_pear"]
+    leaf = [LEAF_AP[0], LEAF_AP[1], LEAF_AP[1]]                                   # the seeds' scenes
+    assert [float(r["ap_leaf"]) for r in rows] == pytest.approx(leaf)
+    assert [float(r["ap"]) for r in rows] == pytest.approx([(1 + ap) / 2 for ap in leaf])   # mAP: pear left out
+    assert {(r["ap_pear"], r["ap50_pear"], r["ap_apple"]) for r in rows} == {("", "", "1.0")}   # no ground truth: empty
+    assert ev.main(["table", "--results", str(tmp_path / "r.csv"), "--out_dir", str(tmp_path / "t")]) == 0
+    with open(tmp_path / "t" / "table1.csv", newline="") as handle:
+        base, ours = csv.DictReader(handle)
+    leaf_mean = sum(LEAF_AP) / 2
+    assert float(base["ap_leaf_mean"]) == pytest.approx(leaf_mean)
+    assert float(base["ap_leaf_std"]) == pytest.approx((LEAF_AP[1] - LEAF_AP[0]) / np.sqrt(2))
+    assert float(ours["ap_leaf_gap"]) == pytest.approx(LEAF_AP[1] - leaf_mean)
+    assert (base["ap_pear_mean"], base["ap_pear_std"], ours["ap_pear_gap"]) == ("", "", "")     # no ground truth
+    assert base["ap50_apple_mean"] == "1.0"
+    markdown = (tmp_path / "t" / "table1.md").read_text()
+    assert ("| AP@0.5:0.95 | AP@0.5 | AP@0.75 | AP@0.5:0.95 apple | AP@0.5:0.95 leaf | AP@0.5:0.95 pear | "
+            "AP@0.5 apple | AP@0.5 leaf | AP@0.5 pear |\n|" + "---|" * 12 + "\n") in markdown
+    assert f"| 1.000 ± 0.000 **+0.000** | 0.500 ± 0.000 **{LEAF_AP[1] - leaf_mean:+.3f}** | – |" in markdown
+    assert ev.PER_CLASS_NOTE in markdown and "Paper" not in markdown
+    assert Image.open(tmp_path / "t" / "table1.png").size[0] > 500
+    (tmp_path / "bad.csv").write_text("dataset,model,seed,ap,ap50,ap75,ap_leaf\nbaseline,yolov8n,0,0.4,0.7,0.4,0.3\n")
+    with pytest.raises(ev.InputError, match=r"bad.csv: missing columns ap50_leaf \(a class has an ap_<name> and"):
+        ev.read_results(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("source, flags, shown", [
+    ("minneapple", [], True), ("synthetic", [], False), ("yolo", [], False), ("synthetic", ["--paper"], True),
+    (None, [], False), (None, ["--paper"], True)])
+def test_the_paper_numbers_appear_for_a_minneapple_run_or_when_asked(tmp_path, source, flags, shown):
+    results = write_results(tmp_path / "r.csv", [("baseline", "yolov8n", 0, 0.4, 0.7, 0.4),
+                                                 ("genfusion", "yolov8n", 0, 0.3, 0.6, 0.3)])
+    stats = []
+    if source:
+        (tmp_path / "stats.json").write_text(json.dumps({"config": {"source": source}, "photos": {}}))
+        stats = ["--data_stats", str(tmp_path / "stats.json")]
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "t"), *stats, *flags]) == 0
+    markdown = (tmp_path / "t" / "table1.md").read_text()
+    with open(tmp_path / "t" / "table1.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert ("| 0.300 ± 0.000 **-0.100** | 0.600 ± 0.000 **-0.100** | 0.300 ± 0.000 **-0.100** | 0.31 ± 0.012 | "
+            "0.66 ± 0.015 | 0.27 ± 0.012 |") in markdown if shown else "| 0.300 ± 0.000 **-0.100** |\n" in markdown
+    assert ("Paper AP@0.5:0.95" in markdown) == ("Voetman" in markdown) == ("paper_ap_mean" in header) == shown
+    assert header[:12] == ["dataset", "model", "seeds",
+                           *(f"{m}_{part}" for m in ev.METRICS for part in ("mean", "std", "gap"))]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not a readable stats.json"), ('{"photos": {}}', "no config.source, where prepare_data.py's stats.json")])
+def test_a_stats_file_without_a_source_is_a_one_line_error(tmp_path, capsys, content, message):
+    results = write_results(tmp_path / "r.csv", [("baseline", "yolov8n", 0, 0.4, 0.7, 0.4)])
+    if content:
+        (tmp_path / "stats.json").write_text(content)
+    assert ev.main(["table", "--results", str(results), "--out_dir", str(tmp_path / "t"),
+                    "--data_stats", str(tmp_path / "stats.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data_stats {tmp_path / 'stats.json'}: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "t" / "table1.md").exists()
 
 
 # ---- datasets -----------------------------------------------------------------------------------------
@@ -675,6 +912,7 @@ def test_datasets_figure_overlays_every_dataset_with_named_axes(hand_made_datase
 
 @pytest.mark.parametrize("breakage, message", [
     ("bad label", r"r.txt:2: values out of range"),
+    ("a class beyond the names", r"r.txt:1: class 1: one class is scored, 0 = apple"),
     ("missing folder", r"hand.yaml: the train entry .*b/images does not exist"),
     ("no images", r"hand.yaml: no images in the val split"),
     ("twice", r"--data hand is given twice"),
@@ -684,6 +922,8 @@ def test_bad_datasets_inputs_are_one_line_errors(hand_made_datasets, tmp_path, c
     data = ["--data", f"hand={hand_made_datasets['hand']}"]
     if breakage == "bad label":
         (hand / "b" / "labels" / "sub" / "r.txt").write_text("0 0.5 0.5 0.5 0.25\n0 0.5 1.5 1 1\n")
+    elif breakage == "a class beyond the names":
+        (hand / "b" / "labels" / "sub" / "r.txt").write_text("1 0.5 0.5 0.5 0.25\n")
     elif breakage == "missing folder":
         import shutil
         shutil.rmtree(hand / "b")
