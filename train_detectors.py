@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""train_detectors.py: train the paper's YOLO matrix and predict on the real test photos.
+"""train_detectors.py: train the paper's YOLO matrix (or other ultralytics detectors), predict on the test photos.
 
 In:  --data NAME=YAML (repeatable: ultralytics data YAMLs, e.g. baseline=OUT/real.yaml and
      genfusion=WORK/genfusion/data.yaml; NAME=YAML1+YAML2 is a union: the train splits of both,
      YAML1's val and names, e.g. mixed=OUT/real.yaml+WORK/genfusion/data.yaml), --models, --seeds,
      --test_images DIR.
 Out: PROJECT/<dataset>/data.yaml                  a union's data YAML (absolute paths), what it trains on
-     PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weights/best.pt, ...)
+     PROJECT/<dataset>/<model>/seed<k>/           ultralytics' run folder (weights/best.pt, ...); <model> is
+                                                   the model's name, or a --models file's stem
      PROJECT/<dataset>/<model>/seed<k>/test_predictions/<stem>.txt
                                                    'class cx cy w h conf' per detection, what
                                                    `evaluate.py score --pred` reads
@@ -14,22 +15,30 @@ Out: PROJECT/<dataset>/data.yaml                  a union's data YAML (absolute 
      PROJECT/runs.csv                              dataset, model, seed, epochs, seconds, status,
                                                    val_map50_95 (ultralytics' own, best epoch)
 
+--models takes any ultralytics detection model: a name (yolov8n, yolo11s, yolo26n, rtdetr-l, ...: ultralytics'
+model YAML with --init scratch, its COCO weights with --init pretrained), a .yaml file (an architecture,
+trained from scratch) or a .pt file (a detector, e.g. a run's best.pt, trained on from its weights).
+ultralytics' guess_model_task on the model's YAML decides the task: a model that is not a detector
+(-seg, -cls, -pose, ...), an open-vocabulary one (YOLO-World, YOLOE) or a name ultralytics does not know
+is refused before any training. RT-DETR trains with ultralytics' RTDETR class, the others with YOLO.
+
 The paper's Table 2 are the defaults: SGD (set explicitly: ultralytics' 'auto' ignores lr0),
-lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU (fp32 on the CPU, on --threads cores), NMS IoU 0.45, 768 px, and
-every augmentation off (--augment: ultralytics' defaults). --nbs is ultralytics' nominal batch
-size (gradients of round(nbs / batch) batches per optimizer step).
+lr0 0.01, momentum 0.937, weight decay 5e-4, batch 8, AMP on a GPU (fp32 on the CPU, on --threads
+cores), NMS IoU 0.45, 768 px, and every augmentation off (--augment: ultralytics' defaults). --nbs
+is ultralytics' nominal batch size (gradients of round(nbs / batch) batches per optimizer step).
 Finished runs (run.json) are skipped; one finished with other settings is refused. A killed run
 (its folder without run.json) is deleted and trained again from epoch 0 with the settings asked
 now, which costs up to one run's training time: ultralytics' resume is not exact (its last.pt keeps
 no live weights, only the EMA in fp16, SGD momentum in fp16, and no RNG or dataloader state), so a
 resumed run would not give an unbroken run's predictions; a rerun with the same seed gives them
 byte for byte. No run's last.pt is read for bookkeeping (.pt files are pickles: load them only from
-sources you trust).
+sources you trust; a --models .pt file is loaded to check it, as ultralytics loads it to train).
 Nothing reaches for the network: ultralytics' settings live in PROJECT/.ultralytics, its font is a
 local one, it installs nothing, and --init pretrained without local weights fails at once offline.
 """
 import argparse
 import csv
+import hashlib
 import json
 import os
 import re
@@ -42,7 +51,6 @@ from pathlib import Path
 
 import yaml
 
-MODEL_NAME = re.compile(r"^(yolov8[nsmlx]|yolov5[nsmlx]u|yolo11[nsmlx])$")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Table 2 of the paper (Appendix B.1).
 PAPER_SETTINGS = {"optimizer": "SGD", "lr0": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "iou": 0.45}
@@ -69,10 +77,7 @@ def plan(args):
         for part in parts:
             check_data_yaml(part)
     unions = {name: union_data(parts) for name, parts in data.items() if len(parts) > 1}
-    models = parse_list(args.models, "--models")
-    unknown = [m for m in models if not MODEL_NAME.match(m)]
-    if unknown:
-        raise InputError(f"unknown model names {', '.join(unknown)}: use yolov8n..x, yolov5nu..xu or yolo11n..x")
+    entries = parse_list(args.models, "--models")
     try:
         seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
     except ValueError:
@@ -80,14 +85,15 @@ def plan(args):
     if not Path(args.test_images).is_dir() or not list_images(args.test_images):
         raise InputError(f"--test_images {args.test_images}: missing or holds no images")
     shard = parse_shard(args.shard)
-    sources = {model: model_source(model, args.init, args.weights_dir) for model in models}
-    check_output_folder(args.project, "--project")  # last: a bad input elsewhere creates no folder
+    check_output_folder(args.project, "--project")  # a bad input above creates no folder
+    offline_safe_environment(args.project)  # before the model checks import ultralytics, whose settings go there
+    models = model_specs(entries, args.init, args.weights_dir)
     project = Path(args.project).resolve()
     data_yamls = {name: str(write_union_yaml(project / name / "data.yaml", unions[name])) if name in unions
                   else parts[0] for name, parts in data.items()}
-    runs = [{"dataset": name, "data_yaml": data_yamls[name], "model": model, "seed": seed, "source": sources[model],
+    runs = [{"dataset": name, "data_yaml": data_yamls[name], **model, "seed": seed,
              "union_of": [str(Path(part).resolve()) for part in data[name]] if name in unions else None,
-             "run_dir": str(project / name / model / f"seed{seed}"), "epochs": args.epochs,
+             "run_dir": str(project / name / model["model"] / f"seed{seed}"), "epochs": args.epochs,
              "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,
              "workers": args.workers, "test_images": args.test_images}
             for name in data for model in models for seed in seeds]
@@ -97,7 +103,6 @@ def plan(args):
 def run_one(spec, device):
     """Train one (dataset, model, seed) from epoch 0 and predict on the test images -> its row. A
     killed run's folder is deleted first (ultralytics' resume would not reproduce an unbroken run)."""
-    from ultralytics import YOLO
     run_dir = Path(spec["run_dir"])
     done = run_dir / "run.json"
     if done.exists():
@@ -112,11 +117,11 @@ def run_one(spec, device):
     started = time.time()
     arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
                                 spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"])
-    detector = YOLO(spec["source"])
+    detector = detector_class(spec["architecture"])(spec["source"])
     detector.train(**arguments)
     import torch
     precision = {"amp": bool(detector.trainer.amp), "threads": torch.get_num_threads()}
-    predict_to_folder(run_dir / "weights" / "best.pt", list_images(spec["test_images"]),
+    predict_to_folder(run_dir / "weights" / "best.pt", spec["architecture"], list_images(spec["test_images"]),
                       run_dir / "test_predictions", spec["imgsz"], device)
     row = {"dataset": spec["dataset"], "model": spec["model"], "seed": spec["seed"], "epochs": spec["epochs"],
            "seconds": round(time.time() - started, 1), "status": "done", "val_map50_95": best_val_map(run_dir),
@@ -140,22 +145,23 @@ def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, work
 
 def run_config(spec):
     """What defines a run's result; a finished run made otherwise is refused, not silently kept. A
-    union's config has its combined data YAML and the parts it was made of (union_of)."""
+    union's config has its combined data YAML and the parts it was made of (union_of); a --models file's,
+    its contents' hash (source_sha256)."""
     union = {"union_of": spec["union_of"]} if spec["union_of"] else {}
-    return {"data": str(Path(spec["data_yaml"]).resolve()), **union, "source": spec["source"],
+    contents = {"source_sha256": spec["source_sha256"]} if spec.get("source_sha256") else {}
+    return {"data": str(Path(spec["data_yaml"]).resolve()), **union, "source": spec["source"], **contents,
             "epochs": spec["epochs"], "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"],
             "augment": spec["augment"]}
 
 
-def predict_to_folder(weights, images, out_dir, imgsz, device):
+def predict_to_folder(weights, architecture, images, out_dir, imgsz, device):
     """One 'class cx cy w h conf' file per test image (empty when nothing is found), written to a
-    temporary folder that replaces out_dir at the end."""
-    from ultralytics import YOLO
+    temporary folder that replaces out_dir at the end. RT-DETR has no NMS: its iou is unused."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model = YOLO(str(weights))
+    model = detector_class(architecture)(str(weights))
     for result in model.predict(source=[str(p) for p in images], imgsz=imgsz, device=device, stream=True,
                                 verbose=False, **PREDICT_SETTINGS):
         boxes = result.boxes
@@ -325,8 +331,113 @@ def parse_shard(text):
     return int(match.group(1)), int(match.group(2))
 
 
+# ---------------------------------------------------------------------------------------------
+# Models: any ultralytics detector, by name or file
+# ---------------------------------------------------------------------------------------------
+def model_specs(entries, init, weights_dir):
+    """--models entries -> their model_spec()s; two entries that would share a run folder are refused."""
+    specs, given = {}, {}
+    for entry in entries:
+        spec = model_spec(entry, init, weights_dir)
+        folder = spec["model"]
+        if folder in specs:
+            raise InputError(f"--models {entry} is given twice" if specs[folder]["source"] == spec["source"] else
+                             f"--models {given[folder]} and {entry} would share the run folder "
+                             f"PROJECT/<dataset>/{folder}: rename one of them")
+        specs[folder], given[folder] = spec, entry
+    return list(specs.values())
+
+
+def model_spec(entry, init, weights_dir):
+    """One --models entry -> {model: its run folder's name, source: what ultralytics loads, architecture:
+    the ultralytics class that trains it (detector_architecture)}. A name (yolo26n, rtdetr-l, ...) is
+    ultralytics' model YAML with --init scratch, its COCO weights with --init pretrained. A .yaml file
+    (an architecture) trains from scratch and a .pt file (a detector, e.g. a run's best.pt) from its
+    weights, whatever --init; its run folder is its stem, and its contents' hash is in the run's config."""
+    path = Path(entry)
+    if path.suffix.lower() in (".yaml", ".yml", ".pt"):
+        if not path.is_file():
+            raise InputError(f"--models {entry}: no such file (ultralytics' own models are named without a "
+                             f"suffix, e.g. yolo26n)")
+        return {"model": path.stem, "source": str(path.resolve()),
+                "architecture": detector_architecture(entry, load_model_file(path)), "source_sha256": sha256(path)}
+    if path.name != entry or ":" in entry:  # ultralytics would look a URL up online, a folder nowhere
+        raise InputError(f"--models {entry}: neither an ultralytics model name (yolo26n, rtdetr-l, ...) nor a "
+                         f".yaml or .pt file")
+    architecture = detector_architecture(entry, ultralytics_model_yaml(entry))
+    return {"model": entry, "source": model_source(entry, init, weights_dir), "architecture": architecture}
+
+
+def ultralytics_model_yaml(name):
+    """ultralytics' own model YAML of a model name, as its yaml_model_load reads it (yolo26n: yolo26.yaml
+    at scale n) -> the YAML's dict."""
+    import ultralytics
+    from ultralytics.nn.tasks import yaml_model_load
+    try:
+        return yaml_model_load(f"{name}.yaml")
+    except FileNotFoundError:
+        raise InputError(f"--models {name}: not a model of ultralytics {ultralytics.__version__} (it has no "
+                         f"{name}.yaml; e.g. yolov8n, yolo11s, yolo26n, rtdetr-l)")
+
+
+def load_model_file(path):
+    """A --models file -> its model YAML's dict: the file's own (.yaml, .yml) or the one a checkpoint's model
+    was built from (.pt, a pickle: loaded as ultralytics loads it to train, which it would do anyway)."""
+    from ultralytics.nn.tasks import load_checkpoint, yaml_model_load
+    try:
+        return getattr(load_checkpoint(path)[0], "yaml", None) if path.suffix.lower() == ".pt" else \
+            yaml_model_load(path)
+    except Exception as error:  # whatever the file's loader raises (YAML, pickle, zip, a checkpoint's own check)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(f"--models {path}: not a readable ultralytics model ({reason})")
+
+
+def detector_architecture(entry, cfg):
+    """The ultralytics class that trains a model (its model YAML's dict): 'RTDETR' for an RT-DETR decoder
+    head, as ultralytics' YOLO() decides, else 'YOLO'. InputError unless it is a detector of its own
+    classes: ultralytics' task must be 'detect', and YOLO-World and YOLOE (prompted, open-vocabulary)
+    are refused."""
+    from ultralytics.nn.tasks import guess_model_task
+    head = output_module(cfg)
+    if not head:
+        raise InputError(f"--models {entry}: not an ultralytics model (its model YAML has no backbone and head)")
+    if "RTDETR" in head:  # the RTDETR class trains 'detect' only (guess_model_task does not know its head)
+        return "RTDETR"
+    task = guess_model_task(cfg)
+    if task != "detect":
+        raise InputError(f"--models {entry}: not a detector (ultralytics' task for it is {task!r}, not 'detect')")
+    if head in ("WorldDetect", "YOLOEDetect"):
+        raise InputError(f"--models {entry}: an open-vocabulary detector ({head}: YOLO-World or YOLOE), which "
+                         f"train_detectors.py does not train")
+    return "YOLO"
+
+
+def output_module(cfg):
+    """The module of a model YAML's last head layer (Detect, Segment, RTDETRDecoder, ...), or None when
+    cfg is no model YAML (a backbone and a head of [from, repeats, module, args] layers)."""
+    try:
+        return str(cfg["head"][-1][-2]) if cfg["backbone"] else None
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def detector_class(architecture):
+    """ultralytics' YOLO or RTDETR class (detector_architecture's answer)."""
+    import ultralytics
+    return getattr(ultralytics, architecture)
+
+
+def sha256(path):
+    """The SHA-256 of a file's contents, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_source(model, init, weights_dir):
-    """What YOLO() loads: the model YAML (scratch) or COCO weights (pretrained)."""
+    """What a model name loads: ultralytics' model YAML (scratch) or COCO weights (pretrained)."""
     if init == "scratch":
         return f"{model}.yaml"
     if weights_dir:
@@ -430,8 +541,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train YOLOv5u/YOLOv8 detectors (the paper's Table 2 settings) and "
-                                                 "predict on the real test photos.", formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description="Train ultralytics detectors (the paper's: YOLOv5u and YOLOv8) with "
+                                                 "the paper's Table 2 settings and predict on the real test photos.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data", action="append", required=True, metavar="NAME=YAML",
                         help="a dataset to train on, repeatable (baseline=OUT/real.yaml genfusion=...); "
                              "NAME=YAML1+YAML2 trains on the union of their train splits and validates on "
@@ -439,7 +551,12 @@ def parse_args(argv=None):
                              "it writes to PROJECT/NAME/data.yaml")
     parser.add_argument("--models", default="yolov8n,yolov8s,yolov8m,yolov8l,yolov8x,"
                                             "yolov5nu,yolov5su,yolov5mu,yolov5lu,yolov5xu",
-                        help="comma-separated ultralytics names (yolov5*u is ultralytics' anchor-free YOLOv5u)")
+                        help="comma-separated ultralytics detection models: names (yolov5*u is ultralytics' "
+                             "anchor-free YOLOv5u), .yaml architectures or .pt detectors (run folder: the file's "
+                             "stem). Tried, 1 epoch from scratch: YOLOv3-tinyu, YOLOv5u, YOLOv6, YOLOv8 (and "
+                             "-p2), YOLOv9, YOLOv10, YOLO11, YOLO12, YOLO26, RT-DETR (rtdetr-l, yolov8-rtdetr; "
+                             "ultralytics' RTDETR class). Refused: -seg, -cls, -pose, -obb and other non-detect "
+                             "tasks, and the open-vocabulary YOLO-World and YOLOE")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated; one run per seed (the paper: 5)")
     parser.add_argument("--epochs", type=int, default=100, help="the paper does not state its epochs; "
                         "ultralytics' own value")
@@ -451,7 +568,8 @@ def parse_args(argv=None):
     parser.add_argument("--augment", action="store_true", help="ultralytics' own augmentations (mosaic, flips, "
                         "HSV, scale, translate, ...); without it none, as the paper's Table 2")
     parser.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",
-                        help="COCO weights (ultralytics fetches them online, or --weights_dir) or the model YAML")
+                        help="for model names: COCO weights (ultralytics fetches them online, or --weights_dir) or "
+                             "the model YAML; a .yaml file always starts from scratch, a .pt file from its weights")
     parser.add_argument("--weights_dir", help="folder with <model>.pt COCO weights for --init pretrained")
     parser.add_argument("--test_images", required=True, help="the real test photos to predict on")
     parser.add_argument("--project", required=True, help="where the runs go; a finished run (run.json) is "
@@ -479,7 +597,6 @@ def main(argv=None):
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    offline_safe_environment(args.project)
     import torch
     devices = ([d.strip() for d in (args.devices or "").split(",") if d.strip()]
                or (["0"] if torch.cuda.is_available() else ["cpu"]))

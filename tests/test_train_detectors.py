@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 import os
 import re
@@ -158,7 +159,7 @@ def test_bad_inputs_are_named(orchard_prepared, tmp_path, capsys, monkeypatch):
     good = f"baseline={orchard_prepared / 'real.yaml'}"
     (tmp_path / "empty.yaml").write_text(f"path: {tmp_path}\ntrain: train/images\nval: val/images\nnames: {{0: apple}}\n")
     cases = [(["--data", f"genfusion={tmp_path / 'empty.yaml'}"], "train folder"),
-             (["--data", good, "--models", "yolov9000"], "unknown model names yolov9000"),
+             (["--data", good, "--models", "yolov9000"], "--models yolov9000: not a model of ultralytics"),
              (["--data", "baseline"], "expected NAME=YAML"),
              (["--data", good, "--init", "pretrained"], "offline"),           # (online is patched off below)
              (["--data", good, "--init", "pretrained", "--weights_dir", str(tmp_path)], "yolov8n.pt")]
@@ -296,3 +297,138 @@ def test_a_train_split_given_as_a_list_of_images_is_checked_image_by_image(tmp_p
     (tmp_path / "few.txt").write_text("./real/images/a.png\n./real/images/b.png\n")  # b has no label file
     with pytest.raises(td.InputError, match="names images without a file or a label file: .*b.png"):
         td.check_data_yaml(yaml_path)
+
+
+# ---- any ultralytics detector: names, .yaml architectures, .pt detectors -------------------------------
+PAPERS_MODELS = ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolov8x", "yolov5nu", "yolov5su", "yolov5mu", "yolov5lu",
+                 "yolov5xu"]
+# An architecture of one's own: four strided convolutions and a detection head on the last two.
+TINY_ARCHITECTURE = """nc: 1
+backbone:
+  - [-1, 1, Conv, [16, 3, 2]]
+  - [-1, 1, Conv, [32, 3, 2]]
+  - [-1, 1, Conv, [64, 3, 2]]
+  - [-1, 1, Conv, [64, 3, 2]]
+head:
+  - [[2, 3], 1, Detect, [nc]]
+"""
+
+
+def models_argv(models, union_parts, project):
+    """1 epoch from scratch at 64 px on union_parts' real dataset (3 train, 2 val, 2 test images of 64 px)."""
+    real_yaml, _, test_images = union_parts
+    return ["--data", f"baseline={real_yaml}", "--models", models, "--seeds", "0", "--epochs", "1", "--imgsz", "64",
+            "--init", "scratch", "--workers", "0", "--test_images", str(test_images), "--project", str(project)]
+
+
+def assert_trained_and_predicted(run_dir):
+    """A finished run: run.json done, weights/best.pt, and one 'class cx cy w h conf' file per test image."""
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    assert (run_dir / "weights" / "best.pt").is_file()
+    predictions = sorted((run_dir / "test_predictions").glob("*.txt"))
+    assert [p.stem for p in predictions] == ["test_0", "test_1"]
+    lines = [line.split() for p in predictions for line in p.read_text().splitlines()]
+    assert all(len(fields) == 6 and 0.001 <= float(fields[5]) <= 1 for fields in lines)
+
+
+def test_yolo26_and_rtdetr_train_from_scratch_with_their_own_classes(union_parts, tmp_path, monkeypatch):
+    import torch
+    from ultralytics.engine.model import Model
+    trained_by, train = [], Model.train
+
+    def recorded(self, **kwargs):
+        trained_by.append(type(self).__name__)
+        return train(self, **kwargs)
+
+    monkeypatch.setattr(Model, "train", recorded)
+    project = tmp_path / "det"
+    assert td.main(models_argv("yolo26n,rtdetr-l", union_parts, project)) == 0
+    assert trained_by == ["YOLO", "RTDETR"]
+    for model in ("yolo26n", "rtdetr-l"):
+        assert_trained_and_predicted(project / "baseline" / model / "seed0")
+    checkpoint = torch.load(project / "baseline" / "rtdetr-l" / "seed0" / "weights" / "best.pt", weights_only=False)
+    assert type(checkpoint["model"]).__name__ == "RTDETRDetectionModel"           # RT-DETR's trainer built it
+    with open(project / "runs.csv", newline="") as handle:
+        rows = [(r["model"], r["status"]) for r in csv.DictReader(handle)]
+    assert rows == [("rtdetr-l", "done"), ("yolo26n", "done")]
+
+
+def test_a_yaml_architecture_and_a_pt_detector_train_in_folders_named_by_their_stems(union_parts, tiny_detector,
+                                                                                     tmp_path, capsys):
+    architecture = tmp_path / "mine" / "tiny-net.yaml"
+    architecture.parent.mkdir()
+    architecture.write_text(TINY_ARCHITECTURE)
+    weights = tiny_detector / "weights" / "best.pt"                   # a detector of one's own: a run's best.pt
+    project = tmp_path / "det"
+    argv = models_argv(f"{architecture},{weights}", union_parts, project)
+    assert td.main(argv) == 0
+    for folder, source in (("tiny-net", architecture), ("best", weights)):
+        run_dir = project / "baseline" / folder / "seed0"
+        assert_trained_and_predicted(run_dir)
+        config = json.loads((run_dir / "run.json").read_text())["config"]
+        assert config["source"] == str(source.resolve())
+        assert config["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    import torch
+    trained = torch.load(project / "baseline" / "best" / "seed0" / "weights" / "best.pt", weights_only=False)
+    assert trained["train_args"]["model"] == str(weights.resolve())                # trained on from the .pt's weights
+    assert Path(trained["model"].yaml["yaml_file"]).name == "yolov8n.yaml"
+    built = torch.load(project / "baseline" / "tiny-net" / "seed0" / "weights" / "best.pt", weights_only=False)
+    assert [layer[2] for layer in built["model"].yaml["backbone"]] == ["Conv"] * 4   # the architecture given
+    capsys.readouterr()
+    architecture.write_text(TINY_ARCHITECTURE.replace("[16, 3, 2]", "[8, 3, 2]"))   # same path, other contents
+    assert td.main(argv) == 1
+    assert "tiny-net/seed0 finished with other settings" in capsys.readouterr().err
+
+
+def test_non_detectors_unknown_names_and_missing_files_are_refused_in_one_line(union_parts, tmp_path, capsys,
+                                                                               monkeypatch):
+    import torch
+    from ultralytics.engine.model import Model
+    from ultralytics.nn.tasks import ClassificationModel
+    monkeypatch.setattr(Model, "train", lambda self, **kwargs: pytest.fail("trained a refused model"))
+    classifier = tmp_path / "classifier.pt"
+    torch.save({"model": ClassificationModel("yolo11n-cls.yaml", nc=2, verbose=False)}, classifier)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "net.yaml").write_text(TINY_ARCHITECTURE)
+    missing = tmp_path / "missing.yaml"
+    task = "not a detector (ultralytics' task for it is"
+    cases = [("yolo11n-seg", f"--models yolo11n-seg: {task} 'segment'"),
+             ("yolo11n-cls", f"--models yolo11n-cls: {task} 'classify'"),
+             ("yolo26n-pose", f"--models yolo26n-pose: {task} 'pose'"),
+             (f"yolov8n,{classifier}", f"--models {classifier}: {task} 'classify'"),
+             ("yolov8s-world", "--models yolov8s-world: an open-vocabulary detector"),
+             ("yolov9000", "--models yolov9000: not a model of ultralytics"),
+             ("coco", "--models coco: not an ultralytics model"),                   # ultralytics' data YAML
+             ("yolov8n,../yolov8n", "--models ../yolov8n: neither an ultralytics model name"),
+             (str(missing), f"--models {missing}: no such file"),
+             ("yolo26n,yolo26n", "--models yolo26n is given twice"),
+             (f"{tmp_path / 'a' / 'net.yaml'},{tmp_path / 'b' / 'net.yaml'}", "would share the run folder")]
+    for models, message in cases:
+        assert td.main(models_argv(models, union_parts, tmp_path / "det")) == 2, models
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: --models ") and message in line, line
+
+
+def test_the_papers_models_keep_their_sources_and_run_configs(union_parts, tmp_path, capsys, monkeypatch):
+    real_yaml, _, test_images = union_parts
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for model in PAPERS_MODELS:
+        (weights / f"{model}.pt").write_bytes(b"")                       # only their presence is checked
+    argv = ["--data", f"baseline={real_yaml}", "--seeds", "0", "--test_images", str(test_images),
+            "--project", str(tmp_path / "det")]
+    runs = td.plan(td.parse_args([*argv, "--weights_dir", str(weights)]))
+    assert [(run["model"], run["architecture"]) for run in runs] == [(model, "YOLO") for model in PAPERS_MODELS]
+    assert runs[0]["run_dir"] == str(tmp_path / "det" / "baseline" / "yolov8n" / "seed0")
+    # the very config of runs finished before any ultralytics detector was accepted: they are not trained again
+    assert td.run_config(runs[0]) == {"data": str(real_yaml.resolve()), "source": str(weights / "yolov8n.pt"),
+                                      "epochs": 100, "imgsz": 768, "batch": 8, "nbs": 64, "augment": False}
+    scratch, = td.plan(td.parse_args([*argv, "--init", "scratch", "--models", "yolov5xu"]))
+    assert td.run_config(scratch)["source"] == "yolov5xu.yaml" and "source_sha256" not in td.run_config(scratch)
+    monkeypatch.setenv("COLUMNS", "1000")                                  # --help with no line broken
+    with pytest.raises(SystemExit):
+        td.parse_args(["--help"])
+    [models_help] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  --models")]
+    assert all(family in models_help for family in ("YOLO11", "YOLO12", "YOLO26", "RT-DETR", "RTDETR class",
+                                                    "YOLO-World and YOLOE"))
