@@ -26,14 +26,26 @@ reviewed labels become the training set.
                 (images without a review: listed, and left out of the dataset),
                 OUT/review_report.json (with --proposals: per image and in total, the proposals, the
                 reviewed boxes, and how many were unchanged (IoU >= 0.95), adjusted, deleted, added).
+Classes: YOLO class ids 0..K-1 name the classes in order, and every output carries them (one
+<Label> each in the config, a task's box labelled with its class's name, COCO category ids 1..K,
+data.yaml's names, a class column in proposals.csv before conf when there are several, each box's
+class in its own colour and by name on the preview). propose with --weights: the detector's own
+classes (model.names; --calibrate_data's names must be the same, and a detection matches a true box
+of its class); with --labels: --classes a,b, else one class, apple. import: --classes a,b, else
+--proposals' data.yaml names, else apple (with both, they must agree). Label Studio labels, COCO
+categories and the lines of a YOLO export's classes.txt (Label Studio's, sorted by name) are matched
+to the classes by name, ignoring case; a YOLO folder without classes.txt has our class ids. A label
+that is not a class is refused, naming the file and the label. The review report matches boxes of
+the same class only, so a box whose class the reviewer changed counts as deleted and added.
 An image counts as reviewed when the format says a person annotated it: a Label Studio task with an
 annotation that was not skipped; in COCO and YOLO, every listed image (they cannot tell an untouched
 image from one with no apples, so those are warned of). Matching is by file name, with Label
 Studio's prefixes ('1a2b3c4d__' on exports, '1a2b3c4d-' on uploads) ignored. Reviewed boxes are
-checked: finite, with an area, inside the image (overshoots under 0.5 % of a side are clipped),
-class apple. One class: apple. Progress bars appear on stderr when it is a terminal.
+checked: finite, with an area, inside the image (overshoots under 0.5 % of a side are clipped), of
+one of the classes. Progress bars appear on stderr when it is a terminal.
 """
 import argparse
+import colorsys
 import csv
 import json
 import math
@@ -45,6 +57,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 from urllib.parse import quote, unquote
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import yaml
@@ -52,8 +65,11 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-LABEL = "apple"
+DEFAULT_CLASSES = ["apple"]  # propose --labels and import without --classes (or --proposals): one class
 BOX_COLOUR = (255, 221, 0)  # preview boxes: yellow with a dark rim (EDGE_COLOUR), seen on leaves, apples and sky
+# the preview colours of classes 0, 1, ... when there are several (class_colour), all bright on the dark rim
+CLASS_COLOURS = (BOX_COLOUR, (0, 229, 255), (255, 96, 255), (128, 255, 64), (255, 150, 40), (255, 255, 255))
+LABEL_BACKGROUNDS = ("red", "blue", "green", "orange", "purple", "cyan", "magenta", "brown", "olive", "teal")
 SHEET_BACKGROUND, TEXT_COLOUR, EDGE_COLOUR = (32, 32, 32), (240, 240, 240), (0, 0, 0)
 SHEET_GAP, HEADER_PX, CAPTION_PX = 8, 30, 22  # contact sheet layout, px
 HEADER_FONT_PX, CAPTION_FONT_PX, SCORE_FONT_PX = 16, 14, 12
@@ -78,34 +94,35 @@ def run_propose(args):
     images = list_images(args.images)
     check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
     if args.labels:
-        kept, meta, source = proposals_from_labels(args.labels, images)
+        kept, meta, source, classes = proposals_from_labels(args.labels, images, args.classes or DEFAULT_CLASSES)
     else:
-        kept, meta, source = proposals_from_detector(args, images)
+        kept, meta, source, classes = proposals_from_detector(args, images)
     out = Path(args.output_dir)
     labelled, tasks, coco_entries, rows = [], [], [], []
     for image in images:
         width, height = image_size(image)
-        boxes, scores = kept[image]
-        labelled.append((image, boxes))
+        boxes, ids, scores = kept[image]
+        labelled.append((image, boxes, ids))
         tasks.append(label_studio_task(f"{args.image_url_prefix}{quote(image.resolve().as_posix().lstrip('/'))}",
-                                       width, height, boxes, scores, source))
-        coco_entries.append((image.name, width, height, boxes, scores))
+                                       width, height, boxes, [classes[k] for k in ids], scores, source))
+        coco_entries.append((image.name, width, height, boxes, ids, scores))
         rows += [{"file": image.name, "x1": round(b[0], 2), "y1": round(b[1], 2), "x2": round(b[2], 2),
-                  "y2": round(b[3], 2), "conf": "" if scores is None else round(scores[k], 5)}
+                  "y2": round(b[3], 2), "class": classes[ids[k]], "conf": "" if scores is None else round(scores[k], 5)}
                  for k, b in enumerate(boxes)]
     (out / "proposals.json").unlink(missing_ok=True)  # written last: present = finished
-    write_dataset(out, labelled, "proposals as they are, not reviewed by a person")
+    write_dataset(out, labelled, classes, "proposals as they are, not reviewed by a person")
     write_json(out / "label_studio_tasks.json", tasks)
-    write_json(out / "coco_predictions.json", coco_document(coco_entries))
-    write_atomic(out / "label_studio_config.xml", label_studio_config())
+    write_json(out / "coco_predictions.json", coco_document(coco_entries, classes))
+    write_atomic(out / "label_studio_config.xml", label_studio_config(classes))
     with open(out / ".proposals.csv.tmp", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["file", "x1", "y1", "x2", "y2", "conf"])
+        columns = ["file", "x1", "y1", "x2", "y2"] + ["class"] * (len(classes) > 1) + ["conf"]  # one class: as before
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(out / ".proposals.csv.tmp", out / "proposals.csv")
     threshold = f" at confidence >= {meta['conf']:.3f}" if "conf" in meta else f" from {args.labels}"
     title = f"proposals of {source}{threshold}" if "conf" in meta else f"boxes{threshold}"
-    sheets = write_previews(out, [(image, *kept[image]) for image in images], args.preview_per_sheet,
+    sheets = write_previews(out, [(image, *kept[image]) for image in images], classes, args.preview_per_sheet,
                             args.preview_cell, title)
     write_json(out / "proposals.json", meta)
     print(f"{len(rows)} boxes proposed on {len(images)} images{threshold}; look at {out / 'preview'} ({sheets} "
@@ -115,52 +132,80 @@ def run_propose(args):
 
 
 def proposals_from_detector(args, images):
-    """{image: (boxes, scores)} from --weights at the chosen confidence, and what chose it."""
+    """{image: (boxes, class ids, scores)} from --weights at the chosen confidence, what chose it, the
+    detector's file name and its classes."""
     if not Path(args.weights).is_file():
         raise InputError(f"{args.weights}: no such weights file")
+    model, classes = load_detector(args.weights)
     meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
-    val_images, truths = calibration_split(args.calibrate_data) if args.calibrate_data else ([], {})
-    check_images(images + val_images)
     if args.calibrate_data:
-        found = detect(args.weights, val_images, args.imgsz, args.iou, args.device)
-        predictions = {image: [(*box, conf) for box, conf in zip(*found[image])] for image in val_images}
-        threshold, f1, table = best_f1_threshold(predictions, truths)
-        meta.update(conf=threshold, chosen_by=f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} val",
-                    calibration=[dict(zip(("threshold", "precision", "recall", "f1"), row)) for row in table])
-        print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real val split)")
-        if f1 < 0.1:
-            print(f"WARNING: the best F1 on the real val split is {f1:.3f}: this detector finds almost no apples, "
-                  f"so its proposals will be nearly all wrong or missing and the review nearly all manual. "
-                  f"Train it longer or on more photos (train_detectors.py --epochs), or check its data",
-                  file=sys.stderr)
+        meta.update(calibrate(model, classes, args, images))
     else:
+        check_images(images)
         meta.update(conf=args.conf, chosen_by="--conf")
-    found = detect(args.weights, images, args.imgsz, args.iou, args.device)
+    found = detect(model, images, args.imgsz, args.iou, args.device)
     kept = {}
     for image in images:
-        pairs = [(box, conf) for box, conf in zip(*found[image]) if conf >= meta["conf"]]
-        kept[image] = ([box for box, _ in pairs], [conf for _, conf in pairs])
-    return kept, meta, Path(args.weights).name
+        boxes, ids, scores = found[image]
+        keep = [k for k, score in enumerate(scores) if score >= meta["conf"]]
+        kept[image] = ([boxes[k] for k in keep], [ids[k] for k in keep], [scores[k] for k in keep])
+    return kept, meta, Path(args.weights).name, classes
 
 
-def detect(weights, images, imgsz, iou, device):
-    """{image path: (boxes in pixels, confidences)} at confidence >= 0.001."""
+def calibrate(model, classes, args, images):
+    """--calibrate_data: the threshold with the best F1 on its val split, a detection matching a true box
+    of its own class; its names must be the detector's classes. Checks the images too (check_images),
+    before any detection. -> proposals.json's entries for it."""
+    names = read_class_names(args.calibrate_data)
+    if names != classes:
+        raise InputError(f"--calibrate_data {args.calibrate_data} names the classes {names}, but the detector "
+                         f"{args.weights} detects {classes}: calibrate on data with the detector's classes")
+    val_images, truths = calibration_split(args.calibrate_data, classes)
+    check_images(images + val_images)
+    found = detect(model, val_images, args.imgsz, args.iou, args.device)
+    predictions, by_class = {}, {}
+    for image in val_images:
+        boxes, ids, scores = found[image]
+        for k in range(len(classes)):  # keyed by (image, class): best_f1_threshold matches within a key
+            predictions[image, k] = [(*box, score) for box, i, score in zip(boxes, ids, scores) if i == k]
+            by_class[image, k] = [box for box, i in zip(*truths[image]) if i == k]
+    threshold, f1, table = best_f1_threshold(predictions, by_class)
+    print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real val split)")
+    if f1 < 0.1:
+        print(f"WARNING: the best F1 on the real val split is {f1:.3f}: this detector finds almost no apples, "
+              f"so its proposals will be nearly all wrong or missing and the review nearly all manual. "
+              f"Train it longer or on more photos (train_detectors.py --epochs), or check its data",
+              file=sys.stderr)
+    return {"conf": threshold, "chosen_by": f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} val",
+            "calibration": [dict(zip(("threshold", "precision", "recall", "f1"), row)) for row in table]}
+
+
+def load_detector(weights):
+    """Ultralytics weights -> (the model, its class names in id order: model.names)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
     try:
         model = YOLO(str(weights))
     except Exception as error:
         raise InputError(f"{weights}: not a YOLO weights file ultralytics can load ({error!r})")
+    names = model.names
+    return model, check_class_names([str(names[k]) for k in range(len(names))], f"{weights}'s model.names")
+
+
+def detect(model, images, imgsz, iou, device):
+    """{image path: (boxes in pixels, class ids, confidences)} from a loaded detector, at confidence >= 0.001."""
     found = {}
     results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
                             device=device, stream=True, verbose=False)
     for result in progress(results, "detecting", total=len(images)):
-        found[Path(result.path)] = (result.boxes.xyxy.tolist(), result.boxes.conf.tolist())
+        found[Path(result.path)] = (result.boxes.xyxy.tolist(), [int(k) for k in result.boxes.cls.tolist()],
+                                    result.boxes.conf.tolist())
     return found
 
 
-def calibration_split(data_yaml):
-    """The val images of a data YAML and their ground-truth boxes (from ultralytics' labels/ of them)."""
+def calibration_split(data_yaml, classes):
+    """The val images of a data YAML and {image: (its ground-truth boxes, their class ids)}, from
+    ultralytics' labels/ of them (class ids checked against classes)."""
     data = read_data_yaml(data_yaml)
     try:
         root = Path(data.get("path") or Path(data_yaml).parent)  # relative: from the working folder, as ultralytics
@@ -168,11 +213,11 @@ def calibration_split(data_yaml):
     except TypeError as error:
         raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML whose path and val are folders ({error})")
     images = list_images(folder)
-    os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported, as in detect()
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported, as in load_detector()
     from ultralytics.data.utils import img2label_paths
     truths = {}
     for image, label in zip(images, map(Path, img2label_paths([str(image) for image in images]))):
-        truths[image] = read_yolo(label, *image_size(image)) if label.exists() else []
+        truths[image] = read_yolo(label, *image_size(image), classes) if label.exists() else ([], [])
     return images, truths
 
 
@@ -210,8 +255,9 @@ def best_f1_threshold(predictions, truths, iou=0.5):
     return best[0], best[3], table
 
 
-def proposals_from_labels(folder, images):
-    """{image: (boxes, None)} from YOLO labels (--labels: no detector), one <stem>.txt per image."""
+def proposals_from_labels(folder, images, classes):
+    """--labels (no detector): {image: (boxes, class ids, None)} from YOLO labels, one <stem>.txt per
+    image, of these classes; what made them, their source, and the classes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"--labels {folder}: no such folder")
@@ -222,19 +268,21 @@ def proposals_from_labels(folder, images):
         if not label.exists():
             raise InputError(f"{label}: no label file for {image.name} (an empty file means no apples)")
         width, height = image_size(image)
-        kept[image] = ([checked_box(box, width, height, f"{label}") for box in read_yolo(label, width, height)], None)
-    return kept, {"labels": str(folder.resolve()), "chosen_by": "--labels (no detector)"}, f"labels from {folder.name}"
+        boxes, ids = read_yolo(label, width, height, classes)
+        kept[image] = ([checked_box(box, width, height, f"{label}") for box in boxes], ids, None)
+    return (kept, {"labels": str(folder.resolve()), "chosen_by": "--labels (no detector)"},
+            f"labels from {folder.name}", classes)
 
 
-def label_studio_task(image_ref, width, height, boxes, scores, model_version):
-    """A Label Studio task for one image with the proposals as a prediction (values in percent);
-    scores None: boxes from labels, with no confidence."""
+def label_studio_task(image_ref, width, height, boxes, labels, scores, model_version):
+    """A Label Studio task for one image with the proposals as a prediction (values in percent), each
+    box labelled with its class name (labels); scores None: boxes from labels, with no confidence."""
     result = []
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         region = {"id": f"p{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
                   "original_width": width, "original_height": height, "image_rotation": 0,
                   "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
-                            "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [LABEL]}}
+                            "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [labels[i]]}}
         if scores is not None:
             region["score"] = float(scores[i])
         result.append(region)
@@ -244,33 +292,49 @@ def label_studio_task(image_ref, width, height, boxes, scores, model_version):
     return {"data": {"image": image_ref}, "predictions": [prediction]}
 
 
-def label_studio_config():
+def label_studio_config(classes):
     """The labelling config the tasks are made for: their image under data 'image', their boxes
-    from 'label' to 'image', one label."""
+    from 'label' to 'image', one label per class, each with its own background (label_background)."""
+    labels = "".join(f'    <Label value={quoteattr(name)} background="{label_background(k)}"/>\n'
+                     for k, name in enumerate(classes))
     return (f'<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
-            f'  <RectangleLabels name="label" toName="image">\n    <Label value="{LABEL}" background="red"/>\n'
-            f'  </RectangleLabels>\n</View>\n')
+            f'  <RectangleLabels name="label" toName="image">\n{labels}  </RectangleLabels>\n</View>\n')
 
 
-def coco_document(entries):
-    """[(file_name, width, height, boxes, scores or None)] -> a COCO dataset dict (ids from 1)."""
+def label_background(k):
+    """Class k's label colour in Label Studio: a colour name of LABEL_BACKGROUNDS, then spread hues."""
+    if k < len(LABEL_BACKGROUNDS):
+        return LABEL_BACKGROUNDS[k]
+    return "#{:02x}{:02x}{:02x}".format(*spread_colour(k))
+
+
+def spread_colour(k):
+    """A bright RGB colour for class k, its hue a golden-ratio step from k - 1's, so no two are alike."""
+    return tuple(round(255 * v) for v in colorsys.hsv_to_rgb(k * 0.618034 % 1, 0.75, 1.0))
+
+
+def coco_document(entries, classes):
+    """[(file_name, width, height, boxes, class ids, scores or None)] -> a COCO dataset dict (image and
+    annotation ids from 1; category ids 1..K, the classes in order)."""
     images, annotations = [], []
-    for image_id, (name, width, height, boxes, scores) in enumerate(entries, start=1):
+    for image_id, (name, width, height, boxes, ids, scores) in enumerate(entries, start=1):
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
         for k, (x1, y1, x2, y2) in enumerate(boxes):
-            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[k] + 1,
                           "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
             if scores is not None:
                 annotation["score"] = float(scores[k])
             annotations.append(annotation)
-    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": LABEL}]}
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def write_previews(out, proposals, per_sheet, cell, title):
+def write_previews(out, proposals, classes, per_sheet, cell, title):
     """OUT/preview/sheet_000.png, sheet_001.png ...: contact sheets of per_sheet images each, in the
     order given, with their proposals drawn (draw_proposals) and captioned with the file name and the
     number of boxes; built in a temporary folder that then replaces preview/, so that no sheet of an
-    earlier run stays. proposals: [(image path, boxes, scores or None)]. -> the number of sheets."""
+    earlier run stays. proposals: [(image path, boxes, class ids, scores or None)]; classes: the names.
+    -> the number of sheets."""
     tmp = Path(out) / ".preview_tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -279,10 +343,10 @@ def write_previews(out, proposals, per_sheet, cell, title):
     for number, start in enumerate(progress(starts, "drawing previews", unit="sheet")):
         chunk = proposals[start:start + per_sheet]
         pictures = []
-        for path, boxes, scores in chunk:
+        for path, boxes, ids, scores in chunk:
             with Image.open(path) as image:
-                pictures.append(draw_proposals(image, boxes, scores, cell, score_font))
-        captions = [f"{path.name}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}" for path, boxes, _ in chunk]
+                pictures.append(draw_proposals(image, boxes, ids, scores, classes, cell, score_font))
+        captions = [f"{path.name}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}" for path, boxes, *_ in chunk]
         header = (f"{title}: sheet {number + 1} of {len(starts)}, images {start + 1}-{start + len(chunk)} "
                   f"of {len(proposals)}")
         contact_sheet(pictures, captions, sheet_columns(per_sheet), cell, header).save(tmp / f"sheet_{number:03d}.png")
@@ -291,11 +355,13 @@ def write_previews(out, proposals, per_sheet, cell, title):
     return len(starts)
 
 
-def draw_proposals(image, boxes, scores, cell, font):
-    """One image of a contact sheet: scaled so that its longer side is `cell` px, each box drawn in
-    BOX_COLOUR 2 px wide inside its edges with a 1 px EDGE_COLOUR rim around that, and its confidence
-    (when there is one) on a dark label just above its top-left corner (below it, inside the box, at
-    the image's top edge)."""
+def draw_proposals(image, boxes, ids, scores, classes, cell, font):
+    """One image of a contact sheet: scaled so that its longer side is `cell` px, each box drawn in its
+    class's colour (class_colour: BOX_COLOUR for one class) 2 px wide inside its edges with a 1 px
+    EDGE_COLOUR rim around that, and on a dark label just above its top-left corner (below it, inside
+    the box, at the image's top edge; moved left to end at the image's right edge) its class name when
+    there are several classes and its confidence when there is one: 'red_apple 0.87', 'red_apple',
+    '0.87' or nothing."""
     scale = cell / max(image.size)
     picture = image.convert("RGB").resize((max(round(image.width * scale), 1), max(round(image.height * scale), 1)),
                                           Image.LANCZOS)
@@ -303,15 +369,23 @@ def draw_proposals(image, boxes, scores, cell, font):
     for k, (x1, y1, x2, y2) in enumerate(boxes):
         left, top, right, bottom = round(x1 * scale), round(y1 * scale), round(x2 * scale) - 1, round(y2 * scale) - 1
         right, bottom = max(right, left), max(bottom, top)  # a box under a pixel wide on the sheet: one pixel
+        colour = class_colour(ids[k])
         draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], outline=EDGE_COLOUR, width=1)
-        draw.rectangle([left, top, right, bottom], outline=BOX_COLOUR, width=2)
-        if scores is not None:
-            text = f"{scores[k]:.2f}"
+        draw.rectangle([left, top, right, bottom], outline=colour, width=2)
+        named = [classes[ids[k]]] if len(classes) > 1 else []
+        text = " ".join(named + ([f"{scores[k]:.2f}"] if scores is not None else []))
+        if text:
             height = font.getbbox(text)[3]
-            corner = (left, top - height - 1 if top > height else top + 2)
+            corner = (max(min(left, picture.width - round(font.getlength(text))), 0),
+                      top - height - 1 if top > height else top + 2)
             draw.rectangle(draw.textbbox(corner, text, font=font), fill=EDGE_COLOUR)
-            draw.text(corner, text, fill=BOX_COLOUR, font=font)
+            draw.text(corner, text, fill=colour, font=font)
     return picture
+
+
+def class_colour(k):
+    """Class k's colour on the preview: CLASS_COLOURS (BOX_COLOUR first), then spread hues."""
+    return CLASS_COLOURS[k] if k < len(CLASS_COLOURS) else spread_colour(k)
 
 
 def contact_sheet(pictures, captions, columns, cell, header):
@@ -360,21 +434,22 @@ def run_import(args):
     """import: a person's review of --images -> a YOLO dataset (and with --proposals, what the review changed)."""
     images = list_images(args.images)
     check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
+    classes = import_classes(args.classes, args.proposals)
     sizes = {image.name: image_size(image) for image in images}
-    review = read_review(args.reviewed, sizes)
+    review = read_review(args.reviewed, sizes, classes)
     if not review.boxes:
         raise InputError(f"{args.reviewed} ({review.kind}) reviews none of the images in {args.images} "
                          f"(matched by file name)")
-    report = review_report(args.proposals, review, sizes) if args.proposals else None
+    report = review_report(args.proposals, review, sizes, classes) if args.proposals else None
     unreviewed = [image.name for image in images if image.name not in review.boxes]
     out = Path(args.output_dir)
-    write_dataset(out, [(image, review.boxes[image.name]) for image in images if image.name in review.boxes],
-                  f"reviewed labels from {args.reviewed} ({review.kind})")
+    write_dataset(out, [(image, *review.boxes[image.name]) for image in images if image.name in review.boxes],
+                  classes, f"reviewed labels from {args.reviewed} ({review.kind})")
     write_atomic(out / "unreviewed.txt", "".join(f"{name}\n" for name in unreviewed))
     (out / "review_report.json").unlink(missing_ok=True)
     if report:
         write_json(out / "review_report.json", report)
-    print(f"{len(review.boxes)} reviewed images ({sum(len(b) for b in review.boxes.values())} boxes) from the "
+    print(f"{len(review.boxes)} reviewed images ({sum(len(b) for b, _ in review.boxes.values())} boxes) from the "
           f"{review.kind} -> {out / 'data.yaml'}")
     if report:
         t = report["totals"]
@@ -397,18 +472,35 @@ def run_import(args):
               f"{out / 'unreviewed.txt'}): {', '.join(unreviewed[:5])}{' ...' if len(unreviewed) > 5 else ''}")
 
 
+def import_classes(given, proposals_dir):
+    """import's classes: --classes (given, a list), else the names of --proposals' data.yaml, else
+    DEFAULT_CLASSES; InputError when --classes and --proposals' names differ (the report compares
+    boxes class by class)."""
+    if not proposals_dir:
+        return given or DEFAULT_CLASSES
+    data_yaml = Path(proposals_dir) / "data.yaml"
+    if not data_yaml.is_file():
+        raise InputError(f"--proposals {proposals_dir}: no data.yaml (give propose's --output_dir)")
+    proposed = read_class_names(data_yaml)
+    if given and [name.casefold() for name in given] != [name.casefold() for name in proposed]:
+        raise InputError(f"--classes {','.join(given)}: the proposals in {proposals_dir} have the classes "
+                         f"{','.join(proposed)} ({data_yaml}); give those, in that order, or leave --classes out")
+    return proposed
+
+
 class Review:
-    """What a review file says: {image name: boxes} of the images a person reviewed, and
-    `empty_listed`: the images a COCO or YOLO review lists with no box, which those formats cannot
-    tell apart from images nobody touched."""
+    """What a review file says: {image name: (boxes, class ids)} of the images a person reviewed,
+    and `empty_listed`: the images a COCO or YOLO review lists with no box, which those formats
+    cannot tell apart from images nobody touched."""
 
     def __init__(self, kind):
         self.kind, self.boxes, self.empty_listed = kind, {}, []
 
 
-def read_review(source, sizes):
-    """--reviewed FILE.json | FILE.zip | DIR -> Review. A zip (as Label Studio hands its exports
-    out) or a folder holds a COCO export (result.json), YOLO labels, or one JSON file."""
+def read_review(source, sizes, classes):
+    """--reviewed FILE.json | FILE.zip | DIR -> Review, its boxes of these classes. A zip (as Label
+    Studio hands its exports out) or a folder holds a COCO export (result.json), YOLO labels, or one
+    JSON file."""
     source = Path(source)
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
@@ -419,40 +511,40 @@ def read_review(source, sizes):
                     archive.extractall(unpacked)
             except (OSError, zipfile.BadZipFile) as error:
                 raise InputError(f"{source}: a broken zip ({error})")
-            review = read_review(unpacked, sizes)
+            review = read_review(unpacked, sizes, classes)
             review.kind += " (zip)"
             return review
     if source.is_file():
-        return review_from_json(source, sizes)
+        return review_from_json(source, sizes, classes)
     if (source / "result.json").is_file():
-        return review_from_json(source / "result.json", sizes)
+        return review_from_json(source / "result.json", sizes, classes)
     if (source / "labels").is_dir() or any(source.glob("*.txt")):
-        return review_from_yolo(source, sizes)
+        return review_from_yolo(source, sizes, classes)
     documents = sorted(source.glob("*.json"))
     if len(documents) == 1:
-        return review_from_json(documents[0], sizes)
+        return review_from_json(documents[0], sizes, classes)
     raise InputError(f"{source}: a folder with neither result.json (COCO), labels/ or .txt files (YOLO), nor one "
                      f"JSON file (Label Studio)")
 
 
-def review_from_json(path, sizes):
+def review_from_json(path, sizes, classes):
     try:
         document = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"{path}: not a readable JSON file ({error})")
     try:
         if isinstance(document, list) and all(isinstance(t, dict) and "data" in t for t in document):
-            return review_from_label_studio(document, sizes, path)
+            return review_from_label_studio(document, sizes, classes, path)
         if isinstance(document, list):
-            return review_from_label_studio_min(document, sizes, path)
+            return review_from_label_studio_min(document, sizes, classes, path)
         if isinstance(document, dict) and "images" in document:
-            return review_from_coco(document, sizes, path)
+            return review_from_coco(document, sizes, classes, path)
     except (KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{path}: malformed review file ({type(error).__name__}: {error})")
     raise InputError(f"{path}: neither a Label Studio export (JSON or JSON-MIN) nor a COCO JSON")
 
 
-def review_from_label_studio(tasks, sizes, source):
+def review_from_label_studio(tasks, sizes, classes, source):
     """Label Studio's JSON export: a task with an annotation that was not skipped is reviewed; the
     ground-truth annotation counts if one is marked, else the latest."""
     review = Review("Label Studio JSON export")
@@ -467,11 +559,11 @@ def review_from_label_studio(tasks, sizes, source):
             raise InputError(f"{source}: task {task.get('id', number)} reviews {name} again; export one task per image")
         chosen = max(annotations, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at", ""))))
         where = f"{source}: task {task.get('id', number)} ({name})"
-        review.boxes[name] = label_studio_boxes(chosen.get("result", []), *sizes[name], where)
+        review.boxes[name] = label_studio_boxes(chosen.get("result", []), *sizes[name], classes, where)
     return review
 
 
-def review_from_label_studio_min(items, sizes, source):
+def review_from_label_studio_min(items, sizes, classes, source):
     """Label Studio's JSON-MIN export: one flat item per task, its boxes under the labelling
     config's name ('label'); an item with an annotation id (or annotator) was annotated."""
     review = Review("Label Studio JSON-MIN export")
@@ -490,15 +582,17 @@ def review_from_label_studio_min(items, sizes, source):
         results = [{"type": "rectanglelabels", "value": region,
                     "original_width": region.get("original_width", width),
                     "original_height": region.get("original_height", height)} for region in regions]
-        review.boxes[name] = label_studio_boxes(results, width, height, where)
+        review.boxes[name] = label_studio_boxes(results, width, height, classes, where)
     return review
 
 
-def label_studio_boxes(results, width, height, where):
-    """Label Studio rectangle results (percent) -> boxes in pixels of a width x height image
-    (checked_box). Other region kinds, other labels, rotated boxes and a review made at another
-    image size are errors naming `where`; non-region results (choices, text) are passed over."""
-    boxes = []
+def label_studio_boxes(results, width, height, classes, where):
+    """Label Studio rectangle results (percent) -> (boxes in pixels of a width x height image
+    (checked_box), their class ids: each box's one label, one of the classes by name (class_id); a box
+    without labels, from a <Rectangle> config, is of the only class when there is one). Other region
+    kinds, other labels, rotated boxes and a review made at another image size are errors naming
+    `where`; non-region results (choices, text) are passed over."""
+    boxes, ids = [], []
     for item in results:
         kind = item.get("type")
         if kind in REGION_TYPES:
@@ -509,9 +603,10 @@ def label_studio_boxes(results, width, height, where):
         if got != (width, height):
             raise InputError(f"{where}: reviewed at {got[0]}x{got[1]}, but the image is {width}x{height}")
         v = item["value"]
-        labels = v.get("rectanglelabels", [LABEL])
-        if labels != [LABEL]:
-            raise InputError(f"{where}: a box labelled {labels}; the only class is {LABEL!r}")
+        labels = v.get("rectanglelabels", classes if len(classes) == 1 else [])
+        k = class_id(labels[0], classes) if len(labels) == 1 else None
+        if k is None:
+            raise InputError(f"{where}: a box labelled {labels}; {the_classes(classes)}")
         rotation = v.get("rotation", 0) % 360
         if min(rotation, 360 - rotation) > 1e-6:
             raise InputError(f"{where}: a box rotated by {v['rotation']} degrees cannot become a YOLO box")
@@ -521,11 +616,13 @@ def label_studio_boxes(results, width, height, where):
         except TypeError:
             raise InputError(f"{where}: a box whose x, y, width, height are not all numbers: {v!r}")
         boxes.append(checked_box(box, width, height, where))
-    return boxes
+        ids.append(k)
+    return boxes, ids
 
 
-def review_from_coco(document, sizes, source):
-    """A COCO JSON (Label Studio's COCO export, CVAT, Roboflow): every listed image is reviewed."""
+def review_from_coco(document, sizes, classes, source):
+    """A COCO JSON (Label Studio's COCO export, CVAT, Roboflow): every listed image is reviewed; a
+    category is one of the classes by name (class_id), whatever its id."""
     review = Review("COCO JSON")
     categories = {c.get("id"): str(c.get("name", "")) for c in document.get("categories", []) if isinstance(c, dict)}
     names = {}
@@ -538,32 +635,37 @@ def review_from_coco(document, sizes, source):
             raise InputError(f"{source}: image {image['id']} ({name}) is {image.get('width')}x{image.get('height')} "
                              f"there, but {width}x{height} in --images")
         names[image["id"]] = name
-        review.boxes[name] = []
+        review.boxes[name] = ([], [])
     for annotation in document.get("annotations", []):
         if annotation["image_id"] not in names:
             continue
         name = names[annotation["image_id"]]
         where = f"{source}: annotation {annotation.get('id')} ({name})"
         category = categories.get(annotation.get("category_id"), annotation.get("category_id"))
-        if str(category).lower() != LABEL:
-            raise InputError(f"{where}: category {category!r}; the only class is {LABEL!r}")
+        k = class_id(category, classes)
+        if k is None:
+            raise InputError(f"{where}: category {category!r}; {the_classes(classes)}")
         bbox = annotation["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise InputError(f"{where}: bbox {bbox!r} is not [x, y, width, height]")
         x, y, w, h = bbox
         box = [x, y, x + w, y + h] if all(isinstance(v, (int, float)) for v in bbox) else bbox
-        review.boxes[name].append(checked_box(box, *sizes[name], where))
-    review.empty_listed = [name for name, boxes in review.boxes.items() if not boxes]
+        review.boxes[name][0].append(checked_box(box, *sizes[name], where))
+        review.boxes[name][1].append(k)
+    review.empty_listed = [name for name, (boxes, _) in review.boxes.items() if not boxes]
     return review
 
 
-def review_from_yolo(folder, sizes):
+def review_from_yolo(folder, sizes, classes):
     """A YOLO folder (labels/ or the .txt files themselves; Label Studio's YOLO export, CVAT,
-    Roboflow): an image with a label file is reviewed, an empty file meaning no apples."""
+    Roboflow): an image with a label file is reviewed, an empty file meaning no apples. Its class ids
+    are the names in its classes.txt when it has one (Label Studio's, sorted by name), matched to the
+    classes by name (yolo_export_classes), else our ids."""
     folder = Path(folder)
     labels = folder / "labels" if (folder / "labels").is_dir() else folder
     review = Review("YOLO folder")
     stems = {Path(name).stem: name for name in sizes}
+    names, ours = yolo_export_classes(folder / "classes.txt", classes)
     for label in sorted(labels.glob("*.txt")):
         stem = label.stem if label.stem in stems else LABEL_STUDIO_PREFIX.sub("", label.stem)
         if stem not in stems:
@@ -572,10 +674,30 @@ def review_from_yolo(folder, sizes):
         if name in review.boxes:
             raise InputError(f"{label}: a second label file for {name}")
         width, height = sizes[name]
-        review.boxes[name] = [checked_box(box, width, height, f"{label} ({name})")
-                              for box in read_yolo(label, width, height)]
-    review.empty_listed = [name for name, boxes in review.boxes.items() if not boxes]
+        boxes, ids = read_yolo(label, width, height, names)
+        for k in ids:
+            if ours[k] is None:
+                raise InputError(f"{label} ({name}): class {k}, {names[k]!r} in {folder / 'classes.txt'}; "
+                                 f"{the_classes(classes)}")
+        review.boxes[name] = ([checked_box(box, width, height, f"{label} ({name})") for box in boxes],
+                              [ours[k] for k in ids])
+    review.empty_listed = [name for name, (boxes, _) in review.boxes.items() if not boxes]
     return review
+
+
+def yolo_export_classes(classes_txt, classes):
+    """A YOLO export's class names, one a line in classes_txt, -> (those names, our class id of each by
+    name (class_id), None for a name that is not one of the classes); without the file, our classes
+    and ids."""
+    if not classes_txt.is_file():
+        return classes, list(range(len(classes)))
+    try:
+        names = [line.strip() for line in classes_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{classes_txt}: unreadable ({error})")
+    if not names:
+        raise InputError(f"{classes_txt}: names no class")
+    return names, [class_id(name, classes) for name in names]
 
 
 def review_name(reference, names):
@@ -588,23 +710,34 @@ def review_name(reference, names):
     return stripped if stripped in names else None
 
 
-def review_report(proposals_dir, review, sizes):
-    """The review's cost: match_review for every reviewed image against propose's labels in
-    proposals_dir, per image and in total."""
+def review_report(proposals_dir, review, sizes, classes):
+    """The review's cost: match_review_by_class for every reviewed image against propose's labels in
+    proposals_dir (of these classes), per image and in total."""
     labels = Path(proposals_dir) / "labels"
     if not labels.is_dir():
         raise InputError(f"--proposals {proposals_dir}: no labels/ folder (give propose's --output_dir)")
     images = {}
-    for name, boxes in sorted(review.boxes.items()):
+    for name, reviewed in sorted(review.boxes.items()):
         proposal_file = labels / f"{Path(name).stem}.txt"
         if not proposal_file.exists():
             raise InputError(f"--proposals {proposals_dir}: no proposals for {name} ({proposal_file} is missing)")
-        images[name] = match_review(read_yolo(proposal_file, *sizes[name]), boxes)
+        images[name] = match_review_by_class(read_yolo(proposal_file, *sizes[name], classes), reviewed)
     totals = {key: sum(image[key] for image in images.values()) for key in
               ("proposals", "reviewed", "unchanged", "adjusted", "deleted", "added")}
     return {"proposals_dir": str(Path(proposals_dir).resolve()), "matching": "one-to-one, highest IoU first, "
             "IoU >= 0.5; unchanged at IoU >= 0.95", "reviewed_images": len(images), "totals": totals,
             "images": images}
+
+
+def match_review_by_class(proposed, reviewed):
+    """match_review of one image class by class, summed: proposed and reviewed are (boxes, class ids),
+    and a box matches only a box of its class, so one whose class was changed is deleted and added."""
+    counts = {key: 0 for key in ("proposals", "reviewed", "unchanged", "adjusted", "deleted", "added")}
+    for k in sorted(set(proposed[1]) | set(reviewed[1])):
+        of_class = [[box for box, i in zip(*boxes) if i == k] for boxes in (proposed, reviewed)]
+        for key, value in match_review(*of_class).items():
+            counts[key] += value
+    return counts
 
 
 def match_review(proposed, reviewed, iou=0.5, same=0.95):
@@ -656,8 +789,10 @@ def iou_matrix(a, b):
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
-def read_yolo(path, width, height):
-    boxes = []
+def read_yolo(path, width, height, classes):
+    """A YOLO label file of a width x height image -> (boxes x1 y1 x2 y2 in pixels, their class ids);
+    a class id must be one of 0..K-1 of classes (the names, for the message)."""
+    boxes, ids = [], []
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -672,15 +807,31 @@ def read_yolo(path, width, height):
             raise InputError(f"{path}:{number}: expected a box 'class cx cy w h' (no polygons), got {line!r}")
         if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
             raise InputError(f"{path}:{number}: cx cy w h must be normalised to 0..1, got {line!r}")
-        if label != 0:
-            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
+        if not (label.is_integer() and 0 <= label < len(classes)):
+            known = ", ".join(f"{k} = {name}" for k, name in enumerate(classes))
+            raise InputError(f"{path}:{number}: class {fields[0]}: "
+                             + (f"the classes are {known}" if len(classes) > 1 else f"the only class is {known}"))
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-    return boxes
+        ids.append(int(label))
+    return boxes, ids
 
 
-def yolo_text(boxes, width, height):
-    return "".join(f"0 {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-                   f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n" for x1, y1, x2, y2 in boxes)
+def yolo_text(boxes, ids, width, height):
+    """Boxes in pixels of a width x height image and their class ids -> YOLO label lines."""
+    return "".join(f"{k} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                   f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n" for (x1, y1, x2, y2), k in zip(boxes, ids))
+
+
+def class_id(name, classes):
+    """The id of the class called name (ignoring case), or None when it is not one of the classes."""
+    ids = {str(known).casefold(): k for k, known in enumerate(classes)}
+    return ids.get(str(name).casefold())
+
+
+def the_classes(classes):
+    """For a message: "the only class is 'apple'" or "the classes are 'green_apple', 'red_apple'"."""
+    listed = ", ".join(repr(name) for name in classes)
+    return f"the classes are {listed}" if len(classes) > 1 else f"the only class is {listed}"
 
 
 def list_images(folder):
@@ -717,19 +868,20 @@ def image_size(path):
         raise InputError(f"{path}: unreadable image ({error!r})")
 
 
-def write_dataset(out_dir, labelled, note):
-    """out_dir/{images,labels}/ and data.yaml from [(image path, boxes)], built in a temporary folder
-    that replaces the old one, so a crash leaves no half dataset."""
+def write_dataset(out_dir, labelled, classes, note):
+    """out_dir/{images,labels}/ and data.yaml (names: the classes) from [(image path, boxes, class
+    ids)], built in a temporary folder that replaces the old one, so a crash leaves no half dataset."""
     out_dir = Path(out_dir)
     tmp = out_dir / ".dataset_tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     (tmp / "labels").mkdir()
-    for image, boxes in labelled:
+    for image, boxes, ids in labelled:
         width, height = image_size(image)
         link_or_copy(image, tmp / "images" / image.name)
-        (tmp / "labels" / f"{image.stem}.txt").write_text(yolo_text(boxes, width, height))
-    data = {"train": "images", "val": "images", "names": {0: LABEL}}  # from the YAML's folder, wherever it moves
+        (tmp / "labels" / f"{image.stem}.txt").write_text(yolo_text(boxes, ids, width, height))
+    # train and val count from the YAML's folder, wherever it moves
+    data = {"train": "images", "val": "images", "names": dict(enumerate(classes))}
     (tmp / "data.yaml").write_text(f"# {note}\n# val = train: model selection sees no real photo\n"
                                    + yaml.safe_dump(data, sort_keys=False))
     (out_dir / "data.yaml").unlink(missing_ok=True)
@@ -797,6 +949,41 @@ def read_data_yaml(path):
     return data
 
 
+def read_class_names(path):
+    """A data YAML (read_data_yaml) -> its class names in id order: names as a list, or as {id: name}
+    with the ids 0..K-1 (checked: check_class_names); a YAML without names is an error."""
+    names = read_data_yaml(path).get("names")
+    if isinstance(names, dict) and set(names) == set(range(len(names))):
+        names = [names[k] for k in range(len(names))]
+    if not isinstance(names, list):
+        raise InputError(f"{path}: names must be a list or a mapping {{0: name, 1: name, ...}} of the class ids "
+                         f"0..K-1, got {names!r}")
+    return check_class_names([str(name) for name in names], path)
+
+
+def check_class_names(names, where):
+    """Class names, checked: at least one, none empty, none repeated in any case (labels are matched
+    to them by name, ignoring case); InputError naming `where`."""
+    if not names:
+        raise InputError(f"{where}: names no class")
+    seen = {}
+    for k, name in enumerate(names):
+        if not name.strip() or name.casefold() in seen:
+            problem = "is empty" if not name.strip() else f"repeats class {seen[name.casefold()]}"
+            raise InputError(f"{where}: the name of class {k}, {name!r}, {problem}")
+        seen[name.casefold()] = k
+    return names
+
+
+def class_list(text):
+    """--classes 'green_apple,red_apple' -> ['green_apple', 'red_apple'] (an argparse type: checked
+    by check_class_names)."""
+    try:
+        return check_class_names([name.strip() for name in text.split(",")], repr(text))
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
@@ -835,12 +1022,15 @@ def build_parser():
     source.add_argument("--weights", metavar="BEST.pt", help="the baseline detector (train_detectors.py's best.pt)")
     source.add_argument("--labels", metavar="DIR", help="no detector: make the tasks from these YOLO labels, one "
                         "<stem>.txt per image (e.g. annotation_channel.py decode's labels/, or another tool's)")
+    p.add_argument("--classes", type=class_list, metavar="A,B", help="with --labels: the names of its class ids "
+                   "0, 1, ... (default: one class, apple); a detector has its own (model.names)")
     p.add_argument("--images", required=True, metavar="DIR", help="the generated images")
     p.add_argument("--output_dir", required=True, metavar="OUT", help="where the proposals go (see above)")
     threshold = p.add_mutually_exclusive_group()
     threshold.add_argument("--conf", type=float, default=0.25, help="confidence threshold of a proposal")
     threshold.add_argument("--calibrate_data", metavar="REAL.yaml",
-                           help="a data YAML: pick the threshold with the best F1 on its val split")
+                           help="a data YAML with the detector's classes: pick the threshold with the best F1 on "
+                                "its val split")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU, as in the paper")
     p.add_argument("--imgsz", type=int, default=768, help="the detector's image size")
     p.add_argument("--device", default=None, help="e.g. 0 or cpu (default: ultralytics' choice)")
@@ -864,6 +1054,8 @@ def build_parser():
     i.add_argument("--output_dir", required=True, metavar="OUT", help="where the reviewed dataset goes (see above)")
     i.add_argument("--proposals", metavar="PROP", help="propose's --output_dir: measure how the review changed the "
                    "proposals (OUT/review_report.json)")
+    i.add_argument("--classes", type=class_list, metavar="A,B", help="the classes, in id order; the review's labels "
+                   "are matched to them by name (default: --proposals' data.yaml names, else one class, apple)")
     return parser
 
 
@@ -872,6 +1064,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "propose" and args.labels and args.calibrate_data:
         parser.error("--calibrate_data picks a detector's threshold: not with --labels")
+    if args.command == "propose" and args.weights and args.classes:
+        parser.error("--classes names the classes of --labels: a detector has its own (model.names)")
     if args.command == "propose" and (args.preview_per_sheet < 1 or args.preview_cell < 32):
         parser.error("--preview_per_sheet must be at least 1 and --preview_cell at least 32 px")
     try:

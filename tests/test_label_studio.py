@@ -1,8 +1,8 @@
 """The review loop against the real Label Studio (pinned in tests/label_studio_requirements.txt,
 installed by tests/run.sh into .label_studio/, a virtualenv of its own): the server command of
-docs/review-with-label-studio.md on 127.0.0.1, a project with propose's label_studio_config.xml, the
-tasks imported, one image served, a person's edits made through the HTTP API, every export format
-imported back and compared with the edits."""
+docs/review-with-label-studio.md on 127.0.0.1, a project with propose's label_studio_config.xml of two
+classes, the tasks imported, one image served, a person's edits (a class changed among them) made
+through the HTTP API, every export format imported back and compared with the edits, classes and all."""
 import copy
 import json
 import os
@@ -24,8 +24,10 @@ from conftest import REPO
 REQUIREMENTS = REPO / "tests" / "label_studio_requirements.txt"
 VENV = REPO / ".label_studio"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
+# two classes, not in sorted order, so that Label Studio's YOLO export (its ids by sorted name) must be remapped
+CLASSES = ["red_apple", "green_apple"]
 # three apples per image, as YOLO labels: the proposals the person reviews
-PROPOSED = [(0.25, 0.25, 0.10, 0.10), (0.60, 0.50, 0.20, 0.15), (0.80, 0.80, 0.10, 0.10)]
+PROPOSED = [(0, 0.25, 0.25, 0.10, 0.10), (1, 0.60, 0.50, 0.20, 0.15), (0, 0.80, 0.80, 0.10, 0.10)]
 WIDTH, HEIGHT = 160, 120
 
 
@@ -100,8 +102,8 @@ def server(tmp_path_factory):
     assert started.process.poll() is not None
 
 
-def yolo_boxes(path):
-    return [tuple(map(float, line.split()[1:])) for line in path.read_text().splitlines() if line.strip()]
+def yolo_rows(path):
+    return [tuple(map(float, line.split())) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_the_review_loop_through_label_studio(server, tmp_path, capsys):
@@ -110,10 +112,11 @@ def test_the_review_loop_through_label_studio(server, tmp_path, capsys):
     (tmp_path / "labels").mkdir()
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(tmp_path / "images" / f"tree_{i}.png")
-        (tmp_path / "labels" / f"tree_{i}.txt").write_text("".join(f"0 {cx} {cy} {w} {h}\n" for cx, cy, w, h in PROPOSED))
+        (tmp_path / "labels" / f"tree_{i}.txt").write_text("".join(f"{' '.join(map(str, row))}\n" for row in PROPOSED))
     prop = tmp_path / "proposals"
     assert pb.main(["propose", "--labels", str(tmp_path / "labels"), "--images", str(tmp_path / "images"),
-                    "--output_dir", str(prop)]) == 0
+                    "--output_dir", str(prop), "--classes", ",".join(CLASSES)]) == 0
+    assert (prop / "label_studio_config.xml").read_text().count("<Label ") == 2
 
     status, project = server.call("POST", "/api/projects", {"title": "genfusion review",
                                                             "label_config": (prop / "label_studio_config.xml").read_text()})
@@ -130,13 +133,17 @@ def test_the_review_loop_through_label_studio(server, tmp_path, capsys):
     status, png = server.call("GET", tasks[0]["data"]["image"], raw=True)
     assert status == 200 and png == (tmp_path / "images" / "tree_0.png").read_bytes()
 
-    # the person: accepts tree_0 and tree_1 as proposed but moves one box of tree_1, deletes a box of
-    # tree_2 and draws a new one there, and skips tree_3
+    # the person: accepts tree_0 as proposed but calls its first red apple green, accepts tree_1 but moves
+    # one box, deletes a box of tree_2 and draws a new one there, and skips tree_3
     edits = {}
     for task in tasks[:3]:
         name = pb.review_name(task["data"]["image"], {f"tree_{i}.png" for i in range(4)})
         result = copy.deepcopy(task["predictions"][0]["result"])
-        assert [r["value"]["x"] for r in result] == pytest.approx([100 * (cx - w / 2) for cx, _, w, _ in PROPOSED], abs=1e-6)
+        assert [r["value"]["x"] for r in result] == pytest.approx([100 * (cx - w / 2) for _, cx, _, w, _ in PROPOSED],
+                                                                  abs=1e-6)
+        assert [r["value"]["rectanglelabels"] for r in result] == [[CLASSES[k]] for k, *_ in PROPOSED]
+        if name == "tree_0.png":
+            result[0]["value"]["rectanglelabels"] = ["green_apple"]
         if name == "tree_1.png":
             result[1]["value"]["x"] += 5.0
         if name == "tree_2.png":
@@ -144,13 +151,15 @@ def test_the_review_loop_through_label_studio(server, tmp_path, capsys):
             drawn["id"] = "drawn"
             drawn["value"].update(x=5.0, y=60.0, width=12.5, height=10.0)
             result = result[1:] + [drawn]
-        edits[name] = [((r["value"]["x"] + r["value"]["width"] / 2) / 100, (r["value"]["y"] + r["value"]["height"] / 2) / 100,
-                        r["value"]["width"] / 100, r["value"]["height"] / 100) for r in result]
+        edits[name] = [(CLASSES.index(v["rectanglelabels"][0]), (v["x"] + v["width"] / 2) / 100,
+                        (v["y"] + v["height"] / 2) / 100, v["width"] / 100, v["height"] / 100)
+                       for v in (r["value"] for r in result)]
         status, _ = server.call("POST", f"/api/tasks/{task['id']}/annotations", {"result": result})
         assert status == 201
     assert server.call("POST", f"/api/tasks/{tasks[3]['id']}/annotations", {"result": [], "was_cancelled": True})[0] == 201
 
-    expected_report = {"proposals": 9, "reviewed": 9, "unchanged": 7, "adjusted": 1, "deleted": 1, "added": 1}
+    # the class change on tree_0 counts as a box deleted and one added
+    expected_report = {"proposals": 9, "reviewed": 9, "unchanged": 6, "adjusted": 1, "deleted": 2, "added": 2}
     for kind in ("JSON", "JSON_MIN", "COCO", "YOLO"):
         status, body = server.call("GET", f"/api/projects/{pid}/export?exportType={kind}", raw=True)
         assert status == 200
@@ -161,16 +170,20 @@ def test_the_review_loop_through_label_studio(server, tmp_path, capsys):
             with zipfile.ZipFile(export) as archive:
                 archive.extractall(tmp_path / f"unpacked_{kind}")
             forms.append(tmp_path / f"unpacked_{kind}")
+        if kind == "YOLO":  # ids of the sorted names: ours must come back through it
+            assert (tmp_path / "unpacked_YOLO" / "classes.txt").read_text().split() == sorted(CLASSES) != CLASSES
         for form in forms:
             out = tmp_path / f"reviewed_{form.name}"
             assert pb.main(["import", "--reviewed", str(form), "--images", str(tmp_path / "images"),
                             "--output_dir", str(out), "--proposals", str(prop)]) == 0, capsys.readouterr().err
             assert (out / "unreviewed.txt").read_text() == "tree_3.png\n", form
             assert sorted(p.name for p in (out / "labels").iterdir()) == ["tree_0.txt", "tree_1.txt", "tree_2.txt"]
-            for name, boxes in edits.items():
-                got = yolo_boxes(out / "labels" / f"{name[:-4]}.txt")
-                assert np.allclose(sorted(got), sorted(boxes), atol=1e-4), (form, name, got, boxes)
+            assert (out / "data.yaml").read_text().endswith("names:\n  0: red_apple\n  1: green_apple\n"), form
+            for name, rows in edits.items():
+                got = yolo_rows(out / "labels" / f"{name[:-4]}.txt")
+                assert np.allclose(sorted(got), sorted(rows), atol=1e-4), (form, name, got, rows)
             report = json.loads((out / "review_report.json").read_text())
             assert report["totals"] == expected_report and report["reviewed_images"] == 3, form
-            assert report["images"]["tree_2.png"] == {"proposals": 3, "reviewed": 3, "unchanged": 2, "adjusted": 0,
-                                                      "deleted": 1, "added": 1}
+            for name in ("tree_0.png", "tree_2.png"):
+                assert report["images"][name] == {"proposals": 3, "reviewed": 3, "unchanged": 2, "adjusted": 0,
+                                                  "deleted": 1, "added": 1}, (form, name)

@@ -371,8 +371,8 @@ def test_preview_shows_a_confidence_above_its_box_when_there_is_one():
     image, box = Image.new("RGB", (200, 200), (90, 90, 90)), [[50, 80, 120, 150]]
     font = ImageFont.load_default(size=pb.SCORE_FONT_PX)
     band = (slice(80 - pb.SCORE_FONT_PX, 79), slice(50, 120))  # above the box and its rim
-    scored = np.asarray(pb.draw_proposals(image, box, [0.87], 200, font)).astype(int)[band]
-    plain = np.asarray(pb.draw_proposals(image, box, None, 200, font))[band]
+    scored = np.asarray(pb.draw_proposals(image, box, [0], [0.87], ["apple"], 200, font)).astype(int)[band]
+    plain = np.asarray(pb.draw_proposals(image, box, [0], None, ["apple"], 200, font))[band]
     yellowish = (scored[..., 0] > 200) & (scored[..., 1] > 180) & (scored[..., 2] < 80)
     assert yellowish.sum() >= 10 and (plain == 90).all()
 
@@ -389,3 +389,215 @@ def test_help_gives_every_flag_a_text_one_default_at_most_and_examples(command, 
     text = capsys.readouterr().out
     assert leaving.value.code == 0 and "(default: None)" not in text
     assert f"examples:\n  python propose_boxes.py {command} --" in text
+
+
+# ---- classes ------------------------------------------------------------------------------------------
+TWO_CLASSES = ["red_apple", "green_apple"]  # not in sorted order, as Label Studio's YOLO export writes them
+# tree_0: a red apple at x 15..35, y 10..30 px and a green one at x 55..85, y 36..60; tree_1: a green one
+TWO_CLASS_LABELS = {"tree_0": "0 0.250000 0.250000 0.200000 0.250000\n1 0.700000 0.600000 0.300000 0.300000\n",
+                    "tree_1": "1 0.500000 0.500000 0.200000 0.200000\n", "tree_2": ""}
+
+
+def two_class_proposals(tmp_path):
+    """propose --labels with two classes on three 100x80 images -> its output folder."""
+    small_images(tmp_path / "images")
+    (tmp_path / "proposed").mkdir()
+    for stem, text in TWO_CLASS_LABELS.items():
+        (tmp_path / "proposed" / f"{stem}.txt").write_text(text)
+    assert pb.main(["propose", "--labels", str(tmp_path / "proposed"), "--images", str(tmp_path / "images"),
+                    "--output_dir", str(tmp_path / "prop"), "--classes", ",".join(TWO_CLASSES)]) == 0
+    return tmp_path / "prop"
+
+
+def test_a_one_class_run_writes_what_it_wrote_before_there_were_classes(tmp_path):
+    small_images(tmp_path / "images", count=1)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "tree_0.txt").write_text("0 0.25 0.25 0.2 0.25\n")
+    assert pb.main(["propose", "--labels", str(tmp_path / "labels"), "--images", str(tmp_path / "images"),
+                    "--output_dir", str(tmp_path / "prop")]) == 0
+    prop = tmp_path / "prop"
+    assert (prop / "label_studio_config.xml").read_text() == (
+        '<View>\n  <Image name="image" value="$image" zoom="true" zoomControl="true"/>\n'
+        '  <RectangleLabels name="label" toName="image">\n    <Label value="apple" background="red"/>\n'
+        '  </RectangleLabels>\n</View>\n')
+    assert (prop / "data.yaml").read_text() == ("# proposals as they are, not reviewed by a person\n# val = train: "
+                                                "model selection sees no real photo\ntrain: images\nval: images\n"
+                                                "names:\n  0: apple\n")
+    assert (prop / "labels" / "tree_0.txt").read_text() == "0 0.250000 0.250000 0.200000 0.250000\n"
+    assert (prop / "proposals.csv").read_bytes() == b"file,x1,y1,x2,y2,conf\r\ntree_0.png,15.0,10.0,35.0,30.0,\r\n"
+    [task] = json.loads((prop / "label_studio_tasks.json").read_text())
+    assert [r["value"]["rectanglelabels"] for r in task["predictions"][0]["result"]] == [["apple"]]
+    coco = json.loads((prop / "coco_predictions.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "apple"}] and coco["annotations"][0]["category_id"] == 1
+
+
+def test_two_classes_go_into_every_output_of_propose(tmp_path):
+    prop = two_class_proposals(tmp_path)
+    config = (prop / "label_studio_config.xml").read_text()
+    assert config.count("<Label ") == 2 and '<Label value="red_apple" background="red"/>' in config
+    assert '<Label value="green_apple" background="blue"/>' in config
+    tasks = json.loads((prop / "label_studio_tasks.json").read_text())
+    assert [[r["value"]["rectanglelabels"] for r in t["predictions"][0]["result"]] for t in tasks] == [
+        [["red_apple"], ["green_apple"]], [["green_apple"]], []]
+    coco = json.loads((prop / "coco_predictions.json").read_text())
+    assert coco["categories"] == [{"id": 1, "name": "red_apple"}, {"id": 2, "name": "green_apple"}]
+    assert [a["category_id"] for a in coco["annotations"]] == [1, 2, 2]
+    assert {p.stem: p.read_text() for p in (prop / "labels").iterdir()} == TWO_CLASS_LABELS
+    assert yaml.safe_load((prop / "data.yaml").read_text())["names"] == {0: "red_apple", 1: "green_apple"}
+    assert (prop / "proposals.csv").read_text().splitlines() == [
+        "file,x1,y1,x2,y2,class,conf", "tree_0.png,15.0,10.0,35.0,30.0,red_apple,",
+        "tree_0.png,55.0,36.0,85.0,60.0,green_apple,", "tree_1.png,40.0,32.0,60.0,48.0,green_apple,"]
+    sheet = np.asarray(Image.open(prop / "preview" / "sheet_000.png"))
+    left, top = pb.cell_origin(0, pb.sheet_columns(12), 400)  # tree_0, its 100 px scaled to 400
+    assert (sheet[top + 4 * 10, left + 4 * 15:left + 4 * 35] == pb.CLASS_COLOURS[0]).all()  # red apple: yellow
+    assert (sheet[top + 4 * 36, left + 4 * 55 + 60:left + 4 * 85] == pb.CLASS_COLOURS[1]).all()  # after its name
+    name_band = sheet[top + 4 * 36 - pb.SCORE_FONT_PX:top + 4 * 36 - 1, left + 4 * 55:left + 4 * 85].astype(int)
+    assert (abs(name_band - pb.CLASS_COLOURS[1]).max(axis=-1) < 60).sum() >= 30  # 'green_apple' in its colour
+
+
+def test_preview_keeps_a_label_inside_the_image_at_its_right_edge():
+    image, font = Image.new("RGB", (200, 200), (90, 90, 90)), ImageFont.load_default(size=pb.SCORE_FONT_PX)
+    picture = pb.draw_proposals(image, [[170, 80, 200, 150]], [1], [0.87], TWO_CLASSES, 200, font)
+    width = round(font.getlength("green_apple 0.87"))
+    band = np.asarray(picture).astype(int)[80 - pb.SCORE_FONT_PX:79, 200 - width:200]
+    covered = (band != 90).any(axis=-1).any(axis=0)  # a column with the label in it, not just the grey image
+    assert covered.all() and (abs(band - pb.CLASS_COLOURS[1]).max(axis=-1) < 60).sum() >= 30
+
+
+def json_min(tasks):
+    """Label Studio's JSON-MIN form of annotated tasks: one flat item each, its boxes under 'label'."""
+    return [{"id": t["id"], "image": t["data"]["image"], "annotation_id": t["id"],
+             "label": [dict(r["value"], original_width=100, original_height=80) for r in t["annotations"][0]["result"]]}
+            for t in tasks]
+
+
+def test_two_classes_come_back_by_name_from_every_format(tmp_path, capsys):
+    prop = two_class_proposals(tmp_path)
+    tasks = json.loads((prop / "label_studio_tasks.json").read_text())
+    for number, task in enumerate(tasks, start=1):
+        task.update(id=number, annotations=[{"result": copy.deepcopy(task["predictions"][0]["result"])}])
+    tasks[0]["annotations"][0]["result"][1]["value"]["rectanglelabels"] = ["RED_APPLE"]  # a green one made red
+    reviewed = {"tree_0.txt": [[0, 0.25, 0.25, 0.2, 0.25], [0, 0.7, 0.6, 0.3, 0.3]],
+                "tree_1.txt": [[1, 0.5, 0.5, 0.2, 0.2]], "tree_2.txt": []}
+    (tmp_path / "json.json").write_text(json.dumps(tasks))
+    (tmp_path / "min.json").write_text(json.dumps(json_min(tasks)))
+    coco = coco_review(["", "", ""], [(1, [15, 10, 20, 20], 7), (1, [55, 36, 30, 24], 7), (2, [40, 32, 20, 16], 0)],
+                       ({"id": 0, "name": "Green_Apple"}, {"id": 7, "name": "red_apple"}))  # other ids, other case
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (tmp_path / "yolo" / "labels").mkdir(parents=True)  # Label Studio's YOLO export: ids of the sorted names
+    (tmp_path / "yolo" / "classes.txt").write_text("green_apple\nred_apple\n")
+    for stem, text in (("tree_0", "1 0.25 0.25 0.2 0.25\n1 0.7 0.6 0.3 0.3\n"), ("tree_1", "0 0.5 0.5 0.2 0.2\n"),
+                       ("tree_2", "")):
+        (tmp_path / "yolo" / "labels" / f"1a2b3c4d__{stem}.txt").write_text(text)
+    for form in ("json.json", "min.json", "coco.json", "yolo"):
+        code, _, err = run_import(tmp_path, capsys, tmp_path / form, "--proposals", str(prop))
+        assert code == 0, (form, err)
+        assert_same_labels(labels_of(tmp_path / "out"), reviewed)
+        names = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text())["names"]
+        assert names == {0: "red_apple", 1: "green_apple"}, form
+        report = json.loads((tmp_path / "out" / "review_report.json").read_text())
+        assert report["images"]["tree_0.png"] == {"proposals": 2, "reviewed": 2, "unchanged": 1, "adjusted": 0,
+                                                  "deleted": 1, "added": 1}, form  # a class change: deleted + added
+    assert run_import(tmp_path, capsys, tmp_path / "json.json", "--classes", "red_apple,green_apple")[0] == 0
+    assert_same_labels(labels_of(tmp_path / "out"), reviewed)
+
+
+@pytest.mark.parametrize("form, problem", [
+    ("json", "json.json: task 1 (tree_0.png): a box labelled ['leaf']; the classes are 'red_apple', 'green_apple'"),
+    ("min", "min.json: item 1 (tree_0.png): a box labelled ['leaf']; the classes are"),
+    ("coco", "coco.json: annotation 2 (tree_0.png): category 'leaf'; the classes are 'red_apple', 'green_apple'"),
+    ("yolo", "labels/tree_0.txt (tree_0.png): class 2, 'leaf' in "),
+    ("yolo_ids", "labels/tree_0.txt:1: class 2: the classes are 0 = red_apple, 1 = green_apple"),
+    ("classes", "--classes green_apple,red_apple: the proposals in ")])
+def test_a_label_that_is_not_a_class_is_refused_in_one_line(tmp_path, capsys, form, problem):
+    prop = two_class_proposals(tmp_path)
+    task = {"id": 1, "data": {"image": "tree_0.png"}, "annotations": [{"result": [
+        label_studio_box(5, 5, 20, 20, "red_apple"), label_studio_box(50, 50, 20, 20, "leaf")]}]}
+    (tmp_path / "json.json").write_text(json.dumps([task]))
+    (tmp_path / "min.json").write_text(json.dumps(json_min([task])))
+    coco = coco_review([""], [(1, [10, 10, 5, 5], 1), (1, [20, 20, 5, 5], 2)],
+                       ({"id": 1, "name": "red_apple"}, {"id": 2, "name": "leaf"}))
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    for folder, classes_txt in (("yolo", "green_apple\nred_apple\nleaf\n"), ("yolo_ids", None)):
+        (tmp_path / folder / "labels").mkdir(parents=True)
+        (tmp_path / folder / "labels" / "tree_0.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+        if classes_txt:
+            (tmp_path / folder / "classes.txt").write_text(classes_txt)
+    reviewed, extra = {"json": "json.json", "min": "min.json", "coco": "coco.json"}.get(form, form), []
+    if form == "classes":
+        reviewed, extra = "json.json", ["--classes", "green_apple,red_apple"]
+    code, _, err = run_import(tmp_path, capsys, tmp_path / reviewed, "--proposals", str(prop), *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and problem in err, err
+    assert not (tmp_path / "out" / "labels").exists()
+
+
+def test_class_names_on_the_command_line_are_checked(tmp_path, capsys):
+    small_images(tmp_path / "images", count=1)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "tree_0.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    propose = ["propose", "--labels", str(tmp_path / "labels"), "--images", str(tmp_path / "images"),
+               "--output_dir", str(tmp_path / "prop")]
+    assert pb.main(propose) == 2  # one class, apple, unless --classes says otherwise
+    assert "tree_0.txt:1: class 1: the only class is 0 = apple" in capsys.readouterr().err
+    for classes, problem in (("a,,b", "class 1, '', is empty"), ("apple,Apple", "'Apple', repeats class 0")):
+        with pytest.raises(SystemExit):
+            pb.main(propose + ["--classes", classes])
+        assert problem in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pb.main(["propose", "--weights", "best.pt", "--classes", "a,b", *propose[3:]])
+    assert "a detector has its own" in capsys.readouterr().err
+
+
+class StubDetector:
+    """Stands in for an ultralytics model: predict() gives each image these (x1, y1, x2, y2, class, conf)."""
+
+    def __init__(self, detections):
+        self.detections = detections
+
+    def predict(self, source, **_):
+        from types import SimpleNamespace
+        for path in source:
+            rows = np.asarray(self.detections, float).reshape(-1, 6)
+            yield SimpleNamespace(path=path, boxes=SimpleNamespace(xyxy=rows[:, :4], cls=rows[:, 4], conf=rows[:, 5]))
+
+
+def test_calibration_matches_a_detection_to_a_true_box_of_its_class(tmp_path, capsys):
+    from types import SimpleNamespace
+    small_images(tmp_path / "data" / "val" / "images", count=1)
+    (tmp_path / "data" / "val" / "labels").mkdir()
+    (tmp_path / "data" / "val" / "labels" / "tree_0.txt").write_text("1 0.25 0.25 0.2 0.25\n")  # a green apple
+    (tmp_path / "data" / "real.yaml").write_text(yaml.safe_dump({"train": "val/images", "val": "val/images",
+                                                                 "names": {0: "red_apple", 1: "green_apple"}}))
+    box = [15, 10, 35, 30]
+    detector = StubDetector([box + [0, 0.9], box + [1, 0.5]])  # called red at 0.9, green at 0.5
+    args = SimpleNamespace(calibrate_data=str(tmp_path / "data" / "real.yaml"), weights="stub.pt", imgsz=128,
+                           iou=0.45, device=None)
+    images = sorted((tmp_path / "data" / "val" / "images").iterdir())
+    meta = pb.calibrate(detector, TWO_CLASSES, args, images)
+    assert meta["conf"] == 0.5 and "best F1 (0.667)" in meta["chosen_by"]  # class-blind, 0.9 would score 1.0
+    with pytest.raises(pb.InputError, match=r"names the classes \['red_apple', 'green_apple'\], but the detector "
+                                            r"stub.pt detects \['apple'\]"):
+        pb.calibrate(detector, ["apple"], args, images)
+
+
+def test_a_detector_brings_its_own_classes(tiny_detector, proposals, orchard_prepared, tmp_path, capsys):
+    import torch
+    images, _ = proposals
+    checkpoint = torch.load(tiny_detector / "weights" / "best.pt", weights_only=False)
+    checkpoint["model"].names = {0: "green_apple", 1: "red_apple"}  # one head, two names: all its boxes green_apple
+    torch.save(checkpoint, tmp_path / "two.pt")
+    out = tmp_path / "prop"
+    assert pb.main(["propose", "--weights", str(tmp_path / "two.pt"), "--images", str(images), "--output_dir", str(out),
+                    "--conf", "0.001", "--imgsz", "128"]) == 0
+    assert (out / "label_studio_config.xml").read_text().count("<Label ") == 2
+    tasks = json.loads((out / "label_studio_tasks.json").read_text())
+    labels = {label for t in tasks for r in t["predictions"][0]["result"] for label in r["value"]["rectanglelabels"]}
+    rows = (out / "proposals.csv").read_text().split()
+    assert labels == {"green_apple"} and rows[0].endswith(",class,conf")
+    assert {row.split(",")[-2] for row in rows[1:]} == {"green_apple"}
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "green_apple", 1: "red_apple"}
+    code = pb.main(["propose", "--weights", str(tmp_path / "two.pt"), "--images", str(images), "--output_dir", str(out),
+                    "--calibrate_data", str(orchard_prepared / "real.yaml"), "--imgsz", "128"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "names the classes ['apple'], but the detector" in err[0]
+    assert "detects ['green_apple', 'red_apple']" in err[0]
