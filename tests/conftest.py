@@ -1,5 +1,6 @@
 """Shared test setup: the repo root on sys.path (tests import the scripts; scripts never import
 each other) and the real data beside the project, which CI requires (GENFUSION_REQUIRE_DATA=1)."""
+import csv
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,23 @@ def help_sections(text):
         else:
             option = None
     return sections
+
+
+def two_class_orchard(source, root):
+    """orchard-real as a two-class YOLO folder: every box of a green photo is green_apple (0), of a red
+    one red_apple (1), named by classes.txt as Label Studio's YOLO export does. -> (root, {file: colour})."""
+    with open(source / "manifest.csv", newline="") as handle:
+        colour = {r["file"]: r["color"] for r in csv.DictReader(handle)}
+    for split in ("train", "val", "test"):
+        (root / split / "labels").mkdir(parents=True)
+        (root / split / "images").symlink_to(source / split / "images")
+        for label in (source / split / "labels").glob("*.txt"):
+            class_id = {"green": "0", "red": "1"}[colour[f"{label.stem}.jpg"]]
+            (root / split / "labels" / label.name).write_text(
+                "".join(f"{class_id} {line.split(maxsplit=1)[1]}\n" for line in label.read_text().splitlines()
+                        if line.strip()))
+    (root / "classes.txt").write_text("green_apple\nred_apple\n")
+    return root, colour
 
 
 @pytest.fixture(scope="session")

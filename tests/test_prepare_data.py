@@ -825,25 +825,8 @@ def test_help_has_no_flag_with_two_defaults(capsys):
     assert all(flag.count("default") <= 1 for flag in flags), [f for f in flags if f.count("default") > 1]
 
 
-def two_class_orchard(source, root):
-    """orchard-real as a two-class YOLO folder: every box of a green photo is green_apple (0), of a red
-    one red_apple (1), named by classes.txt as Label Studio's YOLO export does. -> (root, {file: colour})."""
-    with open(source / "manifest.csv", newline="") as handle:
-        colour = {r["file"]: r["color"] for r in csv.DictReader(handle)}
-    for split in ("train", "val", "test"):
-        (root / split / "labels").mkdir(parents=True)
-        (root / split / "images").symlink_to(source / split / "images")
-        for label in (source / split / "labels").glob("*.txt"):
-            class_id = {"green": "0", "red": "1"}[colour[f"{label.stem}.jpg"]]
-            (root / split / "labels" / label.name).write_text(
-                "".join(f"{class_id} {line.split(maxsplit=1)[1]}\n" for line in label.read_text().splitlines()
-                        if line.strip()))
-    (root / "classes.txt").write_text("green_apple\nred_apple\n")
-    return root, colour
-
-
 def test_groups_by_colour_class_none_or_a_csv(tmp_path, capsys):
-    from conftest import shared_path
+    from conftest import shared_path, two_class_orchard
     root, colour = two_class_orchard(shared_path("data/orchard-real"), tmp_path / "two_class")
     common = ["--source", "yolo", "--input", str(root), "--resolution", "64", "--num_instances", "3", "--workers", "2"]
     assert pd.main([*common, "--output_dir", str(tmp_path / "by_class"), "--group_by", "class"]) == 0

