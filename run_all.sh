@@ -143,6 +143,7 @@ if [ "$modes" -gt 1 ]; then
 elif [ -n "$source" ]; then
   case "$source" in yolo|coco) ;; *) echo "run_all.sh: --source $source: choose yolo or coco" >&2; exit 2 ;; esac
   [ -n "$input" ] && [ -n "$work" ] || { echo "run_all.sh: --source $source needs --input DIR and --work DIR" >&2; exit 2; }
+  [ -z "${test_annotations[*]:-}" ] || { echo "run_all.sh: --test_annotations is for --minneapple runs" >&2; exit 2; }
 elif [ -n "${annotations[*]:-}${classes[*]:-}" ] || [ "$group_by" != colour ]; then
   echo "run_all.sh: --annotations, --classes and --group_by are for --source runs (your own data)" >&2; exit 2
 elif [ "$demo" = 1 ]; then

@@ -39,15 +39,21 @@ def help_sections(text):
     return sections
 
 
-def two_class_orchard(source, root):
+def two_class_orchard(source, root, per_split=None):
     """orchard-real as a two-class YOLO folder: every box of a green photo is green_apple (0), of a red
-    one red_apple (1), named by classes.txt as Label Studio's YOLO export does. -> (root, {file: colour})."""
+    one red_apple (1), named by classes.txt as Label Studio's YOLO export does; per_split: only the
+    first photos of each split, that many of each colour. -> (root, {file: colour})."""
     with open(source / "manifest.csv", newline="") as handle:
         colour = {r["file"]: r["color"] for r in csv.DictReader(handle)}
     for split in ("train", "val", "test"):
         (root / split / "labels").mkdir(parents=True)
-        (root / split / "images").symlink_to(source / split / "images")
-        for label in (source / split / "labels").glob("*.txt"):
+        (root / split / "images").mkdir()
+        labels = sorted((source / split / "labels").glob("*.txt"))
+        if per_split:
+            labels = [label for c in ("green", "red") for label in
+                      [p for p in labels if colour[f"{p.stem}.jpg"] == c][:per_split]]
+        for label in labels:
+            (root / split / "images" / f"{label.stem}.jpg").symlink_to(source / split / "images" / f"{label.stem}.jpg")
             class_id = {"green": "0", "red": "1"}[colour[f"{label.stem}.jpg"]]
             (root / split / "labels" / label.name).write_text(
                 "".join(f"{class_id} {line.split(maxsplit=1)[1]}\n" for line in label.read_text().splitlines()

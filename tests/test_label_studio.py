@@ -187,3 +187,22 @@ def test_the_review_loop_through_label_studio(server, tmp_path, capsys):
             for name in ("tree_0.png", "tree_2.png"):
                 assert report["images"][name] == {"proposals": 3, "reviewed": 3, "unchanged": 2, "adjusted": 0,
                                                   "deleted": 1, "added": 1}, (form, name)
+
+    # a reviewer who deletes every box of an image: Label Studio's COCO export lists it with width and
+    # height null (measured with 1.23.2), and import takes the size from --images
+    assert server.call("POST", f"/api/tasks/{tasks[3]['id']}/annotations", {"result": []})[0] == 201
+    status, body = server.call("GET", f"/api/projects/{pid}/export?exportType=COCO", raw=True)
+    assert status == 200
+    export = tmp_path / f"export_all_deleted{'.zip' if body[:2] == b'PK' else '.json'}"
+    export.write_bytes(body)
+    if zipfile.is_zipfile(export):
+        with zipfile.ZipFile(export) as archive:
+            coco = json.loads(archive.read("result.json"))
+    else:
+        coco = json.loads(body)
+    emptied = next(image for image in coco["images"] if image["file_name"].endswith("tree_3.png"))
+    assert emptied["width"] is None and emptied["height"] is None, emptied
+    out = tmp_path / "reviewed_all_deleted"
+    assert pb.main(["import", "--reviewed", str(export), "--images", str(tmp_path / "images"), "--output_dir",
+                    str(out), "--proposals", str(prop)]) == 0, capsys.readouterr().err
+    assert (out / "labels" / "tree_3.txt").read_text() == "" and (out / "unreviewed.txt").read_text() == ""

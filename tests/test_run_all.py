@@ -183,21 +183,21 @@ def test_your_own_two_class_data_runs_the_chain_with_a_model_per_class_and_score
     DreamBooth model per class, --total split by the groups, the prompts per group, both classes in
     the review's config, and a score per class."""
     from conftest import shared_path, two_class_orchard
-    root, _ = two_class_orchard(shared_path("data/orchard-real"), tmp_path / "two_class")
+    root, _ = two_class_orchard(shared_path("data/orchard-real"), tmp_path / "two_class", per_split=6)
     (tmp_path / "variants.txt").write_text("{}\n{} at dusk\n")
     work = tmp_path / "work"
     result = subprocess.run(
         ["bash", str(REPO / "run_all.sh"), "--source", "yolo", "--input", str(root), "--work", str(work),
          "--model", "tiny-random", "--resolution", "64", "--max_train_steps", "2", "--num_class_images", "2",
          "--instance_prompt", "a photo of sks {group}", "--prompt_variants", str(tmp_path / "variants.txt"),
-         "--total", "6", "--models", "yolov8n", "--seeds", "0", "--epochs", "2", "--imgsz", "64", "--init", "scratch",
+         "--total", "6", "--models", "yolov8n", "--seeds", "0", "--epochs", "1", "--imgsz", "64", "--init", "scratch",
          "--datasets", "baseline,genfusion"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert stages_run(result.stdout) == ["prepare", "dreambooth_green_apple", "dreambooth_red_apple", "generate",
                                          "detectors_baseline", "propose", "detectors_genfusion", "datasets",
                                          "evaluate", "table", "report"]
     stats = json.loads((work / "data" / "stats.json").read_text())
-    assert stats["classes"] == ["green_apple", "red_apple"] and stats["groups"] == {"green_apple": 24, "red_apple": 24}
+    assert stats["classes"] == ["green_apple", "red_apple"] and stats["groups"] == {"green_apple": 6, "red_apple": 6}
     with open(work / "generated" / "manifest.csv", newline="") as handle:
         generated = list(csv.DictReader(handle))
     assert sorted(r["file"].rsplit("_", 1)[0] for r in generated) == ["green_apple"] * 3 + ["red_apple"] * 3
