@@ -300,14 +300,15 @@ first_change() {  # first_change BEFORE NOW: what differs first: "its command", 
   diff <(echo "$1") <(echo "$2") | sed -n 's/^[<>] \(.*\) [^ ]* [^ ]*$/\1/p' | head -n 1 || true
 }
 redone_outputs=(); redone_by=()  # --dry_run: the outputs of the stages that would run, and those stages
+again() { [ -e "$1" ] && echo " again"; return 0; }  # again PATH: " again" when PATH was made before
 redone_input() {  # redone_input INPUT... -- COMMAND...: the first input that a stage that would run makes again
   local word i
   for word in "$@"; do [ "$word" = -- ] && return 0
     for i in ${redone_outputs[@]+"${!redone_outputs[@]}"}; do
       case "$word" in "${redone_outputs[$i]}"|"${redone_outputs[$i]}"/*)
-        echo "${redone_by[$i]} would make $word again"; return 0 ;; esac
+        echo "${redone_by[$i]} would make $word$(again "$word")"; return 0 ;; esac
       case "${redone_outputs[$i]}" in "$word"/*)  # an input folder that holds the output
-        echo "${redone_by[$i]} would make ${redone_outputs[$i]} again"; return 0 ;; esac
+        echo "${redone_by[$i]} would make ${redone_outputs[$i]}$(again "${redone_outputs[$i]}")"; return 0 ;; esac
     done
   done
 }
