@@ -1163,6 +1163,13 @@ def parse_args(argv=None):
     parser.add_argument("--skip_bad", action="store_true",
                         help="skip unreadable or inconsistent photos and list them, instead of stopping")
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    return args
+
+
+def check_arguments(parser, args):
+    """parser.error (exit 2, with the usage) for flags that do not go together or are out of range;
+    fills in --num_images' default for --source synthetic."""
     if args.source == "synthetic":
         if args.input:
             parser.error("--source synthetic makes its own photos: drop --input")
@@ -1188,7 +1195,6 @@ def parse_args(argv=None):
         parser.error("--resolution must be at least 8 and --crop_size positive")
     if (args.num_val is not None and args.num_val < 1) or args.num_instances < 0 or args.workers < 1:
         parser.error("--num_val and --workers must be at least 1, --num_instances at least 0")
-    return args
 
 
 def main(argv=None):
