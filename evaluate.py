@@ -305,7 +305,7 @@ def coco_classes(path, categories, annotations, names):
     if names is None:
         used = {a.get("category_id") for a in annotations if isinstance(a, dict)}
         chosen = [c for c in categories if c["id"] in used]
-        names = check_class_names(path, [str(c.get("name") or c["id"]) for c in chosen])
+        names = check_class_names([str(c.get("name") or c["id"]) for c in chosen], path)
         classes = {c["id"]: k for k, c in enumerate(chosen)}
         return {c["id"]: classes.get(c["id"]) for c in categories}, names
     wanted = {name.casefold(): k for k, name in enumerate(names)}
@@ -959,17 +959,17 @@ def class_names_of(path, data):
     if not isinstance(names, list) or not names:
         raise InputError(f"{path}: names must be a list or a mapping {{0: name, 1: name, ...}} of the class "
                          f"ids 0..K-1, got {names!r}")
-    return check_class_names(path, [str(name) for name in names])
+    return check_class_names([str(name) for name in names], path)
 
 
-def check_class_names(path, names):
-    """Class names, checked: none empty, none repeated (in any case, as categories are matched to them
-    by name); an error names path."""
+def check_class_names(names, where):
+    """Class names, checked: none empty, none repeated in any case (labels and categories are matched
+    to them by name, ignoring case); InputError naming `where`."""
     seen = {}
     for k, name in enumerate(names):
         if not name.strip() or name.casefold() in seen:
             problem = "is empty" if not name.strip() else f"repeats class {seen[name.casefold()]}'s"
-            raise InputError(f"{path}: the name of class {k}, {name!r}, {problem}")
+            raise InputError(f"{where}: the name of class {k}, {name!r}, {problem}")
         seen[name.casefold()] = k
     return names
 

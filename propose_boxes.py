@@ -950,26 +950,35 @@ def read_data_yaml(path):
 
 
 def read_class_names(path):
-    """A data YAML (read_data_yaml) -> its class names in id order: names as a list, or as {id: name}
-    with the ids 0..K-1 (checked: check_class_names); a YAML without names is an error."""
-    names = read_data_yaml(path).get("names")
+    """A data YAML (read_data_yaml) -> its class names in the order of the class ids (class_names_of);
+    a YAML without names is an error."""
+    names = class_names_of(path, read_data_yaml(path))
+    if names is None:
+        raise InputError(f"{path}: no names: a data YAML names its classes, e.g. names: {{0: apple}}")
+    return names
+
+
+def class_names_of(path, data):
+    """A data YAML's dict -> its names, a list or a mapping {0: name, 1: name, ...} of the ids 0..K-1,
+    as a list in id order (checked: check_class_names), or None when it has no names."""
+    names = data.get("names")
+    if names is None:
+        return None
     if isinstance(names, dict) and set(names) == set(range(len(names))):
         names = [names[k] for k in range(len(names))]
-    if not isinstance(names, list):
-        raise InputError(f"{path}: names must be a list or a mapping {{0: name, 1: name, ...}} of the class ids "
-                         f"0..K-1, got {names!r}")
+    if not isinstance(names, list) or not names:
+        raise InputError(f"{path}: names must be a list or a mapping {{0: name, 1: name, ...}} of the class "
+                         f"ids 0..K-1, got {names!r}")
     return check_class_names([str(name) for name in names], path)
 
 
 def check_class_names(names, where):
-    """Class names, checked: at least one, none empty, none repeated in any case (labels are matched
+    """Class names, checked: none empty, none repeated in any case (labels and categories are matched
     to them by name, ignoring case); InputError naming `where`."""
-    if not names:
-        raise InputError(f"{where}: names no class")
     seen = {}
     for k, name in enumerate(names):
         if not name.strip() or name.casefold() in seen:
-            problem = "is empty" if not name.strip() else f"repeats class {seen[name.casefold()]}"
+            problem = "is empty" if not name.strip() else f"repeats class {seen[name.casefold()]}'s"
             raise InputError(f"{where}: the name of class {k}, {name!r}, {problem}")
         seen[name.casefold()] = k
     return names
