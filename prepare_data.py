@@ -370,13 +370,13 @@ def process_photo(job, config, pool):
         kept, keep = crop_resize_boxes(boxes, left, top, crop, config["resolution"],
                                        config["min_visible"], pixel_boxes=job["labels"][0] == "mask")
         class_ids = [config["classes"].index(name) for name, k in zip(box_classes, keep) if k]
+        per_class = Counter(class_ids)
         apple_pixels = mask_pixels if mask_pixels is not None else boxes_core_mask((height, width), boxes)
         fraction = red_fraction(image, apple_pixels)
         row.update(colour=colour_label(fraction, config["red_threshold"]),
                    red_fraction="" if np.isnan(fraction) else round(fraction, 4),
                    boxes_kept=len(kept), boxes_dropped=int((~keep).sum()) + degenerate,
-                   boxes_per_class={name: n for name in config["classes"]
-                                    if (n := sum(config["classes"][i] == name for i in class_ids))},
+                   boxes_per_class={name: per_class[k] for k, name in enumerate(config["classes"]) if per_class[k]},
                    boxes_other_classes=int((~selected).sum()))
     resized = image.crop((left, top, left + crop, top + crop)).resize(
         (config["resolution"], config["resolution"]), Image.BICUBIC)
