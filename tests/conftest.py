@@ -10,6 +10,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
+# ultralytics binds its logger to the sys.stdout of its first import. First imported inside a test that
+# captures its output, it would write to that test's closed stream ever after: every later test that
+# logs would fail with logging errors. So it is imported here, once, for the session.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+import ultralytics  # noqa: E402,F401
 
 
 def shared_path(relative):
