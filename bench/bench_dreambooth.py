@@ -163,11 +163,36 @@ def run_preset(name, extra, tiny, resolution, steps, warmup, work):
     return statistics.median(float(r["seconds"]) for r in timed), max(float(r["peak_memory_mb"]) for r in timed)
 
 
-def run_in_fresh_process(function, *args):
-    """function(*args) in a new Python process: its GPU memory and CUDA state end with it."""
+def run_in_fresh_process(function, *args, tiny=False):
+    """function(*args) in a new Python process: its GPU memory and CUDA state end with it. With a GPU
+    it is spawned, so that it inherits no CUDA state. In tiny mode (the CPU) it is forked from a server
+    that imported diffusers and transformers once: those imports would be most of each preset's time."""
     import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
+    context = multiprocessing.get_context("forkserver" if tiny else "spawn")
+    if tiny:
+        context.set_forkserver_preload([__name__, "diffusers", "transformers", "peft"])
+    receiver, sender = context.Pipe(duplex=False)  # a pipe, not a Pool: a Pool's locks leak under forkserver
+    process = context.Process(target=send_result, args=(sender, function, args))
+    process.start()
+    sender.close()
+    try:
+        failed, result = receiver.recv()
+    except EOFError:  # it died before it could send
+        failed, result = True, None
+    process.join()
+    if failed and result is None:
+        result = f"the preset's process ended with exit code {process.exitcode}"
+    if failed:
+        raise RuntimeError(result)
+    return result
+
+
+def send_result(sender, function, args):
+    """In the child: (False, function(*args)), or (True, the error's text), sent back through the pipe."""
+    try:
+        sender.send((False, function(*args)))
+    except Exception as error:
+        sender.send((True, f"{type(error).__name__}: {error}"))
 
 
 def main(argv=None):
@@ -205,7 +230,7 @@ def main(argv=None):
                 Image.fromarray(pixels).save(work / kind / f"{kind}_{k}.png")
         for name in presets:
             seconds, memory_mb = run_in_fresh_process(run_preset, name, PRESETS[name], tiny, resolution, args.steps,
-                                                      args.warmup, work)
+                                                      args.warmup, work, tiny=tiny)
             flops = step_flops(pipeline, resolution, cached="--cache_latents" in PRESETS[name], lora=name == "lora",
                                checkpointing="--gradient_checkpointing" in PRESETS[name])
             share = f"{100 * flops / seconds / (peak * 1e12):.1f}" if peak else "n/a"
