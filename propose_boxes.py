@@ -5,7 +5,9 @@ The paper's annotation step (section 2.3.1): a baseline detector trained on real
 boxes, a person removes the false ones and adds the missed ones in a labelling tool, and the
 reviewed labels become the training set.
 
-  propose  In:  --weights BEST.pt (the baseline detector) or --labels DIR (YOLO labels, no detector),
+  propose  In:  --weights BEST.pt (the baseline detector), --open_vocabulary [MODEL] (no trained
+                detector: a zero-shot one, OWLv2 or Grounding DINO, asked for each class by its
+                query, --queries, else its name) or --labels DIR (YOLO labels, no detector),
                 --images DIR (generate.py's images/)
            Out: OUT/images/ (links to the images), OUT/labels/<stem>.txt (YOLO, one file per
                 image, empty when nothing is proposed), OUT/proposals.csv (with confidences),
@@ -13,11 +15,13 @@ reviewed labels become the training set.
                 OUT/label_studio_config.xml (the labelling config those tasks are made for),
                 OUT/coco_predictions.json (a whole COCO file with scores: COCO(path), not loadRes),
                 OUT/data.yaml (train on the proposals as they are: the unreviewed path),
-                OUT/proposals.json (threshold, how chosen), OUT/preview/sheet_NNN.png (contact sheets:
+                OUT/proposals.json (threshold, how chosen; with --open_vocabulary the model, its
+                family and the queries), OUT/preview/sheet_NNN.png (contact sheets:
                 --preview_per_sheet images each, with their proposals and confidences drawn, to look
                 at before the review). --conf sets the threshold;
                 --calibrate_data REAL.yaml picks the one with the best F1 at IoU 0.5 on the real val
-                split (and warns when even that F1 is below 0.1).
+                split (--calibrate_split train: its train split, e.g. prepare_data.py's fewshot.yaml,
+                the instance photos) and warns when even that F1 is below 0.1.
   import   In:  --reviewed FILE.json | FILE.zip | DIR: Label Studio's JSON, JSON-MIN, COCO or YOLO
                 export (the file, the zip it hands out, or the unpacked folder), a COCO JSON or a YOLO
                 folder from another tool (CVAT, Roboflow); --images DIR; --proposals PROP (optional:
@@ -31,7 +35,11 @@ Classes: YOLO class ids 0..K-1 name the classes in order, and every output carri
 data.yaml's names, a class column in proposals.csv before conf when there are several, each box's
 class in its own colour and by name on the preview). propose with --weights: the detector's own
 classes (model.names; --calibrate_data's names must be the same, and a detection matches a true box
-of its class); with --labels: --classes a,b, else one class, apple. import: --classes a,b, else
+of its class); with --open_vocabulary: --classes a,b, else --calibrate_data's names, else one class,
+apple (--calibrate_data's names must be the classes); with --labels: --classes a,b, else apple. An open-vocabulary model (a hub id or a local folder, its
+family read from its config; 'tiny-random-owlv2' and 'tiny-random-grounding-dino': tiny untrained
+models built here, for smoke runs) runs in fp32, on the CPU unless --device says otherwise; a box's
+class is its best query's, and its boxes pass NMS per class. import: --classes a,b, else
 --proposals' data.yaml names, else apple (with both, they must agree). Label Studio labels, COCO
 categories and the lines of a YOLO export's classes.txt (Label Studio's, sorted by name) are matched
 to the classes by name, ignoring case; a YOLO folder without classes.txt has our class ids. A label
@@ -47,6 +55,7 @@ one of the classes. Progress bars appear on stderr when it is a terminal.
 import argparse
 import colorsys
 import csv
+import functools
 import json
 import math
 import os
@@ -66,6 +75,10 @@ from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_CLASSES = ["apple"]  # propose --labels and import without --classes (or --proposals): one class
+SCORE_FLOOR, MAX_DETECTIONS = 0.001, 300  # a detection kept before any threshold; per image, the best kept
+OPEN_VOCABULARY_DEFAULT = "google/owlv2-base-patch16-ensemble"  # --open_vocabulary without a value
+FAMILIES = {"owlv2": "OWLv2", "grounding-dino": "Grounding DINO"}  # config.model_type -> the family's name
+TINY_RANDOM_MODELS = ("tiny-random-owlv2", "tiny-random-grounding-dino")  # built here (tiny_random_detector)
 BOX_COLOUR = (255, 221, 0)  # preview boxes: yellow with a dark rim (EDGE_COLOUR), seen on leaves, apples and sky
 # the preview colours of classes 0, 1, ... when there are several (class_colour), all bright on the dark rim
 CLASS_COLOURS = (BOX_COLOUR, (0, 229, 255), (255, 96, 255), (128, 255, 64), (255, 150, 40), (255, 255, 255))
@@ -90,11 +103,14 @@ class InputError(Exception):
 # propose: proposals for a person to review
 # ---------------------------------------------------------------------------------------------
 def run_propose(args):
-    """propose: boxes on --images from --weights (or --labels), in every form the review needs."""
+    """propose: boxes on --images from --weights (or --open_vocabulary, or --labels), in every form the
+    review needs."""
     images = list_images(args.images)
     check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
     if args.labels:
         kept, meta, source, classes = proposals_from_labels(args.labels, images, args.classes or DEFAULT_CLASSES)
+    elif args.open_vocabulary:
+        kept, meta, source, classes = proposals_from_open_vocabulary(args, images)
     else:
         kept, meta, source, classes = proposals_from_detector(args, images)
     out = Path(args.output_dir)
@@ -138,45 +154,62 @@ def proposals_from_detector(args, images):
         raise InputError(f"{args.weights}: no such weights file")
     model, classes = load_detector(args.weights)
     meta = {"weights": str(Path(args.weights).resolve()), "iou": args.iou, "imgsz": args.imgsz}
+    find = functools.partial(detect, model, imgsz=args.imgsz, iou=args.iou, device=args.device)
+    meta.update(choose_threshold(find, classes, args, images))
+    return above_threshold(find(images), meta["conf"]), meta, Path(args.weights).name, classes
+
+
+def choose_threshold(find, classes, args, images):
+    """The confidence threshold and what chose it: --calibrate_data (calibrate), else --conf, with the
+    images checked (check_images) before any detection. find: a list of images -> {image: (boxes,
+    class ids, scores)} at every confidence (detect, detect_open_vocabulary)."""
     if args.calibrate_data:
-        meta.update(calibrate(model, classes, args, images))
-    else:
-        check_images(images)
-        meta.update(conf=args.conf, chosen_by="--conf")
-    found = detect(model, images, args.imgsz, args.iou, args.device)
+        return calibrate(find, classes, args, images)
+    check_images(images)
+    return {"conf": args.conf, "chosen_by": "--conf"}
+
+
+def above_threshold(found, conf):
+    """{image: (boxes, class ids, scores)} -> the same with the detections scoring >= conf only."""
     kept = {}
-    for image in images:
-        boxes, ids, scores = found[image]
-        keep = [k for k, score in enumerate(scores) if score >= meta["conf"]]
+    for image, (boxes, ids, scores) in found.items():
+        keep = [k for k, score in enumerate(scores) if score >= conf]
         kept[image] = ([boxes[k] for k in keep], [ids[k] for k in keep], [scores[k] for k in keep])
-    return kept, meta, Path(args.weights).name, classes
+    return kept
 
 
-def calibrate(model, classes, args, images):
-    """--calibrate_data: the threshold with the best F1 on its val split, a detection matching a true box
-    of its own class; its names must be the detector's classes. Checks the images too (check_images),
-    before any detection. -> proposals.json's entries for it."""
+def calibrate(find, classes, args, images):
+    """--calibrate_data: the threshold with the best F1 on its --calibrate_split split (val or train),
+    a detection matching a true box of its own class; its names must be the classes (the detector's,
+    or --open_vocabulary's --classes). find: as in choose_threshold. Checks the images too
+    (check_images), before any detection. -> proposals.json's entries for it."""
     names = read_class_names(args.calibrate_data)
     if names != classes:
-        raise InputError(f"--calibrate_data {args.calibrate_data} names the classes {names}, but the detector "
-                         f"{args.weights} detects {classes}: calibrate on data with the detector's classes")
-    val_images, truths = calibration_split(args.calibrate_data, classes)
-    check_images(images + val_images)
-    found = detect(model, val_images, args.imgsz, args.iou, args.device)
+        proposer, remedy = ((f"--open_vocabulary {args.open_vocabulary} is asked for",
+                             f"give --classes {','.join(names)} (and --queries in that order)")
+                            if args.open_vocabulary else
+                            (f"the detector {args.weights} detects", "calibrate on data with the detector's classes"))
+        raise InputError(f"--calibrate_data {args.calibrate_data} names the classes {names}, but {proposer} "
+                         f"{classes}: {remedy}")
+    split = args.calibrate_split
+    split_images, truths = calibration_split(args.calibrate_data, classes, split)
+    check_images(images + split_images)
+    found = find(split_images)
     predictions, by_class = {}, {}
-    for image in val_images:
+    for image in split_images:
         boxes, ids, scores = found[image]
         for k in range(len(classes)):  # keyed by (image, class): best_f1_threshold matches within a key
             predictions[image, k] = [(*box, score) for box, i, score in zip(boxes, ids, scores) if i == k]
             by_class[image, k] = [box for box, i in zip(*truths[image]) if i == k]
     threshold, f1, table = best_f1_threshold(predictions, by_class)
-    print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real val split)")
+    print(f"calibrated threshold {threshold:.3f} (F1 {f1:.3f} on the real {split} split)")
     if f1 < 0.1:
-        print(f"WARNING: the best F1 on the real val split is {f1:.3f}: this detector finds almost no apples, "
-              f"so its proposals will be nearly all wrong or missing and the review nearly all manual. "
-              f"Train it longer or on more photos (train_detectors.py --epochs), or check its data",
-              file=sys.stderr)
-    return {"conf": threshold, "chosen_by": f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} val",
+        advice = ("Try --queries that say what each class looks like, or another --open_vocabulary model"
+                  if args.open_vocabulary else "Train it longer or on more photos (train_detectors.py --epochs)")
+        print(f"WARNING: the best F1 on the real {split} split is {f1:.3f}: this detector finds almost none of "
+              f"the true boxes, so its proposals will be nearly all wrong or missing and the review nearly all "
+              f"manual. {advice}, or check the data", file=sys.stderr)
+    return {"conf": threshold, "chosen_by": f"best F1 ({f1:.3f}) at IoU 0.5 on {args.calibrate_data} {split}",
             "calibration": [dict(zip(("threshold", "precision", "recall", "f1"), row)) for row in table]}
 
 
@@ -193,32 +226,56 @@ def load_detector(weights):
 
 
 def detect(model, images, imgsz, iou, device):
-    """{image path: (boxes in pixels, class ids, confidences)} from a loaded detector, at confidence >= 0.001."""
+    """{image path: (boxes in pixels, class ids, confidences)} from a loaded detector, at confidence >=
+    SCORE_FLOOR, the MAX_DETECTIONS best an image."""
     found = {}
-    results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=0.001, iou=iou, max_det=300,
-                            device=device, stream=True, verbose=False)
+    results = model.predict(source=[str(p) for p in images], imgsz=imgsz, conf=SCORE_FLOOR, iou=iou,
+                            max_det=MAX_DETECTIONS, device=device, stream=True, verbose=False)
     for result in progress(results, "detecting", total=len(images)):
         found[Path(result.path)] = (result.boxes.xyxy.tolist(), [int(k) for k in result.boxes.cls.tolist()],
                                     result.boxes.conf.tolist())
     return found
 
 
-def calibration_split(data_yaml, classes):
-    """The val images of a data YAML and {image: (its ground-truth boxes, their class ids)}, from
-    ultralytics' labels/ of them (class ids checked against classes)."""
+def calibration_split(data_yaml, classes, split="val"):
+    """The images of a data YAML's split (val or train: a folder, or a list file such as prepare_data.py's
+    fewshot.txt, listed_images) and {image: (its ground-truth boxes, their class ids)}, from ultralytics'
+    labels/ of them (class ids checked against classes)."""
     data = read_data_yaml(data_yaml)
     try:
         root = Path(data.get("path") or Path(data_yaml).parent)  # relative: from the working folder, as ultralytics
-        folder = root / data["val"]
+        entry = root / data[split]
     except TypeError as error:
-        raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML whose path and val are folders ({error})")
-    images = list_images(folder)
+        raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML whose path and {split} are folders "
+                         f"or list files ({error})")
+    images = listed_images(entry) if entry.is_file() else list_images(entry)
     os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported, as in load_detector()
     from ultralytics.data.utils import img2label_paths
     truths = {}
     for image, label in zip(images, map(Path, img2label_paths([str(image) for image in images]))):
         truths[image] = read_yolo(label, *image_size(image), classes) if label.exists() else ([], [])
     return images, truths
+
+
+def listed_images(listing):
+    """An ultralytics image list (e.g. prepare_data.py's fewshot.txt): one image a line, './' ones from
+    the list's folder and other relative ones from the working folder, as ultralytics reads it -> the
+    images, in order, each once; InputError naming the line of one that is not there."""
+    images = {}
+    try:
+        lines = Path(listing).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{listing}: not a readable list of images ({error})")
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if name:
+            image = Path(listing).parent / name[2:] if name.startswith("./") else Path(name)
+            if not image.is_file():
+                raise InputError(f"{listing}:{number}: {name}: no such image")
+            images[image] = None
+    if not images:
+        raise InputError(f"{listing}: lists no images")
+    return list(images)
 
 
 def best_f1_threshold(predictions, truths, iou=0.5):
@@ -425,6 +482,243 @@ def fit_text(text, font, width):
         middle = len(text) // 2
         text = text[:middle - 1] + "…" + text[middle + 1:]
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# propose --open_vocabulary: a zero-shot detector asked for each class by its query
+# ---------------------------------------------------------------------------------------------
+def proposals_from_open_vocabulary(args, images):
+    """{image: (boxes, class ids, scores)} from --open_vocabulary, asked for class k by --queries' k-th
+    (default: the class names), at the chosen confidence; what chose it (with the model, its family and
+    the queries), the model's name with its family, and the classes (--classes, else --calibrate_data's
+    names, else DEFAULT_CLASSES)."""
+    classes = args.classes or (read_class_names(args.calibrate_data) if args.calibrate_data else DEFAULT_CLASSES)
+    queries = args.queries or classes
+    if len(queries) != len(classes):
+        raise InputError(f"--queries {','.join(queries)}: {len(queries)} queries for {len(classes)} classes "
+                         f"({','.join(classes)}); give one query per class, in the order of --classes")
+    model, processor = load_open_vocabulary(args.open_vocabulary, torch_device(args.device))
+    family = FAMILIES[model.config.model_type]
+    folder = Path(args.open_vocabulary).is_dir()
+    meta = {"model": str(Path(args.open_vocabulary).resolve()) if folder else args.open_vocabulary,
+            "family": family, "queries": queries, "iou": args.iou}
+    find = functools.partial(detect_open_vocabulary, model, processor, queries=queries, iou=args.iou)
+    meta.update(choose_threshold(find, classes, args, images))
+    shown = Path(args.open_vocabulary).resolve().name if folder else args.open_vocabulary
+    return above_threshold(find(images), meta["conf"]), meta, f"{shown} ({family})", classes
+
+
+def torch_device(device):
+    """--device for a transformers model: none -> cpu, 0 -> cuda:0 (as ultralytics reads it), else as given."""
+    import torch
+    name = "cpu" if device is None else f"cuda:{device}" if str(device).isdigit() else device
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device torch knows (e.g. cpu, 0, cuda, cuda:1)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device here; leave --device out to run on the CPU")
+    return name
+
+
+def load_open_vocabulary(name, device):
+    """--open_vocabulary NAME -> (model, processor): a zero-shot detector of a family in FAMILIES, in fp32
+    and eval mode on device; NAME a hub id or a local folder (load_zero_shot_detector), or one of
+    TINY_RANDOM_MODELS (tiny_random_detector)."""
+    if name in TINY_RANDOM_MODELS:
+        model, processor = tiny_random_detector(name)
+        print(f"{name}: a tiny untrained {FAMILIES[model.config.model_type]} model; its boxes are noise "
+              f"(plumbing only)")
+    else:
+        model, processor = load_zero_shot_detector(name)
+    return model.to(device).eval(), processor
+
+
+def load_zero_shot_detector(name):
+    """A hub id or a folder save_pretrained wrote -> (model in fp32, processor), the family read from its
+    config's model_type first; InputError, in one line naming it, when it cannot be had or loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
+    path, ways = Path(name), f"give a hub id, a folder save_pretrained wrote, or {' or '.join(TINY_RANDOM_MODELS)}"
+    if path.exists() and not (path / "config.json").is_file():
+        raise InputError(f"--open_vocabulary {name}: not a model folder (no config.json); {ways}")
+    if not path.exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise InputError(f"--open_vocabulary {name}: no such folder, and not a hub id (owner/name); {ways}")
+    try:
+        family = AutoConfig.from_pretrained(name).model_type
+        if family not in FAMILIES:
+            raise InputError(f"--open_vocabulary {name}: a {family!r} model; open-vocabulary proposals take "
+                             f"{' or '.join(FAMILIES.values())} ({', '.join(FAMILIES)})")
+        return (AutoModelForZeroShotObjectDetection.from_pretrained(name, dtype=torch.float32),
+                AutoProcessor.from_pretrained(name))
+    except (OSError, ValueError, KeyError) as error:  # not found, no network, a broken or unknown config
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise InputError(f"--open_vocabulary {name}: cannot load it ({type(error).__name__}: {first})")
+
+
+def detect_open_vocabulary(model, processor, images, queries, iou):
+    """{image path: (boxes in pixels, class ids, scores)} from a zero-shot detector asked for the queries
+    (class k: queries[k]), an image at a time: a box's class is its best query, at score >= SCORE_FLOOR,
+    NMS per class at iou, the MAX_DETECTIONS best an image (as detect())."""
+    import torch
+    family = model.config.model_type
+    groups = query_tokens(processor, family, queries, model.config)
+    prompt = list(queries) if family == "owlv2" else grounding_text(queries)
+    found = {}
+    for path in progress(images, "detecting"):
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            outputs = model(**inputs)
+        probabilities = torch.sigmoid(outputs.logits[0])  # per box: per query (OWLv2), per token (Grounding DINO)
+        scores = probabilities if groups is None else torch.stack(
+            [probabilities[:, group].max(dim=1).values for group in groups], dim=1)
+        boxes = pixel_boxes(outputs.pred_boxes[0], image.width, image.height, family)
+        found[path] = best_boxes(boxes, scores, iou, image.width, image.height)
+    return found
+
+
+def grounding_text(queries):
+    """Grounding DINO's one text for all queries, as its processor writes a list of them: 'q0. q1.'."""
+    return ". ".join(query.strip().lower() for query in queries) + "."
+
+
+def query_tokens(processor, family, queries, config):
+    """Checks that the model reads every query whole -> for Grounding DINO, the token positions of each
+    query in grounding_text, split where the model splits it (at [CLS], [SEP], '.', '?' and padding);
+    for OWLv2, which reads a text per query, None."""
+    tokenizer = processor.tokenizer
+    if family == "owlv2":
+        for query in queries:
+            length = len(tokenizer(query, verbose=False)["input_ids"])  # no warning of its own: ours follows
+            if length > tokenizer.model_max_length:
+                raise InputError(f"--queries {query!r}: {length} tokens, more than the {tokenizer.model_max_length} "
+                                 f"this OWLv2 model reads; shorten it")
+        return None
+    if any(mark in query for query in queries for mark in ".?"):
+        raise InputError(f"--queries {','.join(queries)}: Grounding DINO splits its text at '.' and '?': no query "
+                         f"may hold one")
+    ids = tokenizer(grounding_text(queries), verbose=False)["input_ids"]
+    if len(ids) > config.max_text_len:
+        raise InputError(f"--queries {','.join(queries)}: {len(ids)} tokens, more than the {config.max_text_len} "
+                         f"this Grounding DINO model reads; shorten them")
+    delimiters = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                  *tokenizer.convert_tokens_to_ids([".", "?"])}
+    groups, group = [], []
+    for position, token in enumerate(ids + [tokenizer.sep_token_id]):
+        if token not in delimiters:
+            group.append(position)
+        elif group:
+            groups.append(group)
+            group = []
+    if len(groups) != len(queries):  # e.g. a query of characters the tokenizer drops
+        raise InputError(f"--queries {','.join(queries)}: Grounding DINO reads {len(groups)} queries in "
+                         f"{grounding_text(queries)!r}, not {len(queries)}: give each a word it can read")
+    return groups
+
+
+def pixel_boxes(pred_boxes, width, height, family):
+    """A model's boxes (centre x, centre y, width, height, in 0..1) -> (x1, y1, x2, y2) in pixels of the
+    width x height image. OWLv2 sees the image padded to a square at its right or bottom, so its unit is
+    the longer side; Grounding DINO's (with one image a batch, no padding) is the image's."""
+    import torch
+    scale_x, scale_y = (max(width, height),) * 2 if family == "owlv2" else (width, height)
+    cx, cy, w, h = pred_boxes.unbind(-1)
+    return torch.stack([(cx - w / 2) * scale_x, (cy - h / 2) * scale_y, (cx + w / 2) * scale_x,
+                        (cy + h / 2) * scale_y], dim=-1)
+
+
+def best_boxes(boxes, scores, iou, width, height):
+    """Boxes in pixels and their scores per class (boxes x classes) -> (boxes, class ids, scores) lists:
+    each box as its best class, clipped to the image; those under SCORE_FLOOR or with no area left
+    dropped, NMS per class at iou, the MAX_DETECTIONS best, best first."""
+    from torchvision.ops import batched_nms
+    score, ids = scores.max(dim=1)
+    boxes = boxes.clamp(min=0).minimum(boxes.new_tensor([width, height, width, height]))
+    keep = (score >= SCORE_FLOOR) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, score, ids = boxes[keep], score[keep], ids[keep]
+    order = batched_nms(boxes, score, ids, iou)[:MAX_DETECTIONS]
+    return boxes[order].tolist(), ids[order].tolist(), score[order].tolist()
+
+
+def tiny_random_detector(name, seed=0):
+    """One of TINY_RANDOM_MODELS -> (model, processor): a tiny zero-shot detector with random weights, a
+    tokenizer built here (no download), for a 64 px input; the same weights for a seed, whatever the
+    caller's random state. Its boxes are noise: for smoke runs and tests only."""
+    import torch
+    build = {"tiny-random-owlv2": tiny_random_owlv2, "tiny-random-grounding-dino": tiny_random_grounding_dino}[name]
+    with tempfile.TemporaryDirectory(prefix="genfusion_tokenizer_") as folder, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(Path(folder))
+
+
+def tiny_random_owlv2(folder):
+    """A 2-layer OWLv2 at 64 px, patches of 8 (64 boxes), with a byte-level CLIP tokenizer written in
+    folder. Its box head's last layer is zero, so its boxes are OWLv2's prior, one on each patch, rather
+    than the one saturated box a random head gives."""
+    import torch
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+    vocab = clip_byte_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32,
+                              pad_token="!")  # OWLv2's own pads with '!'
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 32, "pad_token_id": vocab["!"],
+            "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"]}
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 64, "patch_size": 8}
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    torch.nn.init.zeros_(model.box_head.dense2.weight)
+    torch.nn.init.zeros_(model.box_head.dense2.bias)
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
+                               tokenizer=tokenizer)
+    return model, processor
+
+
+def tiny_random_grounding_dino(folder):
+    """A Grounding DINO with a tiny Swin backbone (4 stages of 1 layer, random like the rest: transformers
+    5 builds it from backbone_config, no timm, nothing pretrained), a 1-layer BERT, d_model 32 and 20
+    queries, at 64 px (shorter side), with a per-character BERT tokenizer written in folder. Patches of 2
+    px leave its extra, smallest feature map 2 x 2 px: at 1 x 1, GroupNorm has one value a group and fails."""
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+    vocab = bert_character_vocab()
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab))
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    backbone = SwinConfig(image_size=64, patch_size=2, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=4, out_indices=[2, 3, 4])
+    text = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=64)
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                                 decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                 encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=20, num_feature_levels=4,
+                                 encoder_n_points=2, decoder_n_points=2, max_text_len=64)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
+    return (GroundingDinoForObjectDetection(config),
+            GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer))
+
+
+def clip_byte_vocab():
+    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges:
+    enough for a tokenizer that accepts any text, with no download."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def bert_character_vocab():
+    """A BERT WordPiece vocabulary of single characters (a-z, 0-9, each also as a '##' continuation, and
+    punctuation), its special tokens where bert-base-uncased has them: Grounding DINO splits its text
+    at the ids of [CLS] 101, [SEP] 102, '.' 1012 and '?' 1029."""
+    characters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    tokens = ["[PAD]"] + [f"[unused{k}]" for k in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += [*characters, *(f"##{c}" for c in characters), *(c for c in "!\"#$%&'()*+,-/:;<=>@[\\]^_`{|}~")]
+    for token, position in ((".", 1012), ("?", 1029)):
+        tokens += [f"[unused{k}]" for k in range(len(tokens), position)] + [token]
+    return tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,6 +1278,15 @@ def check_class_names(names, where):
     return names
 
 
+def query_list(text):
+    """--queries 'a green apple,a red apple' -> ['a green apple', 'a red apple'] (an argparse type: none
+    empty)."""
+    queries = [query.strip() for query in text.split(",")]
+    if not all(queries):
+        raise argparse.ArgumentTypeError(f"{text!r}: query {queries.index('') + 1} is empty")
+    return queries
+
+
 def class_list(text):
     """--classes 'green_apple,red_apple' -> ['green_apple', 'red_apple'] (an argparse type: checked
     by check_class_names)."""
@@ -1020,29 +1323,46 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = commands.add_parser(
         "propose", help="boxes from a detector, in YOLO, Label Studio and COCO form", formatter_class=HelpFormatter,
-        description="A detector (or existing YOLO labels) proposes boxes on the images: OUT/labels/, OUT/data.yaml,\n"
+        description="A detector (a trained one, or an open-vocabulary one asked for the classes by name, or\n"
+                    "existing YOLO labels) proposes boxes on the images: OUT/labels/, OUT/data.yaml,\n"
                     "OUT/proposals.csv, OUT/label_studio_tasks.json and _config.xml, OUT/coco_predictions.json,\n"
                     "OUT/preview/sheet_NNN.png (contact sheets with the boxes drawn), OUT/proposals.json.",
         epilog="examples:\n"
                "  python propose_boxes.py propose --weights DET/baseline/yolov8n/seed0/weights/best.pt \\\n"
                "      --images GEN/images --output_dir PROP --calibrate_data DATA/real.yaml\n"
+               "  # no trained detector: OWLv2 asked for each class, calibrated on the instance photos\n"
+               "  python propose_boxes.py propose --open_vocabulary --classes green_apple,red_apple \\\n"
+               "      --queries 'a green apple,a red apple' --images GEN/images --output_dir PROP \\\n"
+               "      --calibrate_data DATA/fewshot.yaml --calibrate_split train\n"
                "  python propose_boxes.py propose --labels DEC/labels --images GEN/images --output_dir PROP\n")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", metavar="BEST.pt", help="the baseline detector (train_detectors.py's best.pt)")
+    source.add_argument("--open_vocabulary", nargs="?", const=OPEN_VOCABULARY_DEFAULT, metavar="MODEL",
+                        help=f"no trained detector: a zero-shot one (OWLv2 or Grounding DINO: a hub id or a local "
+                             f"folder; {' or '.join(TINY_RANDOM_MODELS)}: tiny untrained ones, for smoke runs) asked "
+                             f"for --classes by --queries; without MODEL, {OPEN_VOCABULARY_DEFAULT}")
     source.add_argument("--labels", metavar="DIR", help="no detector: make the tasks from these YOLO labels, one "
                         "<stem>.txt per image (e.g. annotation_channel.py decode's labels/, or another tool's)")
-    p.add_argument("--classes", type=class_list, metavar="A,B", help="with --labels: the names of its class ids "
-                   "0, 1, ... (default: one class, apple); a detector has its own (model.names)")
+    p.add_argument("--classes", type=class_list, metavar="A,B", help="with --labels and --open_vocabulary: the "
+                   "names of the class ids 0, 1, ... (default: --open_vocabulary: --calibrate_data's names; else one class, "
+                   "apple); a detector has its own (model.names)")
+    p.add_argument("--queries", type=query_list, metavar="'Q1,Q2'", help="with --open_vocabulary: what to look for, "
+                   "one text per class, in class order, e.g. 'a green apple,a red apple' (default: the class names)")
     p.add_argument("--images", required=True, metavar="DIR", help="the generated images")
     p.add_argument("--output_dir", required=True, metavar="OUT", help="where the proposals go (see above)")
     threshold = p.add_mutually_exclusive_group()
     threshold.add_argument("--conf", type=float, default=0.25, help="confidence threshold of a proposal")
     threshold.add_argument("--calibrate_data", metavar="REAL.yaml",
-                           help="a data YAML with the detector's classes: pick the threshold with the best F1 on "
-                                "its val split")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU, as in the paper")
-    p.add_argument("--imgsz", type=int, default=768, help="the detector's image size")
-    p.add_argument("--device", default=None, help="e.g. 0 or cpu (default: ultralytics' choice)")
+                           help="a data YAML with the detector's classes (--open_vocabulary: --classes): pick "
+                                "the threshold with the best F1 on its --calibrate_split split")
+    p.add_argument("--calibrate_split", choices=("val", "train"), default="val",
+                   help="the split of --calibrate_data to calibrate on: train for prepare_data.py's fewshot.yaml "
+                        "(the instance photos, when there is no other labelled photo)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU (per class), as in the paper")
+    p.add_argument("--imgsz", type=int, default=768, help="the detector's image size (--weights; an open-vocabulary "
+                   "model's processor sizes its own input)")
+    p.add_argument("--device", default=None, help="e.g. 0, cuda or cpu (default: ultralytics' choice; with "
+                   "--open_vocabulary, cpu)")
     p.add_argument("--image_url_prefix", default="/data/local-files/?d=",
                    help="put before each image's absolute path (without its leading /) in the Label Studio "
                         "tasks: Label Studio's local files with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/")
@@ -1074,7 +1394,12 @@ def main(argv=None):
     if args.command == "propose" and args.labels and args.calibrate_data:
         parser.error("--calibrate_data picks a detector's threshold: not with --labels")
     if args.command == "propose" and args.weights and args.classes:
-        parser.error("--classes names the classes of --labels: a detector has its own (model.names)")
+        parser.error("--classes names the classes of --labels and --open_vocabulary: a detector has its own "
+                     "(model.names)")
+    if args.command == "propose" and args.queries and not args.open_vocabulary:
+        parser.error("--queries are what an open-vocabulary model looks for: only with --open_vocabulary")
+    if args.command == "propose" and args.calibrate_split != "val" and not args.calibrate_data:
+        parser.error("--calibrate_split chooses the split of --calibrate_data: give that too")
     if args.command == "propose" and (args.preview_per_sheet < 1 or args.preview_cell < 32):
         parser.error("--preview_per_sheet must be at least 1 and --preview_cell at least 32 px")
     try:

@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import functools
 import io
 import json
 import shutil
@@ -570,14 +571,15 @@ def test_calibration_matches_a_detection_to_a_true_box_of_its_class(tmp_path, ca
                                                                  "names": {0: "red_apple", 1: "green_apple"}}))
     box = [15, 10, 35, 30]
     detector = StubDetector([box + [0, 0.9], box + [1, 0.5]])  # called red at 0.9, green at 0.5
-    args = SimpleNamespace(calibrate_data=str(tmp_path / "data" / "real.yaml"), weights="stub.pt", imgsz=128,
-                           iou=0.45, device=None)
+    args = SimpleNamespace(calibrate_data=str(tmp_path / "data" / "real.yaml"), calibrate_split="val",
+                           weights="stub.pt", open_vocabulary=None)
     images = sorted((tmp_path / "data" / "val" / "images").iterdir())
-    meta = pb.calibrate(detector, TWO_CLASSES, args, images)
+    find = functools.partial(pb.detect, detector, imgsz=128, iou=0.45, device=None)
+    meta = pb.calibrate(find, TWO_CLASSES, args, images)
     assert meta["conf"] == 0.5 and "best F1 (0.667)" in meta["chosen_by"]  # class-blind, 0.9 would score 1.0
     with pytest.raises(pb.InputError, match=r"names the classes \['red_apple', 'green_apple'\], but the detector "
                                             r"stub.pt detects \['apple'\]"):
-        pb.calibrate(detector, ["apple"], args, images)
+        pb.calibrate(find, ["apple"], args, images)
 
 
 def test_a_detector_brings_its_own_classes(tiny_detector, proposals, orchard_prepared, tmp_path, capsys):
