@@ -25,19 +25,31 @@
            The paper's Figure 21 as a number: how much brighter red and green are on each dot
            (decoded from blue, or at the label centres) than in a 2-px ring around it, per image
            and overall; OUT/leakage.csv and OUT/leakage.png (a histogram).
-  filter   --images DIR --output_dir OUT [--reference DIR]
-           The paper's recipe against off-domain generations: PCA to 50 dimensions, t-SNE to 2,
-           KMeans with 3 clusters, keep the largest cluster (it also drops in-domain images that
-           happen to form the smaller clusters). With --reference (e.g. the real instance photos)
-           the images near the references in PCA space are kept instead. OUT/kept/ and
-           OUT/rejected/ (links or copies; the input folder is untouched), OUT/filter.csv (file,
-           cluster, kept), OUT/filter.png (the t-SNE map: dots coloured by cluster, kept ones circled
+  filter   --images DIR --output_dir OUT [--method tsne|clip] [--reference DIR]
+           Against off-domain generations. OUT/kept/ and OUT/rejected/ (links or copies; the input
+           folder is untouched), OUT/filter.csv and OUT/filter.png (a t-SNE map: kept images circled
            in green, rejected ones crossed in red, thumbnails framed likewise, reference photos as
            black stars).
+           --method tsne (the default), the paper's recipe: PCA to 50 dimensions, t-SNE to 2, KMeans
+           with 3 clusters, keep the largest cluster (it also drops in-domain images that happen to
+           form the smaller clusters). With --reference (e.g. the real instance photos) the images
+           near the references in PCA space are kept instead. filter.csv: file, cluster, kept; the
+           map's dots are coloured by cluster.
+           --method clip --reference DIR: CLIP (--clip_model, a hub id or local folder; fp32) scores
+           each image by the mean cosine similarity of its image embedding to its --top_k (3) most
+           similar reference photos, plus --prompt_weight times its similarity to --prompt when
+           given. The threshold comes from the references themselves: each is scored the same way
+           against the others (leave-one-out, so none meets itself), and the --keep_quantile (0: the
+           lowest) of those scores is the threshold; --threshold sets it instead. An image is kept
+           when its score is at least the threshold. filter.csv: file, score, kept; OUT/filter.json:
+           the threshold, how it was chosen and each reference's leave-one-out score; the map is a
+           t-SNE of the CLIP embeddings, dots coloured by score, the threshold on the colour bar.
+           '--clip_model tiny-random-clip' builds a tiny untrained CLIP (plumbing and tests only).
 Progress bars appear on stderr when it is a terminal.
 """
 import argparse
 import csv
+import json
 import os
 import shutil
 import sys
@@ -61,6 +73,13 @@ CLUSTER_COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f
 THUMBNAILS_PER_GROUP = 2  # on the filter map, per cluster and decision (kept or rejected)
 THUMBNAIL_PX = 64
 THUMBNAIL_OFFSET = 18  # points between a dot and its thumbnail, towards the middle of the map
+CLIP_MODEL = "openai/clip-vit-base-patch32"
+TINY_RANDOM_CLIP = "tiny-random-clip"
+SCORE_COLOURS = "cividis"  # the clip map's dots, coloured by score: blue to yellow, no green or red
+CLIP_THUMBNAILS = 4  # on the clip map, per decision
+METHOD_FLAGS = {"tsne": ("clusters", "pca_dims"),  # filter's flags that only one --method reads
+                "clip": ("clip_model", "prompt", "prompt_weight", "top_k", "keep_quantile", "threshold", "device",
+                         "batch_size")}
 LEAKAGE_AXIS = "leakage per image: mean red/green on the dots minus the ring around them (pixel values 0..255)"
 
 
@@ -278,7 +297,11 @@ def leakage_figure(values):
 # filter: PCA -> t-SNE -> KMeans against off-domain images
 # ---------------------------------------------------------------------------------------------
 def run_filter(args):
-    """filter: OUT/kept/, OUT/rejected/, OUT/filter.csv and OUT/filter.png -> the filter.csv rows."""
+    """filter: OUT/kept/, OUT/rejected/, OUT/filter.csv and OUT/filter.png (--method clip: also
+    OUT/filter.json) -> the filter.csv rows."""
+    check_method_flags(args)
+    if args.method == "clip":
+        return run_clip_filter(args)
     images = list_images(args.images)
     references = list_images(args.reference) if args.reference else []
     if args.clusters < 2 or args.pca_dims < 2:
@@ -292,19 +315,34 @@ def run_filter(args):
     reference_features = image_features(progress(references, "reading reference photos")) if references else None
     image_map, reference_map, labels, kept = cluster_filter(features, reference_features, args.pca_dims,
                                                             args.clusters, args.seed)
-    for folder in ("kept", "rejected"):
-        shutil.rmtree(out / folder, ignore_errors=True)
-        (out / folder).mkdir(parents=True)
-    rows = []
-    for path, cluster, keep in zip(images, labels, kept):
-        link_or_copy(path, out / ("kept" if keep else "rejected") / path.name)
-        rows.append({"file": path.name, "cluster": int(cluster), "kept": "yes" if keep else "no"})
+    sort_into_folders(out, images, kept)
+    rows = [{"file": path.name, "cluster": int(cluster), "kept": "yes" if keep else "no"}
+            for path, cluster, keep in zip(images, labels, kept)]
     write_csv(out / "filter.csv", ["file", "cluster", "kept"], rows)
     save_figure(filter_figure(image_map, reference_map, labels, kept, images), out / "filter.png")
     rejected = sum(r["kept"] == "no" for r in rows)
     print(f"kept {len(rows) - rejected}, rejected {rejected} of {len(rows)} images "
           f"({'near the reference photos' if references else 'the largest cluster'}) -> {out}")
     return rows
+
+
+def check_method_flags(args):
+    """InputError when a flag that only the other --method reads is given a value of its own: it
+    would do nothing."""
+    other = "clip" if args.method == "tsne" else "tsne"
+    given = [f"--{flag}" for flag in METHOD_FLAGS[other] if getattr(args, flag) != args.method_defaults[flag]]
+    if given:
+        raise InputError(f"{', '.join(given)}: only --method {other} reads {'it' if len(given) == 1 else 'them'}, "
+                         f"and this is --method {args.method}")
+
+
+def sort_into_folders(out, images, kept):
+    """OUT/kept/ and OUT/rejected/ made afresh, each image linked (or copied) into one of them."""
+    for folder in ("kept", "rejected"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+        (out / folder).mkdir(parents=True)
+    for path, keep in zip(images, kept):
+        link_or_copy(path, out / ("kept" if keep else "rejected") / path.name)
 
 
 def image_features(paths):
@@ -357,7 +395,6 @@ def filter_figure(image_map, reference_map, labels, kept, paths):
     inside the axes, the reference photos as black stars, and the legend outside the axes, so that
     nothing covers the title or the legend. -> the matplotlib figure."""
     from matplotlib.lines import Line2D
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     figure, axis = pyplot().subplots(figsize=(11, 7), layout="constrained")
     handles = []
@@ -369,35 +406,97 @@ def filter_figure(image_map, reference_map, labels, kept, paths):
                          edgecolors=edge, linewidths=1.8, zorder=3)
         handles.append(Line2D([], [], linestyle="", marker="s", markersize=10, color=colour,
                               label=f"cluster {cluster}: {np.sum(labels == cluster)} images"))
-    handles += [Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="white",
-                       markeredgecolor=KEPT_COLOUR, markeredgewidth=2, label=f"kept: {kept.sum()}"),
-                Line2D([], [], linestyle="", marker="X", markersize=10, markerfacecolor="white",
-                       markeredgecolor=REJECTED_COLOUR, markeredgewidth=2, label=f"rejected: {(~kept).sum()}")]
-    if len(reference_map):
-        axis.scatter(reference_map[:, 0], reference_map[:, 1], s=220, marker="*", color="black",
-                     edgecolors="white", linewidths=0.8, zorder=4)
-        handles.append(Line2D([], [], linestyle="", marker="*", markersize=15, color="black",
-                              label=f"reference photos: {len(reference_map)}"))
+    handles += decision_handles(kept) + reference_stars(axis, reference_map)
+    add_thumbnails(axis, image_map, kept, paths, thumbnail_choice(image_map, labels, kept))
+    rule = (f"near the {len(reference_map)} reference photos" if len(reference_map)
+            else f"the largest of {len(np.unique(labels))} KMeans clusters")
+    finish_map(axis, handles, "dot colour: cluster\nedge: decision",
+               "t-SNE map: images that look alike lie close together (the axes have no units)",
+               f"filter: {kept.sum()} of {len(kept)} images kept ({rule}), {(~kept).sum()} rejected")
+    return figure
+
+
+def clip_filter_figure(image_map, reference_map, scores, reference_scores, threshold, rule, kept, paths, title):
+    """filter.png for --method clip: the t-SNE map of the CLIP embeddings, a dot per image coloured
+    by its score (kept: a circle with a green edge; rejected: a cross with a red edge), thumbnails
+    with their score framed likewise, the reference photos as black stars; below it the colour bar
+    with the threshold as a black line and the references' leave-one-out scores as stars on it.
+    -> the matplotlib figure."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    figure, axis = pyplot().subplots(figsize=(11, 7.5), layout="constrained")
+    every = np.concatenate([scores, reference_scores, [threshold]])
+    pad = 0.02 * (every.max() - every.min()) + 1e-6  # so that no star is cut at the bar's ends
+    norm = Normalize(every.min() - pad, every.max() + pad)
+    for decision, marker, edge in ((True, "o", KEPT_COLOUR), (False, "X", REJECTED_COLOUR)):
+        members = kept == decision
+        axis.scatter(image_map[members, 0], image_map[members, 1], c=scores[members], cmap=SCORE_COLOURS, norm=norm,
+                     s=70, marker=marker, edgecolors=edge, linewidths=1.8, zorder=3)
+    bar = figure.colorbar(ScalarMappable(norm, SCORE_COLOURS), ax=axis, location="bottom", shrink=0.7, aspect=45,
+                          label=f"CLIP score (dot colour). Black line: the threshold, {threshold:.3f}, {rule}.\n"
+                                f"Stars: each reference photo's score against the other references (leave-one-out).")
+    bar.ax.scatter(reference_scores, np.full(len(reference_scores), 0.5), s=60, marker="*", color="black",
+                   edgecolors="white", linewidths=0.5, zorder=3)
+    bar.ax.axvline(threshold, ymin=-0.35, ymax=1.35, color="black", linewidth=3, zorder=4, clip_on=False)
+    handles = decision_handles(kept) + reference_stars(axis, reference_map)
+    chosen = clip_thumbnail_choice(image_map, kept)
+    add_thumbnails(axis, image_map, kept, paths, chosen, [f"{scores[i]:.3f}" for i in chosen])
+    finish_map(axis, handles, "dot colour: score\nedge: decision",
+               "t-SNE map of the CLIP image embeddings: images that look alike lie close together (the axes "
+               "have no units)", title)
+    return figure
+
+
+def decision_handles(kept):
+    """The legend's two entries for the decision: kept (a green circle) and rejected (a red cross)."""
+    from matplotlib.lines import Line2D
+    return [Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="white",
+                   markeredgecolor=KEPT_COLOUR, markeredgewidth=2, label=f"kept: {kept.sum()}"),
+            Line2D([], [], linestyle="", marker="X", markersize=10, markerfacecolor="white",
+                   markeredgecolor=REJECTED_COLOUR, markeredgewidth=2, label=f"rejected: {(~kept).sum()}")]
+
+
+def reference_stars(axis, reference_map):
+    """The reference photos as black stars on the map -> their legend entry (none without them)."""
+    from matplotlib.lines import Line2D
+    if not len(reference_map):
+        return []
+    axis.scatter(reference_map[:, 0], reference_map[:, 1], s=220, marker="*", color="black",
+                 edgecolors="white", linewidths=0.8, zorder=4)
+    return [Line2D([], [], linestyle="", marker="*", markersize=15, color="black",
+                   label=f"reference photos: {len(reference_map)}")]
+
+
+def add_thumbnails(axis, image_map, kept, paths, chosen, captions=None):
+    """The chosen images as thumbnails beside their dot, towards the middle of the map (so they stay
+    inside the axes), framed green (kept) or red (rejected), each with its caption below when given."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage, TextArea, VPacker
+
     axis.margins(0.06)
     middle = (np.mean(axis.get_xlim()), np.mean(axis.get_ylim()))
-    for index in thumbnail_choice(image_map, labels, kept):
+    for n, index in enumerate(chosen):
         offset, alignment = towards_middle(image_map[index], middle)
         frame = KEPT_COLOUR if kept[index] else REJECTED_COLOUR
         thumbnail = Image.fromarray(read_rgb(paths[index]))
         thumbnail.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        axis.add_artist(AnnotationBbox(OffsetImage(np.asarray(thumbnail)), image_map[index], xybox=offset,
-                                       boxcoords="offset points", box_alignment=alignment, pad=0.15, zorder=2,
+        box = OffsetImage(np.asarray(thumbnail))
+        if captions:
+            box = VPacker(children=[box, TextArea(captions[n], textprops={"fontsize": 8})], align="center", pad=0,
+                          sep=1)
+        axis.add_artist(AnnotationBbox(box, image_map[index], xybox=offset, boxcoords="offset points",
+                                       box_alignment=alignment, pad=0.15, zorder=2,
                                        bboxprops={"edgecolor": frame, "linewidth": 2.5},
                                        arrowprops={"arrowstyle": "-", "color": frame}))
-    axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
-                title="dot colour: cluster\nedge: decision")
+
+
+def finish_map(axis, handles, legend_title, xlabel, title):
+    """The map's legend outside the axes (so no thumbnail covers it), no ticks, its labels."""
+    axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, title=legend_title)
     axis.set_xticks([])
     axis.set_yticks([])
-    axis.set_xlabel("t-SNE map: images that look alike lie close together (the axes have no units)")
-    rule = (f"near the {len(reference_map)} reference photos" if len(reference_map)
-            else f"the largest of {len(np.unique(labels))} KMeans clusters")
-    axis.set_title(f"filter: {kept.sum()} of {len(kept)} images kept ({rule}), {(~kept).sum()} rejected")
-    return figure
+    axis.set_xlabel(xlabel)
+    axis.set_title(title)
 
 
 def thumbnail_choice(image_map, labels, kept):
@@ -412,12 +511,26 @@ def thumbnail_choice(image_map, labels, kept):
     return chosen
 
 
-def spread_out(points, count):
-    """Indices of up to `count` of the points, far apart: the one nearest their middle first, then
-    each time the one farthest from those taken (so that thumbnails overlap less)."""
-    chosen = [int(np.linalg.norm(points - points.mean(axis=0), axis=1).argmin())]
+def clip_thumbnail_choice(image_map, kept, count=CLIP_THUMBNAILS):
+    """The images the clip map shows as thumbnails: `count` spread-out rejected ones, then as many
+    kept ones, each far from those chosen before (a map has no clusters to spread them over)."""
+    chosen = []
+    for decision in (False, True):
+        members = np.where(kept == decision)[0]
+        if len(members):
+            chosen += members[spread_out(image_map[members], count, image_map[chosen])].tolist()
+    return chosen
+
+
+def spread_out(points, count, away_from=None):
+    """Indices of up to `count` of the points, far apart: the one nearest their middle first (given
+    away_from, points shown already, the one farthest from those), then each time the one farthest
+    from those taken (so that thumbnails overlap less)."""
+    away_from = points[:0] if away_from is None else np.asarray(away_from).reshape(-1, points.shape[1])
+    chosen = [] if len(away_from) else [int(np.linalg.norm(points - points.mean(axis=0), axis=1).argmin())]
     while len(chosen) < min(count, len(points)):
-        distance = np.linalg.norm(points[:, None] - points[chosen][None], axis=2).min(axis=1)
+        shown = np.vstack([points[chosen], away_from])
+        distance = np.linalg.norm(points[:, None] - shown[None], axis=2).min(axis=1)
         distance[chosen] = -1
         chosen.append(int(distance.argmax()))
     return chosen
@@ -429,6 +542,221 @@ def towards_middle(point, middle):
     right, up = point[0] <= middle[0], point[1] <= middle[1]
     offset = (THUMBNAIL_OFFSET if right else -THUMBNAIL_OFFSET, THUMBNAIL_OFFSET if up else -THUMBNAIL_OFFSET)
     return offset, (0 if right else 1, 0 if up else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# filter --method clip: CLIP similarity to the reference photos
+# ---------------------------------------------------------------------------------------------
+def run_clip_filter(args):
+    """filter --method clip: OUT/kept/, OUT/rejected/, OUT/filter.csv (file, score, kept),
+    OUT/filter.json (the threshold and its rule) and OUT/filter.png -> the filter.csv rows."""
+    references = check_clip_arguments(args)
+    images = list_images(args.images)
+    device = clip_device(args.device)
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, args.reference],
+                              written=("kept", "rejected"))
+    model, processor = load_clip(args.clip_model, device)
+    embeddings = clip_embeddings(model, processor, images, device, args.batch_size, "CLIP: images")
+    reference_embeddings = clip_embeddings(model, processor, references, device, args.batch_size,
+                                           "CLIP: reference photos")
+    text = clip_text_embedding(model, processor, args.prompt, device) if args.prompt is not None else None
+    scores, reference_scores, threshold, kept = clip_filter(embeddings, reference_embeddings, args.top_k,
+                                                            args.keep_quantile, args.threshold, text,
+                                                            args.prompt_weight)
+    rule = threshold_rule(args.threshold, args.keep_quantile, len(references))
+    sort_into_folders(out, images, kept)
+    rows = [{"file": path.name, "score": round(float(score), 6), "kept": "yes" if keep else "no"}
+            for path, score, keep in zip(images, scores, kept)]
+    write_csv(out / "filter.csv", ["file", "score", "kept"], rows)
+    write_json(out / "filter.json", {
+        "method": "clip", "clip_model": args.clip_model, "prompt": args.prompt,
+        "prompt_weight": args.prompt_weight if args.prompt is not None else None,
+        "top_k": min(args.top_k, len(references) - 1), "threshold": round(float(threshold), 6),
+        "threshold_rule": rule, "images": len(images), "kept": int(kept.sum()), "rejected": int((~kept).sum()),
+        "reference_scores": {p.name: round(float(s), 6) for p, s in zip(references, reference_scores)}})
+    image_map, reference_map = embedding_map(embeddings, reference_embeddings, args.seed)
+    title = (f"CLIP filter ({args.clip_model}): {kept.sum()} of {len(kept)} images kept (score at least "
+             f"{threshold:.3f}), {(~kept).sum()} rejected\nscore: mean similarity to the "
+             f"{min(args.top_k, len(references) - 1)} most similar of the {len(references)} reference photos"
+             + (f"\n+ {args.prompt_weight:g} x similarity to the prompt {args.prompt!r}" if args.prompt is not None
+                else ""))
+    save_figure(clip_filter_figure(image_map, reference_map, scores, reference_scores, threshold, rule, kept,
+                                   images, title), out / "filter.png")
+    print(f"kept {int(kept.sum())}, rejected {int((~kept).sum())} of {len(kept)} images (CLIP score at least "
+          f"{threshold:.4f}: {rule}) -> {out}")
+    return rows
+
+
+def check_clip_arguments(args):
+    """filter --method clip's flags, checked before any work -> the reference photos."""
+    if not args.reference:
+        raise InputError("--method clip needs --reference DIR, photos of the domain (e.g. prepare_data's "
+                         "instances/<group>/): it scores the images, and sets its threshold, against them")
+    references = list_images(args.reference)
+    if len(references) < 2:
+        raise InputError(f"--reference {args.reference}: 1 photo; the threshold needs at least 2 (each reference "
+                         f"is scored against the others)")
+    if args.top_k < 1 or args.batch_size < 1:
+        raise InputError(f"--top_k {args.top_k}, --batch_size {args.batch_size}: each must be at least 1")
+    if not 0 <= args.keep_quantile <= 1:
+        raise InputError(f"--keep_quantile {args.keep_quantile}: must lie within 0..1")
+    if not np.isfinite(args.prompt_weight) or (args.threshold is not None and not np.isfinite(args.threshold)):
+        raise InputError("--prompt_weight and --threshold must be finite numbers")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt: empty text; leave the flag out to score by the reference photos alone")
+    if args.clip_model.startswith(("/", ".", "~")) and not Path(args.clip_model).expanduser().is_dir():
+        raise InputError(f"--clip_model {args.clip_model}: no such folder (give a hub id, a local folder or "
+                         f"{TINY_RANDOM_CLIP})")
+    return references
+
+
+def similarity_scores(image_embeddings, reference_embeddings, top_k=3, leave_one_out=False):
+    """Each image's mean cosine similarity to its top_k most similar references. leave_one_out: the
+    images are the references themselves, each scored against the others only."""
+    similarity = unit_rows(image_embeddings) @ unit_rows(reference_embeddings).T
+    if leave_one_out:
+        np.fill_diagonal(similarity, -np.inf)
+    return -np.sort(-similarity, axis=1)[:, :top_k].mean(axis=1)
+
+
+def reference_threshold(reference_scores, keep_quantile=0.0):
+    """The threshold: the keep_quantile of the references' leave-one-out scores (0: the lowest)."""
+    return float(np.quantile(reference_scores, keep_quantile))
+
+
+def clip_filter(image_embeddings, reference_embeddings, top_k=3, keep_quantile=0.0, threshold=None,
+                text_embedding=None, prompt_weight=1.0):
+    """The CLIP filter -> (score of each image, leave-one-out score of each reference, threshold, kept).
+    An image's score is its mean cosine similarity to its top_k most similar references: the mean
+    over all of them would mark down an image that looks like one kind of reference photo (close-ups,
+    say) and not the others, and the single most similar one would let one odd reference carry an
+    image alone. With a text embedding, prompt_weight times the image-text cosine is added.
+    The threshold, unless given: each reference is scored like an image against the other references
+    (with top_k at most their number, for images too, so both scores mean the same), and the
+    keep_quantile of those scores is taken; 0, the lowest, keeps every image as like the references
+    as the least typical reference is to the rest. Kept: score >= threshold."""
+    top_k = min(top_k, len(reference_embeddings) - 1)
+    scores = similarity_scores(image_embeddings, reference_embeddings, top_k)
+    reference_scores = similarity_scores(reference_embeddings, reference_embeddings, top_k, leave_one_out=True)
+    if text_embedding is not None:
+        scores = scores + prompt_weight * (unit_rows(image_embeddings) @ unit_rows(text_embedding[None])[0])
+        reference_scores = reference_scores + prompt_weight * (unit_rows(reference_embeddings)
+                                                               @ unit_rows(text_embedding[None])[0])
+    if threshold is None:
+        threshold = reference_threshold(reference_scores, keep_quantile)
+    return scores, reference_scores, threshold, scores >= threshold
+
+
+def threshold_rule(threshold, keep_quantile, references):
+    """How the threshold was chosen, in words (for filter.json and the map's title)."""
+    if threshold is not None:
+        return "given by --threshold"
+    if keep_quantile == 0:
+        return f"the lowest leave-one-out score of the {references} reference photos"
+    return f"the {keep_quantile:g} quantile of the {references} reference photos' leave-one-out scores"
+
+
+def unit_rows(rows):
+    """Rows scaled to length 1, so that their dot products are cosines."""
+    rows = np.asarray(rows, np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def embedding_map(image_embeddings, reference_embeddings, seed=0):
+    """The clip map: a t-SNE of the images' and the references' CLIP embeddings together (t-SNE
+    cannot place points on a finished map) -> (2-D map of the images, of the references)."""
+    from sklearn.manifold import TSNE
+    both = np.vstack([unit_rows(image_embeddings), unit_rows(reference_embeddings)])
+    embedded = TSNE(n_components=2, perplexity=min(30.0, (len(both) - 1) / 3), random_state=seed,
+                    init="pca").fit_transform(both)
+    return embedded[:len(image_embeddings)], embedded[len(image_embeddings):]
+
+
+def clip_embeddings(model, processor, paths, device, batch_size=16, description="CLIP"):
+    """The CLIP image embeddings of the images at paths, batch by batch -> (n, d) float64 rows of
+    length 1."""
+    import torch
+    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    rows = []
+    with torch.inference_mode():
+        for batch in progress(batches, description, unit="batch"):
+            pixels = processor(images=[Image.fromarray(read_rgb(path)) for path in batch], return_tensors="pt")
+            features = model.get_image_features(pixel_values=pixels["pixel_values"].to(device, torch.float32))
+            rows.append(features.pooler_output.double().cpu().numpy())
+    return unit_rows(np.concatenate(rows))
+
+
+def clip_text_embedding(model, processor, prompt, device):
+    """The CLIP text embedding of the prompt -> a float64 vector of length 1."""
+    import torch
+    with torch.inference_mode():
+        tokens = processor(text=[prompt], padding=True, truncation=True, return_tensors="pt").to(device)
+        features = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    return unit_rows(features.pooler_output.double().cpu().numpy())[0]
+
+
+def clip_device(name):
+    """--device -> a torch.device: cpu, or a CUDA GPU that this machine has."""
+    import torch
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name}: not a device; give cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: give cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    return device
+
+
+def load_clip(name, device):
+    """(CLIPModel in fp32 on device, eval mode; CLIPProcessor): 'tiny-random-clip', built here, or a hub
+    id or local folder loaded with from_pretrained."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    if name == TINY_RANDOM_CLIP:
+        print(f"{TINY_RANDOM_CLIP}: a tiny untrained CLIP; its scores mean nothing (plumbing and tests only)")
+        model, processor = build_tiny_random_clip()
+    else:
+        try:  # dtype: transformers 5's name for torch_dtype; fp32, whatever the checkpoint was saved in
+            model = CLIPModel.from_pretrained(name, dtype=torch.float32)
+            processor = CLIPProcessor.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--clip_model {name}: could not load it ({' '.join(str(error).split())})")
+    return model.to(device).eval(), processor
+
+
+def build_tiny_random_clip(seed=0):
+    """A tiny CLIP with random weights (2-layer text and vision towers, 32-wide, 32 px images, the
+    byte-level CLIP tokenizer) and its processor -> (CLIPModel, CLIPProcessor). Plumbing only."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    vocab = clip_byte_vocab()
+    folder = Path(tempfile.mkdtemp(prefix="genfusion_tokenizer_"))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    shutil.rmtree(folder)
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    config = CLIPConfig(text_config={**tower, "vocab_size": len(vocab), "bos_token_id": vocab["<|startoftext|>"],
+                                     "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]},
+                        vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=32)
+    with torch.random.fork_rng():  # fixed weights for a seed, whatever the caller's random state
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def clip_byte_vocab():
+    """A CLIP BPE vocabulary with one token per byte (and per byte ending a word), no merges:
+    enough for a tokenizer that accepts any text, with no download."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +845,17 @@ def write_csv(path, fields, rows):
     os.replace(tmp, path)
 
 
+def write_atomic(path, text):
+    """path's new text, through a temporary file: a crash leaves the old file or the new one."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, document):
+    write_atomic(path, json.dumps(document, indent=1))
+
+
 def link_or_copy(source, target):
     target.unlink(missing_ok=True)
     try:
@@ -541,10 +880,10 @@ def save_figure(figure, path):
     os.replace(tmp, path)
 
 
-def progress(items, description):
+def progress(items, description, total=None, unit="image"):
     """items, with a progress bar on stderr while it is a terminal (where a person waits; logs and
     pipes get no bar, and an error stays one line)."""
-    return tqdm(items, desc=description, unit="image", leave=False, disable=None)
+    return tqdm(items, total=total, desc=description, unit=unit, leave=False, disable=None)
 
 
 def check_output_folder(path, flag, inputs=(), written=()):
@@ -585,7 +924,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def build_parser():
     """The command line: encode, decode, strip, leakage and filter."""
     parser = argparse.ArgumentParser(
-        description="Annotations in the blue channel (the paper's Appendix E), and the t-SNE filter.",
+        description="Annotations in the blue channel (the paper's Appendix E), and the filter of "
+                    "off-domain images (t-SNE or CLIP).",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
                "  python annotation_channel.py encode --images REAL/images --labels REAL/labels --output_dir ENC\n"
@@ -636,20 +976,21 @@ def build_parser():
                     help="take the dot positions from these YOLO labels instead of the blue channel")
     lk.add_argument("--output_dir", default=".", metavar="OUT", help="where leakage.csv and leakage.png go")
 
-    f = command("filter", "PCA -> t-SNE -> KMeans: drop off-domain images",
-                "The paper's recipe against off-domain generations: keep the largest KMeans cluster of the t-SNE\n"
-                "map, or with --reference the images near the reference photos. OUT/kept/, OUT/rejected/\n"
-                "(links or copies), OUT/filter.csv and OUT/filter.png (the map, kept green, rejected red).",
+    f = command("filter", "drop off-domain images: PCA -> t-SNE -> KMeans, or CLIP",
+                "Against off-domain generations. --method tsne, the paper's recipe: keep the largest KMeans\n"
+                "cluster of the t-SNE map, or with --reference the images near the reference photos.\n"
+                "--method clip --reference DIR: keep the images whose CLIP similarity to their --top_k most similar\n"
+                "reference photos (+ --prompt_weight x their similarity to --prompt) reaches a threshold: the\n"
+                "--keep_quantile of the references' own scores, each scored against the other references\n"
+                "(leave-one-out), or --threshold. OUT/kept/, OUT/rejected/ (links or copies), OUT/filter.csv,\n"
+                "OUT/filter.png (the t-SNE map, kept green, rejected red) and for clip OUT/filter.json (the\n"
+                "threshold and how it was chosen). '--clip_model tiny-random-clip': a tiny untrained CLIP\n"
+                "(plumbing only).",
                 ["--images GEN/images --output_dir FILTERED",
-                 "--images GEN/images --reference INSTANCES/green \\\n      --output_dir FILTERED"])
-    f.add_argument("--images", metavar="DIR", required=True, help="the images to filter (left untouched)")
-    f.add_argument("--output_dir", required=True, metavar="OUT",
-                   help="where kept/, rejected/, filter.csv and filter.png go")
-    f.add_argument("--reference", metavar="DIR", help="photos of the domain (e.g. the instance photos): keep the "
-                   "images near them instead of the largest cluster")
-    f.add_argument("--clusters", type=int, default=3, help="KMeans clusters, as in the paper")
-    f.add_argument("--pca_dims", type=int, default=50, help="PCA dimensions before t-SNE, as in the paper")
-    f.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and KMeans")
+                 "--images GEN/images --reference INSTANCES/green \\\n      --output_dir FILTERED",
+                 "--images GEN/images --method clip --reference INSTANCES/green \\\n"
+                 "      --prompt 'a tree with green apples' --output_dir FILTERED"])
+    add_filter_arguments(f)
 
     for sub in (p, d, lk):
         sub.add_argument("--dot_size", type=int, default=5, help="side of a dot in px")
@@ -658,6 +999,41 @@ def build_parser():
     for sub in (d, lk):
         sub.add_argument("--threshold", type=int, default=128, help="blue at or above this is annotation")
     return parser
+
+
+def add_filter_arguments(parser):
+    """The filter subcommand's flags; those that one --method reads alone (METHOD_FLAGS) say which."""
+    parser.add_argument("--images", metavar="DIR", required=True, help="the images to filter (left untouched)")
+    parser.add_argument("--output_dir", required=True, metavar="OUT",
+                        help="where kept/, rejected/, filter.csv, filter.png (and filter.json) go")
+    parser.add_argument("--method", choices=["tsne", "clip"], default="tsne",
+                        help="tsne: the paper's PCA -> t-SNE -> KMeans; clip: CLIP similarity to --reference")
+    parser.add_argument("--reference", metavar="DIR",
+                        help="photos of the domain (e.g. the instance photos); tsne: keep the images near them "
+                             "instead of the largest cluster; clip: required, the images are scored against them")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and KMeans; clip: of its t-SNE map")
+    parser.add_argument("--clusters", type=int, default=3, help="tsne: KMeans clusters, as in the paper")
+    parser.add_argument("--pca_dims", type=int, default=50, help="tsne: PCA dimensions before t-SNE, as in the paper")
+    parser.add_argument("--clip_model", default=CLIP_MODEL, metavar="ID_OR_DIR",
+                        help=f"clip: hub id or local folder of a CLIP model (loaded in fp32), or {TINY_RANDOM_CLIP} "
+                             f"(untrained, for plumbing only)")
+    parser.add_argument("--top_k", type=int, default=3,
+                        help="clip: an image's score is its mean similarity to this many most similar reference "
+                             "photos (at most their number less one)")
+    parser.add_argument("--prompt", help="clip: also score each image by its CLIP similarity to this text, e.g. "
+                                         "'a tree with apples' (default: no text)")
+    parser.add_argument("--prompt_weight", type=float, default=1.0,
+                        help="clip, with --prompt: the image-text similarity's weight in the score")
+    parser.add_argument("--keep_quantile", type=float, default=0.0,
+                        help="clip: the threshold is this quantile of the reference photos' leave-one-out scores; "
+                             "0: the lowest, so that an image as like the references as the least typical of them "
+                             "is kept")
+    parser.add_argument("--threshold", type=float,
+                        help="clip: keep the images scoring at least this (default: from --keep_quantile)")
+    parser.add_argument("--device", default="cpu", help="clip: where CLIP runs: cpu, cuda or cuda:N")
+    parser.add_argument("--batch_size", type=int, default=16, help="clip: images per CLIP batch")
+    parser.set_defaults(method_defaults={flag: parser.get_default(flag) for flags in METHOD_FLAGS.values()
+                                         for flag in flags})
 
 
 def main(argv=None):

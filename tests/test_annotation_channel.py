@@ -1,4 +1,6 @@
 import csv
+import json
+import shutil
 
 import cv2
 import numpy as np
@@ -327,3 +329,106 @@ def test_a_16_bit_photo_is_stripped_with_its_real_content(tmp_path, capsys):
     expected = np.round(grey16 / 257).astype(np.uint8)
     assert code == 0 and np.array_equal(stripped[:, :, 0], expected) and np.array_equal(stripped[:, :, 1], expected)
     assert (stripped[:, :, 2] == 0).all() and stripped.max() == 254
+
+
+def read_filter(folder):
+    with open(folder / "filter.csv", newline="") as handle:
+        rows = {r["file"]: r for r in csv.DictReader(handle)}
+    return rows, json.loads((folder / "filter.json").read_text())
+
+
+def clip_inputs(orchard_real, tmp_path):
+    """6 reference photos (val) and 8 images to filter (train), one of them a copy of a reference."""
+    references, images = tmp_path / "reference", tmp_path / "images"
+    references.mkdir(), images.mkdir()
+    for path in sorted((orchard_real / "val" / "images").glob("*.jpg"))[:6]:
+        Image.open(path).resize((96, 96)).save(references / f"{path.stem}.png")
+    for path in sorted((orchard_real / "train" / "images").glob("*.jpg"))[:7]:
+        Image.open(path).resize((96, 96)).save(images / f"{path.stem}.png")
+    shutil.copyfile(sorted(references.iterdir())[0], images / "copy_of_a_reference.png")
+    return references, images
+
+
+def test_clip_filter_threshold_is_the_quantile_of_the_references_leave_one_out_scores(orchard_real, tmp_path, capsys):
+    references, images = clip_inputs(orchard_real, tmp_path)
+    out = tmp_path / "out"
+    with threadpool_limits(1, user_api="openmp"):  # t-SNE's steps on 14 points would wait on a second thread
+        assert ac.main(["filter", "--method", "clip", "--clip_model", "tiny-random-clip", "--images", str(images),
+                        "--reference", str(references), "--keep_quantile", "0.25", "--prompt", "a tree with apples",
+                        "--prompt_weight", "0.5", "--output_dir", str(out)]) == 0
+    assert "untrained" in capsys.readouterr().out
+    rows, summary = read_filter(out)
+
+    model, processor = ac.build_tiny_random_clip()
+    reference_embeddings = ac.clip_embeddings(model, processor, sorted(references.iterdir()), "cpu")
+    image_embeddings = ac.clip_embeddings(model, processor, sorted(images.iterdir()), "cpu")
+    text = ac.clip_text_embedding(model, processor, "a tree with apples", "cpu")
+    cosine = reference_embeddings @ reference_embeddings.T
+    by_hand = [np.sort(np.delete(cosine[i], i))[::-1][:3].mean() + 0.5 * reference_embeddings[i] @ text
+               for i in range(6)]
+    assert summary["threshold"] == pytest.approx(np.quantile(by_hand, 0.25), abs=2e-6)
+    assert list(summary["reference_scores"].values()) == pytest.approx(by_hand, abs=2e-6)
+    loo = ac.similarity_scores(reference_embeddings, reference_embeddings, 3, leave_one_out=True)
+    assert ac.reference_threshold(loo + 0.5 * reference_embeddings @ text, 0.25) == pytest.approx(
+        np.quantile(by_hand, 0.25), abs=1e-9)
+    image_scores = np.sort(image_embeddings @ reference_embeddings.T, axis=1)[:, ::-1][:, :3].mean(axis=1)
+    assert [float(r["score"]) for r in rows.values()] == pytest.approx(image_scores + 0.5 * image_embeddings @ text,
+                                                                       abs=2e-6)
+
+    kept = sorted(p.name for p in (out / "kept").iterdir())
+    rejected = sorted(p.name for p in (out / "rejected").iterdir())
+    assert sorted(kept + rejected) == sorted(rows) == sorted(p.name for p in images.iterdir()) and len(rows) == 8
+    assert kept == sorted(name for name, r in rows.items() if r["kept"] == "yes")
+    assert all(float(rows[name]["score"]) >= summary["threshold"] for name in kept)
+    assert all(float(rows[name]["score"]) < summary["threshold"] for name in rejected)
+    assert kept and rejected
+    assert (summary["kept"], summary["rejected"], summary["top_k"]) == (len(kept), len(rejected), 3)
+    assert "0.25 quantile" in summary["threshold_rule"] and Image.open(out / "filter.png").size == (1100, 750)
+
+
+def test_clip_filter_keeps_the_references_themselves_and_a_copy_scores_one(orchard_real, tmp_path):
+    references, images = clip_inputs(orchard_real, tmp_path)
+    with threadpool_limits(1, user_api="openmp"):
+        assert ac.main(["filter", "--method", "clip", "--clip_model", "tiny-random-clip", "--images", str(references),
+                        "--reference", str(references), "--output_dir", str(tmp_path / "self")]) == 0
+        rows, summary = read_filter(tmp_path / "self")
+        assert len(rows) == 6 and all(r["kept"] == "yes" for r in rows.values())   # the threshold is the minimum
+        assert summary["threshold"] == min(summary["reference_scores"].values())
+
+        model, processor = ac.build_tiny_random_clip()  # saved and loaded back the real way, from a local folder
+        model.save_pretrained(tmp_path / "clip")
+        processor.save_pretrained(tmp_path / "clip")
+        assert ac.main(["filter", "--method", "clip", "--clip_model", str(tmp_path / "clip"), "--images", str(images),
+                        "--reference", str(references), "--top_k", "1", "--output_dir", str(tmp_path / "copy")]) == 0
+    rows, _ = read_filter(tmp_path / "copy")
+    assert float(rows["copy_of_a_reference.png"]["score"]) == pytest.approx(1, abs=1e-6)
+    assert max(float(r["score"]) for name, r in rows.items() if name != "copy_of_a_reference.png") < 0.999
+
+
+def test_clip_filter_without_reference_or_with_the_other_methods_flags_is_one_line(tmp_path, capsys):
+    images = small_folder(tmp_path / "photos", count=4)
+    for argv, problem in ((["--method", "clip"], "--method clip needs --reference DIR"),
+                          (["--method", "clip", "--reference", images, "--clusters", 4],
+                           "--clusters: only --method tsne"),
+                          (["--prompt", "a tree"], "--prompt: only --method clip"),
+                          (["--method", "clip", "--reference", images, "--keep_quantile", 1.5], "--keep_quantile 1.5"),
+                          (["--method", "clip", "--reference", images, "--clip_model", tmp_path / "absent"],
+                           "no such folder")):
+        code, err = run_cli(capsys, "filter", "--images", images, "--output_dir", tmp_path / "out", *argv)
+        assert code == 2 and len(err) == 1 and problem in err[0], (argv, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_clip_filter_adds_the_weighted_prompt_similarity_and_keeps_at_the_threshold():
+    references = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.6, 0.8, 0]])
+    images = np.array([[2, 0, 0], [0, 0, 1], [0.8, 0.6, 0]])             # lengths need not be 1
+    scores, reference_scores, threshold, kept = ac.clip_filter(images, references, top_k=1)
+    assert scores == pytest.approx([1, 0, 1]) and reference_scores == pytest.approx([0.8, 0.96, 0.96])
+    assert threshold == pytest.approx(0.8) and kept.tolist() == [True, False, True]
+    text = np.array([0, 0, 3.0])
+    scores, reference_scores, threshold, kept = ac.clip_filter(images, references, top_k=5, text_embedding=text,
+                                                               prompt_weight=0.5)
+    # top_k 5 is cut to the 2 other references; the prompt adds 0.5 x cosine to the text, 0 but for the second image
+    assert reference_scores == pytest.approx([0.7, 0.88, 0.78]) and scores == pytest.approx([0.9, 0.5, 0.98])
+    assert threshold == pytest.approx(0.7) and kept.tolist() == [True, False, True]
+    assert ac.clip_filter(images, references, top_k=2, threshold=0.95)[3].tolist() == [False, False, True]
