@@ -25,7 +25,7 @@
            The paper's Figure 21 as a number: how much brighter red and green are on each dot
            (decoded from blue, or at the label centres) than in a 2-px ring around it, per image
            and overall; OUT/leakage.csv and OUT/leakage.png (a histogram).
-  filter   --images DIR --output_dir OUT [--method tsne|clip] [--reference DIR]
+  filter   --images DIR --output_dir OUT [--method tsne|clip] [--reference DIR [DIR ...]]
            Against off-domain generations. OUT/kept/ and OUT/rejected/ (links or copies; the input
            folder is untouched), OUT/filter.csv and OUT/filter.png (a t-SNE map: kept images circled
            in green, rejected ones crossed in red, thumbnails framed likewise, reference photos as
@@ -35,7 +35,7 @@
            form the smaller clusters). With --reference (e.g. the real instance photos) the images
            near the references in PCA space are kept instead. filter.csv: file, cluster, kept; the
            map's dots are coloured by cluster.
-           --method clip --reference DIR: CLIP (--clip_model, a hub id or local folder; fp32) scores
+           --method clip --reference DIR...: CLIP (--clip_model, a hub id or local folder; fp32) scores
            each image by the mean cosine similarity of its image embedding to its --top_k (3) most
            similar reference photos, plus --prompt_weight times its similarity to --prompt when
            given. The threshold comes from the references themselves: each is scored the same way
@@ -303,13 +303,13 @@ def run_filter(args):
     if args.method == "clip":
         return run_clip_filter(args)
     images = list_images(args.images)
-    references = list_images(args.reference) if args.reference else []
+    references = reference_photos(args.reference)
     if args.clusters < 2 or args.pca_dims < 2:
         raise InputError("--clusters and --pca_dims must be at least 2")
     if len(images) < 4 * args.clusters or (args.reference and len(references) < 2):
         raise InputError(f"{args.images}: too few images ({len(images)}) to cluster into {args.clusters}, "
                          f"or fewer than 2 reference photos")
-    inputs = [args.images, *([args.reference] if args.reference else [])]
+    inputs = [args.images, *(args.reference or [])]
     out = check_output_folder(args.output_dir, "--output_dir", inputs=inputs, written=("kept", "rejected"))
     features = image_features(progress(images, "reading images"))
     reference_features = image_features(progress(references, "reading reference photos")) if references else None
@@ -324,6 +324,11 @@ def run_filter(args):
     print(f"kept {len(rows) - rejected}, rejected {rejected} of {len(rows)} images "
           f"({'near the reference photos' if references else 'the largest cluster'}) -> {out}")
     return rows
+
+
+def reference_photos(folders):
+    """--reference DIR... -> the photos of every folder, in order (none without the flag)."""
+    return [photo for folder in folders or () for photo in list_images(folder)]
 
 
 def check_method_flags(args):
@@ -553,7 +558,7 @@ def run_clip_filter(args):
     references = check_clip_arguments(args)
     images = list_images(args.images)
     device = clip_device(args.device)
-    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, args.reference],
+    out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, *args.reference],
                               written=("kept", "rejected"))
     model, processor = load_clip(args.clip_model, device)
     embeddings = clip_embeddings(model, processor, images, device, args.batch_size, "CLIP: images")
@@ -592,10 +597,10 @@ def check_clip_arguments(args):
     if not args.reference:
         raise InputError("--method clip needs --reference DIR, photos of the domain (e.g. prepare_data's "
                          "instances/<group>/): it scores the images, and sets its threshold, against them")
-    references = list_images(args.reference)
+    references = reference_photos(args.reference)
     if len(references) < 2:
-        raise InputError(f"--reference {args.reference}: 1 photo; the threshold needs at least 2 (each reference "
-                         f"is scored against the others)")
+        raise InputError(f"--reference {' '.join(args.reference)}: 1 photo; the threshold needs at least 2 (each "
+                         f"reference is scored against the others)")
     if args.top_k < 1 or args.batch_size < 1:
         raise InputError(f"--top_k {args.top_k}, --batch_size {args.batch_size}: each must be at least 1")
     if not 0 <= args.keep_quantile <= 1:
@@ -988,8 +993,8 @@ def build_parser():
                 "(plumbing only).",
                 ["--images GEN/images --output_dir FILTERED",
                  "--images GEN/images --reference INSTANCES/green \\\n      --output_dir FILTERED",
-                 "--images GEN/images --method clip --reference INSTANCES/green \\\n"
-                 "      --prompt 'a tree with green apples' --output_dir FILTERED"])
+                 "--images GEN/images --method clip --reference INSTANCES/green INSTANCES/red \\\n"
+                 "      --prompt 'a tree with apples' --output_dir FILTERED"])
     add_filter_arguments(f)
 
     for sub in (p, d, lk):
@@ -1008,9 +1013,10 @@ def add_filter_arguments(parser):
                         help="where kept/, rejected/, filter.csv, filter.png (and filter.json) go")
     parser.add_argument("--method", choices=["tsne", "clip"], default="tsne",
                         help="tsne: the paper's PCA -> t-SNE -> KMeans; clip: CLIP similarity to --reference")
-    parser.add_argument("--reference", metavar="DIR",
-                        help="photos of the domain (e.g. the instance photos); tsne: keep the images near them "
-                             "instead of the largest cluster; clip: required, the images are scored against them")
+    parser.add_argument("--reference", metavar="DIR", nargs="+",
+                        help="folders of photos of the domain (e.g. the instance photos of every group); tsne: keep "
+                             "the images near them instead of the largest cluster; clip: required, the images are "
+                             "scored against them")
     parser.add_argument("--seed", type=int, default=0, help="seed of PCA, t-SNE and KMeans; clip: of its t-SNE map")
     parser.add_argument("--clusters", type=int, default=3, help="tsne: KMeans clusters, as in the paper")
     parser.add_argument("--pca_dims", type=int, default=50, help="tsne: PCA dimensions before t-SNE, as in the paper")

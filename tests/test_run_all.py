@@ -249,3 +249,11 @@ def test_your_own_two_class_data_runs_the_chain_with_a_model_per_class_and_score
     stages, _ = dry_run_of(own_data + ["--labels", "fewshot"])
     assert stages == ["detectors_fewshot", "propose", "detectors_genfusion", "datasets", "evaluate", "table",
                       "report"]
+    # the CLIP filter before the labels: tiny-random-clip finds the 6 generated noise images unlike the
+    # instance photos, and the run stops there, saying so, before anything is labelled
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), *own_data, "--filter", "clip=tiny-random-clip"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1 and stages_run(result.stdout) == ["filter"]
+    with open(work / "filter" / "filter.csv", newline="") as handle:
+        assert [row["kept"] for row in csv.DictReader(handle)] == ["no"] * 6
+    assert "the CLIP filter kept none of the generated images" in result.stderr
