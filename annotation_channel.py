@@ -557,7 +557,7 @@ def run_clip_filter(args):
     OUT/filter.json (the threshold and its rule) and OUT/filter.png -> the filter.csv rows."""
     references = check_clip_arguments(args)
     images = list_images(args.images)
-    device = clip_device(args.device)
+    device = torch_device(args.device)
     out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, *args.reference],
                               written=("kept", "rejected"))
     model, processor = load_clip(args.clip_model, device)
@@ -700,18 +700,17 @@ def clip_text_embedding(model, processor, prompt, device):
     return unit_rows(features.pooler_output.double().cpu().numpy())[0]
 
 
-def clip_device(name):
-    """--device -> a torch.device: cpu, or a CUDA GPU that this machine has."""
+def torch_device(device):
+    """--device for a transformers model: none -> cpu, 0 -> cuda:0 (as ultralytics reads it), else as given."""
     import torch
+    name = "cpu" if device is None else f"cuda:{device}" if str(device).isdigit() else device
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name}: not a device; give cpu, cuda or cuda:N")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: give cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPUs")
-    return device
+        torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device torch knows (e.g. cpu, 0, cuda, cuda:1)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device here; leave --device out to run on the CPU")
+    return name
 
 
 def load_clip(name, device):
@@ -1036,7 +1035,7 @@ def add_filter_arguments(parser):
                              "is kept")
     parser.add_argument("--threshold", type=float,
                         help="clip: keep the images scoring at least this (default: from --keep_quantile)")
-    parser.add_argument("--device", default="cpu", help="clip: where CLIP runs: cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="clip: where CLIP runs: cpu, cuda, cuda:N or N (GPU N)")
     parser.add_argument("--batch_size", type=int, default=16, help="clip: images per CLIP batch")
     parser.set_defaults(method_defaults={flag: parser.get_default(flag) for flags in METHOD_FLAGS.values()
                                          for flag in flags})
