@@ -94,8 +94,8 @@ def plan(args):
     runs = [{"dataset": name, "data_yaml": data_yamls[name], **model, "seed": seed,
              "union_of": [str(Path(part).resolve()) for part in data[name]] if name in unions else None,
              "run_dir": str(project / name / model["model"] / f"seed{seed}"), "epochs": args.epochs,
-             "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "augment": args.augment,
-             "workers": args.workers, "plots": args.plots, "test_images": args.test_images}
+             "imgsz": args.imgsz, "batch": args.batch, "nbs": args.nbs, "warmup_epochs": args.warmup_epochs,
+             "augment": args.augment, "workers": args.workers, "plots": args.plots, "test_images": args.test_images}
             for name in data for model in models for seed in seeds]
     return [run for index, run in enumerate(runs) if index % shard[1] == shard[0]]
 
@@ -116,7 +116,8 @@ def run_one(spec, device):
         shutil.rmtree(run_dir)
     started = time.time()
     arguments = train_arguments(spec["data_yaml"], run_dir, spec["seed"], spec["epochs"], spec["imgsz"],
-                                spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"], spec["plots"])
+                                spec["batch"], device, spec["workers"], spec["augment"], spec["nbs"],
+                                spec["warmup_epochs"], spec["plots"])
     detector = detector_class(spec["architecture"])(spec["source"])
     detector.train(**arguments)
     import torch
@@ -132,26 +133,28 @@ def run_one(spec, device):
     return row
 
 
-def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers, augment, nbs, plots=True):
+def train_arguments(data_yaml, run_dir, seed, epochs, imgsz, batch, device, workers, augment, nbs,
+                    warmup_epochs=3.0, plots=True):
     """The keyword arguments given to ultralytics' train(): the paper's settings, augmentations off
-    (or ultralytics' defaults with augment), the nominal batch size nbs, and whether it plots."""
+    (or ultralytics' defaults with augment), the nominal batch size nbs, the warm-up and whether it plots."""
     # cls_remap=False: a new head for our class, as the YOLO repositories of the paper's time did
     # (ultralytics 8.4 would copy the COCO 'apple' row of a pretrained head into ours)
     return {"data": str(Path(data_yaml).resolve()), "project": str(run_dir.parent.resolve()), "name": run_dir.name,
             "exist_ok": True, "seed": seed, "deterministic": True, "epochs": epochs, "imgsz": imgsz,
-            "batch": batch, "nbs": nbs, "device": device, "workers": workers, "amp": True, "verbose": False, "plots": plots,
-            "cls_remap": False, **PAPER_SETTINGS, **({} if augment else AUGMENTATIONS_OFF)}
+            "batch": batch, "nbs": nbs, "warmup_epochs": warmup_epochs, "device": device, "workers": workers,
+            "amp": True, "verbose": False, "plots": plots, "cls_remap": False, **PAPER_SETTINGS, **({} if augment else AUGMENTATIONS_OFF)}
 
 
 def run_config(spec):
     """What defines a run's result; a finished run made otherwise is refused, not silently kept. A
     union's config has its combined data YAML and the parts it was made of (union_of); a --models file's,
-    its contents' hash (source_sha256)."""
+    its contents' hash (source_sha256); a warm-up other than ultralytics' own, its warmup_epochs."""
     union = {"union_of": spec["union_of"]} if spec["union_of"] else {}
     contents = {"source_sha256": spec["source_sha256"]} if spec.get("source_sha256") else {}
+    warmup = {"warmup_epochs": spec["warmup_epochs"]} if spec["warmup_epochs"] != 3.0 else {}  # 3: ultralytics'
     return {"data": str(Path(spec["data_yaml"]).resolve()), **union, "source": spec["source"], **contents,
             "epochs": spec["epochs"], "imgsz": spec["imgsz"], "batch": spec["batch"], "nbs": spec["nbs"],
-            "augment": spec["augment"]}
+            **warmup, "augment": spec["augment"]}
 
 
 def predict_to_folder(weights, architecture, images, out_dir, imgsz, device):
@@ -565,6 +568,8 @@ def parse_args(argv=None):
     parser.add_argument("--nbs", type=int, default=64, help="ultralytics' nominal batch size: gradients of "
                         "round(nbs / batch) batches make one optimizer step (8 at batch 8), and weight decay is "
                         "scaled to it; --nbs equal to --batch steps at every batch")
+    parser.add_argument("--warmup_epochs", type=float, default=3.0, help="ultralytics' warm-up (its own value): over "
+                        "the first epochs the learning rate rises from 0 and the bias's falls from 0.1; 0 turns it off")
     parser.add_argument("--augment", action="store_true", help="ultralytics' own augmentations (mosaic, flips, "
                         "HSV, scale, translate, ...); without it none, as the paper's Table 2")
     parser.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained",

@@ -21,7 +21,7 @@ def test_training_arguments_are_the_papers_with_every_augmentation_off(tmp_path)
     assert (args.batch, args.imgsz, args.epochs, args.init) == (8, 768, 100, "pretrained")
     assert args.models.split(",") == ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolov8x",
                                       "yolov5nu", "yolov5su", "yolov5mu", "yolov5lu", "yolov5xu"]
-    assert (args.nbs, args.augment) == (64, False)
+    assert (args.nbs, args.augment, args.warmup_epochs) == (64, False, 3.0)
     arguments = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, args.epochs, args.imgsz, args.batch,
                                    "0", 8, args.augment, args.nbs)
     assert {k: arguments[k] for k in ("optimizer", "lr0", "momentum", "weight_decay", "batch", "imgsz",
@@ -34,11 +34,13 @@ def test_training_arguments_are_the_papers_with_every_augmentation_off(tmp_path)
     from ultralytics.cfg import get_cfg
     config = get_cfg(overrides={k: v for k, v in arguments.items() if k != "data"})  # ultralytics accepts them all
     assert config.mosaic == 0 and config.fliplr == 0 and config.optimizer == "SGD"
-    # --augment gives ultralytics' own defaults back; --nbs reaches ultralytics unchanged
-    augmented = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, 100, 768, 8, "0", 8, True, 8)
+    assert config.warmup_epochs == 3.0 == get_cfg().warmup_epochs  # the default is ultralytics' own
+    # --augment gives ultralytics' own defaults back; --nbs and --warmup_epochs reach ultralytics unchanged
+    augmented = td.train_arguments("data.yaml", tmp_path / "run" / "seed3", 3, 100, 768, 8, "0", 8, True, 8, 0.0)
     assert not set(augmentations) & set(augmented) and "augmentations" not in augmented
     config = get_cfg(overrides={k: v for k, v in augmented.items() if k != "data"})
-    assert (config.mosaic, config.fliplr, config.hsv_h, config.nbs, config.optimizer) == (1.0, 0.5, 0.015, 8, "SGD")
+    assert (config.mosaic, config.fliplr, config.hsv_h, config.nbs, config.optimizer, config.warmup_epochs) == \
+        (1.0, 0.5, 0.015, 8, "SGD", 0.0)
 
 
 def test_trained_run_predicts_and_scores(tiny_detector, orchard_prepared):
@@ -426,6 +428,8 @@ def test_the_papers_models_keep_their_sources_and_run_configs(union_parts, tmp_p
                                       "epochs": 100, "imgsz": 768, "batch": 8, "nbs": 64, "augment": False}
     scratch, = td.plan(td.parse_args([*argv, "--init", "scratch", "--models", "yolov5xu"]))
     assert td.run_config(scratch)["source"] == "yolov5xu.yaml" and "source_sha256" not in td.run_config(scratch)
+    cold, = td.plan(td.parse_args([*argv, "--init", "scratch", "--models", "yolov8n", "--warmup_epochs", "0"]))
+    assert td.run_config(cold) == {**td.run_config(runs[0]), "source": "yolov8n.yaml", "warmup_epochs": 0.0}
     monkeypatch.setenv("COLUMNS", "1000")                                  # --help with no line broken
     with pytest.raises(SystemExit):
         td.parse_args(["--help"])
