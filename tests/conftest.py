@@ -2,6 +2,8 @@
 each other) and the real data beside the project, which CI requires (GENFUSION_REQUIRE_DATA=1)."""
 import csv
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,11 +12,38 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
+# tests/run.sh's workers (pytest-xdist) each keep to cores of their own, and so does every process a
+# test starts: two torch processes each with a thread per core of the machine would fight over the
+# same cores (measured on 2 cores: the 65 s detection test took 220 s beside another worker).
+if os.environ.get("PYTEST_XDIST_WORKER") and hasattr(os, "sched_setaffinity"):
+    cores, workers = sorted(os.sched_getaffinity(0)), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    if len(cores) >= workers:
+        own = cores[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))::workers]
+        os.sched_setaffinity(0, own)
+        os.environ["OMP_NUM_THREADS"] = str(len(own))
 # ultralytics binds its logger to the sys.stdout of its first import. First imported inside a test that
 # captures its output, it would write to that test's closed stream ever after: every later test that
 # logs would fail with logging errors. So it is imported here, once, for the session.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 import ultralytics  # noqa: E402,F401
+
+
+# tests/run.sh runs the files on two workers (pytest-xdist, one file to a worker at a time, in this
+# order): the slowest go first, so that neither worker is left with a long file at the end. Seconds
+# measured on one core each, the suite on 2 cores taking 526 s (982 s in one process).
+SLOWEST_FILES_FIRST = ["test_run_all.py",  # 330
+                       "test_sd21_architecture.py",  # 134
+                       "test_own_data.py",  # 118
+                       "test_detection_learns.py",  # 89
+                       "test_model_sources.py",  # 50
+                       "test_label_studio.py",  # 45
+                       "test_train_detectors.py",  # 40
+                       "test_train_dreambooth.py"]  # 40
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(SLOWEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def shared_path(relative):
@@ -26,6 +55,19 @@ def shared_path(relative):
             pytest.fail(message + " and GENFUSION_REQUIRE_DATA=1")
         pytest.skip(message)
     return path
+
+
+def stages_run(stdout):
+    """The stages a run_all.sh run's output says it ran, in order."""
+    return [m.group(1) for m in re.finditer(r"^== (\w+) done in", stdout, re.MULTILINE)]
+
+
+def dry_run_of(argv):
+    """The stages run_all.sh ARGV --dry_run says it would run, and its whole output."""
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), *argv, "--dry_run"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [m.group(1) for m in re.finditer(r"^== (\w+): would run", result.stdout, re.MULTILINE)], result.stdout
 
 
 def help_sections(text):
