@@ -70,10 +70,11 @@ def test_yolov8n_from_scratch_learns_two_classes_and_beats_the_mean_size_grid_by
     assert evaluate.main(["score", "--gt", str(test), "--data", str(data / "real.yaml"), "--pred", str(grid),
                           "--out", str(tmp_path / "grid.json")]) == 0
     learned, grid_scores = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("learned", "grid"))
-    # measured, mAP of yolov8n seed 0 (seeds 1-3): 0.165 (0.127-0.175) on an AMD EPYC, 0.073 on an
-    # Intel Xeon; each class 0.086-0.215 on the AMD; the grid 0.00007. Same code, same ultralytics and
-    # torch: the CPU's kernels change the run.
-    assert learned["ap"] >= 0.05 and learned["ap"] >= 100 * grid_scores["ap"], (learned["ap"], grid_scores["ap"])
+    # measured, mAP of yolov8n seed 0: 0.165 on an AMD EPYC with 2 threads (seeds 1-3: 0.127-0.175),
+    # 0.118 there with 1 thread (as under tests/run.sh's workers), 0.073 on an Intel Xeon with 2; each
+    # class 0.086-0.215 on the AMD; the grid 0.00007. Same code, ultralytics and torch: the CPU's
+    # kernels and the thread count change the run.
+    assert learned["ap"] >= 0.04 and learned["ap"] >= 100 * grid_scores["ap"], (learned["ap"], grid_scores["ap"])
     per_class = [learned["classes"][name]["ap"] for name in CLASSES]
     assert min(per_class) >= 0.02, per_class
     assert per_class == [pytest.approx(v, abs=1e-12)
