@@ -92,7 +92,7 @@ class InputError(Exception):
 # ---------------------------------------------------------------------------------------------
 def run_encode(args):
     """encode: each image of --images with its --labels drawn into blue -> OUT/<stem>.png."""
-    images = list_images(args.images)
+    images = checked_images(args.images)
     out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, args.labels])
     for path in progress(images, "encoding"):
         image = read_rgb(path)
@@ -135,7 +135,7 @@ def draw_annotations(shape, boxes, mode, dot_size=5, line_width=2):
 # ---------------------------------------------------------------------------------------------
 def run_decode(args):
     """decode: boxes from the blue channel -> OUT/labels/, OUT/images/ (RG0), OUT/data.yaml, OUT/decoded.csv."""
-    images = list_images(args.images)
+    images = checked_images(args.images)
     out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=("images", "labels"))
     (out / "labels").mkdir(exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
@@ -219,7 +219,7 @@ def decode_outlines(binary):
 # ---------------------------------------------------------------------------------------------
 def run_strip(args):
     """strip: each image with its blue channel set to 0 -> OUT/<stem>.png."""
-    images = list_images(args.images)
+    images = checked_images(args.images)
     out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images])
     for path in progress(images, "stripping"):
         write_png(strip(read_rgb(path)), out / f"{path.stem}.png")
@@ -238,7 +238,7 @@ def strip(image):
 # ---------------------------------------------------------------------------------------------
 def run_leakage(args):
     """leakage: OUT/leakage.csv and OUT/leakage.png -> the mean leakage over the images with dots."""
-    images = list_images(args.images)
+    images = checked_images(args.images)
     out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images])
     rows = []
     for path in progress(images, "measuring leakage"):
@@ -302,7 +302,7 @@ def run_filter(args):
     check_method_flags(args)
     if args.method == "clip":
         return run_clip_filter(args)
-    images = list_images(args.images)
+    images = checked_images(args.images)
     references = reference_photos(args.reference)
     if args.clusters < 2 or args.pca_dims < 2:
         raise InputError("--clusters and --pca_dims must be at least 2")
@@ -328,7 +328,7 @@ def run_filter(args):
 
 def reference_photos(folders):
     """--reference DIR... -> the photos of every folder, in order (none without the flag)."""
-    return [photo for folder in folders or () for photo in list_images(folder)]
+    return [photo for folder in folders or () for photo in checked_images(folder)]
 
 
 def check_method_flags(args):
@@ -556,7 +556,7 @@ def run_clip_filter(args):
     """filter --method clip: OUT/kept/, OUT/rejected/, OUT/filter.csv (file, score, kept),
     OUT/filter.json (the threshold and its rule) and OUT/filter.png -> the filter.csv rows."""
     references = check_clip_arguments(args)
-    images = list_images(args.images)
+    images = checked_images(args.images)
     device = torch_device(args.device)
     out = check_output_folder(args.output_dir, "--output_dir", inputs=[args.images, *args.reference],
                               written=("kept", "rejected"))
@@ -766,7 +766,9 @@ def clip_byte_vocab():
 # ---------------------------------------------------------------------------------------------
 # Helpers: files and figures
 # ---------------------------------------------------------------------------------------------
-def list_images(folder):
+def checked_images(folder):
+    """The images in a folder (by extension), sorted by name; InputError for a missing folder, no
+    images, or two images with one name stem (they would share an output and a label file)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
@@ -774,7 +776,7 @@ def list_images(folder):
     if not images:
         raise InputError(f"{folder}: no images")
     stems = {}
-    for image in images:  # outputs and labels go by the name stem: a.jpg and a.png would share them
+    for image in images:
         if image.stem in stems:
             raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share an output "
                              f"and a label file: rename one")
@@ -801,7 +803,7 @@ def rgb_image(image, path):
         return Image.fromarray(np.round(values / 257).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         raise InputError(f"{path}: a floating-point image (mode F) has no fixed range: save it as an 8- or "
-                      f"16-bit image")
+                         f"16-bit image")
     return image.convert("RGB")
 
 
@@ -850,10 +852,16 @@ def write_csv(path, fields, rows):
 
 
 def write_atomic(path, text):
-    """path's new text, through a temporary file: a crash leaves the old file or the new one."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """path's new text, through a temporary file beside it: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path, document):

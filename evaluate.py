@@ -69,7 +69,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 METRICS = ("ap", "ap50", "ap75")
 METRIC_TITLES = {"ap": "AP@0.5:0.95", "ap50": "AP@0.5", "ap75": "AP@0.75"}
 CLASS_METRICS = ("ap", "ap50")                      # the figures given per class when there are several
@@ -1402,8 +1402,16 @@ def create_atomic(path, write):
 
 
 def write_atomic(path, text):
-    """Write text to path through create_atomic."""
-    create_atomic(path, lambda tmp: tmp.write_text(text))
+    """path's new text, through a temporary file beside it: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -334,7 +334,7 @@ def model_name(location):
 
 
 def parse_shard(text):
-    match = re.fullmatch(r"(\d+)/(\d+)", text or "0/1")
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
         raise InputError(f"--shard {text!r}: expected i/n with 0 <= i < n")
     return int(match.group(1)), int(match.group(2))

@@ -69,7 +69,7 @@ import yaml
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COLOURS = ("green", "red")
 GROUP_RULES = ("colour", "class", "none")  # --group_by's rules; anything else is a CSV file
 SPLITS = ("train", "val", "test")
@@ -1022,7 +1022,7 @@ def draw_synthetic_photo(rng, colour, width=SYNTHETIC_SIZE[0], height=SYNTHETIC_
 # Helpers
 # ---------------------------------------------------------------------------------------------
 def list_images(folder):
-    """The photos in a folder (by extension), sorted by name."""
+    """The images in a folder (by extension), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 

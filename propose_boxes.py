@@ -105,7 +105,7 @@ class InputError(Exception):
 def run_propose(args):
     """propose: boxes on --images from --weights (or --open_vocabulary, or --labels), in every form the
     review needs."""
-    images = list_images(args.images)
+    images = checked_images(args.images)
     check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
     if args.labels:
         kept, meta, source, classes = proposals_from_labels(args.labels, images, args.classes or DEFAULT_CLASSES)
@@ -248,7 +248,7 @@ def calibration_split(data_yaml, classes, split="val"):
     except TypeError as error:
         raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML whose path and {split} are folders "
                          f"or list files ({error})")
-    images = listed_images(entry) if entry.is_file() else list_images(entry)
+    images = listed_images(entry) if entry.is_file() else checked_images(entry)
     os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported, as in load_detector()
     from ultralytics.data.utils import img2label_paths
     truths = {}
@@ -726,7 +726,7 @@ def bert_character_vocab():
 # ---------------------------------------------------------------------------------------------
 def run_import(args):
     """import: a person's review of --images -> a YOLO dataset (and with --proposals, what the review changed)."""
-    images = list_images(args.images)
+    images = checked_images(args.images)
     check_output_folder(args.output_dir, "--output_dir", inputs=[args.images], written=OUTPUT_FOLDERS)
     classes = import_classes(args.classes, args.proposals)
     sizes = {image.name: image_size(image) for image in images}
@@ -1128,17 +1128,20 @@ def the_classes(classes):
     return f"the classes are {listed}" if len(classes) > 1 else f"the only class is {listed}"
 
 
-def list_images(folder):
+def checked_images(folder):
+    """The images in a folder (by extension), sorted by name; InputError for a missing folder, no
+    images, or two images with one name stem (they would share an output and a label file)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder of images")
+        raise InputError(f"{folder}: no such folder")
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise InputError(f"{folder}: no images")
     stems = {}
     for image in images:
         if image.stem in stems:
-            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share a label file")
+            raise InputError(f"{image} and {stems[image.stem]} share a name stem, so they would share an output "
+                             f"and a label file: rename one")
         stems[image.stem] = image
     return images
 
@@ -1195,10 +1198,16 @@ def link_or_copy(source, target):
 
 
 def write_atomic(path, text):
-    """path's new text, through a temporary file: a crash leaves the old file or the new one."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """path's new text, through a temporary file beside it: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path, document):

@@ -274,6 +274,7 @@ def split_folders(path, data, split):
 
 
 def list_images(folder):
+    """The images in a folder (by extension), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 

