@@ -837,31 +837,35 @@ def read_boxes(path, width, height):
 
 
 def write_png(array, path):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    create_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def write_csv(path, fields, rows):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    create_atomic(path, write)
 
 
-def write_atomic(path, text):
-    """path's new text, through a temporary file beside it: a crash leaves the old file or the new one."""
+def create_atomic(path, write):
+    """Make path through write(temp path) and a rename, so path is either as before or complete;
+    the temp file (beside path, with its suffix) is removed when anything fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path, text):
+    """Write text to path through create_atomic."""
+    create_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path, document):
@@ -886,10 +890,10 @@ def pyplot():
 
 def save_figure(figure, path):
     """Write a matplotlib figure as a PNG at path, whole or not at all, and close it."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    figure.savefig(tmp, dpi=100, format="png")
-    pyplot().close(figure)
-    os.replace(tmp, path)
+    try:
+        create_atomic(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+    finally:
+        pyplot().close(figure)
 
 
 def progress(items, description, total=None, unit="image"):

@@ -1402,16 +1402,8 @@ def create_atomic(path, write):
 
 
 def write_atomic(path, text):
-    """path's new text, through a temporary file beside it: a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write text to path through create_atomic."""
+    create_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1197,17 +1197,23 @@ def link_or_copy(source, target):
         shutil.copyfile(source, target)
 
 
-def write_atomic(path, text):
-    """path's new text, through a temporary file beside it: a crash leaves the old file or the new one."""
+def create_atomic(path, write):
+    """Make path through write(temp path) and a rename, so path is either as before or complete;
+    the temp file (beside path, with its suffix) is removed when anything fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path, text):
+    """Write text to path through create_atomic."""
+    create_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path, document):
