@@ -710,6 +710,8 @@ def torch_device(device):
         raise InputError(f"--device {device}: not a device torch knows (e.g. cpu, 0, cuda, cuda:1)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here; leave --device out to run on the CPU")
+    if name.startswith("cuda:") and torch.device(name).index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine's CUDA devices are 0..{torch.cuda.device_count() - 1}")
     return name
 
 

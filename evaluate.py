@@ -352,7 +352,7 @@ def coco_image_entries(path, images):
     return entries
 
 
-def coco_image_boxes(path, annotations, images, classes, names):
+def coco_boxes_by_image(path, annotations, images, classes, names):
     """COCO annotations -> {image id: {'annotations[i]': (class id, [x, y, w, h] px), ...}} (with
     each box's iscrowd in a second dict of the same keys), checked as YOLO lines are: of a category
     that is a class (classes and names: coco_classes), on a known image, four finite numbers, w and
@@ -396,7 +396,7 @@ def read_coco_ground_truth(path, names=None):
     data = load_coco_json(path)
     classes, names = coco_classes(path, data["categories"], data["annotations"], names)
     entries = coco_image_entries(path, data["images"])
-    boxes, crowd = coco_image_boxes(path, data["annotations"], entries, classes, names)
+    boxes, crowd = coco_boxes_by_image(path, data["annotations"], entries, classes, names)
     images, annotations, box_warnings = [], [], []
     ordered = sorted(entries, key=lambda source_id: Path(entries[source_id]["file_name"]).stem)
     for image_id, source_id in enumerate(ordered, start=1):
@@ -908,11 +908,11 @@ DATASET_SPLITS = ("train", "val", "test")
 # ultralytics' IMG_FORMATS: the files a data YAML's folder or list contributes as images.
 ULTRALYTICS_IMAGE_SUFFIXES = ("avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png",
                               "tif", "tiff", "webp")
-COLOURS = ("green", "red", "none")                   # prepare_data.py's manifest.csv colour column
+MANIFEST_COLOURS = ("green", "red", "none")  # prepare_data.py's manifest.csv colour column
 DATASET_COLUMNS = ["dataset", "split", "images", "boxes", "boxes_per_image_mean", "boxes_per_image_median",
                    "boxes_per_image_max", "box_width_px_mean", "box_width_px_median", "box_height_px_mean",
                    "box_height_px_median", "box_width_rel_mean", "box_height_rel_mean", "images_without_boxes_share",
-                   "images_without_label_file", *(f"{colour}_images" for colour in COLOURS)]
+                   "images_without_label_file", *(f"{colour}_images" for colour in MANIFEST_COLOURS)]
 
 
 def parse_named_yamls(specs):
@@ -995,14 +995,23 @@ def is_ultralytics_image(path):
 
 
 def listed_images(list_file):
-    """The images a .txt list names, one path a line, as ultralytics reads it: './x' is relative to the
-    list's folder, any other relative path to the working folder."""
+    """The images an ultralytics image list names (e.g. prepare_data.py's fewshot.txt), one a line, read as
+    ultralytics reads it: './x' from the list's folder, any other relative path from the working folder, a
+    line whose suffix is not an image's left out. -> the images, in order, each once (perhaps none);
+    InputError naming FILE:LINE of one that is not there."""
     try:
-        lines = Path(list_file).read_text(encoding="utf-8-sig").strip().splitlines()
+        lines = Path(list_file).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{list_file}: unreadable image list ({error})")
-    paths = [f"{Path(list_file).parent}{os.sep}{line[2:]}" if line.startswith("./") else line for line in lines]
-    return [Path(path) for path in paths if is_ultralytics_image(path)]
+        raise InputError(f"{list_file}: not a readable list of images ({error})")
+    images = {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if is_ultralytics_image(name):
+            image = Path(list_file).parent / name[2:] if name.startswith("./") else Path(name)
+            if not image.is_file():
+                raise InputError(f"{list_file}:{number}: {name}: no such image")
+            images[image] = None
+    return list(images)
 
 
 def split_images(yaml_path, split, entries):
@@ -1060,14 +1069,14 @@ def manifest_colours(yaml_path):
 
 
 def colour_counts(resolved_images, colours):
-    """{colour: number of images} of COLOURS over images (resolved paths), from manifest_colours; None
+    """{colour: number of images} of MANIFEST_COLOURS over images (resolved paths), from manifest_colours; None
     when there is no manifest or it does not list every image."""
     if colours is None:
         return None
     found = [colours.get(path) for path in resolved_images]
     if None in found:
         return None
-    return {colour: found.count(colour) for colour in COLOURS}
+    return {colour: found.count(colour) for colour in MANIFEST_COLOURS}
 
 
 def split_figures(records, colours):
@@ -1092,7 +1101,7 @@ def split_figures(records, colours):
             "box_height_rel_mean": box_figure(np.mean, relative[:, 1]),
             "images_without_boxes_share": float(np.mean(per_image == 0)),
             "images_without_label_file": sum(not r["labelled"] for r in records),
-            **{f"{colour}_images": (colours or {}).get(colour) for colour in COLOURS}}
+            **{f"{colour}_images": (colours or {}).get(colour) for colour in MANIFEST_COLOURS}}
 
 
 def dataset_statistics(name, yaml_path):

@@ -73,6 +73,9 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+# ultralytics' IMG_FORMATS: the files a data YAML's folder or list contributes as images.
+ULTRALYTICS_IMAGE_SUFFIXES = ("avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png",
+                              "tif", "tiff", "webp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_CLASSES = ["apple"]  # propose --labels and import without --classes (or --proposals): one class
 SCORE_FLOOR, MAX_DETECTIONS = 0.001, 300  # a detection kept before any threshold; per image, the best kept
@@ -249,6 +252,8 @@ def calibration_split(data_yaml, classes, split="val"):
         raise InputError(f"--calibrate_data {data_yaml}: expected a data YAML whose path and {split} are folders "
                          f"or list files ({error})")
     images = listed_images(entry) if entry.is_file() else checked_images(entry)
+    if not images:
+        raise InputError(f"--calibrate_data {data_yaml}: its {split} list {entry} names no images")
     os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported, as in load_detector()
     from ultralytics.data.utils import img2label_paths
     truths = {}
@@ -257,25 +262,29 @@ def calibration_split(data_yaml, classes, split="val"):
     return images, truths
 
 
-def listed_images(listing):
-    """An ultralytics image list (e.g. prepare_data.py's fewshot.txt): one image a line, './' ones from
-    the list's folder and other relative ones from the working folder, as ultralytics reads it -> the
-    images, in order, each once; InputError naming the line of one that is not there."""
-    images = {}
+def listed_images(list_file):
+    """The images an ultralytics image list names (e.g. prepare_data.py's fewshot.txt), one a line, read as
+    ultralytics reads it: './x' from the list's folder, any other relative path from the working folder, a
+    line whose suffix is not an image's left out. -> the images, in order, each once (perhaps none);
+    InputError naming FILE:LINE of one that is not there."""
     try:
-        lines = Path(listing).read_text(encoding="utf-8").splitlines()
+        lines = Path(list_file).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{listing}: not a readable list of images ({error})")
+        raise InputError(f"{list_file}: not a readable list of images ({error})")
+    images = {}
     for number, line in enumerate(lines, start=1):
         name = line.strip()
-        if name:
-            image = Path(listing).parent / name[2:] if name.startswith("./") else Path(name)
+        if is_ultralytics_image(name):
+            image = Path(list_file).parent / name[2:] if name.startswith("./") else Path(name)
             if not image.is_file():
-                raise InputError(f"{listing}:{number}: {name}: no such image")
+                raise InputError(f"{list_file}:{number}: {name}: no such image")
             images[image] = None
-    if not images:
-        raise InputError(f"{listing}: lists no images")
     return list(images)
+
+
+def is_ultralytics_image(path):
+    """Whether ultralytics takes the file at path for an image (by its suffix)."""
+    return str(path).rpartition(".")[-1].lower() in ULTRALYTICS_IMAGE_SUFFIXES
 
 
 def best_f1_threshold(predictions, truths, iou=0.5):
@@ -406,7 +415,7 @@ def write_previews(out, proposals, classes, per_sheet, cell, title):
         captions = [f"{path.name}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}" for path, boxes, *_ in chunk]
         header = (f"{title}: sheet {number + 1} of {len(starts)}, images {start + 1}-{start + len(chunk)} "
                   f"of {len(proposals)}")
-        contact_sheet(pictures, captions, sheet_columns(per_sheet), cell, header).save(tmp / f"sheet_{number:03d}.png")
+        preview_sheet(pictures, captions, sheet_columns(per_sheet), cell, header).save(tmp / f"sheet_{number:03d}.png")
     shutil.rmtree(Path(out) / "preview", ignore_errors=True)
     os.replace(tmp, Path(out) / "preview")
     return len(starts)
@@ -445,7 +454,7 @@ def class_colour(k):
     return CLASS_COLOURS[k] if k < len(CLASS_COLOURS) else spread_colour(k)
 
 
-def contact_sheet(pictures, captions, columns, cell, header):
+def preview_sheet(pictures, captions, columns, cell, header):
     """The pictures (draw_proposals) on a grid of `columns`, top-left in their cells, each captioned
     below, under a header line. -> the sheet image."""
     rows = math.ceil(len(pictures) / columns)
@@ -518,6 +527,8 @@ def torch_device(device):
         raise InputError(f"--device {device}: not a device torch knows (e.g. cpu, 0, cuda, cuda:1)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here; leave --device out to run on the CPU")
+    if name.startswith("cuda:") and torch.device(name).index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine's CUDA devices are 0..{torch.cuda.device_count() - 1}")
     return name
 
 

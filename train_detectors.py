@@ -51,6 +51,9 @@ from pathlib import Path
 
 import yaml
 
+# ultralytics' IMG_FORMATS: the files a data YAML's folder or list contributes as images.
+ULTRALYTICS_IMAGE_SUFFIXES = ("avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png",
+                              "tif", "tiff", "webp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Table 2 of the paper (Appendix B.1).
 PAPER_SETTINGS = {"optimizer": "SGD", "lr0": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "iou": 0.45}
@@ -241,10 +244,10 @@ def check_data_yaml(path):
         for entry in split_folders(path, data, split):
             if entry.is_file() and entry.suffix == ".txt":
                 images = listed_images(entry)
-                missing = [str(image) for image in images if not image.is_file() or not label_file_of(image).is_file()]
+                missing = [str(image) for image in images if not label_file_of(image).is_file()]
                 if not images or missing:
-                    raise InputError(f"{path}: the {split} list {entry} is empty or names images without a file or "
-                                     f"a label file: {', '.join(missing[:3])}")
+                    raise InputError(f"{path}: the {split} list {entry} is empty or names images without a label "
+                                     f"file: {', '.join(missing[:3])}")
                 continue
             if not entry.is_dir() or not list_images(entry):
                 raise InputError(f"{path}: the {split} folder {entry} is missing or holds no images")
@@ -279,10 +282,28 @@ def list_images(folder):
 
 
 def listed_images(list_file):
-    """The images a .txt list names, one path a line, read as ultralytics reads it ('./x' from the
-    list's folder)."""
-    lines = [line.strip() for line in Path(list_file).read_text().splitlines() if line.strip()]
-    return [Path(list_file).parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
+    """The images an ultralytics image list names (e.g. prepare_data.py's fewshot.txt), one a line, read as
+    ultralytics reads it: './x' from the list's folder, any other relative path from the working folder, a
+    line whose suffix is not an image's left out. -> the images, in order, each once (perhaps none);
+    InputError naming FILE:LINE of one that is not there."""
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{list_file}: not a readable list of images ({error})")
+    images = {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if is_ultralytics_image(name):
+            image = Path(list_file).parent / name[2:] if name.startswith("./") else Path(name)
+            if not image.is_file():
+                raise InputError(f"{list_file}:{number}: {name}: no such image")
+            images[image] = None
+    return list(images)
+
+
+def is_ultralytics_image(path):
+    """Whether ultralytics takes the file at path for an image (by its suffix)."""
+    return str(path).rpartition(".")[-1].lower() in ULTRALYTICS_IMAGE_SUFFIXES
 
 
 def label_file_of(image_path):

@@ -84,7 +84,7 @@ class Run:
     tokenizer: object
     vae: object
     text_encoder: object
-    unet: object  # the UNet that trains (accelerate's wrapper after prepare)
+    unet: object  # the UNet that trains (accelerate's wrapper after accelerate_prepare)
     noise_scheduler: object
     cached_latents: tuple = None  # --cache_latents: the VAE's (mean, std) of the instance and the class images
     cached_prompts: list = None  # the instance and class prompts' states, when the text encoder is frozen
@@ -122,7 +122,7 @@ def train(args):
         cache_inputs(run)
     steps_per_epoch = count_steps(run)
     learning_rate = make_optimizer(run)
-    prepare(run)
+    accelerate_prepare(run)
     global_step = resume(run, signature)
     start_logging(run, log_with, steps_per_epoch, learning_rate)
     training_loop(run, global_step, signature)
@@ -329,7 +329,7 @@ def make_optimizer(run):
     return learning_rate
 
 
-def prepare(run):
+def accelerate_prepare(run):
     """accelerate's wrappers around what trains, and checkpoints that hold the trained models the way
     diffusers reads them: checkpoint-N/unet/ (and text_encoder/) folders, or the LoRA weights file."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel

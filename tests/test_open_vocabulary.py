@@ -219,3 +219,19 @@ def test_grounding_dino_queries_are_the_tokens_between_its_separators():
     # '[CLS] a r ##e ##d a ##p ##p ##l ##e . p ##e ##a ##r . [SEP]': one token a character
     groups = pb.query_tokens(processor, "grounding-dino", ["a Red apple", "pear"], model.config)
     assert groups == [list(range(1, 10)), list(range(11, 15))]
+
+
+@pytest.mark.parametrize("module", ["propose_boxes", "annotation_channel"])
+def test_device_flag_is_checked_against_the_machine_in_one_line(monkeypatch, module):
+    script = __import__(module)
+    assert script.torch_device(None) == "cpu" and script.torch_device("cpu") == "cpu"
+    with pytest.raises(script.InputError, match="--device gpu: not a device torch knows"):
+        script.torch_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(script.InputError, match="--device 0: no CUDA device here"):
+        script.torch_device("0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)     # what a 2-GPU machine answers
+    assert script.torch_device("1") == "cuda:1" and script.torch_device("cuda") == "cuda"
+    with pytest.raises(script.InputError, match=r"--device cuda:2: this machine's CUDA devices are 0\.\.1"):
+        script.torch_device("cuda:2")

@@ -297,9 +297,32 @@ def test_a_train_split_given_as_a_list_of_images_is_checked_image_by_image(tmp_p
     yaml_path.write_text(f"path: {tmp_path}\ntrain: few.txt\nval: few.txt\nnames: {{0: apple}}\n")
     td.check_data_yaml(yaml_path)
     (tmp_path / "few.txt").write_text("./real/images/a.png\n./real/images/b.png\n")  # b has no label file
-    with pytest.raises(td.InputError, match="names images without a file or a label file: .*b.png"):
+    with pytest.raises(td.InputError, match="names images without a label file: .*b.png"):
         td.check_data_yaml(yaml_path)
 
+
+
+@pytest.mark.parametrize("module", ["train_detectors", "evaluate", "propose_boxes"])
+def test_an_image_list_reads_as_ultralytics_reads_it_and_names_the_line_of_a_missing_image(tmp_path, monkeypatch,
+                                                                                          module):
+    script = __import__(module)
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    listing = tmp_path / "lists" / "few.txt"
+    listing.parent.mkdir()
+    (tmp_path / "lists" / "images").mkdir()
+    (tmp_path / "lists" / "images" / "c.png").write_bytes(b"")
+    # './' from the list's folder, another relative path from the working folder, an absolute one as it is
+    listing.write_text(f"\ufeffimages/a.png\n\n  ./images/c.png  \n{tmp_path / 'images' / 'b.jpg'}\nimages/a.png\n")
+    assert script.listed_images(listing) == [Path("images/a.png"), tmp_path / "lists" / "images" / "c.png",
+                                             tmp_path / "images" / "b.jpg"]
+    listing.write_text("images/a.png\nimages/gone.png\n")
+    with pytest.raises(script.InputError, match=r"few.txt:2: images/gone.png: no such image"):
+        script.listed_images(listing)
+    listing.write_text("\nimages/notes.md\n")                   # not an image by its suffix: ultralytics skips it
+    assert script.listed_images(listing) == []
 
 # ---- any ultralytics detector: names, .yaml architectures, .pt detectors -------------------------------
 PAPERS_MODELS = ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolov8x", "yolov5nu", "yolov5su", "yolov5mu", "yolov5lu",
