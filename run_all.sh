@@ -9,7 +9,8 @@
 #                                              (trained here from scratch), yolov8n from scratch, CPU,
 #                                              no download; adds the prior row (no DreamBooth)
 #   bash run_all.sh --demo --model tiny-random the same chain's plumbing in about a minute, on an
-#                                              untrained model (what the tests run)
+#                                              untrained model (what the tests run; tiny-random-sdxl,
+#                                              tiny-random-sd3 and tiny-random-flux: the other families')
 #   bash run_all.sh --minneapple DATA/detection --work DIR [options]
 #   bash run_all.sh --source yolo|coco --input DIR --work DIR [options]
 #                                              your own labelled photos (prepare_data.py's layouts; with
@@ -166,6 +167,7 @@ if [ -n "$from" ] && ! printf '%s\n' "${stages[@]}" | grep -qx -- "$from"; then
   echo "run_all.sh: --from $from: not a stage of this run; the stages are: ${stages[*]}" >&2; exit 2
 fi
 modes=$demo; [ -n "$minneapple" ] && modes=$((modes + 1)); [ -n "$source" ] && modes=$((modes + 1))
+tiny=0; case "$model" in tiny-random|tiny-random-sdxl|tiny-random-sd3|tiny-random-flux) tiny=1 ;; esac  # untrained
 if [ "$modes" -gt 1 ]; then
   echo "run_all.sh: give one of --demo, --minneapple DIR and --source yolo|coco" >&2; usage 2
 elif [ -n "$source" ]; then
@@ -175,9 +177,9 @@ elif [ -n "$source" ]; then
 elif [ -n "${annotations[*]:-}${classes[*]:-}" ] || [ "$group_by" != colour ]; then
   echo "run_all.sh: --annotations, --classes and --group_by are for --source runs (your own data)" >&2; exit 2
 elif [ "$demo" = 1 ]; then
-  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || { [ "$model" != "$default_model" ] && [ "$model" != tiny-random ]; }; then
+  if [ -n "${weights_dir[*]:-}${test_annotations[*]:-}" ] || { [ "$model" != "$default_model" ] && [ "$tiny" = 0 ]; }; then
     echo "run_all.sh: --weights_dir and --test_annotations are for --minneapple runs, and --demo takes only" \
-      "--model tiny-random" >&2; exit 2
+      "--model tiny-random (or tiny-random-sdxl, -sd3, -flux)" >&2; exit 2
   fi
   work="${work:-$root/work/demo}"
 elif [ -z "$minneapple" ] || [ -z "$work" ]; then
@@ -190,7 +192,7 @@ work="$(realpath -m "$work")"
 log="$work/run_all.log"; [ "$dry_run" = 1 ] && log=/dev/null
 ac="$work/annotation_channel"
 
-if [ "$demo" = 1 ] && [ "$model" = tiny-random ]; then  # the chain's plumbing in a minute: an untrained model
+if [ "$demo" = 1 ] && [ "$tiny" = 1 ]; then  # the chain's plumbing in a minute: an untrained model
   dreambooth=(--pretrained_model_name_or_path "$model" --resolution 64 --num_class_images 4
               --max_train_steps 10 --validation_steps 10 --no-use_8bit_adam)  # bitsandbytes' CPU step: seconds
   ac_epochs=(--max_train_steps 10)
@@ -235,7 +237,7 @@ for i in ${knobs[@]+"${!knobs[@]}"}; do  # the images are drawn at the size Drea
   [ "${knobs[$i]}" = --resolution ] && generate+=(--height "${knobs[$((i + 1))]}" --width "${knobs[$((i + 1))]}")
 done
 detectors+=(${imgsz[@]+"${imgsz[@]}"}); propose+=(${imgsz[@]+"${imgsz[@]}"})
-[ "$model" = tiny-random ] && detectors+=(--no-plots)  # plumbing: nobody reads ultralytics' curves of noise
+[ "$tiny" = 1 ] && detectors+=(--no-plots)  # plumbing: nobody reads ultralytics' curves of noise
 [ -n "$variants" ] && generate+=(--prompt_variants "$variants")
 # What a stage read: the sha256 of each script in its command, then its input files (every file
 # under each input path: path, size, modification time; hidden files and ultralytics' *.cache files
@@ -317,8 +319,8 @@ if [ "$needs_model" = 1 ] && ! problem=$("$python" "$root/train_dreambooth.py" -
 fi
 
 [ "$dry_run" = 1 ] || mkdir -p "$work/.stages"
-if [ "$demo" = 1 ] && [ "$model" = tiny-random ]; then
-  echo "Demo plumbing: every stage on 48 synthetic photos with tiny-random, an untrained model that draws noise." \
+if [ "$demo" = 1 ] && [ "$tiny" = 1 ]; then
+  echo "Demo plumbing: every stage on 48 synthetic photos with $model, an untrained model that draws noise." \
     | tee -a "$log"
 elif [ "$demo" = 1 ]; then
   echo "Demo: the paper's method at toy scale on the CPU: 48 synthetic photos, DreamBooth on" \

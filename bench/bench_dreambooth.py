@@ -144,7 +144,7 @@ def peak_tflops(device_name, override):
 def run_preset(name, extra, tiny, resolution, steps, warmup, work):
     """train_dreambooth.py's main() on one preset -> (median seconds per step, peak MiB). Runs in
     a child process (see main)."""
-    model = tdb.TINY_RANDOM
+    model = "tiny-random"
     if not tiny:
         model = "sd21-random"
         real_load = tdb.load_pipeline

@@ -104,15 +104,16 @@ def main(argv=None):
     peak = peak_tflops(device_name, args.peak_tflops)
 
     rows = []
-    real_loader, real_check = gen.drawing_pipeline, gen.model_scheduler
-    gen.model_scheduler = lambda location: type(pipeline.scheduler).__name__
+    real_loader, real_check = gen.drawing_pipeline, gen.model_index
+    index = {"_class_name": type(pipeline).__name__, "scheduler": ["diffusers", type(pipeline.scheduler).__name__]}
+    gen.model_index = lambda location, revision=None: (index["_class_name"], index)
     try:
         for name, setting in settings.items():
             with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
                 seconds = time_setting(pipeline, setting, resolution, steps, args.images, Path(tmp))
             rows.append((name, seconds))
     finally:
-        gen.drawing_pipeline, gen.model_scheduler = real_loader, real_check
+        gen.drawing_pipeline, gen.model_index = real_loader, real_check
 
     baseline = dict(rows).get("one at a time")
     header = ("| date | device | setting | s/image | images/s | speed-up | TFLOP/image | % bf16 peak |\n"

@@ -32,6 +32,7 @@ import ultralytics  # noqa: E402,F401
 # order): the slowest go first, so that neither worker is left with a long file at the end. Seconds
 # measured on one core each, the suite on 2 cores taking 526 s (982 s in one process).
 SLOWEST_FILES_FIRST = ["test_run_all.py",  # 330
+                       "test_model_families.py",  # 240
                        "test_sd21_architecture.py",  # 134
                        "test_own_data.py",  # 118
                        "test_detection_learns.py",  # 89

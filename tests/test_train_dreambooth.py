@@ -136,9 +136,9 @@ def test_the_loop_feeds_instance_then_class_prompts_and_uses_8bit_adam(instance_
     seen, made = [], []
     real_loss = tdb.diffusion_loss
 
-    def spy(unet, scheduler, latents, states, noise, timesteps, *rest):
+    def spy(unet, scheduler, latents, states, noise, timesteps, *rest, **added):
         seen.append((states.detach().clone(), timesteps.clone(), latents.detach().clone()))
-        return real_loss(unet, scheduler, latents, states, noise, timesteps, *rest)
+        return real_loss(unet, scheduler, latents, states, noise, timesteps, *rest, **added)
 
     class Spied8bit(bitsandbytes.optim.AdamW8bit):
         def __init__(self, *args, **kwargs):
@@ -361,9 +361,9 @@ def test_gradient_accumulation_averages_the_batches_and_schedules_optimizer_step
     batches, optimizer_steps = [], []
     real_loss = tdb.diffusion_loss
 
-    def spy(*args):
+    def spy(*args, **added):
         batches.append(args)
-        return real_loss(*args)
+        return real_loss(*args, **added)
 
     class CheckingAdamW(torch.optim.AdamW):
         def step(self, *args, **kwargs):
@@ -436,9 +436,9 @@ def test_offset_noise_snr_gamma_and_other_diffusers_flags_train(instance_dir, cl
     seen = []
     real_loss = tdb.diffusion_loss
 
-    def spy(unet, scheduler, latents, states, noise, timesteps, *rest):
+    def spy(unet, scheduler, latents, states, noise, timesteps, *rest, **added):
         seen.append((noise.detach().clone(), rest))
-        return real_loss(unet, scheduler, latents, states, noise, timesteps, *rest)
+        return real_loss(unet, scheduler, latents, states, noise, timesteps, *rest, **added)
 
     monkeypatch.setattr(tdb, "diffusion_loss", spy)
     common = [*TINY, "--instance_data_dir", str(instance_dir), "--class_data_dir", str(class_dir),
@@ -606,7 +606,7 @@ def test_help_groups_every_flag_with_a_help_text_and_at_most_one_default(capsys)
     options = {option: help for entries in sections.values() for option, help in entries.items()}
     usage_flags = set(re.findall(r"--[\w-]+", text.split("\n\n")[0])) | {"--help"}
     assert usage_flags == {flag for option in options for flag in re.findall(r"--[\w-]+", option)}
-    assert len(options) == 54  # 53 flags and --help
+    assert len(options) == 61  # 60 flags and --help
     assert all(options.values()), [option for option, help in options.items() if not help]
     assert all(help.lower().count("default") <= 1 for help in options.values())
     assert "(default: None)" not in text and "(default: False)" not in text
@@ -614,7 +614,9 @@ def test_help_groups_every_flag_with_a_help_text_and_at_most_one_default(capsys)
     assert options["--use_8bit_adam, --no-use_8bit_adam"].endswith("(default: True)")
     assert options["--learning_rate LEARNING_RATE"].endswith("(default: 2e-06)")
     assert list(sections) == ["options", "model", "instance photos",
-                              "prior preservation (Eq. 9)", "training", "optimizer and learning-rate schedule",
+                              "prior preservation (Eq. 9)", "training",
+                              "flow matching (SD3 and FLUX only; if not given: diffusers' scripts' values)",
+                              "optimizer and learning-rate schedule",
                               "precision and memory", "output and checkpoints", "validation and logging", "examples"]
     assert list(sections["options"]) == ["-h, --help"]  # every other flag sits in its group
 
@@ -622,7 +624,7 @@ def test_help_groups_every_flag_with_a_help_text_and_at_most_one_default(capsys)
 def test_help_examples_are_valid_commands(capsys):
     examples = help_text(capsys).split("examples:\n", 1)[1].replace("\\\n", " ")
     commands = [shlex.split(line, comments=True) for line in examples.splitlines() if "train_dreambooth.py" in line]
-    assert len(commands) == 3
+    assert len(commands) == 4
     for words in commands:
         args = tdb.parse_args(words[words.index("train_dreambooth.py") + 1:])
         assert args.instance_data_dir and args.output_dir and args.class_data_dir

@@ -1,0 +1,208 @@
+"""SDXL, SD3 and FLUX.1 through train_dreambooth.py and generate.py, on tiny random models built from configs."""
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import generate as gen
+import train_dreambooth as tdb
+from conftest import REPO, stages_run
+
+FAMILIES = {"tiny-random-sdxl": tdb.SDXL, "tiny-random-sd3": tdb.SD3, "tiny-random-flux": tdb.FLUX}
+
+
+def tiny(name):
+    return ["--pretrained_model_name_or_path", name, "--resolution", "64", "--num_class_images", "2",
+            "--sample_batch_size", "2", "--validation_steps", "0", "--seed", "0", "--max_train_steps", "2",
+            "--learning_rate", "1e-3", "--no-use_8bit_adam"]
+
+
+@pytest.fixture(scope="module")
+def instance_dir(tmp_path_factory):
+    """Three real orchard photos (read from ../shared), 64 x 48 px, so that SDXL's time ids carry a crop."""
+    from conftest import shared_path
+    folder = tmp_path_factory.mktemp("instances")
+    for path in sorted((shared_path("data/orchard-real") / "train" / "images").glob("*.jpg"))[:3]:
+        Image.open(path).convert("RGB").resize((64, 48)).save(folder / f"{path.stem}.png")
+    return folder
+
+
+def log_rows(output_dir):
+    with open(output_dir / "training_log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def text_run(pipeline):
+    """A Run holding just what prompt_conditions and added_conditions read."""
+    run = tdb.Run(type("Args", (), {"resolution": 64, "max_sequence_length": 16})(),
+                  type("Cpu", (), {"device": torch.device("cpu")})(), "no", torch.float32, [], [], pipeline,
+                  pipeline.tokenizer, pipeline.vae, pipeline.text_encoder, tdb.denoiser_of(pipeline), None)
+    run.text_pipeline = pipeline
+    return run
+
+
+def test_sdxl_prompts_are_both_encoders_next_to_last_states_and_the_second_ones_pooled_projection():
+    pipeline = tdb.build_tiny_random_pipeline(class_name=tdb.SDXL)
+    prompts = ["a sks tree", "a tree"]
+    with torch.no_grad():
+        states, pooled = tdb.prompt_conditions(text_run(pipeline), prompts)
+        first = pipeline.text_encoder(tdb.token_ids(pipeline.tokenizer, prompts, "cpu"), output_hidden_states=True)
+        second = pipeline.text_encoder_2(tdb.token_ids(pipeline.tokenizer_2, prompts, "cpu"), output_hidden_states=True)
+    assert states.shape == (2, 77, 64) and pooled.shape == (2, 32)
+    torch.testing.assert_close(states, torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1))
+    torch.testing.assert_close(pooled, second.text_embeds)
+    # the time ids: original size, crop top-left, target size, as the pipeline's _get_add_time_ids lays them out
+    added = tdb.added_conditions(text_run(pipeline), pooled, torch.tensor([[48, 64, 0, 0], [96, 128, 8, 16]]))
+    expected = pipeline._get_add_time_ids((48, 64), (0, 0), (64, 64), torch.float32, 32)
+    torch.testing.assert_close(added["time_ids"][0:1], expected)
+    assert added["time_ids"][1].tolist() == [96, 128, 8, 16, 64, 64]
+
+
+def test_flux_prompts_are_t5_states_and_clips_pooled_output():
+    pipeline = tdb.build_tiny_random_pipeline(class_name=tdb.FLUX)
+    with torch.no_grad():
+        states, pooled = tdb.prompt_conditions(text_run(pipeline), ["a sks tree"])
+        t5_ids = pipeline.tokenizer_2(["a sks tree"], padding="max_length", max_length=16, truncation=True,
+                                      return_tensors="pt").input_ids
+        clip = pipeline.text_encoder(tdb.token_ids(pipeline.tokenizer, ["a sks tree"], "cpu"))
+    assert states.shape == (1, 16, 64) and pooled.shape == (1, 32)   # --max_sequence_length T5 tokens
+    torch.testing.assert_close(states, pipeline.text_encoder_2(t5_ids)[0])
+    torch.testing.assert_close(pooled, clip.pooler_output)
+
+
+def test_flow_matching_noise_target_and_weights_equal_the_formula(monkeypatch):
+    """FLUX's loss at sigma: noisy = (1 - sigma) x + sigma n into the transformer, target n - x; with
+    --precondition_outputs (SD3's default) the prediction becomes noisy - sigma v and the target x."""
+    pipeline = tdb.build_tiny_random_pipeline(class_name=tdb.FLUX)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    run = text_run(pipeline)
+    run.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+    seen = {}
+
+    def velocity(run, noisy, timesteps, states, pooled):
+        seen.update(noisy=noisy, timesteps=timesteps)
+        return torch.full_like(noisy, 0.5)
+
+    monkeypatch.setattr(tdb, "transformer_prediction", velocity)
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    for precondition in (False, True):
+        run.args = type("Args", (), {"weighting_scheme": "none", "logit_mean": 0.0, "logit_std": 1.0,
+                                     "mode_scale": 1.29, "precondition_outputs": precondition,
+                                     "prior_preservation": True, "prior_loss_weight": 1.0})()
+        torch.manual_seed(3)
+        loss, instance, prior = tdb.flow_matching_loss(run, latents, None, None, noise)
+        torch.manual_seed(3)
+        sigmas = run.noise_scheduler.sigmas[(torch.rand(2) * 1000).long()].view(-1, 1, 1, 1)
+        torch.testing.assert_close(seen["noisy"], (1 - sigmas) * latents + sigmas * noise)
+        torch.testing.assert_close(seen["timesteps"], sigmas.flatten() * 1000)
+        prediction, target = (seen["noisy"] - 0.5 * sigmas, latents) if precondition else (0.5, noise - latents)
+        errors = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+        torch.testing.assert_close((instance, prior, loss), (errors[0], errors[1], errors.sum()))
+
+
+@pytest.mark.parametrize("name, how", [("tiny-random-sdxl", ["--lora_rank", "4"]),
+                                       ("tiny-random-sdxl", ["--lora_rank", "0", "--cache_latents"]),
+                                       ("tiny-random-sdxl", ["--no-cache_latents"]),
+                                       ("tiny-random-sd3", []), ("tiny-random-sd3", ["--lora_rank", "0"]),
+                                       ("tiny-random-flux", ["--no-cache_latents"]),
+                                       ("tiny-random-flux", ["--lora_rank", "0"])])
+def test_two_dreambooth_steps_with_prior_preservation_save_the_familys_pipeline(instance_dir, tmp_path, name, how):
+    import diffusers
+    out = tmp_path / "out"
+    assert tdb.main([*tiny(name), *how, "--instance_data_dir", str(instance_dir), "--class_data_dir",
+                     str(tmp_path / "class"), "--output_dir", str(out)]) == 0
+    rows = log_rows(out)
+    assert [row["step"] for row in rows] == ["1", "2"]
+    assert all(np.isfinite(float(row["loss"])) and row["prior_loss"] for row in rows)
+    assert len(list((tmp_path / "class").glob("class_*.png"))) == 2
+    saved = getattr(diffusers, FAMILIES[name]).from_pretrained(out)
+    base = tdb.build_tiny_random_pipeline(class_name=FAMILIES[name])
+    ours, theirs = tdb.denoiser_of(saved).state_dict(), tdb.denoiser_of(base).state_dict()
+    changed = [k for k, v in ours.items() if not torch.equal(v, theirs[k])]
+    lora = "--lora_rank" not in how or how[how.index("--lora_rank") + 1] != "0"   # LoRA is these families' default
+    assert changed and (all(any(t in k for t in tdb.LORA_TARGETS[FAMILIES[name]]) for k in changed) if lora else
+                        len(changed) > len(ours) // 2)
+    assert (out / "pytorch_lora_weights.safetensors").exists() == lora
+    for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):  # frozen: saved as loaded
+        if getattr(base, part, None) is not None:
+            mine, loaded = getattr(saved, part).state_dict(), getattr(base, part).state_dict()
+            assert all(torch.equal(mine[k], loaded[k]) for k in loaded), part
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_lora_loads_into_the_familys_pipeline_and_changes_its_image(instance_dir, tmp_path, name):
+    out = tmp_path / "lora"
+    assert tdb.main([*tiny(name), "--learning_rate", "5e-2", "--instance_data_dir", str(instance_dir),
+                     "--class_data_dir", str(tmp_path / "class"), "--output_dir", str(out)]) == 0
+
+    def draw(pipeline):
+        return pipeline("a sks tree", height=64, width=64, num_inference_steps=2, output_type="np",
+                        generator=torch.Generator().manual_seed(0)).images[0]
+
+    pipeline = tdb.build_tiny_random_pipeline(class_name=FAMILIES[name])
+    pipeline.set_progress_bar_config(disable=True)
+    before = draw(pipeline)
+    pipeline.load_lora_weights(out / "pytorch_lora_weights.safetensors")
+    with_lora = draw(pipeline)
+    assert np.abs(with_lora - before).max() > 1e-3
+    fused = draw(tdb.load_pipeline(str(out)))  # the saved pipeline has the same LoRA fused in
+    np.testing.assert_allclose(fused, with_lora, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generate_draws_from_the_familys_folder_at_its_own_settings(tmp_path, name):
+    model = tmp_path / name
+    tdb.build_tiny_random_pipeline(class_name=FAMILIES[name]).save_pretrained(model)
+    own_guidance = {"tiny-random-sdxl": 5.0, "tiny-random-sd3": 7.0, "tiny-random-flux": 3.5}[name]
+    assert gen.drawing_settings(str(model), None, None, None) == (1024, 1024, own_guidance)
+    assert gen.drawing_settings(str(model), 64, None, 2.0) == (64, 64, 2.0)
+    assert gen.main(["--model", f"{model}:2", "--output_dir", str(tmp_path / "out"), "--height", "64",
+                     "--num_inference_steps", "2"]) == 0
+    images = sorted((tmp_path / "out" / "images").glob("*.png"))
+    assert [Image.open(p).size for p in images] == [(64, 64), (64, 64)]
+    assert not np.array_equal(np.asarray(Image.open(images[0])), np.asarray(Image.open(images[1])))
+    with open(tmp_path / "out" / "manifest.csv", newline="") as handle:
+        assert {float(row["guidance"]) for row in csv.DictReader(handle)} == {own_guidance}
+
+
+def test_a_family_not_taken_and_flags_a_family_has_no_use_for_are_one_line(instance_dir, tmp_path, capsys):
+    model = tmp_path / "kandinsky"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "KandinskyV22Pipeline"}')
+    assert tdb.main(["--pretrained_model_name_or_path", str(model), "--check_model"]) == 2
+    assert "a KandinskyV22Pipeline model; these scripts take StableDiffusionPipeline, " in capsys.readouterr().err
+    for name, class_name in FAMILIES.items():
+        assert tdb.main(["--pretrained_model_name_or_path", name, "--check_model"]) == 0
+        assert f"found ({name}), a {class_name}" in capsys.readouterr().out
+    for name, flags, message in [
+            ("tiny-random-sdxl", ["--train_text_encoder"], "--train_text_encoder: the text encoders of a "
+                                                           "StableDiffusionXLPipeline stay frozen"),
+            ("tiny-random-sdxl", ["--weighting_scheme", "mode"], "--weighting_scheme: not used in training a "
+                                                                 "StableDiffusionXLPipeline"),
+            ("tiny-random-sd3", ["--guidance_scale", "3", "--snr_gamma", "5"],
+             "--snr_gamma, --guidance_scale: not used"),
+            ("tiny-random", ["--max_sequence_length", "77"], "--max_sequence_length: not used")]:
+        assert tdb.main([*tiny(name), *flags, "--instance_data_dir", str(instance_dir), "--class_data_dir",
+                         str(tmp_path / "class"), "--output_dir", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_run_all_chains_a_flow_matching_model_into_table1(tmp_path):
+    name, work = "tiny-random-flux", tmp_path / "work"
+    result = subprocess.run(["bash", str(REPO / "run_all.sh"), "--demo", "--model", name, "--epochs", "1",
+                             "--datasets", "genfusion", "--work", str(work)], capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stages_run(result.stdout)[:4] == ["prepare", "dreambooth_green", "dreambooth_red", "generate"]
+    for group in ("green", "red"):
+        index = json.loads((work / "models" / group / "model_index.json").read_text())
+        assert index["_class_name"] == FAMILIES[name]
+    images = sorted((work / "generated" / "images").glob("*.png"))
+    assert len(images) == 26 and {Image.open(p).size for p in images} == {(64, 64)}
+    with open(work / "results" / "table1.csv", newline="") as handle:
+        assert {row["dataset"] for row in csv.DictReader(handle)} == {"baseline", "genfusion"}
