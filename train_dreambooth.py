@@ -269,7 +269,7 @@ def ensure_class_images(args, pipeline, weight_dtype, accelerator):
                       disable=not accelerator.is_local_main_process):
         chunk = mine[start:start + args.sample_batch_size]
         generators = [torch.Generator().manual_seed(args.seed + k) for k in chunk]  # CPU: the same on any device
-        with precision:
+        with precision():
             images = drawer([prompt] * len(chunk), height=args.resolution, width=args.resolution,
                             generator=generators).images
         for k, image in zip(chunk, images):
@@ -285,15 +285,15 @@ def ensure_class_images(args, pipeline, weight_dtype, accelerator):
 
 
 def class_image_drawer(args, pipeline, weight_dtype, accelerator):
-    """What draws the class images, and the precision it draws in -> (pipeline, context). SD 1/2: the
-    fp32 model under autocast, as the paper's runs did. The larger families: a second load in the training
-    precision (the fp32 one of FLUX.1 would take 67 GB of the GPU), its parts moved to the GPU one at a
-    time, and no autocast, under which SDXL's VAE would decode in fp16, where it overflows."""
+    """What draws the class images, and the precision it draws in -> (pipeline, a context for each batch).
+    SD 1/2: the fp32 model under autocast, as the paper's runs did. The larger families: a second load in
+    the training precision (the fp32 one of FLUX.1 would take 67 GB of the GPU), its parts moved to the GPU
+    one at a time, and no autocast, under which SDXL's VAE would decode in fp16, where it overflows."""
     if type(pipeline).__name__ == SD:
-        drawer, precision = pipeline.to(accelerator.device), accelerator.autocast()
+        drawer, precision = pipeline.to(accelerator.device), accelerator.autocast
     else:
         drawer, precision = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant,
-                                          weight_dtype), contextlib.nullcontext()
+                                          weight_dtype), contextlib.nullcontext
         if accelerator.device.type == "cuda":
             drawer.enable_model_cpu_offload(device=accelerator.device)
     drawer.set_progress_bar_config(disable=True)

@@ -105,13 +105,16 @@ def test_flow_matching_noise_target_and_weights_equal_the_formula(monkeypatch):
         torch.testing.assert_close((instance, prior, loss), (errors[0], errors[1], errors.sum()))
 
 
-@pytest.mark.parametrize("name, how", [("tiny-random-sdxl", ["--lora_rank", "4"]),
+@pytest.mark.parametrize("name, how", [("tiny-random", ["--sample_batch_size", "1"]),  # SD 1/2, two batches
+                                       ("tiny-random-sdxl", ["--lora_rank", "4"]),
                                        ("tiny-random-sdxl", ["--lora_rank", "0", "--cache_latents"]),
                                        ("tiny-random-sdxl", ["--no-cache_latents"]),
-                                       ("tiny-random-sd3", []), ("tiny-random-sd3", ["--lora_rank", "0"]),
+                                       ("tiny-random-sd3", ["--sample_batch_size", "1"]),
+                                       ("tiny-random-sd3", ["--lora_rank", "0"]),
                                        ("tiny-random-flux", ["--no-cache_latents"]),
                                        ("tiny-random-flux", ["--lora_rank", "0"])])
 def test_two_dreambooth_steps_with_prior_preservation_save_the_familys_pipeline(instance_dir, tmp_path, name, how):
+    """Each family's run, and the class images drawn in one batch or in two."""
     import diffusers
     out = tmp_path / "out"
     assert tdb.main([*tiny(name), *how, "--instance_data_dir", str(instance_dir), "--class_data_dir",
@@ -120,12 +123,14 @@ def test_two_dreambooth_steps_with_prior_preservation_save_the_familys_pipeline(
     assert [row["step"] for row in rows] == ["1", "2"]
     assert all(np.isfinite(float(row["loss"])) and row["prior_loss"] for row in rows)
     assert len(list((tmp_path / "class").glob("class_*.png"))) == 2
-    saved = getattr(diffusers, FAMILIES[name]).from_pretrained(out)
-    base = tdb.build_tiny_random_pipeline(class_name=FAMILIES[name])
+    family = tdb.TINY_RANDOM_MODELS[name]
+    saved = getattr(diffusers, family).from_pretrained(out)
+    base = tdb.build_tiny_random_pipeline(class_name=family)
     ours, theirs = tdb.denoiser_of(saved).state_dict(), tdb.denoiser_of(base).state_dict()
     changed = [k for k, v in ours.items() if not torch.equal(v, theirs[k])]
-    lora = "--lora_rank" not in how or how[how.index("--lora_rank") + 1] != "0"   # LoRA is these families' default
-    assert changed and (all(any(t in k for t in tdb.LORA_TARGETS[FAMILIES[name]]) for k in changed) if lora else
+    rank = int(how[how.index("--lora_rank") + 1]) if "--lora_rank" in how else tdb.FAMILY_DEFAULTS[family]["lora_rank"]
+    lora = rank > 0                                              # LoRA is the larger families' default
+    assert changed and (all(any(t in k for t in tdb.LORA_TARGETS[family]) for k in changed) if lora else
                         len(changed) > len(ours) // 2)
     assert (out / "pytorch_lora_weights.safetensors").exists() == lora
     for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):  # frozen: saved as loaded
