@@ -229,3 +229,24 @@ def test_on_a_gpu_the_larger_families_train_in_bf16_and_sd_in_the_papers_fp16(mo
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)   # a V100 or T4
     args.pretrained_model_name_or_path, args.mixed_precision = "tiny-random-sdxl", None
     assert tdb.training_precision(args) == "fp16"
+
+
+@pytest.mark.parametrize("name, rank", [("tiny-random-flux", "4"), ("tiny-random-sd3", "0"), ("tiny-random-sdxl", "4")])
+def test_a_resumed_run_equals_an_unbroken_one(instance_dir, tmp_path, name, rank):
+    import diffusers
+    common = [*tiny(name), "--lora_rank", rank, "--instance_data_dir", str(instance_dir), "--class_data_dir",
+              str(tmp_path / "class")]
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "unbroken"), "--max_train_steps", "3"]) == 0
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "broken"), "--checkpointing_steps", "1"]) == 0
+    checkpoint = tmp_path / "broken" / "checkpoint-1"
+    if rank == "0":  # the whole transformer, as a folder diffusers loads
+        assert (checkpoint / "transformer" / "config.json").exists()
+    else:            # the LoRA file, which the family's pipeline loads
+        pipeline = tdb.build_tiny_random_pipeline(class_name=FAMILIES[name])
+        pipeline.load_lora_weights(checkpoint)
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "broken"), "--max_train_steps", "3",
+                     "--resume_from_checkpoint", "latest"]) == 0
+    assert [r["loss"] for r in log_rows(tmp_path / "broken")] == [r["loss"] for r in log_rows(tmp_path / "unbroken")]
+    resumed, unbroken = (tdb.denoiser_of(getattr(diffusers, FAMILIES[name]).from_pretrained(tmp_path / run))
+                         for run in ("broken", "unbroken"))
+    assert all(torch.equal(v, unbroken.state_dict()[k]) for k, v in resumed.state_dict().items())
