@@ -185,7 +185,7 @@ def check_inputs(args, instance_paths):
     """Before any heavy work: every instance photo readable, the tracker's package installed, and
     the class and output folders writable and outside the instance folder -> accelerate's log_with."""
     for path in instance_paths:
-        image_tensor(path, 8)
+        load_example(path, 8)
     log_with = tracker(args.report_to)
     if args.prior_preservation:  # the class folder first: a bad one leaves no output folder behind
         check_output_folder(args.class_data_dir, "--class_data_dir", inputs=[args.instance_data_dir])
@@ -515,8 +515,7 @@ def training_loop(run, global_step, signature):
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
             validate(args, accelerator, run.text_pipeline or run.pipeline, run.denoiser, run.text_encoder, run.vae,
-                     run.device,
-                     run.weight_dtype, global_step, output_dir)
+                     run.device, run.weight_dtype, global_step, output_dir)
     progress.close()
 
 
@@ -655,9 +654,8 @@ def save_outputs(run, done_file, finished):
     # SD 1/2 is saved without the safety checker it was loaded without, and without its image processor
     unused = {"feature_extractor": None} if "safety_checker" in run.pipeline.components else {}
     final = with_parts(run.pipeline, text_encoder=final_text_encoder, **{name: final_denoiser}, **unused)
-    for module in (final.vae, final.text_encoder, final_denoiser, *(getattr(final, other, None)
-                                                                    for other in ("text_encoder_2", "text_encoder_3"))):
-        if module is not None:
+    for module in final.components.values():
+        if isinstance(module, torch.nn.Module):
             place(module, "cpu", PRECISIONS[args.save_precision])
     save_pipeline(final, output_dir)
     plot_loss(output_dir / "training_log.csv", output_dir / "loss.png",
@@ -857,11 +855,6 @@ def instance_images(folder):
     if not images:
         raise InputError(f"{folder}: no instance images ({', '.join(IMAGE_EXTENSIONS)})")
     return images
-
-
-def image_tensor(path, resolution, crop_rng=None):
-    """An image file -> float tensor (3, resolution, resolution) in [-1, 1] (load_example)."""
-    return load_example(path, resolution, crop_rng)[0]
 
 
 def load_example(path, resolution, crop_rng=None):

@@ -39,11 +39,13 @@ COMMON = {"instance_prompt": "a sks tree", "class_prompt": "a tree", "resolution
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="sdxl", help="the model family")
-    parser.add_argument("--reference", required=True, help="diffusers' train_dreambooth_lora_<family>.py")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="sdxl", help="the model family (default: sdxl)")
+    parser.add_argument("--reference", required=True, help="diffusers' train_dreambooth_lora_<family>.py (required)")
     parser.add_argument("--work", help="where the model, photos, runs and losses.csv go (if not given: a temporary "
                                        "folder)")
     args = parser.parse_args()
+    if not Path(args.reference).is_file():
+        parser.error(f"--reference {args.reference}: no such file (diffusers' examples/dreambooth/ holds it)")
     work = Path(args.work or tempfile.mkdtemp(prefix="reference_losses_"))
     model, instance_dir, class_dir = make_inputs(work, FAMILIES[args.family])
     ours = run_pinned(work / "ours.json", [str(ROOT / "train_dreambooth.py"), *flags({

@@ -479,7 +479,7 @@ def test_exif_rotated_photo_is_read_upright(tmp_path):
     exif[0x0112] = 6  # Orientation: the camera held sideways; viewers rotate the stored pixels 90 degrees clockwise
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
     assert Image.open(tmp_path / "sideways.jpg").size == (64, 32)
-    pixels = tdb.image_tensor(tmp_path / "sideways.jpg", 32)  # shorter side 32, then the centre 32 x 32
+    pixels = tdb.load_example(tmp_path / "sideways.jpg", 32)[0]  # shorter side 32, then the centre 32 x 32
     red, blue = pixels[0], pixels[2]
     assert red[:8].mean() > 0.8 and blue[:8].mean() < -0.8  # the top rows are red
     assert blue[-8:].mean() > 0.8 and red[-8:].mean() < -0.8  # the bottom rows are blue
@@ -493,24 +493,24 @@ def test_random_crop_is_a_window_of_the_resized_photo_and_centre_crop_its_middle
     full = torch.from_numpy(ramp.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
     lefts = set()
     for seed in range(8):
-        crop = tdb.image_tensor(tmp_path / "wide.png", 64, np.random.default_rng(seed))
+        crop = tdb.load_example(tmp_path / "wide.png", 64, np.random.default_rng(seed))[0]
         left = round(float((crop[0, 0, 0] + 1) * 127.5) / 2)
         torch.testing.assert_close(crop, full[:, :, left:left + 64])
         lefts.add(left)
     assert len(lefts) > 2 and all(0 <= left <= 32 for left in lefts)
-    torch.testing.assert_close(tdb.image_tensor(tmp_path / "wide.png", 64), full[:, :, 16:80])
+    torch.testing.assert_close(tdb.load_example(tmp_path / "wide.png", 64)[0], full[:, :, 16:80])
 
 
 def test_a_16_bit_photo_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
     from PIL import Image
     grey16 = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
     Image.fromarray(grey16).save(tmp_path / "deep.png")
-    pixels = tdb.image_tensor(tmp_path / "deep.png", 32)
+    pixels = tdb.load_example(tmp_path / "deep.png", 32)[0]
     expected = torch.from_numpy(np.round(grey16 / 257) / 127.5 - 1).float()
     assert all(torch.allclose(pixels[c], expected, atol=1 / 127.5) for c in range(3))
     Image.fromarray(grey16.astype(np.float32)).save(tmp_path / "float.tiff")
     with pytest.raises(tdb.InputError, match="float.tiff: a floating-point image"):
-        tdb.image_tensor(tmp_path / "float.tiff", 32)
+        tdb.load_example(tmp_path / "float.tiff", 32)[0]
 
 
 def test_unusable_output_folders_are_one_line_errors(instance_dir, class_dir, tmp_path, capsys):
