@@ -251,7 +251,7 @@ def draw(pipeline, jobs, args):
     return pipeline([job["prompt"] for job in jobs],
                     negative_prompt=[args.negative_prompt] * len(jobs) if args.negative_prompt else None,
                     height=height, width=width, num_inference_steps=args.num_inference_steps,
-                    guidance_scale=guidance, generator=generators).images
+                    **({} if guidance is None else {"guidance_scale": guidance}), generator=generators).images
 
 
 def save_image(image, path, record):
@@ -355,8 +355,9 @@ def parse_shard(text):
 
 def drawing_settings(location, height, width, guidance, negative_prompt=""):
     """--height, --width and --guidance_scale, where not given the model's own: 768 px and 7.5 for SD 1/2
-    (the paper's), else 1024 px and its pipeline's default guidance (SDXL 5.0, SD3 7.0, FLUX 3.5). A
-    negative prompt for FLUX.1, whose pipeline would leave it out, is an InputError."""
+    (the paper's), else 1024 px and its pipeline's default guidance (SDXL 5.0, SD3 7.0, FLUX.1-dev 3.5;
+    None for a FLUX.1 without a guidance input, as FLUX.1-schnell). A negative prompt for FLUX.1, or a
+    guidance for one without that input, which its pipeline would leave out, is an InputError."""
     import inspect
 
     import diffusers
@@ -364,12 +365,33 @@ def drawing_settings(location, height, width, guidance, negative_prompt=""):
     if class_name == "FluxPipeline" and negative_prompt:
         raise InputError(f"--negative_prompt: {location} is a FLUX.1 model, whose guidance is distilled: it draws "
                          f"without a negative prompt")
+    if class_name == "FluxPipeline" and not has_guidance_input(location):
+        if guidance is not None:
+            raise InputError(f"--guidance_scale: {location} is a FLUX.1 model without a guidance input (as "
+                             f"FLUX.1-schnell): drop the flag")
+        return height or 1024, width or 1024, None
     if class_name == "StableDiffusionPipeline":
         own_size, own_guidance = 768, 7.5
     else:
         call = inspect.signature(getattr(diffusers, class_name).__call__)
         own_size, own_guidance = 1024, call.parameters["guidance_scale"].default
     return height or own_size, width or own_size, guidance if guidance is not None else own_guidance
+
+
+def has_guidance_input(location):
+    """Whether a FLUX.1 model's transformer takes the distilled guidance (FLUX.1-dev's does, FLUX.1-schnell's
+    does not), from its config.json (a single file's: its config repository's)."""
+    from huggingface_hub import hf_hub_download
+    kind, local_files_only = locate_model(location)
+    source = location
+    if kind == "file":
+        source, local_files_only = locate_single_file_config(location)
+    try:
+        path = Path(location) / "transformer" / "config.json" if kind == "folder" else hf_hub_download(
+            source, "transformer/config.json", local_files_only=local_files_only)
+        return bool(json.loads(Path(path).read_text(encoding="utf-8")).get("guidance_embeds"))
+    except Exception as error:  # the hub's errors, OSError, JSON errors
+        raise InputError(f"{source}: no readable transformer/config.json ({error})")
 
 
 def model_scheduler(location):
@@ -472,9 +494,10 @@ def model_index(name, revision=None):
     return class_name, index
 
 
-def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32):
+def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32, **parts):
     """The model's pipeline (model_index says which) with its weights in dtype, from a .safetensors/.ckpt
-    file, a local diffusers folder or a hub id (locate_model checks it first)."""
+    file, a local diffusers folder or a hub id (locate_model checks it first); parts given (a module, or
+    None to leave one out) are not loaded."""
     import diffusers
 
     kind, local_files_only = locate_model(name_or_path, revision)
@@ -483,8 +506,8 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
                          f"folder: neither applies to {name_or_path}")
     class_name, _ = model_index(name_or_path, revision)
     pipeline_class = getattr(diffusers, class_name)
-    kwargs = {"dtype": dtype, **({"safety_checker": None, "requires_safety_checker": False}
-                                 if class_name == "StableDiffusionPipeline" else {})}
+    kwargs = {"dtype": dtype, **parts, **({"safety_checker": None, "requires_safety_checker": False}
+                                          if class_name == "StableDiffusionPipeline" else {})}
     try:
         if kind == "file":  # the weights are here; the components' configs come from a hub repository
             config, config_local_only = locate_single_file_config(name_or_path)
@@ -584,7 +607,8 @@ def parse_args(argv=None):
                              "it a template is the whole prompt) (none if not given)")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--guidance_scale", type=float, help="classifier-free guidance; FLUX.1-dev: its distilled "
-                        "guidance (if not given: 7.5 for SD 1/2, the paper's, else the model's pipeline's default)")
+                        "guidance (if not given: 7.5 for SD 1/2, the paper's, else the model's pipeline's default; "
+                        "none for FLUX.1-schnell, which has no guidance input)")
     parser.add_argument("--height", type=int, help="image height, a multiple of 8 (if not given: the model's size, "
                         "768 for SD 1/2, the paper's, else 1024)")
     parser.add_argument("--width", type=int, help="image width, a multiple of 8 (if not given: the model's size)")

@@ -11,8 +11,9 @@ In:  --instance_data_dir   the instance photos (prepare_data.py's OUT/instances/
                            stabilityai/stable-diffusion-2-1), a local diffusers folder, a
                            .safetensors/.ckpt file, or tiny-random(-sdxl, -sd3, -flux) (tiny untrained
                            models for smoke runs); checked in seconds first, its family read there
-Out: --output_dir          a diffusers pipeline folder (safetensors, fp32 unless --save_precision)
-                           of the model's own pipeline class, plus (with --lora_rank) its
+Out: --output_dir          a diffusers pipeline folder of the model's own pipeline class (safetensors
+                           in --save_precision: fp32, or the training precision for LoRA of the
+                           larger families), plus (with --lora_rank) its
                            pytorch_lora_weights.safetensors for load_lora_weights, training_log.csv
                            (one row per optimizer step), loss.png (the instance and prior losses,
                            raw and smoothed), validation/step_*.png grids (captioned with the model,
@@ -28,7 +29,8 @@ The other families differ only where their pipelines do, in a few functions: the
 (prompt_conditions: the family's own encode_prompt), SDXL's time ids (added_conditions), and for SD3
 and FLUX flow matching (flow_matching_loss: noisy = (1 - sigma) x + sigma noise, target noise - x,
 diffusers' sigma densities and loss weights) through a transformer (transformer_prediction: FLUX's
-packed latents, positions and guidance). Their text encoders stay frozen, LoRA is their default,
+packed latents, positions and guidance). Their text encoders stay frozen, LoRA is their default
+(on a base loaded in the training precision, or in 4 or 8 bits with --bnb_quantization_config_path),
 1024 px; SDXL's VAE encodes in fp32.
 Flag names are diffusers' DreamBooth example's. Runs under `accelerate launch --num_processes N`.
 """
@@ -152,10 +154,14 @@ def train(args):
     output_dir = Path(args.output_dir)
     instance_paths = instance_images(args.instance_data_dir)
     family = model_class(args.pretrained_model_name_or_path, args.revision)
-    check_family_flags(args, family)
     for flag, value in FAMILY_DEFAULTS[family].items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
+    check_family_flags(args, family)
+    if args.save_precision is None:
+        weight_dtype = PRECISIONS.get(training_precision(args), torch.float32)
+        args.save_precision = {dtype: name for name, dtype in PRECISIONS.items()}[
+            base_precision(args, family, weight_dtype)]
     signature = training_signature(args, instance_paths)
     finished = {**signature, "max_train_steps": args.max_train_steps, "num_train_epochs": args.num_train_epochs,
                 "save_precision": args.save_precision}
@@ -216,29 +222,36 @@ def load_models(args, accelerator, instance_paths):
 
     mixed_precision = training_precision(args)
     weight_dtype = PRECISIONS.get(mixed_precision, torch.float32)
-    pipeline = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant)
+    family = model_class(args.pretrained_model_name_or_path, args.revision)
+    part = denoiser_name(family)
+    quantized = None  # --bnb_quantization_config_path: the base denoiser, in 4 or 8 bits on the device
+    if args.bnb_quantization_config_path:
+        quantized = load_denoiser(args, weight_dtype, accelerator.device,
+                                  bnb_quantization(args.bnb_quantization_config_path, weight_dtype))
+    pipeline = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant,
+                             base_precision(args, family, weight_dtype), **({part: None} if quantized else {}))
     set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
     class_paths = []
     if args.prior_preservation:
-        ensure_class_images(args, pipeline, weight_dtype, accelerator)
+        ensure_class_images(args, pipeline, weight_dtype, accelerator, quantized)
         class_paths = list_images(args.class_data_dir)[:args.num_class_images]
     pipeline.to("cpu")
-    # The frozen parts run in the training precision to save memory, as copies (each cast as it is made,
-    # so that the host holds one more fp32 part at most): the pipeline is saved from the weights as
-    # loaded, not from rounded copies. LoRA trains on a copy of the base denoiser.
-    halved = weight_dtype != torch.float32
-    family = type(pipeline).__name__
+    # The frozen parts run in the training precision to save memory. Where the base loaded in another one
+    # (fp32), they run as copies, each cast as it is made (so that the host holds one more fp32 part at
+    # most), and the pipeline is saved from the weights as loaded, not from rounded copies.
 
-    def copy_of(part):
-        return copy.deepcopy(part).to(weight_dtype)
+    def in_weight_dtype(module):
+        return module if module.dtype == weight_dtype else copy.deepcopy(module).to(weight_dtype)
 
-    vae = copy_of(pipeline.vae) if halved and family != SDXL else pipeline.vae
-    text_encoder = copy_of(pipeline.text_encoder) if halved and not args.train_text_encoder else pipeline.text_encoder
-    others = {name: copy_of(part) if halved else part for name, part in pipeline.components.items()
+    vae = in_weight_dtype(pipeline.vae) if family != SDXL else pipeline.vae
+    text_encoder = pipeline.text_encoder if args.train_text_encoder else in_weight_dtype(pipeline.text_encoder)
+    others = {name: in_weight_dtype(module) for name, module in pipeline.components.items()
               if name in ("text_encoder_2", "text_encoder_3")}
     text_pipeline = with_parts(pipeline, text_encoder=text_encoder, **others) if family != SD else None
-    denoiser = denoiser_of(pipeline)
-    denoiser = copy_of(denoiser) if args.lora_rank else denoiser
+    if quantized is not None:
+        denoiser = quantized
+    else:  # LoRA trains on the base itself where it loaded in the training precision
+        denoiser = in_weight_dtype(denoiser_of(pipeline)) if args.lora_rank else denoiser_of(pipeline)
     scheduler_class = FlowMatchEulerDiscreteScheduler if family in FLOW_MATCHING else DDPMScheduler
     noise_scheduler = scheduler_class.from_config(pipeline.scheduler.config)
     run = Run(args, accelerator, mixed_precision, weight_dtype, instance_paths, class_paths, pipeline,
@@ -247,7 +260,14 @@ def load_models(args, accelerator, instance_paths):
     return run
 
 
-def ensure_class_images(args, pipeline, weight_dtype, accelerator):
+def base_precision(args, family, weight_dtype):
+    """The precision the base model loads in: fp32 for SD 1/2 (the paper's runs) and for a full fine-tune,
+    whose weights train in fp32; the training precision for LoRA of the larger families (FLUX.1 in fp32
+    would take 67 GB of host memory), where the base stays frozen."""
+    return weight_dtype if args.lora_rank and family != SD else torch.float32
+
+
+def ensure_class_images(args, pipeline, weight_dtype, accelerator, quantized):
     """Fill --class_data_dir up to --num_class_images images drawn from --class_prompt by the frozen
     model. Image k has its own seed (seed + k) and is written atomically as class_<k>.png with its prompt
     in a text chunk; existing images count, unless one was drawn from another prompt (InputError)."""
@@ -264,7 +284,7 @@ def ensure_class_images(args, pipeline, weight_dtype, accelerator):
     mine = indices[accelerator.process_index::accelerator.num_processes]
     if accelerator.is_main_process:
         print(f"class images: {len(existing)} in {class_dir}, drawing {missing} more from {prompt!r}")
-    drawer, precision = class_image_drawer(args, pipeline, weight_dtype, accelerator)
+    drawer, precision = class_image_drawer(args, pipeline, weight_dtype, accelerator, quantized)
     for start in tqdm(range(0, len(mine), args.sample_batch_size), desc="class images", unit="batch",
                       disable=not accelerator.is_local_main_process):
         chunk = mine[start:start + args.sample_batch_size]
@@ -278,22 +298,28 @@ def ensure_class_images(args, pipeline, weight_dtype, accelerator):
             record.add_text(CLASS_PROMPT_KEY, prompt)
             image.save(tmp, format="PNG", pnginfo=record)
             os.replace(tmp, class_dir / f"class_{k:05d}.png")
+    drawer.remove_all_hooks()  # the offload's hooks would stay on the parts that train
     del drawer
     accelerator.wait_for_everyone()
     if len(list_images(class_dir)) < count:
         raise InputError(f"{class_dir}: {len(list_images(class_dir))} class images after drawing, {count} needed")
 
 
-def class_image_drawer(args, pipeline, weight_dtype, accelerator):
+def class_image_drawer(args, pipeline, weight_dtype, accelerator, quantized):
     """What draws the class images, and the precision it draws in -> (pipeline, a context for each batch).
-    SD 1/2: the fp32 model under autocast, as the paper's runs did. The larger families: a second load in
-    the training precision (the fp32 one of FLUX.1 would take 67 GB of the GPU), its parts moved to the GPU
-    one at a time, and no autocast, under which SDXL's VAE would decode in fp16, where it overflows."""
-    if type(pipeline).__name__ == SD:
+    SD 1/2: the fp32 model under autocast, as the paper's runs did. The larger families: the base itself
+    where it loaded in the training precision (with the quantized denoiser), else a second load in that
+    precision (the fp32 one of FLUX.1 would take 67 GB of the GPU); on a GPU its parts move there one at a
+    time, and no autocast, under which SDXL's VAE would decode in fp16, where it overflows."""
+    family = type(pipeline).__name__
+    if family == SD:
         drawer, precision = pipeline.to(accelerator.device), accelerator.autocast
     else:
-        drawer, precision = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant,
-                                          weight_dtype), contextlib.nullcontext
+        if base_precision(args, family, weight_dtype) == weight_dtype:
+            drawer = with_parts(pipeline, **({denoiser_name(family): quantized} if quantized else {}))
+        else:
+            drawer = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant, weight_dtype)
+        precision = contextlib.nullcontext
         if accelerator.device.type == "cuda":
             drawer.enable_model_cpu_offload(device=accelerator.device)
     drawer.set_progress_bar_config(disable=True)
@@ -321,9 +347,14 @@ def freeze_and_place(run):
     args, unet, text_encoder = run.args, run.denoiser, run.text_encoder
     run.vae.requires_grad_(False)
     text_encoder.requires_grad_(args.train_text_encoder)
+    quantized = getattr(unet, "is_quantized", False)
+    if quantized:  # as diffusers' scripts: its other weights (norms, embeddings) in fp32, for stable gradients
+        from peft import prepare_model_for_kbit_training
+        prepare_model_for_kbit_training(unet, use_gradient_checkpointing=False)
     if args.lora_rank:
         unet.requires_grad_(False)
-        place(unet, run.device, run.weight_dtype)  # the frozen base in half precision; only LoRA trains in fp32
+        if not quantized:  # the frozen base in half precision; only LoRA trains in fp32
+            place(unet, run.device, run.weight_dtype)
         unet.add_adapter(lora_config(args.lora_rank, run.family))
         for parameter in unet.parameters():
             if parameter.requires_grad:
@@ -341,7 +372,7 @@ def freeze_and_place(run):
             text_encoder.gradient_checkpointing_enable()
     # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers' SDXL script
     place(run.vae, run.device, torch.float32 if run.family == SDXL else run.weight_dtype)
-    unet.to(run.device)
+    unet.to(run.device)  # (a quantized one too: drawing the class images may have offloaded it)
     place(text_encoder, run.device, torch.float32 if args.train_text_encoder else run.weight_dtype)
     for other in frozen_text_encoders(run):
         other.requires_grad_(False).eval()
@@ -415,7 +446,7 @@ def accelerate_prepare(run):
     from safetensors.torch import load_file
 
     accelerator, lora_rank, trained = run.accelerator, run.args.lora_rank, run.denoiser
-    pipeline_class, name = type(run.pipeline), denoiser_name(run.pipeline)
+    pipeline_class, name = type(run.pipeline), denoiser_name(run.family)
     if run.args.train_text_encoder:
         run.denoiser, run.text_encoder, run.optimizer, run.lr_scheduler = accelerator.prepare(
             run.denoiser, run.text_encoder, run.optimizer, run.lr_scheduler)
@@ -489,7 +520,7 @@ def start_logging(run, log_with, steps_per_epoch, learning_rate):
     log(run.accelerator, f"training {run.max_train_steps} optimizer steps ({steps_per_epoch} per epoch, "
         f"{args.gradient_accumulation_steps} batch(es) each) on {len(run.instance_paths)} instance and "
         f"{len(run.class_paths)} class images, {run.mixed_precision} precision, "
-        f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'the whole ' + denoiser_name(run.pipeline)}, "
+        f"{'LoRA rank %d' % args.lora_rank if args.lora_rank else 'the whole ' + denoiser_name(run.family)}, "
         f"{'8-bit ' if args.use_8bit_adam else ''}AdamW at lr {learning_rate:g}, device {run.device}")
 
 
@@ -635,19 +666,22 @@ def log_step(run, step, losses, started):
 
 
 def save_outputs(run, done_file, finished):
-    """The fine-tuned pipeline (LoRA fused into the UNet as loaded), loss.png and training_args.json,
-    which marks the run finished."""
+    """The fine-tuned pipeline (LoRA fused into the base denoiser as loaded, or with a quantized base into
+    a fresh unquantized load), loss.png and training_args.json, which marks the run finished."""
     from peft.utils import get_peft_model_state_dict
 
     args, accelerator, output_dir = run.args, run.accelerator, Path(run.args.output_dir)
-    name = denoiser_name(run.pipeline)
+    name = denoiser_name(run.family)
     if args.lora_rank:
         lora_state = get_peft_model_state_dict(accelerator.unwrap_model(run.denoiser))
         lora_tmp = output_dir / ".lora_tmp"
         type(run.pipeline).save_lora_weights(lora_tmp, **{f"{name}_lora_layers": lora_state})
         os.replace(lora_tmp / "pytorch_lora_weights.safetensors", output_dir / "pytorch_lora_weights.safetensors")
         shutil.rmtree(lora_tmp)
-        final_denoiser = fuse_lora(denoiser_of(run.pipeline), lora_state, args.lora_rank, run.family)
+        base = denoiser_of(run.pipeline)
+        if base is None:  # it trained quantized; the pipeline loaded without it
+            base = load_denoiser(args, run.weight_dtype, "cpu")
+        final_denoiser = fuse_lora(base, lora_state, args.lora_rank, run.family)
     else:
         final_denoiser = accelerator.unwrap_model(run.denoiser)
     final_text_encoder = accelerator.unwrap_model(run.text_encoder) if args.train_text_encoder else run.pipeline.text_encoder
@@ -717,7 +751,7 @@ def validate(args, accelerator, pipeline, unet, text_encoder, vae, device, weigh
     for part in (text_encoder, vae, *others):
         part.to(device)
     validation = with_parts(pipeline, vae=vae, text_encoder=accelerator.unwrap_model(text_encoder),
-                            **{denoiser_name(pipeline): accelerator.unwrap_model(unet)})
+                            **{denoiser_name(type(pipeline).__name__): accelerator.unwrap_model(unet)})
     validation.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device).manual_seed(args.seed + k) for k in range(args.num_validation_images)]
     with torch.no_grad(), accelerator.autocast():
@@ -945,15 +979,59 @@ def token_ids(tokenizer, prompt, device):
 # ---------------------------------------------------------------------------------------------
 # Helpers: the model
 # ---------------------------------------------------------------------------------------------
-def base_pipeline(name, revision=None, variant=None, dtype=torch.float32):
-    """The model to fine-tune, in dtype: a tiny-random one, built here, or what load_pipeline loads."""
+def base_pipeline(name, revision=None, variant=None, dtype=torch.float32, **parts):
+    """The model to fine-tune, in dtype: a tiny-random one, built here, or what load_pipeline loads (with
+    the parts given in place of its own; None: left out)."""
     if name not in TINY_RANDOM_MODELS:
-        return load_pipeline(name, revision, variant, dtype)
+        return load_pipeline(name, revision, variant, dtype, **parts)
     if revision or variant:
         raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
                          f"folder: neither applies to {name}")
     print(f"{name}: a tiny untrained {TINY_RANDOM_MODELS[name]}; it draws noise (smoke runs and the demo only)")
     return build_tiny_random_pipeline(class_name=TINY_RANDOM_MODELS[name]).to(dtype=dtype)
+
+
+def load_denoiser(args, dtype, device, quantization=None):
+    """The base model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
+    loads it, when quantization (a BitsAndBytesConfig) is given."""
+    import diffusers
+    name, revision = args.pretrained_model_name_or_path, args.revision
+    class_name, index = model_index(name, revision)
+    part = denoiser_name(class_name)
+    kind, local_files_only = locate_model(name, revision)
+    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization, "device_map": {"": device}}
+    model = getattr(diffusers, index[part][1])
+    try:
+        if kind == "file":
+            config, config_local_only = locate_single_file_config(name)
+            return model.from_single_file(name, config=config, local_files_only=config_local_only, **kwargs)
+        return model.from_pretrained(name, revision=revision, variant=args.variant, local_files_only=local_files_only,
+                                     **kwargs)
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
+        raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
+
+
+def bnb_quantization(path, compute_dtype):
+    """--bnb_quantization_config_path's JSON: diffusers' BitsAndBytesConfig keywords -> that config; 4-bit
+    layers compute in compute_dtype (the training precision), as in diffusers' scripts."""
+    import inspect
+    from diffusers import BitsAndBytesConfig
+    try:
+        settings = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({error})")
+    if not isinstance(settings, dict) or not (settings.get("load_in_4bit") or settings.get("load_in_8bit")):
+        raise InputError(f'{path}: expected an object with "load_in_4bit": true or "load_in_8bit": true, e.g. '
+                         f'{{"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}}')
+    unknown = sorted(set(settings) - set(inspect.signature(BitsAndBytesConfig).parameters))
+    if unknown:
+        raise InputError(f"{path}: {', '.join(unknown)}: not BitsAndBytesConfig settings")
+    if settings.get("load_in_4bit"):
+        settings["bnb_4bit_compute_dtype"] = compute_dtype
+    try:
+        return BitsAndBytesConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: {error}")
 
 
 def model_class(name, revision=None):
@@ -962,9 +1040,14 @@ def model_class(name, revision=None):
 
 
 def check_family_flags(args, family):
-    """A flag that the model's family has no use for is an InputError naming it."""
+    """A flag that the model's family (or the run) has no use for is an InputError naming it."""
     if family != SD and args.train_text_encoder:
         raise InputError(f"--train_text_encoder: the text encoders of a {family} stay frozen here; drop the flag")
+    if args.bnb_quantization_config_path and (family == SD or not args.lora_rank
+                                              or args.pretrained_model_name_or_path in TINY_RANDOM_MODELS):
+        raise InputError("--bnb_quantization_config_path: quantizes the frozen base of a LoRA run of an SDXL, SD3 "
+                         "or FLUX.1 model as diffusers loads it (not SD 1/2, not a full fine-tune, not a "
+                         "tiny-random model, which is built here)")
     unused = (*FLOW_MATCHING_FLAGS, "guidance_scale") if family not in FLOW_MATCHING else \
         ("snr_gamma", "guidance_scale") if family == SD3 else ("snr_gamma",)
     given = [f"--{flag}" for flag in unused if getattr(args, flag) is not None]
@@ -1201,9 +1284,10 @@ def model_index(name, revision=None):
     return class_name, index
 
 
-def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32):
+def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32, **parts):
     """The model's pipeline (model_index says which) with its weights in dtype, from a .safetensors/.ckpt
-    file, a local diffusers folder or a hub id (locate_model checks it first)."""
+    file, a local diffusers folder or a hub id (locate_model checks it first); parts given (a module, or
+    None to leave one out) are not loaded."""
     import diffusers
 
     kind, local_files_only = locate_model(name_or_path, revision)
@@ -1212,8 +1296,8 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
                          f"folder: neither applies to {name_or_path}")
     class_name, _ = model_index(name_or_path, revision)
     pipeline_class = getattr(diffusers, class_name)
-    kwargs = {"dtype": dtype, **({"safety_checker": None, "requires_safety_checker": False}
-                                 if class_name == "StableDiffusionPipeline" else {})}
+    kwargs = {"dtype": dtype, **parts, **({"safety_checker": None, "requires_safety_checker": False}
+                                          if class_name == "StableDiffusionPipeline" else {})}
     try:
         if kind == "file":  # the weights are here; the components' configs come from a hub repository
             config, config_local_only = locate_single_file_config(name_or_path)
@@ -1233,12 +1317,12 @@ def place(module, device, dtype):
         module.to(dtype=dtype)
 
 
-def denoiser_name(pipeline):
-    return "transformer" if type(pipeline).__name__ in FLOW_MATCHING else "unet"
+def denoiser_name(family):
+    return "transformer" if family in FLOW_MATCHING else "unet"
 
 
 def denoiser_of(pipeline):
-    return getattr(pipeline, denoiser_name(pipeline))
+    return getattr(pipeline, denoiser_name(type(pipeline).__name__))
 
 
 def frozen_text_encoders(run):
@@ -1260,14 +1344,17 @@ def lora_config(rank, family):
     return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS[family])
 
 
-def fuse_lora(base_unet, lora_state, rank, family):
-    """The LoRA weights merged into a denoiser with the base weights as loaded -> a plain one."""
+def fuse_lora(denoiser, lora_state, rank, family):
+    """The LoRA weights merged into the denoiser's base weights -> a plain denoiser. The denoiser is either
+    the one that trained (LoRA on the base in place: it holds the adapter) or a base without one, which gets
+    lora_state."""
     from peft.utils import set_peft_model_state_dict
-    base_unet.add_adapter(lora_config(rank, family))
-    set_peft_model_state_dict(base_unet, lora_state)
-    base_unet.fuse_lora()
-    base_unet.unload_lora()
-    return base_unet
+    if not getattr(denoiser, "peft_config", None):
+        denoiser.add_adapter(lora_config(rank, family))
+        set_peft_model_state_dict(denoiser, lora_state)
+    denoiser.fuse_lora()
+    denoiser.unload_lora()
+    return denoiser
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1279,7 +1366,7 @@ def training_signature(args, instance_paths):
     skip = {"resume_from_checkpoint", "validation_steps", "num_validation_images", "checkpointing_steps",
             "checkpoints_total_limit", "validation_prompt", "max_train_steps", "num_train_epochs", "check_model",
             "report_to", "logging_dir", "save_precision"}
-    unused = {*FLOW_MATCHING_FLAGS, "guidance_scale"}  # None only where the family has no use for them
+    unused = {*FLOW_MATCHING_FLAGS, "guidance_scale", "bnb_quantization_config_path"}  # None where not used
     signature = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not (k in unused and v is None)}
     signature["instance_photos"] = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in instance_paths]
     return signature
@@ -1621,6 +1708,11 @@ def add_precision_arguments(parser):
                        help="xformers attention when installed (else PyTorch's SDPA, memory-efficient as well)")
     group.add_argument("--gradient_checkpointing", action="store_true",
                        help="recompute UNet activations in the backward pass: less memory, slower")
+    group.add_argument("--bnb_quantization_config_path", metavar="JSON",
+                       help="the frozen base denoiser of a LoRA run in 4 or 8 bits (SDXL, SD3, FLUX.1; a GPU): a JSON "
+                            'file of diffusers\' BitsAndBytesConfig settings, e.g. {"load_in_4bit": true, '
+                            '"bnb_4bit_quant_type": "nf4"}, so that FLUX.1 LoRA fits a 24 GB GPU; 4-bit layers '
+                            "compute in the training precision (if not given: no quantization)")
     group.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
                        help="encode images and prompts once and keep the VAE and text encoder off the "
                             "GPU (if not given: on when the text encoder is frozen)")
@@ -1630,9 +1722,10 @@ def add_output_arguments(parser):
     group = parser.add_argument_group("output and checkpoints")
     group.add_argument("--output_dir", help="the fine-tuned pipeline folder, with training_log.csv, loss.png, "
                        "validation/ and checkpoint-N/ (required)")
-    group.add_argument("--save_precision", choices=list(PRECISIONS), default="fp32",
-                       help="precision of the saved pipeline (fp16/bf16 halve the disk, but round away most of a "
-                            "fine-tuning's small weight changes)")
+    group.add_argument("--save_precision", choices=list(PRECISIONS),
+                       help="precision of the saved pipeline (if not given: the base's as loaded, fp32, except for "
+                            "LoRA of SDXL, SD3 and FLUX, whose base loads in the training precision; fp16/bf16 halve "
+                            "the disk, but round away most of a full fine-tuning's small weight changes)")
     group.add_argument("--checkpointing_steps", type=int, default=500, help="a checkpoint every N steps (0: none)")
     group.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept")
     group.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")

@@ -178,6 +178,25 @@ def test_generate_draws_from_the_familys_folder_at_its_own_settings(tmp_path, na
         assert {float(row["guidance"]) for row in csv.DictReader(handle)} == {own_guidance}
 
 
+def test_a_flux_without_a_guidance_input_draws_and_records_no_guidance(tmp_path):
+    """FLUX.1-schnell's transformer has no guidance input: its pipeline would leave a --guidance_scale out."""
+    from diffusers import FluxTransformer2DModel
+    model = tmp_path / "schnell"
+    pipeline = tdb.build_tiny_random_pipeline(class_name=tdb.FLUX)
+    pipeline.register_modules(transformer=FluxTransformer2DModel(**{**pipeline.transformer.config,
+                                                                    "guidance_embeds": False}))
+    pipeline.save_pretrained(model)
+    assert gen.drawing_settings(str(model), 64, 64, None) == (64, 64, None)
+    with pytest.raises(gen.InputError, match="--guidance_scale: .* a FLUX.1 model without a guidance input"):
+        gen.drawing_settings(str(model), None, None, 3.5)
+    assert gen.main(["--model", f"{model}:1", "--output_dir", str(tmp_path / "out"), "--height", "64", "--width",
+                     "64", "--num_inference_steps", "2"]) == 0
+    with open(tmp_path / "out" / "manifest.csv", newline="") as handle:
+        assert [row["guidance"] for row in csv.DictReader(handle)] == [""]
+    assert gen.main(["--model", f"{model}:1", "--output_dir", str(tmp_path / "out"), "--height", "64", "--width",
+                     "64", "--num_inference_steps", "2"]) == 0  # a re-run finds the image done
+
+
 def test_a_family_not_taken_and_flags_a_family_has_no_use_for_are_one_line(instance_dir, tmp_path, capsys):
     model = tmp_path / "kandinsky"
     model.mkdir()
@@ -250,3 +269,60 @@ def test_a_resumed_run_equals_an_unbroken_one(instance_dir, tmp_path, name, rank
     resumed, unbroken = (tdb.denoiser_of(getattr(diffusers, FAMILIES[name]).from_pretrained(tmp_path / run))
                          for run in ("broken", "unbroken"))
     assert all(torch.equal(v, unbroken.state_dict()[k]) for k, v in resumed.state_dict().items())
+
+
+@pytest.fixture
+def gpu_check_lifted(monkeypatch):
+    """diffusers' bitsandbytes loader refuses to quantize without a GPU ("No GPU found"), though bitsandbytes
+    computes its 4- and 8-bit layers in training on the CPU as well: only that check is lifted here."""
+    from diffusers.quantizers.bitsandbytes import bnb_quantizer
+    for quantizer in (bnb_quantizer.BnB4BitDiffusersQuantizer, bnb_quantizer.BnB8BitDiffusersQuantizer):
+        monkeypatch.setattr(quantizer, "validate_environment", lambda self, *args, **kwargs: None)
+
+
+@pytest.mark.parametrize("settings", [{"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, {"load_in_8bit": True}])
+def test_lora_on_a_quantized_flux_base_saves_it_fused_into_the_unquantized_base(instance_dir, tmp_path, settings,
+                                                                                gpu_check_lifted):
+    from diffusers import FluxPipeline
+    model, config = tmp_path / "flux", tmp_path / "bnb.json"
+    tdb.build_tiny_random_pipeline(class_name=tdb.FLUX).save_pretrained(model)
+    config.write_text(json.dumps(settings))
+    common = [*tiny(str(model)), "--instance_data_dir", str(instance_dir), "--class_data_dir", str(tmp_path / "class")]
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "plain")]) == 0  # (it draws the class images)
+    assert tdb.main([*common, "--output_dir", str(tmp_path / "quantized"), "--bnb_quantization_config_path",
+                     str(config)]) == 0
+    plain, quantized = ([float(r["loss"]) for r in log_rows(tmp_path / run)] for run in ("plain", "quantized"))
+    # the same batches, noise and LoRA start: only the base's rounding to 4 or 8 bits tells the losses apart
+    assert all(0 < abs(q - p) < 0.02 * p for q, p in zip(quantized, plain)), (quantized, plain)
+    saved = FluxPipeline.from_pretrained(tmp_path / "quantized")
+    assert "quantization_config" not in saved.transformer.config
+    expected = FluxPipeline.from_pretrained(model)
+    expected.load_lora_weights(tmp_path / "quantized" / "pytorch_lora_weights.safetensors")
+    expected.fuse_lora()
+    expected.unload_lora_weights()
+    base, theirs = FluxPipeline.from_pretrained(model).transformer.state_dict(), expected.transformer.state_dict()
+    for key, value in saved.transformer.state_dict().items():
+        torch.testing.assert_close(value, theirs[key], rtol=0, atol=1e-6)
+    assert not torch.equal(saved.transformer.state_dict()["transformer_blocks.0.attn.to_q.weight"],
+                           base["transformer_blocks.0.attn.to_q.weight"])
+
+
+def test_a_quantized_base_is_refused_in_one_line_where_it_does_not_apply(instance_dir, tmp_path, capsys):
+    config = tmp_path / "bnb.json"
+    model = tmp_path / "flux"
+    tdb.build_tiny_random_pipeline(class_name=tdb.FLUX).save_pretrained(model)
+    common = ["--instance_data_dir", str(instance_dir), "--class_data_dir", str(tmp_path / "class"), "--output_dir",
+              str(tmp_path / "out"), "--bnb_quantization_config_path", str(config)]
+    for name, flags, contents, message in [
+            ("tiny-random", [], '{"load_in_4bit": true}', "--bnb_quantization_config_path: quantizes the frozen base "
+                                                            "of a LoRA run of an SDXL, SD3 or FLUX.1 model"),
+            (str(model), ["--lora_rank", "0"], '{"load_in_4bit": true}', "not a full fine-tune"),
+            (str(model), [], '{"load_in_4bit": tru', "bnb.json: not a readable JSON file"),
+            (str(model), [], '{"bnb_4bit_quant_type": "nf4"}', 'expected an object with "load_in_4bit": true'),
+            (str(model), [], '{"load_in_4bit": true, "nf4": 1}', "bnb.json: nf4: not BitsAndBytesConfig settings"),
+            (str(model), [], '{"load_in_4bit": true}', "could not load the transformer of "
+                                                       f"{str(model)!r} quantized: No GPU found")]:  # this CPU
+        config.write_text(contents)
+        assert tdb.main([*tiny(name), *flags, *common]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model_index.json").exists()

@@ -606,7 +606,7 @@ def test_help_groups_every_flag_with_a_help_text_and_at_most_one_default(capsys)
     options = {option: help for entries in sections.values() for option, help in entries.items()}
     usage_flags = set(re.findall(r"--[\w-]+", text.split("\n\n")[0])) | {"--help"}
     assert usage_flags == {flag for option in options for flag in re.findall(r"--[\w-]+", option)}
-    assert len(options) == 61  # 60 flags and --help
+    assert len(options) == 62  # 61 flags and --help
     assert all(options.values()), [option for option, help in options.items() if not help]
     assert all(help.lower().count("default") <= 1 for help in options.values())
     assert "(default: None)" not in text and "(default: False)" not in text
