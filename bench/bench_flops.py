@@ -29,8 +29,8 @@ def main():
     for name, (denoiser, vae, side, channels, steps, forwards) in MODELS.items():
         model = globals()[denoiser]()
         parameters = sum(p.numel() for p in model.parameters())
-        forward = counted(lambda: model_call(denoiser, model, 1, side // 8, channels))
-        step = counted(lambda: model_call(denoiser, model, 2, side // 8, channels).float().pow(2).mean().backward())
+        forward = counted(lambda: model_call(model, 1, side // 8))
+        step = counted(lambda: model_call(model, 2, side // 8).float().pow(2).mean().backward())
         decode = counted(lambda: globals()[vae]().decode(torch.zeros(1, channels, side // 8, side // 8, device="meta")))
         image = steps * forwards * forward + decode
         print(f"| {name} | {parameters / 1e9:.2f} B | {forward / 1e12:.2f} | {step / 1e12:.2f} | {image / 1e12:.1f} |")
@@ -42,21 +42,25 @@ def counted(work):
     return counter.get_total_flops()
 
 
-def model_call(kind, model, batch, latent_side, channels):
-    """One forward of the denoiser on meta inputs shaped as its pipeline shapes them."""
-    meta = {"device": "meta"}
-    latents = torch.zeros(batch, channels, latent_side, latent_side, **meta)
-    timesteps = torch.zeros(batch, **meta)
-    if kind == "sd21_unet":
-        return model(latents, timesteps, torch.zeros(batch, 77, 1024, **meta)).sample
-    if kind == "sdxl_unet":
-        added = {"text_embeds": torch.zeros(batch, 1280, **meta), "time_ids": torch.zeros(batch, 6, **meta)}
-        return model(latents, timesteps, torch.zeros(batch, 77, 2048, **meta), added_cond_kwargs=added).sample
-    tokens = (latent_side // 2) ** 2  # FLUX packs 2 x 2 latent patches into one token
-    return model(hidden_states=torch.zeros(batch, tokens, channels * 4, **meta), timestep=timesteps,
-                 guidance=torch.zeros(batch, **meta), pooled_projections=torch.zeros(batch, 768, **meta),
-                 encoder_hidden_states=torch.zeros(batch, 512, 4096, **meta), txt_ids=torch.zeros(512, 3, **meta),
-                 img_ids=torch.zeros(tokens, 3, **meta)).sample
+def model_call(model, batch, latent_side, input_grad=False, device="meta"):
+    """One forward of a UNet (SD, SDXL) or a FLUX.1 transformer on zero inputs shaped as its pipeline shapes
+    them, the widths read from its config; input_grad: the latents need a gradient (a frozen model's backward)."""
+    config, on = model.config, {"device": device}
+    timesteps = torch.zeros(batch, **on)
+    if type(model).__name__ == "FluxTransformer2DModel":
+        tokens, text = (latent_side // 2) ** 2, 512  # 2 x 2 latent patches a token; T5's 512 prompt tokens
+        return model(hidden_states=torch.zeros(batch, tokens, config.in_channels, **on, requires_grad=input_grad),
+                     timestep=timesteps, guidance=torch.zeros(batch, **on) if config.guidance_embeds else None,
+                     pooled_projections=torch.zeros(batch, config.pooled_projection_dim, **on),
+                     encoder_hidden_states=torch.zeros(batch, text, config.joint_attention_dim, **on),
+                     txt_ids=torch.zeros(text, 3, **on), img_ids=torch.zeros(tokens, 3, **on)).sample
+    latents = torch.zeros(batch, config.in_channels, latent_side, latent_side, **on, requires_grad=input_grad)
+    added = None
+    if config.addition_embed_type == "text_time":  # SDXL: the pooled prompt beside 6 time ids
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        added = {"text_embeds": torch.zeros(batch, pooled, **on), "time_ids": torch.zeros(batch, 6, **on)}
+    return model(latents, timesteps, torch.zeros(batch, 77, config.cross_attention_dim, **on),
+                 added_cond_kwargs=added).sample
 
 
 def on_meta(build):
@@ -65,43 +69,46 @@ def on_meta(build):
         return build()
 
 
+# The released architectures' configs (bench_dreambooth.py builds them with random weights)
+SD21_UNET = dict(sample_size=96, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
+                 attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, upcast_attention=True,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), cross_attention_dim=2048,
+                 attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+FLUX_TRANSFORMER = dict(guidance_embeds=True)  # diffusers' defaults are FLUX.1-dev's
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+FLUX_VAE = dict(SD_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+
+
 def sd21_unet():
     from diffusers import UNet2DConditionModel
-    return on_meta(lambda: UNet2DConditionModel(
-        sample_size=96, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, upcast_attention=True,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3))
+    return on_meta(lambda: UNet2DConditionModel(**SD21_UNET))
 
 
 def sdxl_unet():
     from diffusers import UNet2DConditionModel
-    return on_meta(lambda: UNet2DConditionModel(
-        sample_size=128, block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
-        transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")))
+    return on_meta(lambda: UNet2DConditionModel(**SDXL_UNET))
 
 
 def flux_transformer():
     from diffusers import FluxTransformer2DModel
-    return on_meta(lambda: FluxTransformer2DModel(guidance_embeds=True))  # its defaults are FLUX.1-dev's
+    return on_meta(lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER))
 
 
 def sd_vae():
     from diffusers import AutoencoderKL
-    return on_meta(lambda: AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4))
+    return on_meta(lambda: AutoencoderKL(**SD_VAE))
 
 
 def flux_vae():
     from diffusers import AutoencoderKL
-    return on_meta(lambda: AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, use_quant_conv=False,
-        use_post_quant_conv=False, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4))
+    return on_meta(lambda: AutoencoderKL(**FLUX_VAE))
 
 
 if __name__ == "__main__":

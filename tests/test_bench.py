@@ -13,7 +13,7 @@ def test_bench_dreambooth_tiny_mode_measures_every_preset(tmp_path):
     results = tmp_path / "RESULTS.md"
     rows = bench_dreambooth.main(["--steps", "3", "--warmup", "1", "--results", str(results)])
     by_name = {name: (seconds, gib, tflops) for name, seconds, gib, tflops, _ in rows}
-    assert list(by_name) == list(bench_dreambooth.PRESETS)
+    assert list(by_name) == list(bench_dreambooth.PRESETS["sd21"])
     assert all(seconds > 0 and gib > 0 and tflops > 0 for seconds, gib, tflops in by_name.values())
     # caching takes the VAE and text encoder out of every step; LoRA needs no weight gradients
     assert by_name["cache"][2] < by_name["paper"][2]
@@ -21,6 +21,30 @@ def test_bench_dreambooth_tiny_mode_measures_every_preset(tmp_path):
     assert by_name["checkpointing"][2] > by_name["cache"][2]  # the recomputed forward counts
     text = results.read_text()
     assert text.count("(tiny, 64 px)") == 4 and "| lora |" in text
+
+
+@pytest.mark.parametrize("model", ["sdxl", "flux"])
+def test_bench_dreambooth_tiny_mode_trains_lora_from_a_saved_folder(tmp_path, capsys, model):
+    results = tmp_path / "RESULTS.md"
+    rows = bench_dreambooth.main(["--model", model, "--steps", "2", "--warmup", "1", "--results", str(results)])
+    assert "lora_nf4: skipped, diffusers quantizes with bitsandbytes only on a GPU" in capsys.readouterr().out
+    by_name = {name: (seconds, gib, tflops) for name, seconds, gib, tflops, _ in rows}
+    assert list(by_name) == ["lora", "lora_checkpointing"]
+    assert all(seconds > 0 and gib > 0 for seconds, gib, _ in by_name.values())
+    assert by_name["lora_checkpointing"][2] > by_name["lora"][2] > 0  # the recomputed forward counts
+    assert f"| {model} | lora_checkpointing |" in results.read_text()
+
+
+def test_the_released_architectures_have_their_parameter_counts():
+    """What the GPU presets train, built on the meta device: SDXL's and FLUX.1's parts as released."""
+    import torch
+    counts = {}
+    for model in ("sdxl", "flux"):
+        pipeline = bench_dreambooth.build_random_pipeline(model, torch.float32, "meta")
+        counts[model] = {name: round(sum(p.numel() for p in part.parameters()) / 1e6)
+                         for name, part in pipeline.components.items() if isinstance(part, torch.nn.Module)}
+    assert counts["sdxl"] == {"unet": 2567, "vae": 84, "text_encoder": 123, "text_encoder_2": 695}
+    assert counts["flux"] == {"transformer": 11901, "vae": 84, "text_encoder": 123, "text_encoder_2": 4762}
 
 
 def test_bench_generate_tiny_mode_times_every_setting(tmp_path):
