@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate as gen  # noqa: E402  (the bench times the script itself)
 import train_dreambooth as tdb  # noqa: E402
-from bench_dreambooth import append_results, build_sd21_random_pipeline, peak_tflops  # noqa: E402
+from bench_dreambooth import append_results, build_random_pipeline, peak_tflops  # noqa: E402
 
 # name: (batch size, precision, channels_last, torch.compile)
 SETTINGS = {
@@ -99,7 +99,7 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     if tiny:
         print("tiny model at 64 px, 4 steps: this checks the bench, it measures nothing about SD 2.1")
-    pipeline = tdb.build_tiny_random_pipeline() if tiny else build_sd21_random_pipeline()
+    pipeline = tdb.build_tiny_random_pipeline() if tiny else build_random_pipeline("sd21", torch.float32)
     flops = flops_per_image(pipeline, resolution, steps)
     peak = peak_tflops(device_name, args.peak_tflops)
 

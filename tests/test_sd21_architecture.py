@@ -22,7 +22,7 @@ def test_full_sd21_architecture_trains_a_step_and_draws_one_image(tmp_path):
     source = tmp_path / "sd21-random"
     # bench_dreambooth.py's SD 2.1-768 with random weights, built and saved in fp16 (2.6 GB); loaded back in fp32
     run("-c", "import sys, torch; sys.path.insert(0, 'bench'); import bench_dreambooth; "
-              f"bench_dreambooth.build_sd21_random_pipeline(dtype=torch.float16).save_pretrained({str(source)!r})")
+              f"bench_dreambooth.build_random_pipeline('sd21', torch.float16).save_pretrained({str(source)!r})")
     rng = np.random.default_rng(0)
     for kind in ("instance", "class"):
         (tmp_path / kind).mkdir()
