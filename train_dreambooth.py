@@ -999,14 +999,15 @@ def load_denoiser(args, dtype, device, quantization=None):
     class_name, index = model_index(name, revision)
     part = denoiser_name(class_name)
     kind, local_files_only = locate_model(name, revision)
-    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization, "device_map": {"": device}}
+    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization}
     model = getattr(diffusers, index[part][1])
     try:
-        if kind == "file":
+        if kind == "file":  # (from_single_file places by device=; it ignores a device_map)
             config, config_local_only = locate_single_file_config(name)
-            return model.from_single_file(name, config=config, local_files_only=config_local_only, **kwargs)
+            return model.from_single_file(name, config=config, local_files_only=config_local_only, device=device,
+                                          **kwargs)
         return model.from_pretrained(name, revision=revision, variant=args.variant, local_files_only=local_files_only,
-                                     **kwargs)
+                                     device_map={"": device}, **kwargs)
     except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
         raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
 
