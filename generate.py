@@ -105,13 +105,16 @@ def generate(args):
     todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
             if not is_done(images_dir / job["file"], expected_record(job, args, schedulers[job["model"]]))]
     device = state.device
-    precision = args.mixed_precision or ("fp16" if device.type == "cuda" else "no")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    print(f"{len(jobs)} images in all; this part draws {len(todo)} "
-          f"(shard {shard[0]}/{shard[1]}, process {state.process_index}/{state.num_processes}, {device}, {precision})")
+    precisions = {location: drawing_precision(location, args.mixed_precision) for location in own}
+    print(f"{len(jobs)} images in all; this part draws {len(todo)} (shard {shard[0]}/{shard[1]}, process "
+          f"{state.process_index}/{state.num_processes}, {device}, {', '.join(sorted(set(precisions.values())))})")
     progress = tqdm(total=len(todo), desc="generating", unit="image", disable=not state.is_local_main_process)
     for location in dict.fromkeys(job["model"] for job in todo):
-        pipeline = drawing_pipeline(location, dtype, args.scheduler).to(device)
+        precision = precisions[location]
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        quantization = bnb_quantization(args.bnb_quantization_config_path, dtype) \
+            if args.bnb_quantization_config_path else None
+        pipeline = drawing_pipeline(location, dtype, args.scheduler, quantization, device).to(device)
         model_jobs = [job for job in todo if job["model"] == location]
         for start in range(0, len(model_jobs), args.batch_size):
             batch = model_jobs[start:start + args.batch_size]
@@ -399,10 +402,24 @@ def model_scheduler(location):
     return model_index(location)[1]["scheduler"][1]
 
 
-def drawing_pipeline(location, dtype, scheduler):
-    """The model in dtype, with --scheduler's sampler in place of its own (if given), drawing quietly."""
+def drawing_precision(location, asked):
+    """--mixed_precision, if not given: no (fp32) on the CPU; on a GPU fp16 for SD 1/2 (the paper's), bf16 for
+    the larger families where the GPU has it (FLUX.1's T5 overflows in fp16)."""
+    if asked or not torch.cuda.is_available():
+        return asked or "no"
+    sd = model_index(location)[0] == "StableDiffusionPipeline"
+    return "bf16" if not sd and torch.cuda.is_bf16_supported() else "fp16"
+
+
+def drawing_pipeline(location, dtype, scheduler, quantization=None, device="cpu"):
+    """The model in dtype (its denoiser on device in 4 or 8 bits, with quantization), with --scheduler's sampler
+    in place of its own (if given), drawing quietly."""
     import diffusers
-    pipeline = load_pipeline(location, dtype=dtype)
+    parts = {}
+    if quantization is not None:
+        part = "unet" if "unet" in PIPELINE_PARTS[model_index(location)[0]] else "transformer"
+        parts[part] = load_denoiser(location, dtype, device, quantization)
+    pipeline = load_pipeline(location, dtype=dtype, **parts)
     if scheduler:
         pipeline.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -517,6 +534,47 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
                                               local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"could not load the model {name_or_path!r}: {error}")
+def load_denoiser(name, dtype, device, quantization=None, revision=None, variant=None):
+    """The model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
+    loads it, when quantization (a BitsAndBytesConfig) is given."""
+    import diffusers
+    class_name, index = model_index(name, revision)
+    part = "unet" if "unet" in PIPELINE_PARTS[class_name] else "transformer"
+    kind, local_files_only = locate_model(name, revision)
+    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization}
+    model = getattr(diffusers, index[part][1])
+    try:
+        if kind == "file":  # (from_single_file places by device=; it ignores a device_map)
+            config, config_local_only = locate_single_file_config(name)
+            return model.from_single_file(name, config=config, local_files_only=config_local_only, device=device,
+                                          **kwargs)
+        return model.from_pretrained(name, revision=revision, variant=variant, local_files_only=local_files_only,
+                                     device_map={"": device}, **kwargs)
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
+        raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
+
+
+def bnb_quantization(path, compute_dtype):
+    """--bnb_quantization_config_path's JSON: diffusers' BitsAndBytesConfig keywords -> that config; 4-bit
+    layers compute in compute_dtype, as in diffusers' scripts."""
+    import inspect
+    from diffusers import BitsAndBytesConfig
+    try:
+        settings = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({error})")
+    if not isinstance(settings, dict) or not (settings.get("load_in_4bit") or settings.get("load_in_8bit")):
+        raise InputError(f'{path}: expected an object with "load_in_4bit": true or "load_in_8bit": true, e.g. '
+                         f'{{"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}}')
+    unknown = sorted(set(settings) - set(inspect.signature(BitsAndBytesConfig).parameters))
+    if unknown:
+        raise InputError(f"{path}: {', '.join(unknown)}: not BitsAndBytesConfig settings")
+    if settings.get("load_in_4bit"):
+        settings["bnb_4bit_compute_dtype"] = compute_dtype
+    try:
+        return BitsAndBytesConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: {error}")
 # ---- (end of the model lookup) ----
 
 
@@ -615,7 +673,12 @@ def parse_args(argv=None):
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="the sampler (if not given: the model's own)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                        help="weights and activations (if not given: fp16 on a GPU, no (fp32) on the CPU)")
+                        help="weights and activations (if not given: no (fp32) on the CPU; on a GPU fp16 for SD 1/2, "
+                             "bf16 for SDXL, SD3 and FLUX.1 where the GPU has it)")
+    parser.add_argument("--bnb_quantization_config_path", metavar="JSON",
+                        help="the denoiser in 4 or 8 bits (a GPU): a JSON file of diffusers' BitsAndBytesConfig "
+                             'settings, e.g. {"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}, so that FLUX.1 '
+                             "draws on a 24 GB GPU (if not given: no quantization)")
     parser.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k")
     parser.add_argument("--shard", default="0/1", help="i/n: draw only the images with k %% n == i")
     args = parser.parse_args(argv)

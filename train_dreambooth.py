@@ -226,8 +226,9 @@ def load_models(args, accelerator, instance_paths):
     part = denoiser_name(family)
     quantized = None  # --bnb_quantization_config_path: the base denoiser, in 4 or 8 bits on the device
     if args.bnb_quantization_config_path:
-        quantized = load_denoiser(args, weight_dtype, accelerator.device,
-                                  bnb_quantization(args.bnb_quantization_config_path, weight_dtype))
+        quantized = load_denoiser(args.pretrained_model_name_or_path, weight_dtype, accelerator.device,
+                                  bnb_quantization(args.bnb_quantization_config_path, weight_dtype), args.revision,
+                                  args.variant)
     pipeline = base_pipeline(args.pretrained_model_name_or_path, args.revision, args.variant,
                              base_precision(args, family, weight_dtype), **({part: None} if quantized else {}))
     set_seed(args.seed, device_specific=True)  # each process its own noise; resume restores each state
@@ -680,7 +681,8 @@ def save_outputs(run, done_file, finished):
         shutil.rmtree(lora_tmp)
         base = denoiser_of(run.pipeline)
         if base is None:  # it trained quantized; the pipeline loaded without it
-            base = load_denoiser(args, run.weight_dtype, "cpu")
+            base = load_denoiser(args.pretrained_model_name_or_path, run.weight_dtype, "cpu", None, args.revision,
+                                 args.variant)
         final_denoiser = fuse_lora(base, lora_state, args.lora_rank, run.family)
     else:
         final_denoiser = accelerator.unwrap_model(run.denoiser)
@@ -991,50 +993,6 @@ def base_pipeline(name, revision=None, variant=None, dtype=torch.float32, **part
     return build_tiny_random_pipeline(class_name=TINY_RANDOM_MODELS[name]).to(dtype=dtype)
 
 
-def load_denoiser(args, dtype, device, quantization=None):
-    """The base model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
-    loads it, when quantization (a BitsAndBytesConfig) is given."""
-    import diffusers
-    name, revision = args.pretrained_model_name_or_path, args.revision
-    class_name, index = model_index(name, revision)
-    part = denoiser_name(class_name)
-    kind, local_files_only = locate_model(name, revision)
-    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization}
-    model = getattr(diffusers, index[part][1])
-    try:
-        if kind == "file":  # (from_single_file places by device=; it ignores a device_map)
-            config, config_local_only = locate_single_file_config(name)
-            return model.from_single_file(name, config=config, local_files_only=config_local_only, device=device,
-                                          **kwargs)
-        return model.from_pretrained(name, revision=revision, variant=args.variant, local_files_only=local_files_only,
-                                     device_map={"": device}, **kwargs)
-    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
-        raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
-
-
-def bnb_quantization(path, compute_dtype):
-    """--bnb_quantization_config_path's JSON: diffusers' BitsAndBytesConfig keywords -> that config; 4-bit
-    layers compute in compute_dtype (the training precision), as in diffusers' scripts."""
-    import inspect
-    from diffusers import BitsAndBytesConfig
-    try:
-        settings = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable JSON file ({error})")
-    if not isinstance(settings, dict) or not (settings.get("load_in_4bit") or settings.get("load_in_8bit")):
-        raise InputError(f'{path}: expected an object with "load_in_4bit": true or "load_in_8bit": true, e.g. '
-                         f'{{"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}}')
-    unknown = sorted(set(settings) - set(inspect.signature(BitsAndBytesConfig).parameters))
-    if unknown:
-        raise InputError(f"{path}: {', '.join(unknown)}: not BitsAndBytesConfig settings")
-    if settings.get("load_in_4bit"):
-        settings["bnb_4bit_compute_dtype"] = compute_dtype
-    try:
-        return BitsAndBytesConfig(**settings)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{path}: {error}")
-
-
 def model_class(name, revision=None):
     """The pipeline class (PIPELINE_PARTS) of the model, from its model_index.json, checked in seconds."""
     return TINY_RANDOM_MODELS[name] if name in TINY_RANDOM_MODELS else model_index(name, revision)[0]
@@ -1308,6 +1266,47 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
                                               local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"could not load the model {name_or_path!r}: {error}")
+def load_denoiser(name, dtype, device, quantization=None, revision=None, variant=None):
+    """The model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
+    loads it, when quantization (a BitsAndBytesConfig) is given."""
+    import diffusers
+    class_name, index = model_index(name, revision)
+    part = "unet" if "unet" in PIPELINE_PARTS[class_name] else "transformer"
+    kind, local_files_only = locate_model(name, revision)
+    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization}
+    model = getattr(diffusers, index[part][1])
+    try:
+        if kind == "file":  # (from_single_file places by device=; it ignores a device_map)
+            config, config_local_only = locate_single_file_config(name)
+            return model.from_single_file(name, config=config, local_files_only=config_local_only, device=device,
+                                          **kwargs)
+        return model.from_pretrained(name, revision=revision, variant=variant, local_files_only=local_files_only,
+                                     device_map={"": device}, **kwargs)
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
+        raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
+
+
+def bnb_quantization(path, compute_dtype):
+    """--bnb_quantization_config_path's JSON: diffusers' BitsAndBytesConfig keywords -> that config; 4-bit
+    layers compute in compute_dtype, as in diffusers' scripts."""
+    import inspect
+    from diffusers import BitsAndBytesConfig
+    try:
+        settings = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable JSON file ({error})")
+    if not isinstance(settings, dict) or not (settings.get("load_in_4bit") or settings.get("load_in_8bit")):
+        raise InputError(f'{path}: expected an object with "load_in_4bit": true or "load_in_8bit": true, e.g. '
+                         f'{{"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}}')
+    unknown = sorted(set(settings) - set(inspect.signature(BitsAndBytesConfig).parameters))
+    if unknown:
+        raise InputError(f"{path}: {', '.join(unknown)}: not BitsAndBytesConfig settings")
+    if settings.get("load_in_4bit"):
+        settings["bnb_4bit_compute_dtype"] = compute_dtype
+    try:
+        return BitsAndBytesConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: {error}")
 # ---- (end of the model lookup) ----
 
 

@@ -67,7 +67,7 @@ def time_setting(pipeline, setting, resolution, steps, images, work):
         unet.to(memory_format=torch.channels_last)
     if compile_unet:
         pipeline.unet = torch.compile(unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
-    gen.drawing_pipeline = lambda location, dtype_, scheduler: pipeline
+    gen.drawing_pipeline = lambda location, dtype_, scheduler, *placement: pipeline
     common = ["--height", str(resolution), "--width", str(resolution), "--num_inference_steps", str(steps),
               "--batch_size", str(batch), "--mixed_precision", precision]
     gen.main(["--model", f"bench/warmup:{batch}", "--output_dir", str(work / "warmup"), *common])

@@ -266,7 +266,7 @@ def test_help_gives_every_flag_a_help_text_and_at_most_one_default(capsys):
     options = {option: help for entries in help_sections(text).values() for option, help in entries.items()}
     usage_flags = set(re.findall(r"--\w+", text.split("\n\n")[0])) | {"--help"}
     assert usage_flags == {flag for option in options for flag in re.findall(r"--\w+", option)}
-    assert len(usage_flags) == 18  # 17 flags and --help
+    assert len(usage_flags) == 19  # 18 flags and --help
     assert all(options.values()), [option for option, help in options.items() if not help]
     assert all(help.lower().count("default") <= 1 for help in options.values())
     assert "(default: None)" not in text and "(default: )" not in text

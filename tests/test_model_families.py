@@ -305,6 +305,44 @@ def test_lora_on_a_quantized_flux_base_saves_it_fused_into_the_unquantized_base(
         torch.testing.assert_close(value, theirs[key], rtol=0, atol=1e-6)
     assert not torch.equal(saved.transformer.state_dict()["transformer_blocks.0.attn.to_q.weight"],
                            base["transformer_blocks.0.attn.to_q.weight"])
+    if "load_in_8bit" in settings:  # (NF4 draws on an AVX512-BF16 CPU, as this one, only with layers 64 wide)
+        assert tdb.main([*common[:-1], str(tmp_path / "class_8bit"), "--output_dir", str(tmp_path / "drawn"),
+                         "--bnb_quantization_config_path", str(config)]) == 0
+        for plain_image in sorted((tmp_path / "class").glob("class_*.png")):  # drawn by the quantized transformer
+            drawn = np.asarray(Image.open(tmp_path / "class_8bit" / plain_image.name), dtype=float)
+            assert 0 < np.abs(drawn - np.asarray(Image.open(plain_image), dtype=float)).mean() < 2
+
+
+def test_generate_draws_from_a_quantized_flux(tmp_path, gpu_check_lifted, capsys):
+    """8 bits: on an AVX512-BF16 CPU, as this one, bitsandbytes draws NF4 only with layers 64 wide."""
+    model, config = tmp_path / "flux", tmp_path / "bnb.json"
+    tdb.build_tiny_random_pipeline(class_name=tdb.FLUX).save_pretrained(model)
+    config.write_text('{"load_in_8bit": true}')
+    common = ["--model", f"{model}:2", "--height", "64", "--width", "64", "--num_inference_steps", "2"]
+    assert gen.main([*common, "--output_dir", str(tmp_path / "plain")]) == 0
+    assert gen.main([*common, "--output_dir", str(tmp_path / "quantized"), "--bnb_quantization_config_path",
+                     str(config)]) == 0
+    for name in ("flux_00000.png", "flux_00001.png"):
+        plain, quantized = (np.asarray(Image.open(tmp_path / run / "images" / name), dtype=float)
+                            for run in ("plain", "quantized"))
+        assert 0 < np.abs(quantized - plain).mean() < 2  # the same noise through a transformer rounded to 8 bits
+    config.write_text('{"load_in_8bit": 1, "nf4": true}')
+    assert gen.main([*common, "--output_dir", str(tmp_path / "bad"), "--bnb_quantization_config_path",
+                     str(config)]) == 2
+    assert "bnb.json: nf4: not BitsAndBytesConfig settings" in capsys.readouterr().err
+
+
+def test_on_a_gpu_generate_draws_the_larger_families_in_bf16_and_sd_in_fp16(tmp_path, monkeypatch):
+    for name in ("tiny-random", "tiny-random-flux"):
+        tdb.build_tiny_random_pipeline(class_name=tdb.TINY_RANDOM_MODELS[name]).save_pretrained(tmp_path / name)
+    assert gen.drawing_precision(str(tmp_path / "tiny-random-flux"), None) == "no"   # this CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)                    # what a GPU machine answers
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert gen.drawing_precision(str(tmp_path / "tiny-random-flux"), None) == "bf16"
+    assert gen.drawing_precision(str(tmp_path / "tiny-random"), None) == "fp16"
+    assert gen.drawing_precision(str(tmp_path / "tiny-random"), "bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)              # a V100 or T4
+    assert gen.drawing_precision(str(tmp_path / "tiny-random-flux"), None) == "fp16"
 
 
 def test_a_quantized_base_is_refused_in_one_line_where_it_does_not_apply(instance_dir, tmp_path, capsys):
