@@ -404,7 +404,8 @@ def model_scheduler(location):
 
 def drawing_precision(location, asked):
     """--mixed_precision, if not given: no (fp32) on the CPU; on a GPU fp16 for SD 1/2 (the paper's), bf16 for
-    the larger families where the GPU has it (FLUX.1's T5 overflows in fp16)."""
+    the larger families where the GPU has it (FLUX.1 is released in bf16; in fp16 diffusers must clip its text
+    encoders' activations, and it draws other images)."""
     if asked or not torch.cuda.is_available():
         return asked or "no"
     sd = model_index(location)[0] == "StableDiffusionPipeline"
