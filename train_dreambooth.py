@@ -1266,12 +1266,19 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
                                               local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"could not load the model {name_or_path!r}: {error}")
+
+
+def denoiser_name(class_name):
+    """The part of a PIPELINE_PARTS pipeline that denoises: its UNet or its transformer."""
+    return "unet" if "unet" in PIPELINE_PARTS[class_name] else "transformer"
+
+
 def load_denoiser(name, dtype, device, quantization=None, revision=None, variant=None):
     """The model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
     loads it, when quantization (a BitsAndBytesConfig) is given."""
     import diffusers
     class_name, index = model_index(name, revision)
-    part = "unet" if "unet" in PIPELINE_PARTS[class_name] else "transformer"
+    part = denoiser_name(class_name)
     kind, local_files_only = locate_model(name, revision)
     kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization}
     model = getattr(diffusers, index[part][1])
@@ -1315,10 +1322,6 @@ def place(module, device, dtype):
     module.to(device)
     if module.dtype != dtype:
         module.to(dtype=dtype)
-
-
-def denoiser_name(family):
-    return "transformer" if family in FLOW_MATCHING else "unet"
 
 
 def denoiser_of(pipeline):
