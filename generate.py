@@ -2,8 +2,9 @@
 """generate.py: draw the synthetic Genfusion dataset from fine-tuned SD 1/2, SDXL, SD3 or FLUX.1 models.
 
 In:  --model MODEL:COUNT[:PROMPT], repeated: a diffusers pipeline folder (what train_dreambooth.py
-     writes), a hub id or a single .safetensors/.ckpt file, how many images to draw from it (the
-     paper: green:54 and red:482), and its prompt (else --prompt, or its line in --prompts).
+     writes), a hub id or a single .safetensors/.ckpt file (the parts it lacks from the hub repository
+     diffusers infers for it), how many images to draw from it (the paper: green:54 and red:482), and
+     its prompt (else --prompt, or its line in --prompts).
      --total N instead draws N in all, split over the models by --split_total: the COUNTs as
      weights, equally, or by the train photos of each group in prepare_data.py's stats.json.
      --prompt_variants: templates, one drawn per image ("{}" is the model's prompt: "{} at dusk";
@@ -25,6 +26,7 @@ disk and rebuilds manifest.csv and the contact sheet from them. --shard i/n and
 import argparse
 import csv
 import functools
+import importlib
 import json
 import math
 import os
@@ -471,18 +473,39 @@ def locate_model(name, revision=None):
 
 
 @functools.lru_cache  # checking and loading a file both ask: read its weights for this once
-def single_file_config(path):
-    """The diffusers config repository for a single-file checkpoint: the one diffusers infers from
-    its weights, or the sd2-community mirror where diffusers would ask for a withdrawn SD 2.x repository."""
+def single_file_contents(path):
+    """A single-file checkpoint, read as diffusers reads it -> (its diffusers config repository: the one
+    diffusers infers from its weights, or the sd2-community mirror where diffusers would ask for a withdrawn
+    SD 2.x repository; the names of its weights)."""
     from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
-    repo = fetch_diffusers_config(load_single_file_checkpoint(str(path)))["pretrained_model_name_or_path"]
-    return WITHDRAWN_REPOS.get(repo, repo)
+    checkpoint = load_single_file_checkpoint(str(path))
+    repo = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+    return WITHDRAWN_REPOS.get(repo, repo), frozenset(checkpoint)
 
 
 def locate_single_file_config(path):
     """A single file's config repository, checked like any hub id -> (repository, local_files_only)."""
-    config = single_file_config(path)
+    config, _ = single_file_contents(path)
     return config, locate_model(config)[1]
+
+
+def parts_not_in_file(path, class_name, index):
+    """The parts of a single file's pipeline that the file holds no weights for (a FLUX.1 or SD 3.5 file often
+    holds the transformer alone), by the tests of its weight names that diffusers' single-file loader makes."""
+    import transformers
+    from diffusers.loaders.single_file_utils import LDM_VAE_KEYS, is_clip_model_in_single_file, is_t5_in_single_file
+    _, names = single_file_contents(path)
+
+    def in_file(part):
+        model = index[part][1]
+        if part == "vae":
+            return any(name.startswith(tuple(LDM_VAE_KEYS)) for name in names)
+        if model == "T5EncoderModel":
+            return is_t5_in_single_file(names)
+        if model.startswith("CLIPText"):
+            return is_clip_model_in_single_file(getattr(transformers, model), names)
+        return True  # the denoiser, whose weights told the family, and the tokenizers and scheduler (configs)
+    return [part for part in PIPELINE_PARTS[class_name] if not in_file(part)]
 
 
 @functools.lru_cache  # checking a model and loading it both ask: read its model_index.json once
@@ -516,23 +539,32 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
     file, a local diffusers folder or a hub id (locate_model checks it first); parts given (a module, or
     None to leave one out) are not loaded."""
     import diffusers
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     kind, local_files_only = locate_model(name_or_path, revision)
     if (kind != "hub" and revision) or (kind == "file" and variant):
         raise InputError(f"--revision chooses a hub id's revision, --variant the files of a hub id or a diffusers "
                          f"folder: neither applies to {name_or_path}")
-    class_name, _ = model_index(name_or_path, revision)
+    class_name, index = model_index(name_or_path, revision)
     pipeline_class = getattr(diffusers, class_name)
     kwargs = {"dtype": dtype, **parts, **({"safety_checker": None, "requires_safety_checker": False}
                                           if class_name == "StableDiffusionPipeline" else {})}
     try:
-        if kind == "file":  # the weights are here; the components' configs come from a hub repository
+        if kind == "file":  # the weights are here; the configs, and any part the file lacks, come from a hub repository
             config, config_local_only = locate_single_file_config(name_or_path)
+            lacking = [part for part in parts_not_in_file(name_or_path, class_name, index) if part not in parts]
+            if lacking:
+                print(f"{name_or_path}: holds no {', '.join(lacking)}; loading {'them' if lacking[1:] else 'it'} "
+                      f"from {config}")
+            for part in lacking:
+                model = getattr(importlib.import_module(index[part][0]), index[part][1])
+                kwargs[part] = model.from_pretrained(config, subfolder=part, dtype=dtype,
+                                                     local_files_only=config_local_only)
             return pipeline_class.from_single_file(name_or_path, config=config, local_files_only=config_local_only,
                                                    **kwargs)
         return pipeline_class.from_pretrained(name_or_path, revision=revision, variant=variant,
                                               local_files_only=local_files_only, **kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SingleFileComponentError) as error:
         raise InputError(f"could not load the model {name_or_path!r}: {error}")
 
 
@@ -543,20 +575,29 @@ def denoiser_name(class_name):
 
 def load_denoiser(name, dtype, device, quantization=None, revision=None, variant=None):
     """The model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
-    loads it, when quantization (a BitsAndBytesConfig) is given."""
+    loads it, when quantization (a BitsAndBytesConfig) is given (a single file's by way of a temporary folder)."""
     import diffusers
     class_name, index = model_index(name, revision)
     part = denoiser_name(class_name)
     kind, local_files_only = locate_model(name, revision)
-    kwargs = {"subfolder": part, "dtype": dtype, "quantization_config": quantization}
     model = getattr(diffusers, index[part][1])
     try:
-        if kind == "file":  # (from_single_file places by device=; it ignores a device_map)
-            config, config_local_only = locate_single_file_config(name)
-            return model.from_single_file(name, config=config, local_files_only=config_local_only, device=device,
-                                          **kwargs)
-        return model.from_pretrained(name, revision=revision, variant=variant, local_files_only=local_files_only,
-                                     device_map={"": device}, **kwargs)
+        if kind != "file":
+            return model.from_pretrained(name, revision=revision, variant=variant, local_files_only=local_files_only,
+                                         subfolder=part, dtype=dtype, quantization_config=quantization,
+                                         device_map={"": device})
+        config, config_local_only = locate_single_file_config(name)
+        unquantized = model.from_single_file(name, config=config, local_files_only=config_local_only, subfolder=part,
+                                             dtype=dtype)
+        if quantization is None:
+            return unquantized.to(device)
+        # diffusers' from_single_file reads bitsandbytes' 4 or 8 bits only from a file that holds them already
+        with tempfile.TemporaryDirectory(prefix="genfusion_denoiser_") as folder:
+            print(f"{name}: writing its {part} to {folder} once, to load it from there in "
+                  f"{4 if quantization.load_in_4bit else 8} bits")
+            unquantized.save_pretrained(folder)
+            del unquantized
+            return model.from_pretrained(folder, dtype=dtype, quantization_config=quantization, device_map={"": device})
     except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
         raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
 
