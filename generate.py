@@ -99,6 +99,11 @@ def generate(args):
     schedulers = {location: SCHEDULERS[args.scheduler] if args.scheduler else own[location] for location in own}
     jobs = [{**job, "settings": settings[job["model"]]}
             for job in plan(models, read_variants(args.prompt_variants), args.seed)]
+    precisions = {location: drawing_precision(location, args.mixed_precision) for location in own}
+    dtypes = {location: {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+              for location, precision in precisions.items()}
+    quantizations = {location: bnb_quantization(args.bnb_quantization_config_path, dtype)  # read before any folder
+                     if args.bnb_quantization_config_path else None for location, dtype in dtypes.items()}
     shard = parse_shard(args.shard)
     state = PartialState()
     output_dir = check_output_folder(args.output_dir, "--output_dir")
@@ -107,16 +112,12 @@ def generate(args):
     todo = [job for job in my_part(jobs, shard, state.process_index, state.num_processes)
             if not is_done(images_dir / job["file"], expected_record(job, args, schedulers[job["model"]]))]
     device = state.device
-    precisions = {location: drawing_precision(location, args.mixed_precision) for location in own}
     print(f"{len(jobs)} images in all; this part draws {len(todo)} (shard {shard[0]}/{shard[1]}, process "
           f"{state.process_index}/{state.num_processes}, {device}, {', '.join(sorted(set(precisions.values())))})")
     progress = tqdm(total=len(todo), desc="generating", unit="image", disable=not state.is_local_main_process)
     for location in dict.fromkeys(job["model"] for job in todo):
-        precision = precisions[location]
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-        quantization = bnb_quantization(args.bnb_quantization_config_path, dtype) \
-            if args.bnb_quantization_config_path else None
-        pipeline = drawing_pipeline(location, dtype, args.scheduler, quantization, device).to(device)
+        precision, dtype = precisions[location], dtypes[location]
+        pipeline = drawing_pipeline(location, dtype, args.scheduler, quantizations[location], device).to(device)
         model_jobs = [job for job in todo if job["model"] == location]
         for start in range(0, len(model_jobs), args.batch_size):
             batch = model_jobs[start:start + args.batch_size]

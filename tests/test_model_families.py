@@ -364,3 +364,8 @@ def test_a_quantized_base_is_refused_in_one_line_where_it_does_not_apply(instanc
         assert tdb.main([*tiny(name), *flags, *common]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "model_index.json").exists()
+    config.write_text('{"load_in_4bit": true, "nf4": 1}')  # generate.py reads it before it makes any folder
+    assert gen.main(["--model", f"{model}:1", "--output_dir", str(tmp_path / "generated"),
+                     "--bnb_quantization_config_path", str(config)]) == 2
+    assert "bnb.json: nf4: not BitsAndBytesConfig settings" in capsys.readouterr().err
+    assert not (tmp_path / "generated").exists()
